@@ -1,0 +1,10 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_CACHEFLIGHT_HPP
+#define CACHEFLIGHT_CACHEFLIGHT_HPP
+
+/// The whole public API of the header-only core.
+#include <cacheflight/error.hpp>
+#include <cacheflight/event.hpp>
+#include <cacheflight/flight.hpp>
+
+#endif

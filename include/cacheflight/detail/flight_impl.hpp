@@ -1,0 +1,627 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
+#define CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
+
+#include <cacheflight/detail/intrusive_list.hpp>
+#include <cacheflight/error.hpp>
+#include <cacheflight/event.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/basic_waitable_timer.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/container_hash/hash.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace cacheflight {
+
+/// A timeout value meaning "wait for as long as the work takes".
+inline constexpr std::chrono::nanoseconds no_timeout = std::chrono::nanoseconds::max();
+
+/// What a flight does with work whose waiters have all left (by their own
+/// cancellation slot or timeout).
+enum class abandon_policy {
+  /// Cancel the work (its cancellation slot receives `terminal`) and free the key.
+  cancel,
+  /// Let the work run to completion; the key stays in flight and new callers join it.
+  finish,
+};
+
+namespace detail {
+
+namespace asio = boost::asio;
+
+template <class V>
+struct flight_entry;
+template <class V>
+struct flight_shard;
+
+// A caller waiting for a key's result. The concrete node (waiter_op) holds the
+// type-erased completion handler. `owner` and the list hooks are guarded by the
+// shard mutex; a waiter with a null owner has been detached and is being completed.
+template <class V>
+struct flight_waiter : list_hook {
+  using complete_fn = void (*)(flight_waiter*, std::exception_ptr, std::shared_ptr<const V>, bool post);
+
+  explicit flight_waiter(complete_fn f) noexcept : complete_(f) {}
+
+  // Completes the waiter and releases it. Called once, outside any lock.
+  // `post` forces a post to the handler's executor (never run inline).
+  void complete(std::exception_ptr ep, std::shared_ptr<const V> v, bool post) {
+    complete_(this, std::move(ep), std::move(v), post);
+  }
+
+  flight_entry<V>* owner = nullptr;
+  flight_shard<V>* shard = nullptr;
+
+ private:
+  complete_fn complete_;
+};
+
+enum class entry_state : unsigned char {
+  pending,   // in the map, work not started yet
+  running,   // in the map, work started
+  detached,  // out of the map: settled, cancelled or abandoned
+};
+
+template <class V>
+struct flight_entry {
+  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex)
+      : key(std::move(k)),
+        shard(s),
+        strand(asio::make_strand(ex)),
+        work(asio::prefer(ex, asio::execution::outstanding_work.tracked)) {}
+
+  const std::string key;
+  flight_shard<V>* const shard;
+
+  // Guarded by shard->mu.
+  intrusive_list<flight_waiter<V>> waiters;
+  entry_state state = entry_state::pending;
+  bool any_cancelled = false;  // some waiter left by cancellation rather than timeout
+  std::chrono::nanoseconds started{};  // Clock::now() since its epoch, when the work started
+
+  // The work's own executor: its start, completion and cancellation are
+  // serialised here, so cancelling from any thread is safe for the work.
+  asio::strand<asio::any_io_executor> strand;
+  // Keeps the flight's execution context alive while the work is in flight.
+  asio::any_io_executor work;
+  // Touched only on `strand`.
+  asio::cancellation_signal signal;
+  bool task_done = false;
+};
+
+template <class V>
+struct flight_shard {
+  std::mutex mu;
+  boost::unordered_flat_map<std::string_view, std::shared_ptr<flight_entry<V>>, boost::hash<std::string_view>> map;
+};
+
+enum class leave_reason { cancelled, timed_out };
+
+template <class R, class V>
+inline constexpr bool is_awaitable_of = false;
+template <class V>
+inline constexpr bool is_awaitable_of<asio::awaitable<V, asio::any_io_executor>, V> = true;
+
+template <class Fn, class V>
+concept coroutine_work = std::invocable<Fn&> && is_awaitable_of<std::invoke_result_t<Fn&>, V>;
+
+}  // namespace detail
+
+/// Options for one `flight`. An aggregate: use designated initializers.
+struct flight_options {
+  /// Cap on keys in flight at once. A call for a new key beyond it completes
+  /// with `error::max_keys_exceeded`; joining a key already in flight is allowed.
+  std::size_t max_keys = 100'000;
+  /// Each caller's wait bound when `run_options::timeout` is unset; `no_timeout` for none.
+  std::chrono::nanoseconds default_timeout = no_timeout;
+  /// Receives every event (see `event_kind`); may be empty. An exception thrown
+  /// by the sink is caught and discarded; the flight's state is unaffected.
+  event_sink on_event;
+  /// What happens to work when its last waiter leaves.
+  abandon_policy on_abandon = abandon_policy::cancel;
+  /// Longest accepted key, in bytes. Longer (or empty) keys get `error::invalid_key`.
+  std::size_t max_key_length = 1024;
+  /// Number of independently locked partitions of the key space (1 to 1024).
+  /// More shards reduce lock contention when many threads call into one flight.
+  std::size_t shards = 1;
+};
+
+/// Per-call options of `flight::async_run`.
+struct run_options {
+  /// This caller's wait bound. Unset: `flight_options::default_timeout`.
+  /// Must be positive; zero or negative gets `error::invalid_timeout`.
+  std::optional<std::chrono::nanoseconds> timeout;
+};
+
+namespace detail {
+
+template <class V, class Clock>
+class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>> {
+ public:
+  using entry = flight_entry<V>;
+  using entry_ptr = std::shared_ptr<entry>;
+  using waiter = flight_waiter<V>;
+  using shard = flight_shard<V>;
+  using timer_type = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, asio::any_io_executor>;
+
+  flight_state(asio::any_io_executor ex, flight_options opts)
+      : ex_(std::move(ex)), opts_(std::move(opts)) {
+    if (opts_.max_keys == 0) throw_invalid_option("flight_options::max_keys must be at least 1");
+    if (opts_.default_timeout <= std::chrono::nanoseconds::zero())
+      throw_invalid_option("flight_options::default_timeout must be positive (or no_timeout)");
+    if (opts_.max_key_length == 0) throw_invalid_option("flight_options::max_key_length must be at least 1");
+    if (opts_.shards == 0 || opts_.shards > 1024) throw_invalid_option("flight_options::shards must be in [1, 1024]");
+    shards_ = std::make_unique<shard[]>(opts_.shards);
+  }
+
+  const asio::any_io_executor& executor() const noexcept { return ex_; }
+  const flight_options& options() const noexcept { return opts_; }
+  std::size_t size() const noexcept { return keys_.load(std::memory_order_relaxed); }
+
+  bool has(std::string_view key) {
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    return sh.map.contains(key);
+  }
+
+  template <class Handler, class Fn>
+  void run(Handler&& handler, std::string key, run_options ro, Fn&& fn);
+
+  bool cancel(std::string_view key) {
+    shard& sh = shard_for(key);
+    entry_ptr e;
+    intrusive_list<waiter> waiters;
+    std::chrono::nanoseconds dur{};
+    {
+      std::lock_guard lk(sh.mu);
+      auto it = sh.map.find(key);
+      if (it == sh.map.end()) return false;
+      e = std::move(it->second);
+      sh.map.erase(it);
+      keys_.fetch_sub(1, std::memory_order_relaxed);
+      dur = detach_locked(*e, waiters);
+    }
+    finish_cancelled(e, dur, waiters);
+    return true;
+  }
+
+  std::size_t clear() {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < opts_.shards; ++i) {
+      shard& sh = shards_[i];
+      std::vector<std::pair<entry_ptr, std::chrono::nanoseconds>> taken;
+      std::vector<intrusive_list<waiter>> lists;
+      {
+        std::lock_guard lk(sh.mu);
+        taken.reserve(sh.map.size());
+        lists.resize(sh.map.size());
+        for (auto& kv : sh.map) {
+          auto dur = detach_locked(*kv.second, lists[taken.size()]);
+          taken.emplace_back(std::move(kv.second), dur);
+        }
+        keys_.fetch_sub(taken.size(), std::memory_order_relaxed);
+        sh.map.clear();
+      }
+      for (std::size_t j = 0; j < taken.size(); ++j) finish_cancelled(taken[j].first, taken[j].second, lists[j]);
+      n += taken.size();
+    }
+    return n;
+  }
+
+  // A waiter leaves by its own cancellation slot or timeout. Thread-safe.
+  void leave(waiter* w, leave_reason why) {
+    shard& sh = *w->shard;
+    entry_ptr abandoned;
+    bool all_timed_out = false;
+    std::chrono::nanoseconds dur{};
+    {
+      std::lock_guard lk(sh.mu);
+      entry* e = w->owner;
+      if (!e) return;  // already detached: its completion is on the way
+      e->waiters.erase(w);
+      w->owner = nullptr;
+      if (why == leave_reason::cancelled) e->any_cancelled = true;
+      if (e->waiters.empty() && opts_.on_abandon == abandon_policy::cancel) {
+        abandoned = take_locked(sh, *e);
+        all_timed_out = !e->any_cancelled;
+        dur = started_duration_locked(*e);
+        e->state = entry_state::detached;
+      }
+    }
+    if (abandoned) {
+      emit(all_timed_out ? event_kind::task_timed_out : event_kind::task_cancelled, abandoned->key, dur);
+      request_cancel(abandoned);
+    }
+    if (why == leave_reason::timed_out)
+      w->complete(make_error(error::timed_out), nullptr, false);
+    else
+      w->complete(make_error(asio::error::operation_aborted), nullptr, true);
+  }
+
+  void emit(event_kind k, std::string_view key, std::chrono::nanoseconds d = {}, std::exception_ptr ep = {}) const {
+    if (!opts_.on_event) return;
+    try {
+      opts_.on_event(event{k, key, d, std::move(ep)});
+    } catch (...) {
+      // Documented: a throwing sink does not disturb the flight.
+    }
+  }
+
+ private:
+  template <class Keep>
+  struct task_handler;
+
+  shard& shard_for(std::string_view key) const noexcept {
+    if (opts_.shards == 1) return shards_[0];
+    return shards_[boost::hash<std::string_view>{}(key) % opts_.shards];
+  }
+
+  bool reserve_key() noexcept {
+    if (keys_.fetch_add(1, std::memory_order_relaxed) >= opts_.max_keys) {
+      keys_.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+
+  // Removes `e` from its shard's map. Requires the shard lock and e in the map.
+  entry_ptr take_locked(shard& sh, entry& e) {
+    auto it = sh.map.find(std::string_view(e.key));
+    entry_ptr p = std::move(it->second);
+    sh.map.erase(it);
+    keys_.fetch_sub(1, std::memory_order_relaxed);
+    return p;
+  }
+
+  static std::chrono::nanoseconds now() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch());
+  }
+
+  static std::chrono::nanoseconds started_duration_locked(const entry& e) noexcept {
+    if (e.state != entry_state::running) return {};
+    return now() - e.started;
+  }
+
+  // Marks `e` detached and moves its waiters to `out`. Requires the shard lock.
+  static std::chrono::nanoseconds detach_locked(entry& e, intrusive_list<waiter>& out) {
+    auto dur = started_duration_locked(e);
+    e.state = entry_state::detached;
+    out = std::move(e.waiters);
+    for (waiter* w = out.front(); w; w = static_cast<waiter*>(w->next)) w->owner = nullptr;
+    return dur;
+  }
+
+  void finish_cancelled(const entry_ptr& e, std::chrono::nanoseconds dur, intrusive_list<waiter>& waiters) {
+    emit(event_kind::task_cancelled, e->key, dur);
+    request_cancel(e);
+    // Posted: cancel() and clear() may be called from a waiter's handler, and
+    // must not run other handlers inside themselves.
+    auto ep = make_error(error::cancelled);
+    while (waiter* w = waiters.pop_front()) w->complete(ep, nullptr, true);
+  }
+
+  // Cancels the work of a detached entry, on the work's own strand.
+  static void request_cancel(const entry_ptr& e) {
+    asio::post(e->strand, [e] {
+      if (!e->task_done) e->signal.emit(asio::cancellation_type::terminal);
+    });
+  }
+
+  // Runs on e->strand.
+  template <class Fn>
+  void start(const entry_ptr& e, Fn& fn);
+
+  // The work completed. Runs on e->strand.
+  void settle(const entry_ptr& e, std::exception_ptr ep, std::shared_ptr<const V> v) {
+    e->signal.slot().clear();
+    e->task_done = true;
+    intrusive_list<waiter> waiters;
+    std::chrono::nanoseconds dur{};
+    {
+      std::lock_guard lk(e->shard->mu);
+      if (e->state != entry_state::running) return;  // cancelled or abandoned; already reported
+      take_locked(*e->shard, *e);
+      dur = detach_locked(*e, waiters);
+    }
+    if (ep)
+      emit(event_kind::task_rejected, e->key, dur, ep);
+    else
+      emit(event_kind::task_resolved, e->key, dur);
+    while (waiter* w = waiters.pop_front()) w->complete(ep, v, false);
+  }
+
+  asio::any_io_executor ex_;
+  const flight_options opts_;
+  std::unique_ptr<shard[]> shards_;
+  std::atomic<std::size_t> keys_{0};
+};
+
+// The completion handler given to the work. It completes on the entry's strand
+// and exposes the entry's cancellation slot.
+template <class V, class Clock>
+template <class Keep>
+struct flight_state<V, Clock>::task_handler {
+  std::shared_ptr<flight_state> st;
+  entry_ptr e;
+  Keep keep;  // keeps a coroutine lambda (and its captures) alive while it runs
+
+  using executor_type = asio::strand<asio::any_io_executor>;
+  executor_type get_executor() const noexcept { return e->strand; }
+  using cancellation_slot_type = asio::cancellation_slot;
+  cancellation_slot_type get_cancellation_slot() const noexcept { return e->signal.slot(); }
+
+  template <class T>
+  void operator()(std::exception_ptr ep, T&& v) {
+    if (ep)
+      st->settle(e, std::move(ep), nullptr);
+    else
+      st->settle(e, nullptr, std::make_shared<const V>(std::forward<T>(v)));
+  }
+
+  template <class T>
+  void operator()(const boost::system::error_code& ec, T&& v) {
+    if (ec)
+      st->settle(e, make_error(ec), nullptr);
+    else
+      st->settle(e, nullptr, std::make_shared<const V>(std::forward<T>(v)));
+  }
+};
+
+template <class V, class Clock>
+template <class Fn>
+void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
+  {
+    std::lock_guard lk(e->shard->mu);
+    if (e->state != entry_state::pending) {
+      e->task_done = true;  // cancelled before it started
+      return;
+    }
+    e->state = entry_state::running;
+    e->started = now();
+  }
+  emit(event_kind::task_started, e->key);
+  try {
+    if constexpr (coroutine_work<Fn, V>) {
+      // The coroutine may refer to the lambda's captures: keep it at a stable address.
+      auto keep = std::make_unique<Fn>(std::move(fn));
+      auto aw = (*keep)();
+      asio::co_spawn(e->strand, std::move(aw),
+                     task_handler<std::unique_ptr<Fn>>{this->shared_from_this(), e, std::move(keep)});
+    } else {
+      static_assert(std::invocable<Fn&, task_handler<std::nullptr_t>>,
+                    "the work function must be () -> asio::awaitable<V>, or an Asio asynchronous operation taking a "
+                    "completion token with signature void(error_code, V) or void(std::exception_ptr, V)");
+      fn(task_handler<std::nullptr_t>{this->shared_from_this(), e, nullptr});
+    }
+  } catch (...) {
+    // The work threw before starting an operation: that is its result.
+    settle(e, std::current_exception(), nullptr);
+  }
+}
+
+// The concrete waiter: holds the caller's completion handler, allocated with
+// the handler's associated allocator.
+template <class V, class Clock, class Handler>
+class waiter_op final : public flight_waiter<V> {
+ public:
+  using state_type = flight_state<V, Clock>;
+  using timer_type = typename state_type::timer_type;
+  using allocator_type = asio::associated_allocator_t<Handler>;
+  using handler_executor = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  using work_type = std::decay_t<decltype(asio::prefer(std::declval<const handler_executor&>(),
+                                                       asio::execution::outstanding_work.tracked))>;
+
+  template <class H>
+  static waiter_op* create(H&& h, const asio::any_io_executor& io_ex) {
+    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+    alloc_t a(asio::get_associated_allocator(h));
+    waiter_op* p = std::allocator_traits<alloc_t>::allocate(a, 1);
+    try {
+      return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
+    } catch (...) {
+      std::allocator_traits<alloc_t>::deallocate(a, p, 1);
+      throw;
+    }
+  }
+
+  Handler& handler() noexcept { return *handler_; }
+
+  // Called in the initiating function, before the waiter is visible to others.
+  void prepare(const std::shared_ptr<state_type>& st, std::chrono::nanoseconds timeout,
+               const asio::any_io_executor& io_ex) {
+    auto slot = asio::get_associated_cancellation_slot(*handler_);
+    if (slot.is_connected() || timeout != no_timeout) st_ = st;
+    if (slot.is_connected()) {
+      slot_ = slot;
+      slot.template emplace<cancel_handler>(this);
+    }
+    if (timeout != no_timeout) {
+      using talloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<timer_type>;
+      talloc_t a(alloc_);
+      timer_type* t = std::allocator_traits<talloc_t>::allocate(a, 1);
+      timer_ = ::new (static_cast<void*>(t)) timer_type(io_ex);
+      timeout_ = timeout;
+    }
+  }
+
+  // Called under the shard lock, once the waiter is linked, so that the
+  // timer is armed before anyone else can complete the waiter.
+  void arm_timer_locked() {
+    if (!timer_) return;
+    timer_->expires_after(std::chrono::duration_cast<typename Clock::duration>(timeout_));
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    timer_->async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) st_->leave(this, leave_reason::timed_out);
+      release();
+    });
+  }
+
+ private:
+  struct cancel_handler {
+    waiter_op* self;
+    void operator()(asio::cancellation_type_t t) {
+      if ((t & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
+                asio::cancellation_type::total)) != asio::cancellation_type::none)
+        self->st_->leave(self, leave_reason::cancelled);
+    }
+  };
+
+  template <class H>
+  waiter_op(H&& h, const asio::any_io_executor& io_ex)
+      : flight_waiter<V>(&waiter_op::do_complete),
+        alloc_(asio::get_associated_allocator(h)),
+        ex_(asio::get_associated_executor(h, io_ex)) {
+    if constexpr (std::is_same_v<handler_executor, asio::any_io_executor>) {
+      // The flight's own context is kept busy by the work: track only foreign executors.
+      if (ex_ != io_ex) work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
+    } else {
+      work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
+    }
+    handler_.emplace(std::forward<H>(h));
+  }
+
+  static void do_complete(flight_waiter<V>* base, std::exception_ptr ep, std::shared_ptr<const V> v, bool post) {
+    auto* self = static_cast<waiter_op*>(base);
+    if (self->timer_) self->timer_->cancel();
+    auto fn = asio::bind_allocator(self->alloc_, [self, ep = std::move(ep), v = std::move(v)]() mutable {
+      self->finish(std::move(ep), std::move(v));
+    });
+    if (post)
+      asio::post(self->ex_, std::move(fn));
+    else
+      asio::dispatch(self->ex_, std::move(fn));
+  }
+
+  // Runs on the handler's executor.
+  void finish(std::exception_ptr ep, std::shared_ptr<const V> v) {
+    if (slot_.is_connected()) slot_.clear();
+    Handler h(std::move(*handler_));
+    std::optional<work_type> work(std::move(work_));
+    release();  // free the node before the upcall, as Asio operations do
+    if (ep)
+      std::move(h)(std::move(ep), V{});
+    else
+      std::move(h)(std::exception_ptr{}, V(*v));
+  }
+
+  void release() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+    alloc_t a(alloc_);
+    if (timer_) {
+      using talloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<timer_type>;
+      talloc_t ta(alloc_);
+      timer_->~timer_type();
+      std::allocator_traits<talloc_t>::deallocate(ta, timer_, 1);
+    }
+    this->~waiter_op();
+    std::allocator_traits<alloc_t>::deallocate(a, this, 1);
+  }
+
+  [[no_unique_address]] allocator_type alloc_;
+  handler_executor ex_;
+  std::optional<work_type> work_;
+  std::optional<Handler> handler_;
+  asio::cancellation_slot slot_;
+  std::shared_ptr<state_type> st_;  // set only when a slot or timer can call back
+  timer_type* timer_ = nullptr;
+  std::chrono::nanoseconds timeout_{};
+  std::atomic<unsigned> refs_{1};
+};
+
+template <class V, class Clock>
+template <class Handler, class Fn>
+void flight_state<V, Clock>::run(Handler&& handler, std::string key, run_options ro, Fn&& fn) {
+  using op_t = waiter_op<V, Clock, std::decay_t<Handler>>;
+  op_t* op = op_t::create(std::forward<Handler>(handler), ex_);
+
+  if (key.empty() || key.size() > opts_.max_key_length) {
+    op->complete(make_error(error::invalid_key), nullptr, true);
+    return;
+  }
+  if (ro.timeout && *ro.timeout <= std::chrono::nanoseconds::zero()) {
+    op->complete(make_error(error::invalid_timeout), nullptr, true);
+    return;
+  }
+  op->prepare(this->shared_from_this(), ro.timeout ? *ro.timeout : opts_.default_timeout, ex_);
+
+  shard& sh = shard_for(key);
+  op->shard = &sh;
+  bool joined = false;
+  auto link_locked = [op](entry& e) {
+    e.waiters.push_back(op);
+    op->owner = &e;
+    op->arm_timer_locked();
+  };
+
+  {
+    std::lock_guard lk(sh.mu);
+    if (auto it = sh.map.find(std::string_view(key)); it != sh.map.end()) {
+      link_locked(*it->second);
+      joined = true;
+    }
+  }
+  if (joined) {
+    emit(event_kind::hit, key);
+    return;
+  }
+
+  // A new key: build the entry outside the lock, then insert it unless another
+  // caller got there first.
+  auto fresh = std::make_shared<entry>(std::move(key), &sh, ex_);
+  bool rejected = false;
+  {
+    std::lock_guard lk(sh.mu);
+    if (auto it = sh.map.find(std::string_view(fresh->key)); it != sh.map.end()) {
+      link_locked(*it->second);
+      joined = true;
+    } else if (!reserve_key()) {
+      rejected = true;
+    } else {
+      sh.map.emplace(std::string_view(fresh->key), fresh);
+      link_locked(*fresh);
+    }
+  }
+  if (joined) {
+    emit(event_kind::hit, fresh->key);
+  } else if (rejected) {
+    emit(event_kind::max_keys_rejected, fresh->key);
+    op->complete(make_error(error::max_keys_exceeded), nullptr, true);
+  } else {
+    emit(event_kind::miss, fresh->key);
+    auto strand = fresh->strand;
+    asio::post(strand, [st = this->shared_from_this(), e = std::move(fresh),
+                               f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+  }
+}
+
+}  // namespace detail
+}  // namespace cacheflight
+
+#endif

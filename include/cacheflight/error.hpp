@@ -1,0 +1,95 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_ERROR_HPP
+#define CACHEFLIGHT_ERROR_HPP
+
+#include <boost/system/error_code.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <string>
+#include <type_traits>
+
+namespace cacheflight {
+
+/// Errors reported by the library, in the `cacheflight` error category.
+///
+/// They reach a completion handler as a `std::exception_ptr` holding a
+/// `boost::system::system_error` whose `code()` compares equal to the enumerator.
+enum class error {
+  /// The waiter's own timeout passed before the work completed.
+  timed_out = 1,
+  /// A new key was refused because `flight_options::max_keys` keys are in flight.
+  max_keys_exceeded,
+  /// The work was cancelled through `flight::cancel`, `flight::clear` or the
+  /// destruction of its owner.
+  cancelled,
+  /// The key is empty or longer than the configured maximum.
+  invalid_key,
+  /// A batch result did not contain the requested key.
+  key_not_found,
+  /// A per-call timeout was zero or negative.
+  invalid_timeout,
+  /// An options aggregate holds a value out of range.
+  invalid_option,
+};
+
+namespace detail {
+
+class error_category final : public boost::system::error_category {
+ public:
+  // A fixed identifier lets categories from different shared objects compare equal.
+  constexpr error_category() noexcept : boost::system::error_category(0xcf1f'9a7e'5c0d'2b31ULL) {}
+
+  const char* name() const noexcept override { return "cacheflight"; }
+
+  std::string message(int ev) const override { return message(ev, nullptr, 0); }
+
+  const char* message(int ev, char*, std::size_t) const noexcept override {
+    switch (static_cast<error>(ev)) {
+      case error::timed_out: return "the operation timed out";
+      case error::max_keys_exceeded: return "too many keys in flight";
+      case error::cancelled: return "the operation was cancelled";
+      case error::invalid_key: return "the key is empty or too long";
+      case error::key_not_found: return "the batch result did not contain the key";
+      case error::invalid_timeout: return "a timeout must be positive";
+      case error::invalid_option: return "an option is out of range";
+    }
+    return "unknown cacheflight error";
+  }
+};
+
+}  // namespace detail
+
+/// The `cacheflight` error category.
+inline const boost::system::error_category& error_category() noexcept {
+  static constexpr detail::error_category instance;
+  return instance;
+}
+
+inline boost::system::error_code make_error_code(error e) noexcept {
+  return {static_cast<int>(e), error_category()};
+}
+
+}  // namespace cacheflight
+
+template <>
+struct boost::system::is_error_code_enum<cacheflight::error> : std::true_type {};
+
+namespace cacheflight::detail {
+
+// What a waiter receives for a library error.
+inline std::exception_ptr make_error(error e) {
+  return std::make_exception_ptr(boost::system::system_error(make_error_code(e)));
+}
+
+inline std::exception_ptr make_error(const boost::system::error_code& ec) {
+  return std::make_exception_ptr(boost::system::system_error(ec));
+}
+
+// Throws a `system_error` for invalid options, naming the option.
+[[noreturn]] inline void throw_invalid_option(const char* what) {
+  throw boost::system::system_error(make_error_code(error::invalid_option), what);
+}
+
+}  // namespace cacheflight::detail
+
+#endif

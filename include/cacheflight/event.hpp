@@ -1,0 +1,57 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_EVENT_HPP
+#define CACHEFLIGHT_EVENT_HPP
+
+#include <chrono>
+#include <exception>
+#include <functional>
+#include <string_view>
+
+namespace cacheflight {
+
+/// What happened, as reported to an `on_event` sink.
+enum class event_kind {
+  hit,                ///< a caller joined work already in flight for its key
+  miss,               ///< a caller found no work in flight and started it
+  task_started,       ///< the work function was invoked
+  task_resolved,      ///< the work produced a value
+  task_rejected,      ///< the work failed; `event::error` holds its exception
+  task_timed_out,     ///< every waiter left by timeout; the work was cancelled
+  task_cancelled,     ///< the work was cancelled (`cancel`, `clear`, or waiters cancelled)
+  max_keys_rejected,  ///< a new key was refused at the `max_keys` cap
+};
+
+/// Returns the enumerator's name, e.g. `"task_resolved"`.
+constexpr std::string_view to_string(event_kind k) noexcept {
+  switch (k) {
+    case event_kind::hit: return "hit";
+    case event_kind::miss: return "miss";
+    case event_kind::task_started: return "task_started";
+    case event_kind::task_resolved: return "task_resolved";
+    case event_kind::task_rejected: return "task_rejected";
+    case event_kind::task_timed_out: return "task_timed_out";
+    case event_kind::task_cancelled: return "task_cancelled";
+    case event_kind::max_keys_rejected: return "max_keys_rejected";
+  }
+  return "unknown";
+}
+
+/// One observation passed to an event sink.
+struct event {
+  event_kind kind;
+  /// The key concerned. Valid only during the sink's call: copy it to keep it.
+  std::string_view key;
+  /// For `task_*` kinds after `task_started`: time since the work started
+  /// (zero if the work never started). Zero for the other kinds.
+  std::chrono::nanoseconds duration{};
+  /// For `task_rejected`: the work's exception. Empty otherwise.
+  std::exception_ptr error;
+};
+
+/// An event sink. It is called synchronously from whichever thread caused the
+/// event, possibly from several threads at once, never under a library lock.
+using event_sink = std::function<void(const event&)>;
+
+}  // namespace cacheflight
+
+#endif
