@@ -142,7 +142,7 @@ struct flight_options {
   std::chrono::nanoseconds default_timeout = no_timeout;
   /// Receives every event (see `event_kind`); may be empty. An exception thrown
   /// by the sink is caught and discarded; the flight's state is unaffected.
-  event_sink on_event;
+  event_sink on_event{};
   /// What happens to work when its last waiter leaves.
   abandon_policy on_abandon = abandon_policy::cancel;
   /// Longest accepted key, in bytes. Longer (or empty) keys get `error::invalid_key`.

@@ -1,0 +1,459 @@
+// cf::flight: coalescing, work forms, completion tokens, errors, events, options.
+#include "test_support.hpp"
+
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <future>
+#include <thread>
+
+using namespace cftest;
+
+namespace {
+
+class FlightBasic : public ::testing::Test {
+ protected:
+  asio::io_context io;
+};
+
+TEST_F(FlightBasic, ConcurrentCallersShareOneExecution) {
+  cf::flight<int> f{io};
+  gate g{io.get_executor()};
+  std::vector<outcome<>> out(100);
+  for (auto& o : out) f.async_run("user:42", g.fn(), o.handler());
+  EXPECT_TRUE(f.has("user:42"));
+  EXPECT_EQ(f.size(), 1u);
+  run_until(io, [&] { return g.calls() == 1; });
+  g.resolve(7);
+  drain(io);
+  EXPECT_EQ(g.calls(), 1);
+  for (auto& o : out) {
+    EXPECT_EQ(o.completions, 1);
+    EXPECT_FALSE(o.error);
+    EXPECT_EQ(o.value, 7);
+  }
+  EXPECT_FALSE(f.has("user:42"));
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, DifferentKeysRunIndependently) {
+  cf::flight<int> f{io};
+  gate a{io.get_executor()}, b{io.get_executor()};
+  outcome<> oa, ob;
+  f.async_run("a", a.fn(), oa.handler());
+  f.async_run("b", b.fn(), ob.handler());
+  EXPECT_EQ(f.size(), 2u);
+  run_until(io, [&] { return a.calls() == 1 && b.calls() == 1; });
+  b.resolve(2);
+  run_until(io, [&] { return ob.done; });
+  EXPECT_FALSE(oa.done);
+  EXPECT_TRUE(f.has("a"));
+  EXPECT_FALSE(f.has("b"));
+  a.resolve(1);
+  drain(io);
+  EXPECT_EQ(oa.value, 1);
+  EXPECT_EQ(ob.value, 2);
+}
+
+TEST_F(FlightBasic, NotACacheACallAfterCompletionRunsAgain) {
+  cf::flight<int> f{io};
+  int calls = 0;
+  auto fn = [&]() -> asio::awaitable<int> { co_return ++calls; };
+  outcome<> o1, o2;
+  f.async_run("k", fn, o1.handler());
+  drain(io);
+    f.async_run("k", fn, o2.handler());
+  drain(io);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(o1.value, 1);
+  EXPECT_EQ(o2.value, 2);
+}
+
+TEST_F(FlightBasic, AsyncOperationWithErrorCodeSignature) {
+  cf::flight<int> f{io};
+  int calls = 0;
+  // An Asio-style initiating function completing with void(error_code, int).
+  auto op = [&](auto&& token) {
+    ++calls;
+    return asio::async_initiate<decltype(token), void(boost::system::error_code, int)>(
+        [&](auto handler) { asio::post(io, [h = std::move(handler)]() mutable { std::move(h)(boost::system::error_code{}, 5); }); }, token);
+  };
+  std::vector<outcome<>> out(3);
+  for (auto& o : out) f.async_run("k", op, o.handler());
+  drain(io);
+  EXPECT_EQ(calls, 1);
+  for (auto& o : out) EXPECT_EQ(o.value, 5);
+}
+
+TEST_F(FlightBasic, AsyncOperationErrorCodeBecomesSystemError) {
+  cf::flight<int> f{io};
+  auto op = [&](auto&& token) {
+    return asio::async_initiate<decltype(token), void(boost::system::error_code, int)>(
+        [&](auto handler) {
+          asio::post(io, [h = std::move(handler)]() mutable { std::move(h)(asio::error::connection_refused, 0); });
+        },
+        token);
+  };
+  outcome<> a, b;
+  f.async_run("k", op, a.handler());
+  f.async_run("k", op, b.handler());
+  drain(io);
+  EXPECT_EQ(a.code(), asio::error::connection_refused);
+  EXPECT_EQ(b.code(), asio::error::connection_refused);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, AsyncOperationWithExceptionPtrSignature) {
+  cf::flight<std::string> f{io};
+  // co_spawn is itself an operation with signature void(exception_ptr, T).
+  auto op = [&](auto&& token) {
+    return asio::co_spawn(io, []() -> asio::awaitable<std::string> { co_return "v"; }, std::move(token));
+  };
+  outcome<std::string> a, b;
+  f.async_run("k", op, a.handler());
+  f.async_run("k", op, b.handler());
+  drain(io);
+  EXPECT_EQ(a.value, "v");
+  EXPECT_EQ(b.value, "v");
+}
+
+TEST_F(FlightBasic, WorkRunsOutsideTheInitiatingCallAndOutsideAnyLock) {
+  cf::flight<int> f{io};
+  bool in_call = false, ran_in_call = false, saw_key = false;
+  std::size_t seen_size = 0;
+  auto fn = [&]() -> asio::awaitable<int> {
+    ran_in_call = in_call;
+    // Calling back into the flight would deadlock if the work ran under its lock.
+    saw_key = f.has("k");
+    seen_size = f.size();
+    co_return 1;
+  };
+  outcome<> o;
+  in_call = true;
+  f.async_run("k", fn, o.handler());
+  in_call = false;
+  drain(io);
+  EXPECT_FALSE(ran_in_call);
+  EXPECT_TRUE(saw_key);
+  EXPECT_EQ(seen_size, 1u);
+  EXPECT_EQ(o.value, 1);
+}
+
+TEST_F(FlightBasic, WorkThatThrowsBeforeStartingAnOperationRejectsAllWaiters) {
+  cf::flight<int> f{io};
+  auto op = [](auto&&) -> void { throw cftest::test_error("synchronous failure"); };
+  outcome<> a, b;
+  f.async_run("k", op, a.handler());
+  f.async_run("k", op, b.handler());
+  drain(io);
+  ASSERT_TRUE(a.error);
+  EXPECT_EQ(a.error, b.error);
+  EXPECT_THROW(std::rethrow_exception(a.error), cftest::test_error);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, LoaderExceptionReachesEveryWaiterUnchanged) {
+  cf::flight<int> f{io};
+  struct db_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+    int code = 1205;
+  };
+  auto fn = []() -> asio::awaitable<int> {
+    throw db_error("deadlock found");
+    co_return 0;
+  };
+  std::vector<outcome<>> out(5);
+  for (auto& o : out) f.async_run("k", fn, o.handler());
+  drain(io);
+  for (auto& o : out) {
+    ASSERT_TRUE(o.error);
+    try {
+      std::rethrow_exception(o.error);
+      FAIL() << "no exception";
+    } catch (const db_error& e) {
+      EXPECT_STREQ(e.what(), "deadlock found");
+      EXPECT_EQ(e.code, 1205);
+    }
+  }
+  // The key is not wedged after a failure.
+  outcome<> again;
+    f.async_run("k", []() -> asio::awaitable<int> { co_return 3; }, again.handler());
+  drain(io);
+  EXPECT_EQ(again.value, 3);
+}
+
+TEST_F(FlightBasic, UseAwaitable) {
+  cf::flight<int> f{io};
+  int calls = 0;
+  std::vector<int> got;
+  auto fn = [&]() -> asio::awaitable<int> {
+    ++calls;
+    asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
+    co_await t.async_wait(asio::use_awaitable);
+    co_return 9;
+  };
+  for (int i = 0; i < 10; ++i)
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { got.push_back(co_await f.async_run("k", fn, asio::use_awaitable)); },
+        asio::detached);
+  drain(io);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(got, std::vector<int>(10, 9));
+}
+
+TEST_F(FlightBasic, UseAwaitableRethrowsTheLoaderException) {
+  cf::flight<int> f{io};
+  std::string caught;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await f.async_run(
+              "k", []() -> asio::awaitable<int> { throw cftest::test_error("boom"); co_return 0; },
+              asio::use_awaitable);
+        } catch (const cftest::test_error& e) {
+          caught = e.what();
+        }
+      },
+      asio::detached);
+  drain(io);
+  EXPECT_EQ(caught, "boom");
+}
+
+TEST_F(FlightBasic, UseFutureWaitedOnFromAnotherThread) {
+  cf::flight<int> f{io};
+  auto guard = asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  std::vector<std::future<int>> futures;
+  for (int i = 0; i < 8; ++i)
+    futures.push_back(f.async_run(
+        "k",
+        []() -> asio::awaitable<int> {
+          asio::steady_timer t(co_await asio::this_coro::executor, 5ms);
+          co_await t.async_wait(asio::use_awaitable);
+          co_return 11;
+        },
+        asio::use_future));
+  for (auto& fu : futures) EXPECT_EQ(fu.get(), 11);
+  auto failing = f.async_run(
+      "bad", []() -> asio::awaitable<int> { throw cftest::test_error("nope"); co_return 0; }, asio::use_future);
+  EXPECT_THROW(failing.get(), cftest::test_error);
+  guard.reset();
+  runner.join();
+}
+
+TEST_F(FlightBasic, DeferredKeepsItsOwnCopyOfTheKey) {
+  cf::flight<int> f{io};
+  gate g{io.get_executor()};
+  auto op = [&] {
+    std::string key = "a-key-long-enough-to-live-on-the-heap:";
+    key += "42";
+    return f.async_run(key, g.fn(), asio::deferred);
+  }();  // the caller's string is gone
+  outcome<> o;
+  std::move(op)(o.handler());
+  EXPECT_TRUE(f.has("a-key-long-enough-to-live-on-the-heap:42"));
+  run_until(io, [&] { return g.calls() == 1; });
+  g.resolve(4);
+  drain(io);
+  EXPECT_EQ(o.value, 4);
+}
+
+TEST_F(FlightBasic, InvalidKeysAreRejectedWithoutRunningTheHandlerInline) {
+  cf::flight<int> f{io, cf::flight_options{.max_key_length = 8}};
+  int calls = 0;
+  auto fn = [&]() -> asio::awaitable<int> { co_return ++calls; };
+  outcome<> empty, too_long, longest;
+  f.async_run("", fn, empty.handler());
+  f.async_run("123456789", fn, too_long.handler());
+  f.async_run("12345678", fn, longest.handler());
+  EXPECT_FALSE(empty.done);  // posted, never inline
+  EXPECT_FALSE(too_long.done);
+  drain(io);
+  EXPECT_EQ(empty.code(), cf::error::invalid_key);
+  EXPECT_EQ(too_long.code(), cf::error::invalid_key);
+  EXPECT_FALSE(longest.error);
+  EXPECT_EQ(calls, 1);
+}
+
+TEST_F(FlightBasic, NonPositiveTimeoutIsRejected) {
+  cf::flight<int> f{io};
+  outcome<> zero, negative;
+  auto fn = []() -> asio::awaitable<int> { co_return 1; };
+  f.async_run("k", cf::run_options{.timeout = 0ms}, fn, zero.handler());
+  f.async_run("k", cf::run_options{.timeout = -5ms}, fn, negative.handler());
+  drain(io);
+  EXPECT_EQ(zero.code(), cf::error::invalid_timeout);
+  EXPECT_EQ(negative.code(), cf::error::invalid_timeout);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, ImpossibleOptionsThrowInvalidOption) {
+  auto make = [&](cf::flight_options o) { cf::flight<int> f{io, std::move(o)}; };
+  auto expect_invalid = [&](cf::flight_options o) {
+    try {
+      make(std::move(o));
+      ADD_FAILURE() << "no exception";
+    } catch (const boost::system::system_error& e) {
+      EXPECT_EQ(e.code(), cf::error::invalid_option);
+    }
+  };
+  expect_invalid({.max_keys = 0});
+  expect_invalid({.default_timeout = 0ms});
+  expect_invalid({.default_timeout = -1s});
+  expect_invalid({.max_key_length = 0});
+  expect_invalid({.shards = 0});
+  EXPECT_NO_THROW(make({.max_keys = 1, .default_timeout = 1s, .shards = 4}));
+}
+
+TEST_F(FlightBasic, MaxKeysRejectsNewKeysButAllowsJoining) {
+  event_log log;
+  cf::flight<int> f{io, cf::flight_options{.max_keys = 1, .on_event = log.sink()}};
+  gate g{io.get_executor()};
+  outcome<> first, joiner, other;
+  f.async_run("a", g.fn(), first.handler());
+  f.async_run("b", g.fn(), other.handler());
+  f.async_run("a", g.fn(), joiner.handler());
+  run_until(io, [&] { return other.done; });
+  EXPECT_EQ(other.code(), cf::error::max_keys_exceeded);
+  EXPECT_EQ(log.count(cf::event_kind::max_keys_rejected), 1u);
+  EXPECT_EQ(log.count(cf::event_kind::miss), 1u);  // only "a"
+  for (auto& e : log.events) {
+    if (e.kind == cf::event_kind::max_keys_rejected) {
+      EXPECT_EQ(e.key, "b");
+    }
+  }
+  g.resolve(1);
+  drain(io);
+  EXPECT_EQ(first.value, 1);
+  EXPECT_EQ(joiner.value, 1);
+  EXPECT_EQ(g.calls(), 1);
+  // Once "a" is done, "b" fits.
+  outcome<> later;
+    f.async_run("b", []() -> asio::awaitable<int> { co_return 2; }, later.handler());
+  drain(io);
+  EXPECT_EQ(later.value, 2);
+}
+
+TEST_F(FlightBasic, EventsInOrderWithDurations) {
+  cf::manual_clock::reset();
+  event_log log;
+  cf::flight<int, cf::manual_clock> f{io, cf::flight_options{.on_event = log.sink()}};
+  gate g{io.get_executor()};
+  outcome<> a, b, c;
+  f.async_run("k", g.fn(), a.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  f.async_run("k", g.fn(), b.handler());
+  f.async_run("k", g.fn(), c.handler());
+  cf::manual_clock::advance(5ms);
+  g.resolve(1);
+  drain(io);
+  using K = cf::event_kind;
+  EXPECT_EQ(log.kinds(), (std::vector<K>{K::miss, K::task_started, K::hit, K::hit, K::task_resolved}));
+  EXPECT_EQ(log.events.back().duration, 5ms);
+  for (auto& e : log.events) EXPECT_EQ(e.key, "k");
+}
+
+TEST_F(FlightBasic, RejectedEventCarriesTheError) {
+  event_log log;
+  cf::flight<int> f{io, cf::flight_options{.on_event = log.sink()}};
+  outcome<> o;
+  f.async_run("k", []() -> asio::awaitable<int> { throw cftest::test_error("x"); co_return 0; }, o.handler());
+  drain(io);
+  ASSERT_EQ(log.count(cf::event_kind::task_rejected), 1u);
+  EXPECT_EQ(log.events.back().kind, cf::event_kind::task_rejected);
+  EXPECT_EQ(log.events.back().error, o.error);
+  EXPECT_EQ(log.count(cf::event_kind::task_resolved), 0u);
+}
+
+TEST_F(FlightBasic, ThrowingEventSinkDoesNotCorruptTheFlight) {
+  int events = 0;
+  cf::flight<int> f{io, cf::flight_options{.on_event = [&](const cf::event&) {
+                      ++events;
+                      throw std::runtime_error("sink failure");
+                    }}};
+  std::vector<outcome<>> out(3);
+  for (auto& o : out) f.async_run("k", []() -> asio::awaitable<int> { co_return 6; }, o.handler());
+  drain(io);
+  for (auto& o : out) EXPECT_EQ(o.value, 6);
+  EXPECT_EQ(events, 5);  // miss, 2 hits, started, resolved
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, HandlerRunsOnItsAssociatedExecutor) {
+  cf::flight<int> f{io};
+  asio::io_context other;
+  bool on_other = false;
+  auto h = asio::bind_executor(other.get_executor(), [&](std::exception_ptr, int) {
+    on_other = other.get_executor().running_in_this_thread();
+  });
+  f.async_run("k", []() -> asio::awaitable<int> { co_return 1; }, std::move(h));
+  drain(io);
+  EXPECT_FALSE(on_other);
+  EXPECT_GE(other.run(), 1u);
+  EXPECT_TRUE(on_other);
+}
+
+template <class T>
+struct counting_allocator {
+  using value_type = T;
+  int* count;
+  explicit counting_allocator(int* c) : count(c) {}
+  template <class U>
+  counting_allocator(const counting_allocator<U>& o) : count(o.count) {}
+  T* allocate(std::size_t n) {
+    ++*count;
+    return std::allocator<T>{}.allocate(n);
+  }
+  void deallocate(T* p, std::size_t n) { std::allocator<T>{}.deallocate(p, n); }
+  template <class U>
+  bool operator==(const counting_allocator<U>& o) const { return count == o.count; }
+};
+
+TEST_F(FlightBasic, WaiterUsesTheHandlersAssociatedAllocator) {
+  cf::flight<int> f{io};
+  int allocations = 0;
+  outcome<> o;
+  f.async_run("k", []() -> asio::awaitable<int> { co_return 1; },
+              asio::bind_allocator(counting_allocator<void>(&allocations), o.handler()));
+  drain(io);
+  EXPECT_EQ(o.value, 1);
+  EXPECT_GE(allocations, 1);
+}
+
+TEST_F(FlightBasic, DestroyingTheFlightCancelsWaiters) {
+  gate g{io.get_executor()};
+  outcome<> o;
+  {
+    cf::flight<int> f{io};
+    f.async_run("k", g.fn(), o.handler());
+    run_until(io, [&] { return g.calls() == 1; });
+  }
+  drain(io);
+  EXPECT_EQ(o.code(), cf::error::cancelled);
+  EXPECT_EQ(g.cancelled(), 1);
+}
+
+TEST_F(FlightBasic, ShardedFlightCoalescesPerKey) {
+  cf::flight<int> f{io, cf::flight_options{.shards = 8}};
+  int calls = 0;
+  auto fn = [&]() -> asio::awaitable<int> { co_return ++calls; };
+  std::vector<outcome<>> out(64);
+  for (std::size_t i = 0; i < out.size(); ++i) f.async_run("key" + std::to_string(i % 16), fn, out[i].handler());
+  EXPECT_EQ(f.size(), 16u);
+  drain(io);
+  EXPECT_EQ(calls, 16);
+  for (auto& o : out) EXPECT_EQ(o.completions, 1);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST(FlightErrors, CategoryAndMessages) {
+  boost::system::error_code ec = cf::error::timed_out;
+  EXPECT_EQ(ec.category().name(), std::string("cacheflight"));
+  EXPECT_EQ(ec.message(), "the operation timed out");
+  EXPECT_EQ(ec, cf::make_error_code(cf::error::timed_out));
+  EXPECT_NE(ec, cf::error::cancelled);
+  EXPECT_EQ(cf::to_string(cf::event_kind::task_timed_out), "task_timed_out");
+}
+
+}  // namespace

@@ -1,0 +1,172 @@
+// cf::flight under real concurrency: several threads calling, completing and
+// cancelling at once. Run under ThreadSanitizer and AddressSanitizer by scripts/test.
+#include "test_support.hpp"
+
+#include <atomic>
+#include <future>
+#include <random>
+#include <thread>
+
+using namespace cftest;
+
+namespace {
+
+// A pool of threads running one io_context.
+struct pool {
+  explicit pool(unsigned n) : guard(asio::make_work_guard(io)) {
+    for (unsigned i = 0; i < n; ++i) threads.emplace_back([this] { io.run(); });
+  }
+  void join() {
+    guard.reset();
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+  ~pool() {
+    if (!threads.empty()) join();
+  }
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> guard;
+  std::vector<std::thread> threads;
+};
+
+// Work that takes a little real time and fails for some keys.
+asio::awaitable<int> slow_work(int value, bool fail) {
+  asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::microseconds(200 + value % 300));
+  co_await t.async_wait(asio::use_awaitable);
+  if (fail) throw cftest::test_error("work failed");
+  co_return value;
+}
+
+TEST(FlightThreads, ThousandsOfCallersFromManyThreadsWithRandomCancels) {
+  pool p(2);
+  cf::flight<int> f{p.io, cf::flight_options{.shards = 4}};
+  constexpr int callers_per_thread = 2000;
+  constexpr int caller_threads = 3;
+  std::atomic<int> completions{0}, values{0}, aborted{0}, cancelled{0}, errors{0}, runs{0};
+  std::atomic<int> double_completion{0};
+
+  auto caller = [&](int seed) {
+    std::mt19937 rng(seed);
+    for (int i = 0; i < callers_per_thread; ++i) {
+      int k = static_cast<int>(rng() % 16);
+      auto strand = asio::make_strand(p.io);
+      auto sig = std::make_shared<asio::cancellation_signal>();
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      auto h = [&, k, done, sig](std::exception_ptr e, int v) {
+        if (done->exchange(true)) ++double_completion;
+        ++completions;
+        if (!e) {
+          if (v == k) ++values;
+          return;
+        }
+        try {
+          std::rethrow_exception(e);
+        } catch (const boost::system::system_error& se) {
+          if (se.code() == asio::error::operation_aborted) ++aborted;
+          else if (se.code() == cf::error::cancelled) ++cancelled;
+          else ++errors;
+        } catch (...) {
+          ++errors;
+        }
+      };
+      f.async_run(
+          "key" + std::to_string(k),
+          [&, k]() -> asio::awaitable<int> {
+            ++runs;
+            return slow_work(k, k == 13);
+          },
+          asio::bind_executor(strand, asio::bind_cancellation_slot(sig->slot(), std::move(h))));
+      unsigned r = rng() % 100;
+      if (r < 10) asio::post(strand, [sig] { sig->emit(asio::cancellation_type::terminal); });
+      else if (r < 12) f.cancel("key" + std::to_string(k));
+      if (i % 256 == 0) std::this_thread::yield();
+    }
+  };
+  std::vector<std::thread> callers;
+  for (int t = 0; t < caller_threads; ++t) callers.emplace_back(caller, 1234 + t);
+  for (auto& t : callers) t.join();
+  while (f.size() != 0) std::this_thread::sleep_for(1ms);
+  p.join();
+
+  const int total = callers_per_thread * caller_threads;
+  EXPECT_EQ(completions.load(), total);
+  EXPECT_EQ(double_completion.load(), 0);
+  EXPECT_EQ(values + aborted + cancelled + errors, total);
+  EXPECT_GT(values.load(), 0);
+  EXPECT_LT(runs.load(), total);  // coalescing happened
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST(FlightThreads, Soak) {
+  // 100 cycles x 100 calls over 20 keys, 30% of the work failing, random
+  // timeouts and cancels: every caller completes exactly once.
+  pool p(2);
+  std::atomic<int> sink_events{0};
+  cf::flight<int> f{p.io, cf::flight_options{.on_event = [&](const cf::event&) { ++sink_events; }, .shards = 2}};
+  std::mt19937 rng(42);
+  std::atomic<int> completions{0}, twice{0};
+  int issued = 0;
+  for (int cycle = 0; cycle < 100; ++cycle) {
+    std::vector<std::shared_ptr<std::atomic<int>>> counts;
+    for (int i = 0; i < 100; ++i) {
+      int k = static_cast<int>(rng() % 20);
+      bool fail = rng() % 10 < 3;
+      auto count = std::make_shared<std::atomic<int>>(0);
+      counts.push_back(count);
+      auto strand = asio::make_strand(p.io);
+      auto sig = std::make_shared<asio::cancellation_signal>();
+      cf::run_options ro;
+      if (rng() % 4 == 0) ro.timeout = std::chrono::microseconds(100 + rng() % 400);
+      f.async_run("soak:" + std::to_string(k), ro, [k, fail] { return slow_work(k, fail); },
+                  asio::bind_executor(strand, asio::bind_cancellation_slot(sig->slot(), [&, count, sig](std::exception_ptr, int) {
+                    if (count->fetch_add(1) != 0) ++twice;
+                    ++completions;
+                  })));
+      ++issued;
+      unsigned r = rng() % 100;
+      if (r < 10) asio::post(strand, [sig] { sig->emit(asio::cancellation_type::terminal); });
+      else if (r < 13) f.cancel("soak:" + std::to_string(k));
+    }
+    // Let the cycle drain before the next.
+    while (completions.load() < issued) std::this_thread::sleep_for(100us);
+    for (auto& c : counts) ASSERT_EQ(c->load(), 1);
+  }
+  while (f.size() != 0) std::this_thread::sleep_for(1ms);
+  p.join();
+  EXPECT_EQ(completions.load(), 100 * 100);
+  EXPECT_EQ(twice.load(), 0);
+  EXPECT_EQ(f.size(), 0u);
+  EXPECT_GT(sink_events.load(), 0);
+}
+
+TEST(FlightThreads, UseFutureCallersOnManyThreadsShareOneRun) {
+  pool p(2);
+  cf::flight<int> f{p.io};
+  std::atomic<int> runs{0};
+  std::atomic<bool> release{false};
+  std::vector<std::future<int>> futures(64);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 16; ++i)
+        futures[t * 16 + i] = f.async_run(
+            "shared",
+            [&]() -> asio::awaitable<int> {
+              ++runs;
+              asio::steady_timer timer(co_await asio::this_coro::executor);
+              while (!release.load()) {
+                timer.expires_after(200us);
+                co_await timer.async_wait(asio::use_awaitable);
+              }
+              co_return 77;
+            },
+            asio::use_future);
+    });
+  for (auto& t : threads) t.join();
+  release = true;
+  for (auto& fu : futures) EXPECT_EQ(fu.get(), 77);
+  EXPECT_EQ(runs.load(), 1);
+  p.join();
+}
+
+}  // namespace
