@@ -148,12 +148,18 @@ class flight {
   /// `task_cancelled` event is emitted, and the key is free again, unless
   /// `flight_options::on_abandon` is `abandon_policy::finish`.
   ///
+  /// @par Object lifetimes
+  /// `key` and `fn` are moved into the operation. The flight must outlive the
+  /// initiation: with a deferred token (`asio::deferred`, `use_awaitable`), until
+  /// the operation is launched. Once launched, it may be destroyed at any time:
+  /// pending waiters then complete with `error::cancelled`.
+  ///
   /// @par Thread safety
   /// May be called from any thread, concurrently with every other member.
   template <class Fn, boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
   auto async_run(std::string key, run_options opts, Fn fn, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
-        initiate_run{st_}, token, std::move(key), opts, std::move(fn));
+        initiate_run{st_.get()}, token, std::move(key), opts, std::move(fn));
   }
 
   /// As above, with default `run_options`.
@@ -184,11 +190,13 @@ class flight {
   std::size_t clear() { return st_->clear(); }
 
  private:
+  // Like the initiations of Asio's I/O objects, it refers to the flight, which
+  // must outlive a deferred operation until the operation is launched.
   struct initiate_run {
-    std::shared_ptr<state_type> st;
+    state_type* st;
 
     template <class Handler, class Fn>
-    void operator()(Handler&& handler, std::string key, run_options opts, Fn&& fn) const {
+    void operator()(Handler&& handler, std::string&& key, run_options opts, Fn&& fn) const {
       st->run(std::forward<Handler>(handler), std::move(key), opts, std::forward<Fn>(fn));
     }
   };

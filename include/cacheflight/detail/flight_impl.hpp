@@ -18,6 +18,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/strand.hpp>
@@ -63,20 +64,31 @@ struct flight_shard;
 // A caller waiting for a key's result. The concrete node (waiter_op) holds the
 // type-erased completion handler. `owner` and the list hooks are guarded by the
 // shard mutex; a waiter with a null owner has been detached and is being completed.
+// How a waiter's handler is reached.
+enum class delivery {
+  post,      // always through a post: the caller must not run handlers (initiating functions, cancel)
+  dispatch,  // asio::dispatch to the handler's executor
+  direct,    // the caller runs on the flight's io_context thread: a handler bound to the
+             // flight's executor may be invoked right here, as dispatch would
+};
+
 template <class V>
 struct flight_waiter : list_hook {
-  using complete_fn = void (*)(flight_waiter*, std::exception_ptr, std::shared_ptr<const V>, bool post);
+  using complete_fn = void (*)(flight_waiter*, const std::exception_ptr&, const std::shared_ptr<const V>&,
+                               const asio::any_io_executor&, delivery);
 
   explicit flight_waiter(complete_fn f) noexcept : complete_(f) {}
 
   // Completes the waiter and releases it. Called once, outside any lock.
-  // `post` forces a post to the handler's executor (never run inline).
-  void complete(std::exception_ptr ep, std::shared_ptr<const V> v, bool post) {
-    complete_(this, std::move(ep), std::move(v), post);
+  void complete(const std::exception_ptr& ep, const std::shared_ptr<const V>& v, const asio::any_io_executor& io_ex,
+                delivery d) {
+    complete_(this, ep, v, io_ex, d);
   }
 
   flight_entry<V>* owner = nullptr;
   flight_shard<V>* shard = nullptr;
+  // Whether a cancellation slot or timer may call leave() for this waiter.
+  bool can_leave = false;
 
  private:
   complete_fn complete_;
@@ -103,6 +115,7 @@ struct flight_entry {
   intrusive_list<flight_waiter<V>> waiters;
   entry_state state = entry_state::pending;
   bool any_cancelled = false;  // some waiter left by cancellation rather than timeout
+  std::size_t can_leave = 0;   // linked waiters that may leave on their own
   std::chrono::nanoseconds started{};  // Clock::now() since its epoch, when the work started
 
   // The work's own executor: its start, completion and cancellation are
@@ -191,7 +204,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   }
 
   template <class Handler, class Fn>
-  void run(Handler&& handler, std::string key, run_options ro, Fn&& fn);
+  void run(Handler&& handler, std::string&& key, run_options ro, Fn&& fn);
 
   bool cancel(std::string_view key) {
     shard& sh = shard_for(key);
@@ -246,6 +259,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       if (!e) return;  // already detached: its completion is on the way
       e->waiters.erase(w);
       w->owner = nullptr;
+      --e->can_leave;
       if (why == leave_reason::cancelled) e->any_cancelled = true;
       if (e->waiters.empty() && opts_.on_abandon == abandon_policy::cancel) {
         abandoned = take_locked(sh, *e);
@@ -258,10 +272,11 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       emit(all_timed_out ? event_kind::task_timed_out : event_kind::task_cancelled, abandoned->key, dur);
       request_cancel(abandoned);
     }
+    // Posted after a cancellation: the slot handler runs inside the emitter's code.
     if (why == leave_reason::timed_out)
-      w->complete(make_error(error::timed_out), nullptr, false);
+      w->complete(make_error(error::timed_out), nullptr, ex_, delivery::dispatch);
     else
-      w->complete(make_error(asio::error::operation_aborted), nullptr, true);
+      w->complete(make_error(asio::error::operation_aborted), nullptr, ex_, delivery::post);
   }
 
   void emit(event_kind k, std::string_view key, std::chrono::nanoseconds d = {}, std::exception_ptr ep = {}) const {
@@ -280,6 +295,13 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   shard& shard_for(std::string_view key) const noexcept {
     if (opts_.shards == 1) return shards_[0];
     return shards_[boost::hash<std::string_view>{}(key) % opts_.shards];
+  }
+
+  // Whether the caller runs on the thread of the flight's io_context, so that
+  // dispatching to the flight's executor would run a handler inline.
+  bool on_own_thread() const noexcept {
+    auto* io = ex_.template target<asio::io_context::executor_type>();
+    return io && io->running_in_this_thread();
   }
 
   bool reserve_key() noexcept {
@@ -313,7 +335,10 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     auto dur = started_duration_locked(e);
     e.state = entry_state::detached;
     out = std::move(e.waiters);
-    for (waiter* w = out.front(); w; w = static_cast<waiter*>(w->next)) w->owner = nullptr;
+    // Only waiters that can leave ever look at their owner again.
+    if (e.can_leave != 0)
+      for (waiter* w = out.front(); w; w = static_cast<waiter*>(w->next)) w->owner = nullptr;
+    e.can_leave = 0;
     return dur;
   }
 
@@ -323,7 +348,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     // Posted: cancel() and clear() may be called from a waiter's handler, and
     // must not run other handlers inside themselves.
     auto ep = make_error(error::cancelled);
-    while (waiter* w = waiters.pop_front()) w->complete(ep, nullptr, true);
+    while (waiter* w = waiters.pop_front()) w->complete(ep, nullptr, ex_, delivery::post);
   }
 
   // Cancels the work of a detached entry, on the work's own strand.
@@ -353,7 +378,8 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       emit(event_kind::task_rejected, e->key, dur, ep);
     else
       emit(event_kind::task_resolved, e->key, dur);
-    while (waiter* w = waiters.pop_front()) w->complete(ep, v, false);
+    const delivery d = on_own_thread() ? delivery::direct : delivery::dispatch;
+    while (waiter* w = waiters.pop_front()) w->complete(ep, v, ex_, d);
   }
 
   asio::any_io_executor ex_;
@@ -431,9 +457,13 @@ template <class V, class Clock, class Handler>
 class waiter_op final : public flight_waiter<V> {
  public:
   using state_type = flight_state<V, Clock>;
+  struct no_executor {};
   using timer_type = typename state_type::timer_type;
   using allocator_type = asio::associated_allocator_t<Handler>;
   using handler_executor = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  // Whether the handler names an executor of its own.
+  static constexpr bool own_executor =
+      !requires { typename asio::associated_executor<Handler, asio::any_io_executor>::asio_associated_executor_is_unspecialised; };
   using work_type = std::decay_t<decltype(asio::prefer(std::declval<const handler_executor&>(),
                                                        asio::execution::outstanding_work.tracked))>;
 
@@ -453,10 +483,12 @@ class waiter_op final : public flight_waiter<V> {
   Handler& handler() noexcept { return *handler_; }
 
   // Called in the initiating function, before the waiter is visible to others.
-  void prepare(const std::shared_ptr<state_type>& st, std::chrono::nanoseconds timeout,
-               const asio::any_io_executor& io_ex) {
+  void prepare(state_type& st, std::chrono::nanoseconds timeout, const asio::any_io_executor& io_ex) {
     auto slot = asio::get_associated_cancellation_slot(*handler_);
-    if (slot.is_connected() || timeout != no_timeout) st_ = st;
+    if (slot.is_connected() || timeout != no_timeout) {
+      st_ = st.shared_from_this();
+      this->can_leave = true;
+    }
     if (slot.is_connected()) {
       slot_ = slot;
       slot.template emplace<cancel_handler>(this);
@@ -466,7 +498,7 @@ class waiter_op final : public flight_waiter<V> {
       talloc_t a(alloc_);
       timer_type* t = std::allocator_traits<talloc_t>::allocate(a, 1);
       timer_ = ::new (static_cast<void*>(t)) timer_type(io_ex);
-      timeout_ = timeout;
+      timer_->expires_after(std::chrono::duration_cast<typename Clock::duration>(timeout));
     }
   }
 
@@ -474,7 +506,6 @@ class waiter_op final : public flight_waiter<V> {
   // timer is armed before anyone else can complete the waiter.
   void arm_timer_locked() {
     if (!timer_) return;
-    timer_->expires_after(std::chrono::duration_cast<typename Clock::duration>(timeout_));
     refs_.fetch_add(1, std::memory_order_relaxed);
     timer_->async_wait([this](const boost::system::error_code& ec) {
       if (!ec) st_->leave(this, leave_reason::timed_out);
@@ -496,42 +527,72 @@ class waiter_op final : public flight_waiter<V> {
   waiter_op(H&& h, const asio::any_io_executor& io_ex)
       : flight_waiter<V>(&waiter_op::do_complete),
         alloc_(asio::get_associated_allocator(h)),
-        ex_(asio::get_associated_executor(h, io_ex)) {
-    if constexpr (std::is_same_v<handler_executor, asio::any_io_executor>) {
+        ex_(handler_executor_of(h, io_ex)) {
+    if constexpr (own_executor) {
+      if constexpr (std::is_same_v<handler_executor, asio::any_io_executor>) {
+        same_executor_ = ex_ == io_ex;
+      } else {
+        auto* t = io_ex.template target<handler_executor>();
+        same_executor_ = t && *t == ex_;
+      }
       // The flight's own context is kept busy by the work: track only foreign executors.
-      if (ex_ != io_ex) work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
-    } else {
-      work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
+      if (!same_executor_) work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
     }
     handler_.emplace(std::forward<H>(h));
   }
 
-  static void do_complete(flight_waiter<V>* base, std::exception_ptr ep, std::shared_ptr<const V> v, bool post) {
+  template <class H>
+  static auto handler_executor_of(const H& h, const asio::any_io_executor& io_ex) {
+    if constexpr (own_executor)
+      return asio::get_associated_executor(h, io_ex);
+    else
+      return no_executor{};
+  }
+
+  static void do_complete(flight_waiter<V>* base, const std::exception_ptr& ep, const std::shared_ptr<const V>& v,
+                          const asio::any_io_executor& io_ex, delivery d) {
     auto* self = static_cast<waiter_op*>(base);
     if (self->timer_) self->timer_->cancel();
-    auto fn = asio::bind_allocator(self->alloc_, [self, ep = std::move(ep), v = std::move(v)]() mutable {
-      self->finish(std::move(ep), std::move(v));
-    });
-    if (post)
-      asio::post(self->ex_, std::move(fn));
-    else
-      asio::dispatch(self->ex_, std::move(fn));
+    if (d == delivery::direct && self->same_executor_) {
+      self->finish(ep, v.get());
+      return;
+    }
+    auto fn = [self, ep, v]() mutable { self->finish(ep, v.get()); };
+    if constexpr (own_executor) {
+      if (!self->same_executor_) return submit(self->ex_, std::move(fn), self->alloc_, d);
+    }
+    submit(io_ex, std::move(fn), self->alloc_, d);
+  }
+
+  template <class Ex, class Fn>
+  static void submit(const Ex& ex, Fn&& fn, const allocator_type& alloc, delivery d) {
+    if constexpr (std::is_same_v<allocator_type, std::allocator<void>>) {
+      if (d == delivery::post) asio::post(ex, std::forward<Fn>(fn)); else asio::dispatch(ex, std::forward<Fn>(fn));
+    } else {
+      auto bound = asio::bind_allocator(alloc, std::forward<Fn>(fn));
+      if (d == delivery::post) asio::post(ex, std::move(bound)); else asio::dispatch(ex, std::move(bound));
+    }
   }
 
   // Runs on the handler's executor.
-  void finish(std::exception_ptr ep, std::shared_ptr<const V> v) {
+  void finish(const std::exception_ptr& ep, const V* v) {
     if (slot_.is_connected()) slot_.clear();
     Handler h(std::move(*handler_));
-    std::optional<work_type> work(std::move(work_));
-    release();  // free the node before the upcall, as Asio operations do
-    if (ep)
-      std::move(h)(std::move(ep), V{});
-    else
-      std::move(h)(std::exception_ptr{}, V(*v));
+    auto work(std::move(work_));
+    if (ep) {
+      std::exception_ptr e = ep;
+      release();  // free the node before the upcall, as Asio operations do
+      std::move(h)(std::move(e), V{});
+    } else {
+      V value(*v);
+      release();
+      std::move(h)(std::exception_ptr{}, std::move(value));
+    }
   }
 
   void release() noexcept {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // Only an armed timer shares the node; without one the count is always 1.
+    if (timer_ && refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
     alloc_t a(alloc_);
     if (timer_) {
@@ -545,31 +606,33 @@ class waiter_op final : public flight_waiter<V> {
   }
 
   [[no_unique_address]] allocator_type alloc_;
-  handler_executor ex_;
-  std::optional<work_type> work_;
+  // The handler's own executor, unless it has none (then it is the flight's).
+  [[no_unique_address]] std::conditional_t<own_executor, handler_executor, no_executor> ex_;
+  // Outstanding work on a foreign handler executor.
+  [[no_unique_address]] std::conditional_t<own_executor, std::optional<work_type>, no_executor> work_;
   std::optional<Handler> handler_;
   asio::cancellation_slot slot_;
   std::shared_ptr<state_type> st_;  // set only when a slot or timer can call back
   timer_type* timer_ = nullptr;
-  std::chrono::nanoseconds timeout_{};
   std::atomic<unsigned> refs_{1};
+  bool same_executor_ = true;
 };
 
 template <class V, class Clock>
 template <class Handler, class Fn>
-void flight_state<V, Clock>::run(Handler&& handler, std::string key, run_options ro, Fn&& fn) {
+void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_options ro, Fn&& fn) {
   using op_t = waiter_op<V, Clock, std::decay_t<Handler>>;
   op_t* op = op_t::create(std::forward<Handler>(handler), ex_);
 
   if (key.empty() || key.size() > opts_.max_key_length) {
-    op->complete(make_error(error::invalid_key), nullptr, true);
+    op->complete(make_error(error::invalid_key), nullptr, ex_, delivery::post);
     return;
   }
   if (ro.timeout && *ro.timeout <= std::chrono::nanoseconds::zero()) {
-    op->complete(make_error(error::invalid_timeout), nullptr, true);
+    op->complete(make_error(error::invalid_timeout), nullptr, ex_, delivery::post);
     return;
   }
-  op->prepare(this->shared_from_this(), ro.timeout ? *ro.timeout : opts_.default_timeout, ex_);
+  op->prepare(*this, ro.timeout ? *ro.timeout : opts_.default_timeout, ex_);
 
   shard& sh = shard_for(key);
   op->shard = &sh;
@@ -577,6 +640,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string key, run_options
   auto link_locked = [op](entry& e) {
     e.waiters.push_back(op);
     op->owner = &e;
+    e.can_leave += op->can_leave;
     op->arm_timer_locked();
   };
 
@@ -612,7 +676,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string key, run_options
     emit(event_kind::hit, fresh->key);
   } else if (rejected) {
     emit(event_kind::max_keys_rejected, fresh->key);
-    op->complete(make_error(error::max_keys_exceeded), nullptr, true);
+    op->complete(make_error(error::max_keys_exceeded), nullptr, ex_, delivery::post);
   } else {
     emit(event_kind::miss, fresh->key);
     auto strand = fresh->strand;

@@ -1,0 +1,99 @@
+// The comparison harness: runs each cacheflight scenario and its baseline in
+// this process, alternating, and prints per-operation times and ratios against
+// the targets. Usage: cacheflight_compare [--quick]
+#include "scenarios.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+namespace {
+
+using namespace cfbench;
+
+// Resident set size in bytes, from /proc/self/statm.
+long rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct pair_result {
+  double subject_ns;
+  double baseline_ns;
+};
+
+// Alternates subject and baseline `reps` times; returns median ns per item.
+pair_result measure(ns (*subject)(std::size_t), ns (*baseline)(std::size_t), std::size_t n, int reps) {
+  subject(n);  // warm up allocators and caches
+  baseline(n);
+  std::vector<double> s, b;
+  for (int i = 0; i < reps; ++i) {
+    s.push_back(subject(n).count() / static_cast<double>(n));
+    b.push_back(baseline(n).count() / static_cast<double>(n));
+  }
+  return {median(s), median(b)};
+}
+
+// 1,000,000 waiters on one key: one work call, all complete, RSS growth per waiter.
+void million_waiters() {
+  constexpr std::size_t n = 1'000'000;
+  asio::io_context io(1);
+  cf::flight<int> f{io};
+  int calls = 0;
+  std::size_t done = 0;
+  auto work = [&calls]() -> asio::awaitable<int> {
+    ++calls;
+    co_return 1;
+  };
+  const long before = rss_bytes();
+  for (std::size_t i = 0; i < n; ++i) f.async_run("user:42", work, [&done](std::exception_ptr, int) { ++done; });
+  const long peak = rss_bytes();
+  auto t0 = clock_type::now();
+  io.run();
+  auto t1 = clock_type::now();
+  check(done == n && calls == 1, "one call and every waiter complete");
+  std::printf("%-44s %10.1f bytes/waiter  (target <= 200)\n", "1M waiters: RSS growth", double(peak - before) / n);
+  std::printf("%-44s %10d calls, %zu completions, delivered in %.1f ms\n", "1M waiters: work calls", calls, done,
+              ns(t1 - t0).count() / 1e6);
+}
+
+void row(const char* name, double subject, double baseline, const char* baseline_name, const char* target) {
+  std::printf("%-44s %8.1f ns  %-34s %8.1f ns  ratio %5.2fx  %s\n", name, subject, baseline_name, baseline,
+              subject / baseline, target);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const int reps = quick ? 3 : 15;
+  const std::size_t waiters = 10'000;
+  const std::size_t misses = quick ? 20'000 : 200'000;
+
+  million_waiters();
+
+  auto cb = measure(flight_waiters_callback, baseline_waiters_callback, waiters, reps);
+  row("per waiter, 10k callbacks, one key", cb.subject_ns, cb.baseline_ns, "N ops completed by one post",
+      "(target <= 150 ns and <= 1.5x)");
+  auto aw = measure(flight_waiters_awaitable, baseline_waiters_awaitable, waiters, reps);
+  row("per waiter, 10k use_awaitable, one key", aw.subject_ns, aw.baseline_ns, "N coroutines awaiting a post",
+      "(report)");
+  auto naive = measure(flight_waiters_callback, naive_waiters, waiters, reps);
+  row("per waiter, 10k callbacks (vs reference)", naive.subject_ns, naive.baseline_ns, "mutex + shared_future",
+      "(reference)");
+  auto miss = measure(flight_miss_coroutine, baseline_post_round, misses, reps);
+  row("miss, coroutine work", miss.subject_ns, miss.baseline_ns, "one post + run round", "(target <= 1000 ns)");
+  auto miss_op = measure(flight_miss_async_op, baseline_post_round, misses, reps);
+  row("miss, async-op work", miss_op.subject_ns, miss_op.baseline_ns, "one post + run round", "(target <= 1000 ns)");
+  return 0;
+}

@@ -1,0 +1,31 @@
+// Google Benchmark suite for cf::flight. Times are per operation (per waiter
+// or per miss); see compare.cpp for the ratio table and RESULTS.md for figures.
+#include "scenarios.hpp"
+
+#include <benchmark/benchmark.h>
+
+namespace {
+
+using cfbench::ns;
+
+template <ns (*Scenario)(std::size_t)>
+void per_item(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) state.SetIterationTime(Scenario(n).count() / 1e9);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+  state.counters["ns_per_item"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+}  // namespace
+
+BENCHMARK(per_item<cfbench::flight_waiters_callback>)->Name("flight/waiters/callback")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_waiters_callback>)->Name("baseline/batch_post/callback")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::flight_waiters_awaitable>)->Name("flight/waiters/awaitable")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_waiters_awaitable>)->Name("baseline/coroutine_post/awaitable")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::naive_waiters>)->Name("reference/mutex_shared_future/waiters")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::flight_miss_coroutine>)->Name("flight/miss/coroutine")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::flight_miss_async_op>)->Name("flight/miss/async_op")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_post_round>)->Name("baseline/post_round")->Arg(10'000)->UseManualTime();
+
+BENCHMARK_MAIN();
