@@ -25,6 +25,7 @@ BENCHMARK(per_item<cfbench::flight_waiters_awaitable>)->Name("flight/waiters/awa
 BENCHMARK(per_item<cfbench::baseline_waiters_awaitable>)->Name("baseline/coroutine_post/awaitable")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::naive_waiters>)->Name("reference/mutex_shared_future/waiters")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::flight_miss_coroutine>)->Name("flight/miss/coroutine")->Arg(10'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::flight_miss_coroutine_multithread_context>)->Name("flight/miss/coroutine/multithread_context")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::flight_miss_async_op>)->Name("flight/miss/async_op")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::baseline_post_round>)->Name("baseline/post_round")->Arg(10'000)->UseManualTime();
 

@@ -153,9 +153,11 @@ inline ns baseline_waiters_awaitable(std::size_t n) {
   return t1 - t0;
 }
 
-// Miss path: one caller, one new key, trivial work; n sequential rounds.
-inline ns flight_miss_coroutine(std::size_t n) {
-  asio::io_context io(1);
+// Miss path: one caller, one new key, trivial work; n sequential rounds. The
+// context's concurrency hint is 1 (one thread runs it, the recommended setup)
+// or the default (any number of threads: each key's work gets a strand).
+inline ns flight_miss_coroutine_hint(std::size_t n, int hint) {
+  asio::io_context io(hint);
   cf::flight<int> f{io};
   std::size_t done = 0;
   auto t0 = clock_type::now();
@@ -167,6 +169,10 @@ inline ns flight_miss_coroutine(std::size_t n) {
   auto t1 = clock_type::now();
   check(done == n, "every miss completed");
   return t1 - t0;
+}
+inline ns flight_miss_coroutine(std::size_t n) { return flight_miss_coroutine_hint(n, 1); }
+inline ns flight_miss_coroutine_multithread_context(std::size_t n) {
+  return flight_miss_coroutine_hint(n, BOOST_ASIO_CONCURRENCY_HINT_DEFAULT);
 }
 
 // Miss path with the work as an Asio operation completing through one post.

@@ -4,6 +4,8 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
+#include <thread>
+
 using namespace cftest;
 
 namespace {
@@ -329,6 +331,61 @@ TEST_F(FlightCancel, CoroutineWaiterCancelledByItsParentGetsOperationAborted) {
   drain(io);
   EXPECT_EQ(what, "aborted");
   EXPECT_EQ(g.cancelled(), 1);
+}
+
+}  // namespace
+
+namespace {
+
+// An io_context built with concurrency hint 1 runs the work without a strand:
+// the same guarantees must hold.
+class FlightSingleThreaded : public ::testing::Test {
+ protected:
+  asio::io_context io{1};
+  event_log log;
+};
+
+TEST_F(FlightSingleThreaded, CoalescesAndCancelsAbandonedWork) {
+  cf::flight<int> f{io, cf::flight_options{.on_event = log.sink()}};
+  gate g{io.get_executor()};
+  std::vector<outcome<>> out(10);
+  for (auto& o : out) f.async_run("k", g.fn(), o.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  g.resolve(2);
+  drain(io);
+  for (auto& o : out) EXPECT_EQ(o.value, 2);
+
+  gate g2{io.get_executor()};
+  asio::cancellation_signal sig;
+  outcome<> leaving;
+  f.async_run("k", g2.fn(), asio::bind_cancellation_slot(sig.slot(), leaving.handler()));
+  run_until(io, [&] { return g2.calls() == 1; });
+  sig.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return leaving.done && g2.cancelled() == 1; });
+  EXPECT_EQ(leaving.code(), asio::error::operation_aborted);
+  EXPECT_EQ(f.size(), 0u);
+  EXPECT_EQ(log.count(K::task_cancelled), 1u);
+}
+
+TEST_F(FlightSingleThreaded, CancelFromAnotherThreadIsSerialisedWithTheWork) {
+  cf::flight<int> f{io};
+  gate g{io.get_executor()};
+  outcome<> o;
+  f.async_run("k", g.fn(), o.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  std::thread([&] { EXPECT_TRUE(f.cancel("k")); }).join();
+  run_until(io, [&] { return o.done && g.cancelled() == 1; });
+  EXPECT_EQ(o.code(), cf::error::cancelled);
+}
+
+TEST_F(FlightSingleThreaded, HandlerBoundToAStrandRunsOnThatStrand) {
+  cf::flight<int> f{io};
+  auto strand = asio::make_strand(io);
+  bool on_strand = false;
+  f.async_run("k", []() -> asio::awaitable<int> { co_return 1; },
+              asio::bind_executor(strand, [&](std::exception_ptr, int) { on_strand = strand.running_in_this_thread(); }));
+  drain(io);
+  EXPECT_TRUE(on_strand);
 }
 
 }  // namespace

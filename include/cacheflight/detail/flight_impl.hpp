@@ -102,10 +102,10 @@ enum class entry_state : unsigned char {
 
 template <class V>
 struct flight_entry {
-  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex)
+  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial)
       : key(std::move(k)),
         shard(s),
-        strand(asio::make_strand(ex)),
+        strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))),
         work(asio::prefer(ex, asio::execution::outstanding_work.tracked)) {}
 
   const std::string key;
@@ -119,8 +119,9 @@ struct flight_entry {
   std::chrono::nanoseconds started{};  // Clock::now() since its epoch, when the work started
 
   // The work's own executor: its start, completion and cancellation are
-  // serialised here, so cancelling from any thread is safe for the work.
-  asio::strand<asio::any_io_executor> strand;
+  // serialised here, so cancelling from any thread is safe for the work. A
+  // strand, unless the flight's context is declared single-threaded.
+  asio::any_io_executor strand;
   // Keeps the flight's execution context alive while the work is in flight.
   asio::any_io_executor work;
   // Touched only on `strand`.
@@ -191,6 +192,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     if (opts_.max_key_length == 0) throw_invalid_option("flight_options::max_key_length must be at least 1");
     if (opts_.shards == 0 || opts_.shards > 1024) throw_invalid_option("flight_options::shards must be in [1, 1024]");
     shards_ = std::make_unique<shard[]>(opts_.shards);
+    serial_ = single_threaded(ex_);
   }
 
   const asio::any_io_executor& executor() const noexcept { return ex_; }
@@ -382,7 +384,15 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     while (waiter* w = waiters.pop_front()) w->complete(ep, v, ex_, d);
   }
 
+  // An io_context built with concurrency hint 1 promises that one thread runs
+  // it: its handlers are already serialised, so the work needs no strand.
+  static bool single_threaded(const asio::any_io_executor& ex) {
+    auto* io = ex.template target<asio::io_context::executor_type>();
+    return io && asio::use_service<asio::detail::scheduler>(io->context()).concurrency_hint() == 1;
+  }
+
   asio::any_io_executor ex_;
+  bool serial_ = false;
   const flight_options opts_;
   std::unique_ptr<shard[]> shards_;
   std::atomic<std::size_t> keys_{0};
@@ -397,7 +407,7 @@ struct flight_state<V, Clock>::task_handler {
   entry_ptr e;
   Keep keep;  // keeps a coroutine lambda (and its captures) alive while it runs
 
-  using executor_type = asio::strand<asio::any_io_executor>;
+  using executor_type = asio::any_io_executor;
   executor_type get_executor() const noexcept { return e->strand; }
   using cancellation_slot_type = asio::cancellation_slot;
   cancellation_slot_type get_cancellation_slot() const noexcept { return e->signal.slot(); }
@@ -433,7 +443,9 @@ void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
   }
   emit(event_kind::task_started, e->key);
   try {
-    if constexpr (coroutine_work<Fn, V>) {
+    if constexpr (coroutine_work<Fn, V> && (std::is_empty_v<Fn> || std::is_pointer_v<Fn>)) {
+      asio::co_spawn(e->strand, fn(), task_handler<std::nullptr_t>{this->shared_from_this(), e, nullptr});
+    } else if constexpr (coroutine_work<Fn, V>) {
       // The coroutine may refer to the lambda's captures: keep it at a stable address.
       auto keep = std::make_unique<Fn>(std::move(fn));
       auto aw = (*keep)();
@@ -658,7 +670,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
 
   // A new key: build the entry outside the lock, then insert it unless another
   // caller got there first.
-  auto fresh = std::make_shared<entry>(std::move(key), &sh, ex_);
+  auto fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_);
   bool rejected = false;
   {
     std::lock_guard lk(sh.mu);
