@@ -434,6 +434,24 @@ TEST_F(FlightBasic, DestroyingTheFlightCancelsWaiters) {
   EXPECT_EQ(g.cancelled(), 1);
 }
 
+TEST_F(FlightBasic, AThrowingHandlerDoesNotStrandTheOtherWaiters) {
+  cf::flight<int> f{io};
+  std::vector<outcome<>> out(4);
+  f.async_run("k", []() -> asio::awaitable<int> { co_return 5; }, out[0].handler());
+  f.async_run("k", []() -> asio::awaitable<int> { co_return 5; },
+              [](std::exception_ptr, int) { throw cftest::test_error("handler failed"); });
+  for (std::size_t i = 1; i < out.size(); ++i)
+    f.async_run("k", []() -> asio::awaitable<int> { co_return 5; }, out[i].handler());
+  // As with any Asio handler, the exception leaves io_context::run().
+  EXPECT_THROW(drain(io), cftest::test_error);
+  drain(io);
+  for (auto& o : out) {
+    EXPECT_EQ(o.completions, 1);
+    EXPECT_EQ(o.value, 5);
+  }
+  EXPECT_EQ(f.size(), 0u);
+}
+
 TEST_F(FlightBasic, ShardedFlightCoalescesPerKey) {
   cf::flight<int> f{io, cf::flight_options{.shards = 8}};
   int calls = 0;

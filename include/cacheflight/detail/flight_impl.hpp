@@ -349,8 +349,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     request_cancel(e);
     // Posted: cancel() and clear() may be called from a waiter's handler, and
     // must not run other handlers inside themselves.
-    auto ep = make_error(error::cancelled);
-    while (waiter* w = waiters.pop_front()) w->complete(ep, nullptr, ex_, delivery::post);
+    deliver(waiters, make_error(error::cancelled), nullptr, delivery::post);
   }
 
   // Cancels the work of a detached entry, on the work's own strand.
@@ -380,8 +379,35 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       emit(event_kind::task_rejected, e->key, dur, ep);
     else
       emit(event_kind::task_resolved, e->key, dur);
-    const delivery d = on_own_thread() ? delivery::direct : delivery::dispatch;
-    while (waiter* w = waiters.pop_front()) w->complete(ep, v, ex_, d);
+    deliver(waiters, ep, v, on_own_thread() ? delivery::direct : delivery::dispatch);
+  }
+
+  // Completes every waiter of `waiters`. If a handler run inline throws, the
+  // remaining waiters are posted their result before the exception propagates
+  // (out of io_context::run, as Asio handlers' exceptions do).
+  void deliver(intrusive_list<waiter>& waiters, const std::exception_ptr& ep, const std::shared_ptr<const V>& v,
+               delivery d) {
+    while (waiter* w = waiters.pop_front()) {
+      try {
+        w->complete(ep, v, ex_, d);
+      } catch (...) {
+        while (waiter* rest = waiters.pop_front()) rest->complete(ep, v, ex_, delivery::post);
+        throw;
+      }
+    }
+  }
+
+  // Fails a fresh entry that could not be started (resource exhaustion).
+  void abort_fresh(const entry_ptr& e, std::exception_ptr ep) {
+    intrusive_list<waiter> waiters;
+    {
+      std::lock_guard lk(e->shard->mu);
+      if (e->state != entry_state::pending) return;
+      take_locked(*e->shard, *e);
+      detach_locked(*e, waiters);
+    }
+    emit(event_kind::task_rejected, e->key, {}, ep);
+    deliver(waiters, ep, nullptr, delivery::post);
   }
 
   // An io_context built with concurrency hint 1 promises that one thread runs
@@ -417,7 +443,7 @@ struct flight_state<V, Clock>::task_handler {
     if (ep)
       st->settle(e, std::move(ep), nullptr);
     else
-      st->settle(e, nullptr, std::make_shared<const V>(std::forward<T>(v)));
+      resolve(std::forward<T>(v));
   }
 
   template <class T>
@@ -425,7 +451,21 @@ struct flight_state<V, Clock>::task_handler {
     if (ec)
       st->settle(e, make_error(ec), nullptr);
     else
-      st->settle(e, nullptr, std::make_shared<const V>(std::forward<T>(v)));
+      resolve(std::forward<T>(v));
+  }
+
+ private:
+  template <class T>
+  void resolve(T&& v) {
+    std::shared_ptr<const V> p;
+    try {
+      p = std::make_shared<const V>(std::forward<T>(v));
+    } catch (...) {
+      // Storing the value failed (allocation, or V's constructor): that is the result.
+      st->settle(e, std::current_exception(), nullptr);
+      return;
+    }
+    st->settle(e, nullptr, std::move(p));
   }
 };
 
@@ -590,7 +630,17 @@ class waiter_op final : public flight_waiter<V> {
   void finish(const std::exception_ptr& ep, const V* v) {
     if (slot_.is_connected()) slot_.clear();
     Handler h(std::move(*handler_));
-    auto work(std::move(work_));
+    if constexpr (own_executor) {
+      if (work_) {
+        work_type work(std::move(*work_));  // released after the upcall
+        release_and_invoke(std::move(h), ep, v);
+        return;
+      }
+    }
+    release_and_invoke(std::move(h), ep, v);
+  }
+
+  void release_and_invoke(Handler&& h, const std::exception_ptr& ep, const V* v) {
     if (ep) {
       std::exception_ptr e = ep;
       release();  // free the node before the upcall, as Asio operations do
@@ -670,7 +720,13 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
 
   // A new key: build the entry outside the lock, then insert it unless another
   // caller got there first.
-  auto fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_);
+  std::shared_ptr<entry> fresh;
+  try {
+    fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_);
+  } catch (...) {
+    op->complete(std::current_exception(), nullptr, ex_, delivery::post);
+    return;
+  }
   bool rejected = false;
   {
     std::lock_guard lk(sh.mu);
@@ -691,9 +747,13 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     op->complete(make_error(error::max_keys_exceeded), nullptr, ex_, delivery::post);
   } else {
     emit(event_kind::miss, fresh->key);
-    auto strand = fresh->strand;
-    asio::post(strand, [st = this->shared_from_this(), e = std::move(fresh),
-                               f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+    try {
+      auto strand = fresh->strand;
+      asio::post(strand, [st = this->shared_from_this(), e = fresh,
+                          f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+    } catch (...) {
+      abort_fresh(fresh, std::current_exception());
+    }
   }
 }
 
