@@ -153,22 +153,31 @@ inline ns baseline_waiters_awaitable(std::size_t n) {
   return t1 - t0;
 }
 
+// Runs n sequential rounds on `io`: `start(done)` initiates one operation that
+// increments `done`, then the context runs until it completes.
+template <class Start>
+ns time_rounds(asio::io_context& io, std::size_t n, Start start) {
+  std::size_t done = 0;
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    start(done);
+    io.run();
+    io.restart();
+  }
+  auto t1 = clock_type::now();
+  check(done == n, "every round completed");
+  return t1 - t0;
+}
+
 // Miss path: one caller, one new key, trivial work; n sequential rounds. The
 // context's concurrency hint is 1 (one thread runs it, the recommended setup)
 // or the default (any number of threads: each key's work gets a strand).
 inline ns flight_miss_coroutine_hint(std::size_t n, int hint) {
   asio::io_context io(hint);
   cf::flight<int> f{io};
-  std::size_t done = 0;
-  auto t0 = clock_type::now();
-  for (std::size_t i = 0; i < n; ++i) {
+  return time_rounds(io, n, [&](std::size_t& done) {
     f.async_run("user:42", trivial_work, [&done](std::exception_ptr, int) { ++done; });
-    io.run();
-    io.restart();
-  }
-  auto t1 = clock_type::now();
-  check(done == n, "every miss completed");
-  return t1 - t0;
+  });
 }
 inline ns flight_miss_coroutine(std::size_t n) { return flight_miss_coroutine_hint(n, 1); }
 inline ns flight_miss_coroutine_multithread_context(std::size_t n) {
@@ -179,7 +188,6 @@ inline ns flight_miss_coroutine_multithread_context(std::size_t n) {
 inline ns flight_miss_async_op(std::size_t n) {
   asio::io_context io(1);
   cf::flight<int> f{io};
-  std::size_t done = 0;
   auto work = [&io](auto&& token) {
     return asio::async_initiate<decltype(token), void(boost::system::error_code, int)>(
         [&io](auto h) {
@@ -187,30 +195,15 @@ inline ns flight_miss_async_op(std::size_t n) {
         },
         token);
   };
-  auto t0 = clock_type::now();
-  for (std::size_t i = 0; i < n; ++i) {
+  return time_rounds(io, n, [&](std::size_t& done) {
     f.async_run("user:42", work, [&done](std::exception_ptr, int) { ++done; });
-    io.run();
-    io.restart();
-  }
-  auto t1 = clock_type::now();
-  check(done == n, "every miss completed");
-  return t1 - t0;
+  });
 }
 
 // Baseline for the miss path: one posted operation per round.
 inline ns baseline_post_round(std::size_t n) {
   asio::io_context io(1);
-  std::size_t done = 0;
-  auto t0 = clock_type::now();
-  for (std::size_t i = 0; i < n; ++i) {
-    asio::post(io, [&done] { ++done; });
-    io.run();
-    io.restart();
-  }
-  auto t1 = clock_type::now();
-  check(done == n, "every post ran");
-  return t1 - t0;
+  return time_rounds(io, n, [&](std::size_t& done) { asio::post(io, [&done] { ++done; }); });
 }
 
 // Reference: the textbook singleflight, a mutex-guarded map of shared_futures.
