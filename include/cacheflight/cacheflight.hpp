@@ -3,8 +3,11 @@
 #define CACHEFLIGHT_CACHEFLIGHT_HPP
 
 /// The whole public API of the header-only core.
+#include <cacheflight/cache.hpp>
+#include <cacheflight/clock.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 #include <cacheflight/flight.hpp>
+#include <cacheflight/stats.hpp>
 
 #endif

@@ -2,6 +2,8 @@
 #ifndef CACHEFLIGHT_EVENT_HPP
 #define CACHEFLIGHT_EVENT_HPP
 
+#include <cacheflight/detail/l1_store.hpp>
+
 #include <chrono>
 #include <exception>
 #include <functional>
@@ -47,6 +49,47 @@ struct event {
   /// For `task_rejected`: the work's exception. Empty otherwise.
   std::exception_ptr error;
 };
+
+/// What happened in a `cache`, as reported to `cache_options::on_event`.
+enum class cache_event_kind {
+  hit,            ///< a caller found a fresh value in memory
+  miss,           ///< a caller found no fresh value in memory
+  load_started,   ///< a loader was invoked (once per coalesced load)
+  load_resolved,  ///< a loader produced a value; `duration` is its run time
+  load_failed,    ///< a loader failed; `error` holds its exception
+  eviction,       ///< an entry was evicted or refused for size; see `cause`
+  expiration,     ///< an expired entry was removed
+};
+
+/// Returns the enumerator's name, e.g. `"load_resolved"`.
+constexpr std::string_view to_string(cache_event_kind k) noexcept {
+  switch (k) {
+    case cache_event_kind::hit: return "hit";
+    case cache_event_kind::miss: return "miss";
+    case cache_event_kind::load_started: return "load_started";
+    case cache_event_kind::load_resolved: return "load_resolved";
+    case cache_event_kind::load_failed: return "load_failed";
+    case cache_event_kind::eviction: return "eviction";
+    case cache_event_kind::expiration: return "expiration";
+  }
+  return "unknown";
+}
+
+/// One observation passed to a cache's event sink.
+struct cache_event {
+  cache_event_kind kind;
+  /// The key concerned. Valid only during the sink's call.
+  std::string_view key;
+  /// For `load_resolved` and `load_failed`: the loader's run time.
+  std::chrono::nanoseconds duration{};
+  /// For `load_failed`: the loader's exception.
+  std::exception_ptr error;
+  /// For `eviction`: why.
+  eviction_cause cause = eviction_cause::capacity;
+};
+
+/// A cache's event sink; the same calling rules as `event_sink`.
+using cache_event_sink = std::function<void(const cache_event&)>;
 
 /// An event sink. It is called synchronously from whichever thread caused the
 /// event, possibly from several threads at once, never under a library lock.

@@ -35,6 +35,16 @@ class intrusive_list {
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
   Node* front() const noexcept { return static_cast<Node*>(head_); }
+  Node* back() const noexcept { return static_cast<Node*>(tail_); }
+
+  void push_front(Node* n) noexcept {
+    list_hook* h = n;
+    h->prev = nullptr;
+    h->next = head_;
+    if (head_) head_->prev = h; else tail_ = h;
+    head_ = h;
+    ++size_;
+  }
 
   void push_back(Node* n) noexcept {
     list_hook* h = n;

@@ -1,0 +1,688 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_CACHE_HPP
+#define CACHEFLIGHT_CACHE_HPP
+
+#include <cacheflight/clock.hpp>
+#include <cacheflight/detail/l1_store.hpp>
+#include <cacheflight/error.hpp>
+#include <cacheflight/event.hpp>
+#include <cacheflight/flight.hpp>
+#include <cacheflight/stats.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace cacheflight {
+
+/// A size limit meaning "no limit".
+inline constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+/// A TTL meaning "never expires".
+inline constexpr std::chrono::nanoseconds no_expiry = std::chrono::nanoseconds::max();
+
+/// Options for one `cache`. An aggregate: use designated initializers.
+struct cache_options {
+  /// Cap on entries in memory; 0 stores nothing, `unlimited` for no cap.
+  std::size_t max_entries = 10'000;
+  /// Lifetime of a value stored without an explicit TTL; `no_expiry` for none.
+  std::chrono::nanoseconds default_ttl = no_expiry;
+  /// Cap on the total weight given by the weigher (see the cache constructor);
+  /// `unlimited` for no cap. Without a weigher every entry weighs 1.
+  std::size_t max_weight = unlimited;
+  /// Which entry to evict when full.
+  eviction_policy policy = eviction_policy::s3fifo;
+  /// When set, a loader's failure is cached for this long (negative caching):
+  /// callers within it get the same exception without a new load. Unset: failures
+  /// are never cached.
+  std::optional<std::chrono::nanoseconds> negative_ttl{};
+  /// Receives every cache event; may be empty. Exceptions it throws are discarded.
+  cache_event_sink on_event{};
+  /// Independently locked partitions of the memory tier (1 to 1024). Each holds
+  /// `max_entries / shards` entries, so eviction is exact only with one shard.
+  /// Use several when many threads share the cache.
+  std::size_t shards = 1;
+  /// Cap on keys being loaded at once; beyond it a load fails with `error::max_keys_exceeded`.
+  std::size_t max_loads = 100'000;
+  /// Bound on each caller's wait for a load (`no_timeout` for none); `error::timed_out` after it.
+  std::chrono::nanoseconds load_timeout = no_timeout;
+  /// What happens to a load whose callers have all left: cancelled (default), or
+  /// left to finish and fill the cache.
+  abandon_policy on_abandon = abandon_policy::cancel;
+  /// Longest accepted key, in bytes.
+  std::size_t max_key_length = 1024;
+};
+
+/// Per-call options of `cache::async_get` with a loader.
+struct get_options {
+  /// This caller's wait bound; unset: `cache_options::load_timeout`.
+  std::optional<std::chrono::nanoseconds> timeout{};
+  /// Lifetime of the value this call loads; unset: `cache_options::default_ttl`.
+  std::optional<std::chrono::nanoseconds> ttl{};
+};
+
+/// Result of `cache::async_warmup`.
+struct warmup_result {
+  std::size_t loaded = 0;   ///< keys loaded and stored
+  std::size_t skipped = 0;  ///< keys already in memory (left untouched)
+  /// Keys whose load failed, with the failure.
+  std::vector<std::pair<std::string, std::exception_ptr>> failed;
+};
+
+namespace detail {
+
+template <class V, class Clock>
+class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
+ public:
+  using shard = l1_shard<V>;
+  using node = l1_node<V>;
+  using weigher_type = std::function<std::size_t(std::string_view, const V&)>;
+
+  cache_state(asio::any_io_executor ex, cache_options opts, weigher_type weigher)
+      : ex_(std::move(ex)),
+        opts_(std::move(opts)),
+        weigher_(std::move(weigher)),
+        flight_(ex_, flight_options{.max_keys = opts_.max_loads,
+                                    .default_timeout = opts_.load_timeout,
+                                    .on_event = [this](const event& e) {
+                                      if (e.kind == event_kind::hit) coalesced_.fetch_add(1, std::memory_order_relaxed);
+                                    },
+                                    .on_abandon = opts_.on_abandon,
+                                    .max_key_length = opts_.max_key_length,
+                                    .shards = opts_.shards}) {
+    if (opts_.default_ttl <= std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::default_ttl must be positive (or no_expiry)");
+    if (opts_.negative_ttl && *opts_.negative_ttl <= std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::negative_ttl must be positive");
+    shards_ = std::make_unique<shard[]>(opts_.shards);
+    auto split = [&](std::size_t total) {
+      if (total == unlimited || total == 0) return total;
+      return std::max<std::size_t>(1, (total + opts_.shards - 1) / opts_.shards);
+    };
+    for (std::size_t i = 0; i < opts_.shards; ++i)
+      shards_[i].configure(opts_.policy, split(opts_.max_entries), split(opts_.max_weight));
+  }
+
+  const asio::any_io_executor& executor() const noexcept { return ex_; }
+  const cache_options& options() const noexcept { return opts_; }
+  flight<V, Clock>& get_flight() noexcept { return flight_; }
+
+  bool valid_key(std::string_view key) const noexcept {
+    return !key.empty() && key.size() <= opts_.max_key_length;
+  }
+
+  static std::int64_t now() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  }
+
+  static std::int64_t deadline(std::int64_t now, std::chrono::nanoseconds ttl) noexcept {
+    if (ttl == no_expiry || ttl.count() > std::numeric_limits<std::int64_t>::max() - now)
+      return std::numeric_limits<std::int64_t>::max();
+    return now + ttl.count();
+  }
+
+  shard& shard_for(std::string_view key) const noexcept {
+    if (opts_.shards == 1) return shards_[0];
+    return shards_[boost::hash<std::string_view>{}(key) % opts_.shards];
+  }
+
+  // What a lookup found.
+  struct found {
+    enum { none, value, failure } what = none;
+    std::optional<V> v;
+    std::exception_ptr error;
+  };
+
+  // Looks `key` up in memory, counting a hit or a miss. `purge` bounds the
+  // expired entries reclaimed on the way (0 on the allocation-free peek path).
+  found lookup(std::string_view key, std::size_t purge, bool count = true) {
+    shard& sh = shard_for(key);
+    typename shard::graveyard dead;
+    found f;
+    {
+      std::lock_guard lk(sh.mu);
+      const std::int64_t t = now();
+      if (purge) sh.purge(t, purge, dead);
+      if (node* n = sh.find(key, t, dead)) {
+        if (count) ++sh.counters.hits;
+        if (n->value) {
+          f.what = found::value;
+          f.v.emplace(*n->value);
+        } else {
+          f.what = found::failure;
+          f.error = n->error;
+        }
+      } else if (count) {
+        ++sh.counters.misses;
+      }
+    }
+    if (count) emit_kind(f.what == found::none ? cache_event_kind::miss : cache_event_kind::hit, key);
+    bury(dead);
+    return f;
+  }
+
+  // Stores a value (or a failure, for negative caching). With a load token, only
+  // if the load was not invalidated meanwhile. Returns whether it was stored.
+  bool store(std::string key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
+             std::optional<std::uint64_t> token) {
+    shard& sh = shard_for(key);
+    std::size_t w = 1;
+    if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
+    typename shard::graveyard dead;
+    bool stored = false, oversized = false;
+    std::string k = key;
+    {
+      std::lock_guard lk(sh.mu);
+      if (token) {
+        if (!sh.end_load(key, *token)) return false;  // erased, cleared or set meanwhile
+      } else {
+        sh.invalidate_load(key);  // an explicit set is newer than any load in flight
+      }
+      const std::int64_t t = now();
+      sh.purge(t, 8, dead);
+      stored = sh.put(std::move(k), deadline(t, ttl), w,
+                      [&](node& n) {
+                        if (v) {
+                          n.value.emplace(*v);
+                          n.error = nullptr;
+                        } else {
+                          n.value.reset();
+                          n.error = error;
+                        }
+                      },
+                      dead);
+      oversized = !stored;
+    }
+    if (oversized) emit(cache_event{cache_event_kind::eviction, key, {}, {}, eviction_cause::oversized});
+    bury(dead);
+    return stored;
+  }
+
+  bool erase(const std::string& key) {
+    shard& sh = shard_for(key);
+    typename shard::graveyard dead;
+    bool erased;
+    {
+      std::lock_guard lk(sh.mu);
+      sh.invalidate_load(key);
+      erased = sh.erase(key, dead);
+    }
+    bury(dead);
+    return erased;
+  }
+
+  void clear() {
+    for (std::size_t i = 0; i < opts_.shards; ++i) {
+      typename shard::graveyard dead;
+      {
+        std::lock_guard lk(shards_[i].mu);
+        shards_[i].invalidate_loads();
+        shards_[i].clear(dead);
+      }
+      bury(dead);
+    }
+  }
+
+  std::optional<V> peek(std::string_view key) {
+    found f = lookup(key, 0);
+    if (f.what == found::value) return std::move(f.v);
+    return std::nullopt;
+  }
+
+  cache_stats stats() {
+    cache_stats s;
+    for (std::size_t i = 0; i < opts_.shards; ++i) {
+      typename shard::graveyard dead;
+      {
+        std::lock_guard lk(shards_[i].mu);
+        shards_[i].purge(now(), unlimited, dead);  // expired entries do not count
+        const l1_counters& c = shards_[i].counters;
+        s.hits += c.hits;
+        s.misses += c.misses;
+        s.evictions_capacity += c.evictions_capacity;
+        s.evictions_oversized += c.evictions_oversized;
+        s.expirations += c.expirations;
+        s.size += shards_[i].count();
+        s.weight += shards_[i].weight();
+      }
+      bury(dead);
+    }
+    s.hit_rate = s.hits + s.misses == 0 ? 0.0 : double(s.hits) / double(s.hits + s.misses);
+    s.loads = loads_.load(std::memory_order_relaxed);
+    s.load_failures = load_failures_.load(std::memory_order_relaxed);
+    s.load_time = std::chrono::nanoseconds(load_time_.load(std::memory_order_relaxed));
+    s.coalesced = coalesced_.load(std::memory_order_relaxed);
+    s.loads_in_flight = flight_.size();
+    return s;
+  }
+
+  // The work a coalesced miss runs: the loader, then the fill, generation-safe.
+  template <class Loader>
+  static asio::awaitable<V> load_and_fill(std::shared_ptr<cache_state> st, std::string key, Loader loader,
+                                          std::chrono::nanoseconds ttl) {
+    const std::uint64_t token = st->begin_load(key);
+    st->emit_kind(cache_event_kind::load_started, key);
+    const auto t0 = Clock::now();
+    std::optional<V> value;
+    std::exception_ptr failure;
+    try {
+      if constexpr (coroutine_work<Loader, V>)
+        value.emplace(co_await loader());
+      else
+        value.emplace(co_await loader(asio::use_awaitable));
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
+    st->load_time_.fetch_add(took.count(), std::memory_order_relaxed);
+    if (failure) {
+      st->load_failed(key, token, failure, took);
+      std::rethrow_exception(failure);
+    }
+    st->loads_.fetch_add(1, std::memory_order_relaxed);
+    st->emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
+    st->store(key, &*value, nullptr, ttl, token);
+    co_return std::move(*value);
+  }
+
+  void emit(const cache_event& e) const {
+    if (!opts_.on_event) return;
+    try {
+      opts_.on_event(e);
+    } catch (...) {
+      // Documented: a throwing sink does not disturb the cache.
+    }
+  }
+  void emit_kind(cache_event_kind k, std::string_view key) const {
+    if (opts_.on_event) emit(cache_event{k, key, {}, {}, {}});
+  }
+
+ private:
+  std::uint64_t begin_load(const std::string& key) {
+    const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    sh.begin_load(key, token);
+    return token;
+  }
+
+  void load_failed(const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
+                   std::chrono::nanoseconds took) {
+    if (is_abort(failure)) {
+      // Cancelled because its callers left: not the loader's failure.
+      shard& sh = shard_for(key);
+      std::lock_guard lk(sh.mu);
+      sh.end_load(key, token);
+      return;
+    }
+    load_failures_.fetch_add(1, std::memory_order_relaxed);
+    emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
+    if (opts_.negative_ttl) {
+      store(key, nullptr, failure, *opts_.negative_ttl, token);
+    } else {
+      shard& sh = shard_for(key);
+      std::lock_guard lk(sh.mu);
+      sh.end_load(key, token);
+    }
+  }
+
+  static bool is_abort(const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const boost::system::system_error& se) {
+      return se.code() == asio::error::operation_aborted;
+    } catch (...) {
+    }
+    return false;
+  }
+
+  // Emits the events of removed entries and frees them, outside any lock.
+  void bury(typename shard::graveyard& dead) {
+    while (node* n = dead.pop_front()) {
+      if (n->why == removal::capacity)
+        emit(cache_event{cache_event_kind::eviction, n->key, {}, {}, eviction_cause::capacity});
+      else if (n->why == removal::expired)
+        emit_kind(cache_event_kind::expiration, n->key);
+      delete n;
+    }
+  }
+
+  asio::any_io_executor ex_;
+  const cache_options opts_;
+  weigher_type weigher_;
+  std::unique_ptr<shard[]> shards_;
+  std::atomic<std::uint64_t> loads_{0}, load_failures_{0}, load_time_{0}, coalesced_{0}, next_token_{0};
+  flight<V, Clock> flight_;  // last: destroyed first, while the counters it reports to exist
+};
+
+}  // namespace detail
+
+/// An asynchronous read-through cache: memory first, then one coalesced load.
+///
+/// `async_get(key, loader, token)` answers from memory when a fresh value is
+/// there; otherwise it joins or starts the one load of `key` in flight (a
+/// `flight` inside the cache), stores the result and completes every caller.
+///
+/// @tparam V      The value type: copy constructible and default constructible.
+/// @tparam Clock  The clock of TTLs and load timeouts (default: `coarse_steady_clock`;
+///                tests use `manual_clock`).
+///
+/// @par Threads
+/// Every member may be called from any thread, concurrently. Memory is split in
+/// `cache_options::shards` partitions, each guarded by a mutex held for
+/// constant-time bookkeeping only; loaders, weighers, event sinks and handlers
+/// never run under it. For a multi-core server, run one `io_context` per thread
+/// (`io_context(1)`) and share one cache with `shards` of 8 or more among them.
+///
+/// @par Lifetime
+/// The cache may be destroyed with loads in flight: their callers complete with
+/// `error::cancelled`. Deferred operations must be launched before it is destroyed.
+template <class V, class Clock = coarse_steady_clock>
+class cache {
+  using state_type = detail::cache_state<V, Clock>;
+
+ public:
+  using value_type = V;
+  using clock_type = Clock;
+  using executor_type = boost::asio::any_io_executor;
+  /// Gives the weight of a value; called outside any lock, once per stored value.
+  using weigher_type = std::function<std::size_t(std::string_view key, const V& value)>;
+
+  /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
+  explicit cache(executor_type ex, cache_options opts = {}, weigher_type weigher = {})
+      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher))) {}
+
+  template <class ExecutionContext>
+    requires std::convertible_to<ExecutionContext&, boost::asio::execution_context&>
+  explicit cache(ExecutionContext& ctx, cache_options opts = {}, weigher_type weigher = {})
+      : cache(ctx.get_executor(), std::move(opts), std::move(weigher)) {}
+
+  cache(const cache&) = delete;
+  cache& operator=(const cache&) = delete;
+
+  /// Cancels the loads in flight (their callers get `error::cancelled`).
+  ~cache() {
+    if (st_) st_->get_flight().clear();
+  }
+
+  executor_type get_executor() const noexcept { return st_->executor(); }
+  const cache_options& options() const noexcept { return st_->options(); }
+
+  /// Gets `key`: from memory if fresh, else from one load shared by all concurrent callers.
+  ///
+  /// @param key     Non-empty, at most `cache_options::max_key_length` bytes.
+  /// @param opts    This caller's timeout and the TTL of a value this call loads.
+  /// @param loader  Runs on a miss, once for all concurrent callers of `key`:
+  ///                `() -> asio::awaitable<V>`, or an Asio asynchronous operation
+  ///                taking a completion token with signature
+  ///                `void(error_code, V)` or `void(std::exception_ptr, V)` (a
+  ///                `batch_loader`'s `async_load` bound to a key, for instance).
+  /// @param token   The completion token.
+  ///
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, V value) @endcode
+  /// Errors: the loader's exception, unchanged (the same object for every caller);
+  /// `error::invalid_key`, `error::invalid_timeout`, `error::timed_out`,
+  /// `error::max_keys_exceeded` (too many loads in flight), `error::cancelled`;
+  /// `operation_aborted` for a caller cancelled through its own slot. With
+  /// `negative_ttl`, a cached failure is delivered as on the original load.
+  ///
+  /// @par Executor
+  /// The handler runs on its associated executor (the cache's by default), never
+  /// inside this call: a value found in memory is posted.
+  ///
+  /// @par Per-Operation Cancellation
+  /// While waiting for a load: `terminal`, `partial` and `total`, as in
+  /// `flight::async_run`; when the last caller leaves, the load is cancelled
+  /// (unless `on_abandon` is `finish`). A value found in memory is not cancellable.
+  ///
+  /// @par Invalidation
+  /// An `async_erase`, `async_clear` or `async_set` of `key` while its load is in
+  /// flight does not stop the load: its callers still receive the value, but the
+  /// value is not stored, so the next caller loads anew.
+  ///
+  /// @par Thread safety
+  /// Any thread, concurrently with every other member.
+  template <class Loader, boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
+  auto async_get(std::string key, get_options opts, Loader loader, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
+        initiate_get{st_.get()}, token, std::move(key), opts, std::move(loader));
+  }
+
+  /// As above, with default `get_options`.
+  template <class Loader, boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
+    requires(!std::same_as<std::decay_t<Loader>, get_options>)
+  auto async_get(std::string key, Loader loader, CompletionToken&& token) {
+    return async_get(std::move(key), get_options{}, std::move(loader), std::forward<CompletionToken>(token));
+  }
+
+  /// Looks `key` up in memory only; never loads.
+  ///
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, std::optional<V> value) @endcode
+  /// `value` is empty when no fresh value is in memory (a cached failure counts as
+  /// none). `error` only for `error::invalid_key`. Posted to the handler's executor.
+  template <boost::asio::completion_token_for<void(std::exception_ptr, std::optional<V>)> CompletionToken>
+  auto async_get(std::string key, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, std::optional<V>)>(
+        [st = st_.get()](auto handler, std::string key) {
+          std::exception_ptr e;
+          std::optional<V> v;
+          if (!st->valid_key(key))
+            e = detail::make_error(error::invalid_key);
+          else if (auto f = st->lookup(key, 2); f.what == state_type::found::value)
+            v = std::move(f.v);
+          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e), std::move(v)));
+        },
+        token, std::move(key));
+  }
+
+  /// The coroutine fast path of `async_get`: a value found in memory is returned
+  /// without suspending the caller or posting anything; a miss continues as
+  /// `async_get(key, opts, loader, use_awaitable)`. Prefer it in coroutines on hot
+  /// paths; use `async_get` for other tokens, or where a hit must not resume the
+  /// caller inline. Errors are thrown. The cache must outlive the awaitable.
+  template <class Loader>
+  boost::asio::awaitable<V> co_get(std::string key, Loader loader, get_options opts = {}) {
+    if (st_->valid_key(key)) {
+      auto f = st_->lookup(key, 2);
+      if (f.what == state_type::found::value) co_return std::move(*f.v);
+      if (f.what == state_type::found::failure) std::rethrow_exception(f.error);
+    }
+    auto op = async_get(std::move(key), opts, std::move(loader), boost::asio::use_awaitable);
+    co_return co_await std::move(op);
+  }
+
+  /// Stores `value` under `key` with the default TTL (`ttl`: this one; `no_expiry`:
+  /// none), replacing any value and superseding any load of `key` in flight.
+  ///
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error) @endcode
+  /// Errors: `error::invalid_key`, `error::invalid_timeout` (a TTL that is not
+  /// positive). A value heavier than the cap is not stored (an `eviction` event
+  /// with cause `oversized`); that is not an error. Posted to the handler's executor.
+  template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
+  auto async_set(std::string key, V value, std::chrono::nanoseconds ttl, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+        [st = st_.get()](auto handler, std::string key, V value, std::chrono::nanoseconds ttl) {
+          std::exception_ptr e;
+          if (!st->valid_key(key))
+            e = detail::make_error(error::invalid_key);
+          else if (ttl <= std::chrono::nanoseconds::zero())
+            e = detail::make_error(error::invalid_timeout);
+          else
+            st->store(std::move(key), &value, nullptr, ttl, std::nullopt);
+          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e)));
+        },
+        token, std::move(key), std::move(value), ttl);
+  }
+
+  template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
+  auto async_set(std::string key, V value, CompletionToken&& token) {
+    return async_set(std::move(key), std::move(value), st_->options().default_ttl,
+                     std::forward<CompletionToken>(token));
+  }
+
+  /// Removes `key` from memory; a load of it in flight will not be stored.
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, bool erased) @endcode
+  template <boost::asio::completion_token_for<void(std::exception_ptr, bool)> CompletionToken>
+  auto async_erase(std::string key, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, bool)>(
+        [st = st_.get()](auto handler, std::string key) {
+          std::exception_ptr e;
+          bool erased = false;
+          if (!st->valid_key(key))
+            e = detail::make_error(error::invalid_key);
+          else
+            erased = st->erase(key);
+          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e), erased));
+        },
+        token, std::move(key));
+  }
+
+  /// Removes every entry; loads in flight will not be stored.
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error) @endcode (never an error today)
+  template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
+  auto async_clear(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+        [st = st_.get()](auto handler) {
+          st->clear();
+          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::exception_ptr{}));
+        },
+        token);
+  }
+
+  /// A warmup entry: a key and the coroutine that loads it.
+  using warmup_entry = std::pair<std::string, std::function<boost::asio::awaitable<V>()>>;
+
+  /// Loads every key not already in memory, concurrently (coalesced with any
+  /// other caller of the same key). A failure does not stop the others.
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, warmup_result result) @endcode
+  /// `error` is never set; failures are listed in `result.failed` (an invalid key
+  /// fails with `error::invalid_key`). The handler runs on its associated executor.
+  template <boost::asio::completion_token_for<void(std::exception_ptr, warmup_result)> CompletionToken>
+  auto async_warmup(std::vector<warmup_entry> entries, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, warmup_result)>(
+        [this](auto handler, std::vector<warmup_entry> entries) { start_warmup(std::move(handler), std::move(entries)); },
+        token, std::move(entries));
+  }
+
+  /// The value of `key` if it is in memory and fresh. Synchronous, thread-safe,
+  /// no executor hop; a hit allocates nothing beyond `V`'s copy. Counts a hit or
+  /// a miss like any lookup.
+  std::optional<V> peek(std::string_view key) const { return st_->peek(key); }
+
+  /// A snapshot of the counters. Reclaims expired entries first, so `size`
+  /// counts fresh entries only.
+  cache_stats stats() const { return st_->stats(); }
+
+  /// Entries in memory (fresh ones only).
+  std::size_t size() const { return stats().size; }
+
+ private:
+  struct initiate_get {
+    state_type* st;
+
+    template <class Handler, class Loader>
+    void operator()(Handler&& handler, std::string&& key, get_options opts, Loader&& loader) const {
+      namespace asio = boost::asio;
+      if (!st->valid_key(key)) {
+        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), detail::make_error(error::invalid_key), V{}));
+        return;
+      }
+      auto f = st->lookup(key, 2);
+      if (f.what == state_type::found::value) {
+        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), std::exception_ptr{}, std::move(*f.v)));
+        return;
+      }
+      if (f.what == state_type::found::failure) {
+        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), std::move(f.error), V{}));
+        return;
+      }
+      const auto ttl = opts.ttl ? *opts.ttl : st->options().default_ttl;
+      if (ttl <= std::chrono::nanoseconds::zero()) {
+        asio::post(st->executor(),
+                   asio::append(std::forward<Handler>(handler), detail::make_error(error::invalid_timeout), V{}));
+        return;
+      }
+      auto work = [s = st->shared_from_this(), k = key, l = std::decay_t<Loader>(std::forward<Loader>(loader)), ttl] {
+        return state_type::load_and_fill(s, k, l, ttl);
+      };
+      st->get_flight().async_run(std::move(key), run_options{.timeout = opts.timeout}, std::move(work),
+                                 std::forward<Handler>(handler));
+    }
+  };
+
+  template <class Handler>
+  void start_warmup(Handler handler, std::vector<warmup_entry> entries) {
+    namespace asio = boost::asio;
+    struct op {
+      Handler handler;
+      asio::any_io_executor ex;
+      std::mutex mu;
+      std::size_t pending;
+      warmup_result result;
+      void one_done() {
+        std::unique_lock lk(mu);
+        if (--pending != 0) return;
+        lk.unlock();
+        auto hex = asio::get_associated_executor(handler, ex);
+        asio::dispatch(hex, asio::append(std::move(handler), std::exception_ptr{}, std::move(result)));
+      }
+    };
+    auto o = std::make_shared<op>(op{std::move(handler), st_->executor(), {}, entries.size() + 1, {}});
+    for (auto& [key, loader] : entries) {
+      if (!st_->valid_key(key)) {
+        std::lock_guard lk(o->mu);
+        o->result.failed.emplace_back(key, detail::make_error(error::invalid_key));
+        --o->pending;
+        continue;
+      }
+      if (st_->lookup(key, 0, false).what == state_type::found::value) {
+        std::lock_guard lk(o->mu);
+        ++o->result.skipped;
+        --o->pending;
+        continue;
+      }
+      std::string k = key;
+      async_get(std::move(key), std::move(loader), [o, k = std::move(k)](std::exception_ptr e, V) {
+        {
+          std::lock_guard lk(o->mu);
+          if (e)
+            o->result.failed.emplace_back(k, std::move(e));
+          else
+            ++o->result.loaded;
+        }
+        o->one_done();
+      });
+    }
+    // The last reference: posted, so the handler never runs inside this call.
+    asio::post(st_->executor(), [o] { o->one_done(); });
+  }
+
+  std::shared_ptr<state_type> st_;
+};
+
+}  // namespace cacheflight
+
+#endif

@@ -1,0 +1,362 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_L1_STORE_HPP
+#define CACHEFLIGHT_DETAIL_L1_STORE_HPP
+
+#include <cacheflight/detail/intrusive_list.hpp>
+
+#include <boost/container_hash/hash.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cacheflight {
+
+/// How the memory tier chooses what to evict when it is full.
+enum class eviction_policy {
+  /// S3-FIFO (Yang et al., SOSP 2023): a small probationary FIFO, a main FIFO
+  /// with 2-bit access counts and a ghost FIFO of recently evicted keys. Scan
+  /// resistant and frequency aware, with a hit that only bumps a counter.
+  s3fifo,
+  /// Least recently used, exactly.
+  lru,
+};
+
+/// Why an entry left the memory tier (see `cache_event_kind::eviction`).
+enum class eviction_cause {
+  capacity,   ///< evicted to respect `max_entries` / `max_weight`
+  oversized,  ///< never stored: its weight alone exceeds the tier's share of `max_weight`
+};
+
+namespace detail {
+
+enum class removal : std::uint8_t { none, capacity, expired, replaced, erased };
+
+template <class V>
+struct l1_node : list_hook {
+  static constexpr std::size_t no_heap = std::numeric_limits<std::size_t>::max();
+
+  std::string key;
+  std::optional<V> value;   // empty for a negative entry
+  std::exception_ptr error; // the cached failure of a negative entry
+  std::int64_t expires = std::numeric_limits<std::int64_t>::max();  // cache clock, ns
+  std::size_t weight = 1;
+  std::size_t heap_index = no_heap;
+  std::uint8_t freq = 0;
+  bool in_main = false;
+  removal why = removal::none;
+};
+
+// Counters kept per shard, under its lock, so that hits on different shards
+// never share a cache line.
+struct l1_counters {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t evictions_capacity = 0;
+  std::uint64_t evictions_oversized = 0;
+  std::uint64_t expirations = 0;
+};
+
+// One lock-protected partition of the memory tier. Every member function
+// requires `mu` held. Removed nodes are handed back on a graveyard list so that
+// events and frees happen after the lock is released.
+template <class V>
+class l1_shard {
+ public:
+  using node = l1_node<V>;
+  using graveyard = intrusive_list<node>;
+
+  l1_shard() = default;
+  l1_shard(const l1_shard&) = delete;
+  l1_shard& operator=(const l1_shard&) = delete;
+  ~l1_shard() {
+    for (auto& kv : map_) delete kv.second;
+  }
+
+  void configure(eviction_policy p, std::size_t max_entries, std::size_t max_weight) {
+    policy_ = p;
+    max_entries_ = max_entries;
+    max_weight_ = max_weight;
+  }
+
+  std::mutex mu;
+  l1_counters counters;
+
+  std::size_t count() const noexcept { return map_.size(); }
+  std::size_t weight() const noexcept { return weight_; }
+  std::size_t max_weight() const noexcept { return max_weight_; }
+  bool stores_nothing() const noexcept { return max_entries_ == 0 || max_weight_ == 0; }
+
+  // A fresh entry for `key`, or null. An expired entry found on the way is
+  // removed onto `dead`. A hit records the access for the eviction policy.
+  node* find(std::string_view key, std::int64_t now, graveyard& dead) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return nullptr;
+    node* n = it->second;
+    if (n->expires <= now) {
+      remove(n, removal::expired, dead);
+      return nullptr;
+    }
+    touch(n);
+    return n;
+  }
+
+  // Inserts or replaces. Returns false (storing nothing) for an entry heavier
+  // than the shard's capacity. Evictions go onto `dead`.
+  template <class Fill>
+  bool put(std::string&& key, std::int64_t expires, std::size_t w, Fill&& fill, graveyard& dead) {
+    if (stores_nothing()) return true;
+    if (w > max_weight_) {
+      ++counters.evictions_oversized;
+      if (auto it = map_.find(std::string_view(key)); it != map_.end()) remove(it->second, removal::replaced, dead);
+      return false;
+    }
+    if (auto it = map_.find(std::string_view(key)); it != map_.end()) {
+      node* n = it->second;
+      fill(*n);
+      weight_ = weight_ - n->weight + w;
+      if (policy_ == eviction_policy::s3fifo) {
+        std::size_t& part = n->in_main ? main_weight_ : small_weight_;
+        part = part - n->weight + w;
+      }
+      n->weight = w;
+      set_expiry(n, expires);
+      touch(n);
+    } else {
+      node* n = new node;
+      n->key = std::move(key);
+      fill(*n);
+      n->weight = w;
+      weight_ += w;
+      map_.emplace(std::string_view(n->key), n);
+      set_expiry(n, expires);
+      admit(n);
+    }
+    evict(dead);
+    return true;
+  }
+
+  bool erase(std::string_view key, graveyard& dead) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return false;
+    remove(it->second, removal::erased, dead);
+    return true;
+  }
+
+  std::size_t clear(graveyard& dead) {
+    std::size_t n = map_.size();
+    while (!map_.empty()) remove(map_.begin()->second, removal::erased, dead);
+    ghost_.clear();
+    ghost_set_.clear();
+    return n;
+  }
+
+  // Removes up to `limit` expired entries, soonest first.
+  std::size_t purge(std::int64_t now, std::size_t limit, graveyard& dead) {
+    std::size_t n = 0;
+    while (n < limit && !heap_.empty() && heap_.front()->expires <= now) {
+      remove(heap_.front(), removal::expired, dead);
+      ++n;
+    }
+    return n;
+  }
+
+  // Generation tokens of loads in flight: a load stores its result only if its
+  // token is still registered (no erase, clear or set of the key meanwhile).
+  void begin_load(const std::string& key, std::uint64_t token) { loading_[key] = token; }
+  bool end_load(const std::string& key, std::uint64_t token) {
+    auto it = loading_.find(key);
+    if (it == loading_.end() || it->second != token) return false;
+    loading_.erase(it);
+    return true;
+  }
+  void invalidate_load(const std::string& key) {
+    if (auto it = loading_.find(key); it != loading_.end()) loading_.erase(it);
+  }
+  void invalidate_loads() { loading_.clear(); }
+
+ private:
+  void touch(node* n) {
+    if (policy_ == eviction_policy::lru) {
+      main_.erase(n);
+      main_.push_front(n);
+    } else if (n->freq < 3) {
+      ++n->freq;
+    }
+  }
+
+  void admit(node* n) {
+    if (policy_ == eviction_policy::lru) {
+      n->in_main = true;
+      main_.push_front(n);
+      return;
+    }
+    const std::uint64_t h = boost::hash<std::string_view>{}(n->key);
+    auto g = ghost_set_.find(h);
+    if (g != ghost_set_.end()) {
+      // Recently evicted from the small queue: it has proven reuse.
+      n->in_main = true;
+      main_.push_front(n);
+      main_weight_ += n->weight;
+    } else {
+      small_.push_front(n);
+      small_weight_ += n->weight;
+    }
+  }
+
+  bool over() const noexcept { return map_.size() > max_entries_ || weight_ > max_weight_; }
+
+  void evict(graveyard& dead) {
+    while (over() && !map_.empty()) {
+      if (policy_ == eviction_policy::lru) {
+        remove(main_.back(), removal::capacity, dead);
+        continue;
+      }
+      const bool by_weight = max_weight_ != std::numeric_limits<std::size_t>::max();
+      const std::size_t small_target = std::max<std::size_t>(1, (by_weight ? max_weight_ : max_entries_) / 10);
+      const std::size_t small_size = by_weight ? small_weight_ : small_.size();
+      if (!small_.empty() && (small_size > small_target || main_.empty()))
+        evict_small(dead);
+      else
+        evict_main(dead);
+    }
+  }
+
+  void evict_small(graveyard& dead) {
+    node* n = small_.back();
+    if (n->freq > 0) {
+      // Reused while on probation: promote.
+      small_.erase(n);
+      small_weight_ -= n->weight;
+      n->freq = 0;
+      n->in_main = true;
+      main_.push_front(n);
+      main_weight_ += n->weight;
+      return;
+    }
+    remember(boost::hash<std::string_view>{}(n->key));
+    remove(n, removal::capacity, dead);
+  }
+
+  void evict_main(graveyard& dead) {
+    // Bounded: every pass decrements a count of at most 3.
+    for (;;) {
+      node* n = main_.back();
+      if (n->freq == 0) {
+        remove(n, removal::capacity, dead);
+        return;
+      }
+      --n->freq;
+      main_.erase(n);
+      main_.push_front(n);
+    }
+  }
+
+  void remember(std::uint64_t h) {
+    ghost_.push_back(h);
+    ++ghost_set_[h];
+    const std::size_t cap = std::max<std::size_t>(16, std::min(map_.size(), max_entries_));
+    while (ghost_.size() > cap) {
+      auto it = ghost_set_.find(ghost_.front());
+      if (--it->second == 0) ghost_set_.erase(it);
+      ghost_.pop_front();
+    }
+  }
+
+  void remove(node* n, removal why, graveyard& dead) {
+    if (policy_ == eviction_policy::lru || n->in_main) {
+      main_.erase(n);
+      if (policy_ != eviction_policy::lru) main_weight_ -= n->weight;
+    } else {
+      small_.erase(n);
+      small_weight_ -= n->weight;
+    }
+    heap_erase(n);
+    map_.erase(std::string_view(n->key));
+    weight_ -= n->weight;
+    if (why == removal::capacity) ++counters.evictions_capacity;
+    if (why == removal::expired) ++counters.expirations;
+    n->why = why;
+    dead.push_back(n);
+  }
+
+  // --- expiry heap (min-heap on `expires`, nodes know their index) -------------
+  void set_expiry(node* n, std::int64_t expires) {
+    n->expires = expires;
+    const bool finite = expires != std::numeric_limits<std::int64_t>::max();
+    if (n->heap_index == node::no_heap) {
+      if (!finite) return;
+      n->heap_index = heap_.size();
+      heap_.push_back(n);
+      sift_up(n->heap_index);
+    } else if (!finite) {
+      heap_erase(n);
+    } else {
+      sift_up(n->heap_index);
+      sift_down(n->heap_index);
+    }
+  }
+
+  void heap_erase(node* n) {
+    std::size_t i = n->heap_index;
+    if (i == node::no_heap) return;
+    n->heap_index = node::no_heap;
+    node* last = heap_.back();
+    heap_.pop_back();
+    if (i == heap_.size()) return;
+    heap_[i] = last;
+    last->heap_index = i;
+    sift_up(i);
+    sift_down(last->heap_index);
+  }
+
+  void sift_up(std::size_t i) {
+    while (i > 0) {
+      std::size_t p = (i - 1) / 2;
+      if (heap_[p]->expires <= heap_[i]->expires) break;
+      swap_nodes(i, p);
+      i = p;
+    }
+  }
+
+  void sift_down(std::size_t i) {
+    for (;;) {
+      std::size_t l = 2 * i + 1, r = l + 1, m = i;
+      if (l < heap_.size() && heap_[l]->expires < heap_[m]->expires) m = l;
+      if (r < heap_.size() && heap_[r]->expires < heap_[m]->expires) m = r;
+      if (m == i) return;
+      swap_nodes(i, m);
+      i = m;
+    }
+  }
+
+  void swap_nodes(std::size_t a, std::size_t b) {
+    std::swap(heap_[a], heap_[b]);
+    heap_[a]->heap_index = a;
+    heap_[b]->heap_index = b;
+  }
+
+  eviction_policy policy_ = eviction_policy::s3fifo;
+  std::size_t max_entries_ = std::numeric_limits<std::size_t>::max();
+  std::size_t max_weight_ = std::numeric_limits<std::size_t>::max();
+  boost::unordered_flat_map<std::string_view, node*, boost::hash<std::string_view>> map_;
+  intrusive_list<node> small_, main_;
+  std::size_t weight_ = 0, small_weight_ = 0, main_weight_ = 0;
+  std::deque<std::uint64_t> ghost_;
+  boost::unordered_flat_map<std::uint64_t, std::uint32_t> ghost_set_;
+  std::vector<node*> heap_;
+  boost::unordered_flat_map<std::string, std::uint64_t> loading_;
+};
+
+}  // namespace detail
+}  // namespace cacheflight
+
+#endif

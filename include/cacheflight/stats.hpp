@@ -1,0 +1,66 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_STATS_HPP
+#define CACHEFLIGHT_STATS_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace cacheflight {
+
+/// A snapshot of a cache's counters (see `cache::stats`). Counters only grow.
+struct cache_stats {
+  std::uint64_t hits = 0;                 ///< callers that found a fresh value in memory
+  std::uint64_t misses = 0;               ///< callers that found none (every caller, joined loads included)
+  double hit_rate = 0;                    ///< hits / (hits + misses), 0 when both are 0
+  std::size_t size = 0;                   ///< entries in memory (expired ones excluded)
+  std::size_t weight = 0;                 ///< their total weight (their count without a weigher)
+  std::uint64_t loads = 0;                ///< loader runs that produced a value
+  std::uint64_t load_failures = 0;        ///< loader runs that failed (cancelled runs excluded)
+  std::chrono::nanoseconds load_time{};   ///< total run time of the loads and failures
+  std::uint64_t coalesced = 0;            ///< callers that joined a load already in flight
+  std::uint64_t evictions_capacity = 0;   ///< entries evicted for `max_entries` / `max_weight`
+  std::uint64_t evictions_oversized = 0;  ///< values refused because their weight alone exceeds the cap
+  std::uint64_t expirations = 0;          ///< expired entries removed
+  std::size_t loads_in_flight = 0;        ///< keys being loaded now
+};
+
+/// Writes `s` in the Prometheus text exposition format (version 0.0.4), one
+/// metric family per counter, each named `<prefix>_<counter>`, with
+/// `# HELP` and `# TYPE` lines. `labels`, if not empty, is inserted verbatim
+/// between braces (for example `cache="users"`).
+inline std::string to_prometheus(const cache_stats& s, std::string_view prefix = "cacheflight",
+                                 std::string_view labels = {}) {
+  std::string out;
+  out.reserve(1536);
+  auto family = [&](std::string_view name, std::string_view type, std::string_view help, const std::string& value) {
+    out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
+    out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
+    out.append(prefix).append("_").append(name);
+    if (!labels.empty()) out.append("{").append(labels).append("}");
+    out.append(" ").append(value).append("\n");
+  };
+  auto u = [](auto v) { return std::to_string(v); };
+  family("hits_total", "counter", "Callers that found a fresh value in memory.", u(s.hits));
+  family("misses_total", "counter", "Callers that found no fresh value in memory.", u(s.misses));
+  family("hit_ratio", "gauge", "Hits divided by hits plus misses.", std::to_string(s.hit_rate));
+  family("entries", "gauge", "Entries in memory.", u(s.size));
+  family("weight", "gauge", "Total weight of the entries in memory.", u(s.weight));
+  family("loads_total", "counter", "Loader runs that produced a value.", u(s.loads));
+  family("load_failures_total", "counter", "Loader runs that failed.", u(s.load_failures));
+  family("load_seconds_total", "counter", "Total run time of loader runs.",
+         std::to_string(std::chrono::duration<double>(s.load_time).count()));
+  family("coalesced_total", "counter", "Callers that joined a load already in flight.", u(s.coalesced));
+  family("evictions_capacity_total", "counter", "Entries evicted to respect the size cap.", u(s.evictions_capacity));
+  family("evictions_oversized_total", "counter", "Values refused because they alone exceed the size cap.",
+         u(s.evictions_oversized));
+  family("expirations_total", "counter", "Expired entries removed.", u(s.expirations));
+  family("loads_in_flight", "gauge", "Keys being loaded now.", u(s.loads_in_flight));
+  return out;
+}
+
+}  // namespace cacheflight
+
+#endif
