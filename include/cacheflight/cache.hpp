@@ -637,10 +637,11 @@ class cache {
   void start_warmup(Handler handler, std::vector<warmup_entry> entries) {
     namespace asio = boost::asio;
     struct op {
+      op(Handler h, asio::any_io_executor e, std::size_t n) : handler(std::move(h)), ex(std::move(e)), pending(n + 1) {}
       Handler handler;
       asio::any_io_executor ex;
       std::mutex mu;
-      std::size_t pending;
+      std::size_t pending;  // one per entry, plus the initiating call's own
       warmup_result result;
       void one_done() {
         std::unique_lock lk(mu);
@@ -650,7 +651,7 @@ class cache {
         asio::dispatch(hex, asio::append(std::move(handler), std::exception_ptr{}, std::move(result)));
       }
     };
-    auto o = std::make_shared<op>(op{std::move(handler), st_->executor(), {}, entries.size() + 1, {}});
+    auto o = std::make_shared<op>(std::move(handler), st_->executor(), entries.size());
     for (auto& [key, loader] : entries) {
       if (!st_->valid_key(key)) {
         std::lock_guard lk(o->mu);

@@ -3,6 +3,7 @@
 #define CACHEFLIGHT_CACHEFLIGHT_HPP
 
 /// The whole public API of the header-only core.
+#include <cacheflight/batch_loader.hpp>
 #include <cacheflight/cache.hpp>
 #include <cacheflight/clock.hpp>
 #include <cacheflight/error.hpp>

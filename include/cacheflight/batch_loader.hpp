@@ -1,0 +1,398 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_BATCH_LOADER_HPP
+#define CACHEFLIGHT_BATCH_LOADER_HPP
+
+#include <cacheflight/error.hpp>
+#include <cacheflight/flight.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/basic_waitable_timer.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace cacheflight {
+
+/// How a batch key becomes a coalescing key. Provided for strings and
+/// arithmetic types; specialize it for others.
+template <class K>
+struct key_traits;
+
+template <>
+struct key_traits<std::string> {
+  static std::string to_string(const std::string& k) { return k; }
+};
+
+template <class K>
+  requires std::is_arithmetic_v<K>
+struct key_traits<K> {
+  static std::string to_string(K k) { return std::to_string(k); }
+};
+
+/// Options for one `batch_loader`. An aggregate: use designated initializers.
+struct batch_options {
+  /// How long the first key of a batch waits for others.
+  std::chrono::nanoseconds window = std::chrono::milliseconds(5);
+  /// A batch is sent as soon as it holds this many keys (1 or more).
+  std::size_t max_batch = 100;
+  /// Batches running at once (1 or more); further batches wait their turn.
+  std::size_t max_concurrent_batches = 8;
+  /// Cap on distinct keys queued or in flight; beyond it `error::max_keys_exceeded`.
+  std::size_t max_keys = 100'000;
+};
+
+/// DataLoader-style batching: single-key requests made close together become
+/// one call of a batch function.
+///
+/// `async_load(k)` queues `k` into the open batch; the batch is sent when
+/// `window` has passed since its first key or when it holds `max_batch` keys.
+/// A key already queued or in flight is not sent again: its callers share one
+/// result (a `flight` inside the loader). Batches run concurrently, up to
+/// `max_concurrent_batches`.
+///
+/// The batch function is one of:
+///   - `(std::vector<K>) -> asio::awaitable<std::unordered_map<K, V, Hash>>`;
+///   - an Asio asynchronous operation `(std::vector<K>, CompletionToken&&)` with
+///     signature `void(error_code, std::unordered_map<K, V, Hash>)` or
+///     `void(std::exception_ptr, std::unordered_map<K, V, Hash>)`.
+/// A key missing from its result fails for that key only, with
+/// `error::key_not_found` (nothing is stored for it). An exception from the
+/// batch function reaches every caller of that batch.
+///
+/// @par Threads
+/// Every member may be called from any thread. The batch function runs on the
+/// loader's executor, never under a lock.
+template <class K, class V, class Hash = std::hash<K>, class Clock = std::chrono::steady_clock>
+class batch_loader {
+ public:
+  using key_type = K;
+  using value_type = V;
+  using result_map = std::unordered_map<K, V, Hash>;
+  using executor_type = boost::asio::any_io_executor;
+
+  /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
+  template <class BatchFn>
+  batch_loader(executor_type ex, BatchFn fn, batch_options opts = {})
+      : st_(std::make_shared<state>(std::move(ex), wrap(std::move(fn)), opts)) {}
+
+  template <class ExecutionContext, class BatchFn>
+    requires std::convertible_to<ExecutionContext&, boost::asio::execution_context&>
+  batch_loader(ExecutionContext& ctx, BatchFn fn, batch_options opts = {})
+      : batch_loader(ctx.get_executor(), std::move(fn), opts) {}
+
+  batch_loader(const batch_loader&) = delete;
+  batch_loader& operator=(const batch_loader&) = delete;
+
+  executor_type get_executor() const noexcept { return st_->ex; }
+
+  /// Loads one key through the next batch.
+  ///
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, V value) @endcode
+  /// Errors: the batch function's exception; `error::key_not_found` when the
+  /// batch result lacks `key`; `error::max_keys_exceeded`; `operation_aborted`
+  /// for a caller cancelled through its own slot.
+  ///
+  /// @par Per-Operation Cancellation
+  /// `terminal`, `partial` and `total`: the caller completes with
+  /// `operation_aborted`; other callers, and the batch, are unaffected. A key
+  /// whose callers all left before its batch was sent is dropped from the batch.
+  ///
+  /// @par Executor
+  /// The handler runs on its associated executor, never inside this call.
+  template <boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
+  auto async_load(K key, CompletionToken&& token) {
+    std::string name = key_traits<K>::to_string(key);
+    return st_->keys.async_run(std::move(name), fetch{st_, std::move(key)},
+                               std::forward<CompletionToken>(token));
+  }
+
+  /// Loads several keys (through one or more batches).
+  /// @par Completion signature
+  /// @code void(std::exception_ptr error, std::vector<std::optional<V>> values) @endcode
+  /// `values[i]` belongs to `keys[i]`; it is empty for a key the batch result
+  /// lacked. `error` is the first other failure (the batch function's exception).
+  template <boost::asio::completion_token_for<void(std::exception_ptr, std::vector<std::optional<V>>)>
+                CompletionToken>
+  auto async_load_many(std::vector<K> keys, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, std::vector<std::optional<V>>)>(
+        [this](auto handler, std::vector<K> keys) { start_many(std::move(handler), std::move(keys)); }, token,
+        std::move(keys));
+  }
+
+  /// A loader for `cache::async_get`: an asynchronous operation that loads `key`
+  /// through this batch loader, so concurrent cache misses share batches.
+  auto bind(K key) {
+    return [this, key = std::move(key)](auto&& token) { return async_load(key, std::forward<decltype(token)>(token)); };
+  }
+
+ private:
+  using batch_fn = std::function<boost::asio::awaitable<result_map>(std::vector<K>)>;
+  using key_handler = boost::asio::any_completion_handler<void(std::exception_ptr, V)>;
+
+  // A key waiting in the open batch.
+  struct pending {
+    K key;
+    std::optional<key_handler> handler;  // emplaced once, never assigned
+    std::uint64_t id;
+  };
+
+  struct state : std::enable_shared_from_this<state> {
+    state(executor_type e, batch_fn f, batch_options o)
+        : ex(std::move(e)),
+          fn(std::move(f)),
+          opts(o),
+          timer(ex),
+          keys(ex, flight_options{.max_keys = o.max_keys}) {
+      if (o.window <= std::chrono::nanoseconds::zero()) detail::throw_invalid_option("batch_options::window must be positive");
+      if (o.max_batch == 0) detail::throw_invalid_option("batch_options::max_batch must be at least 1");
+      if (o.max_concurrent_batches == 0)
+        detail::throw_invalid_option("batch_options::max_concurrent_batches must be at least 1");
+    }
+
+    executor_type ex;
+    batch_fn fn;
+    batch_options opts;
+
+    std::mutex mu;                       // guards everything below
+    std::vector<std::shared_ptr<pending>> open;  // the batch being filled
+    std::uint64_t open_generation = 0;   // bumps each time a batch is taken
+    std::uint64_t next_id = 0;
+    std::deque<std::vector<std::shared_ptr<pending>>> waiting;  // taken, not yet running
+    std::size_t running = 0;
+    boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>, executor_type> timer;
+
+    flight<V, Clock> keys;  // last: its destruction cancels the keys' waiters first
+  };
+
+  // The per-key work run by the flight: joins the open batch.
+  struct fetch {
+    std::shared_ptr<state> st;
+    K key;
+
+    template <class Handler>
+    void operator()(Handler&& h) {
+      auto p = std::make_shared<pending>(pending{std::move(key), std::nullopt, 0});
+      p->handler.emplace(std::forward<Handler>(h));
+      enqueue(st, std::move(p));
+    }
+  };
+
+  static void enqueue(const std::shared_ptr<state>& st, std::shared_ptr<pending> p) {
+    namespace asio = boost::asio;
+    auto slot = asio::get_associated_cancellation_slot(*p->handler);
+    std::vector<std::shared_ptr<pending>> full;
+    {
+      std::lock_guard lk(st->mu);
+      p->id = ++st->next_id;
+      if (slot.is_connected()) {
+        // The flight cancels a key's work when all its callers left: drop the
+        // key if its batch has not been sent yet.
+        slot.assign([w = std::weak_ptr<state>(st), id = p->id](asio::cancellation_type_t) {
+          if (auto s = w.lock()) drop(s, id);
+        });
+      }
+      st->open.push_back(std::move(p));
+      if (st->open.size() >= st->opts.max_batch) {
+        full = take_open_locked(*st);
+      } else if (st->open.size() == 1) {
+        st->timer.expires_after(std::chrono::duration_cast<typename Clock::duration>(st->opts.window));
+        st->timer.async_wait([w = std::weak_ptr<state>(st), gen = st->open_generation](boost::system::error_code ec) {
+          if (ec) return;
+          if (auto s = w.lock()) window_passed(s, gen);
+        });
+      }
+    }
+    if (!full.empty()) launch(st, std::move(full));
+  }
+
+  static std::vector<std::shared_ptr<pending>> take_open_locked(state& st) {
+    ++st.open_generation;
+    st.timer.cancel();
+    return std::exchange(st.open, {});
+  }
+
+  static void window_passed(const std::shared_ptr<state>& st, std::uint64_t gen) {
+    std::vector<std::shared_ptr<pending>> batch;
+    {
+      std::lock_guard lk(st->mu);
+      if (gen != st->open_generation || st->open.empty()) return;
+      batch = take_open_locked(*st);
+    }
+    launch(st, std::move(batch));
+  }
+
+  static void drop(const std::shared_ptr<state>& st, std::uint64_t id) {
+    std::shared_ptr<pending> gone;
+    {
+      std::lock_guard lk(st->mu);
+      for (auto it = st->open.begin(); it != st->open.end(); ++it)
+        if ((*it)->id == id) {
+          gone = std::move(*it);
+          st->open.erase(it);
+          break;
+        }
+    }
+    // Posted: this runs inside the emit of the slot that complete() clears.
+    if (gone) complete(st, *gone, detail::make_error(boost::asio::error::operation_aborted), nullptr, true);
+  }
+
+  static void launch(const std::shared_ptr<state>& st, std::vector<std::shared_ptr<pending>> batch) {
+    {
+      std::lock_guard lk(st->mu);
+      if (st->running >= st->opts.max_concurrent_batches) {
+        st->waiting.push_back(std::move(batch));
+        return;
+      }
+      ++st->running;
+    }
+    run(st, std::move(batch));
+  }
+
+  static void run(const std::shared_ptr<state>& st, std::vector<std::shared_ptr<pending>> batch) {
+    namespace asio = boost::asio;
+    std::vector<K> keys;
+    keys.reserve(batch.size());
+    for (auto& p : batch) keys.push_back(p->key);
+    auto done = [st, batch = std::move(batch)](std::exception_ptr e, result_map results) mutable {
+      for (auto& p : batch) {
+        if (e) {
+          complete(st, *p, e, nullptr);
+          continue;
+        }
+        auto it = results.find(p->key);
+        if (it == results.end())
+          complete(st, *p, detail::make_error(error::key_not_found), nullptr);
+        else
+          complete(st, *p, nullptr, &it->second);
+      }
+      batch_finished(st);
+    };
+    try {
+      auto aw = st->fn(std::move(keys));
+      asio::co_spawn(st->ex, std::move(aw), std::move(done));
+    } catch (...) {
+      asio::post(st->ex, [done = std::move(done), e = std::current_exception()]() mutable { done(e, {}); });
+    }
+  }
+
+  static void batch_finished(const std::shared_ptr<state>& st) {
+    std::vector<std::shared_ptr<pending>> next;
+    {
+      std::lock_guard lk(st->mu);
+      if (st->waiting.empty()) {
+        --st->running;
+        return;
+      }
+      next = std::move(st->waiting.front());
+      st->waiting.pop_front();
+    }
+    run(st, std::move(next));
+  }
+
+  // Hands a key its result, on its handler's executor.
+  static void complete(const std::shared_ptr<state>& st, pending& p, std::exception_ptr e, const V* v,
+                       bool post = false) {
+    namespace asio = boost::asio;
+    if (!p.handler) return;
+    auto h = std::move(*p.handler);
+    p.handler.reset();
+    auto ex = asio::get_associated_executor(h, st->ex);
+    std::optional<V> value;
+    if (v) value.emplace(*v);
+    auto fn = [h = std::move(h), e = std::move(e), value = std::move(value)]() mutable {
+      asio::get_associated_cancellation_slot(h).clear();
+      if (value)
+        std::move(h)(std::exception_ptr{}, std::move(*value));
+      else
+        std::move(h)(std::move(e), V{});
+    };
+    if (post)
+      asio::post(st->ex, [ex, fn = std::move(fn)]() mutable { asio::dispatch(ex, std::move(fn)); });
+    else
+      asio::dispatch(ex, std::move(fn));
+  }
+
+  template <class Handler>
+  void start_many(Handler handler, std::vector<K> keys) {
+    namespace asio = boost::asio;
+    struct op {
+      op(Handler h, executor_type e, std::size_t n) : handler(std::move(h)), ex(std::move(e)), pending(n + 1), values(n) {}
+      Handler handler;
+      executor_type ex;
+      std::mutex mu;
+      std::size_t pending;  // one per key, plus the initiating call's own
+      std::vector<std::optional<V>> values;
+      std::exception_ptr error;
+      void one_done() {
+        std::unique_lock lk(mu);
+        if (--pending != 0) return;
+        lk.unlock();
+        auto hex = asio::get_associated_executor(handler, ex);
+        asio::dispatch(hex, asio::append(std::move(handler), std::move(error), std::move(values)));
+      }
+    };
+    auto o = std::make_shared<op>(std::move(handler), st_->ex, keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      async_load(keys[i], [o, i](std::exception_ptr e, V v) {
+        {
+          std::lock_guard lk(o->mu);
+          if (!e) {
+            o->values[i].emplace(std::move(v));
+          } else if (!o->error) {
+            bool missing = false;
+            try {
+              std::rethrow_exception(e);
+            } catch (const boost::system::system_error& se) {
+              missing = se.code() == error::key_not_found;
+            } catch (...) {
+            }
+            if (!missing) o->error = e;
+          }
+        }
+        o->one_done();
+      });
+    }
+    asio::post(st_->ex, [o] { o->one_done(); });  // never complete inside the call
+  }
+
+  template <class Fn>
+  static batch_fn wrap(Fn fn) {
+    namespace asio = boost::asio;
+    if constexpr (std::is_invocable_r_v<asio::awaitable<result_map>, Fn&, std::vector<K>>) {
+      return batch_fn(std::move(fn));
+    } else {
+      // An Asio asynchronous operation: adapt it to the coroutine form.
+      auto shared = std::make_shared<Fn>(std::move(fn));
+      return [shared](std::vector<K> keys) -> asio::awaitable<result_map> {
+        return (*shared)(std::move(keys), asio::use_awaitable);
+      };
+    }
+  }
+
+  std::shared_ptr<state> st_;
+};
+
+}  // namespace cacheflight
+
+#endif
