@@ -1,0 +1,259 @@
+// cf::batch_loader: windows, size caps, deduplication, per-key failures,
+// concurrency cap, cancellation, both batch-function forms, and the cache.
+#include "test_support.hpp"
+
+#include <map>
+#include <set>
+
+using namespace cftest;
+
+namespace {
+
+using map_t = std::unordered_map<int, std::string>;
+using loader_t = cf::batch_loader<int, std::string, std::hash<int>, cf::manual_clock>;
+
+// Runs what is ready, restarting a context that ran out of work earlier.
+void poll(asio::io_context& io) {
+  if (io.stopped()) io.restart();
+  io.poll();
+}
+
+class BatchLoader : public ::testing::Test {
+ protected:
+  void SetUp() override { cf::manual_clock::reset(); }
+
+  // A batch function that records its calls and answers "v<k>" for every key
+  // except those in `missing`.
+  auto recording(std::set<int> missing = {}) {
+    return [this, missing](std::vector<int> keys) -> asio::awaitable<map_t> {
+      calls.push_back(keys);
+      map_t m;
+      for (int k : keys)
+        if (!missing.count(k)) m[k] = "v" + std::to_string(k);
+      co_return m;
+    };
+  }
+
+  std::vector<std::size_t> sizes() const {
+    std::vector<std::size_t> s;
+    for (auto& c : calls) s.push_back(c.size());
+    return s;
+  }
+
+  asio::io_context io;
+  std::vector<std::vector<int>> calls;
+};
+
+TEST_F(BatchLoader, KeysWithinAWindowMakeOneCall) {
+  loader_t l{io, recording(), cf::batch_options{.window = 10ms, .max_batch = 5}};
+  std::vector<outcome<std::string>> out(3);
+  for (int k = 0; k < 3; ++k) l.async_load(k, out[k].handler());
+  io.poll();
+  EXPECT_TRUE(calls.empty());  // the window has not passed
+  cf::manual_clock::advance(10ms);
+  run_until(io, [&] { return out[2].done; });
+  drain(io);
+  EXPECT_EQ(sizes(), std::vector<std::size_t>{3});
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(out[k].value, "v" + std::to_string(k));
+}
+
+TEST_F(BatchLoader, MaxBatchSplitsSevenKeysIntoThreeThreeOne) {
+  loader_t l{io, recording(), cf::batch_options{.window = 10ms, .max_batch = 3}};
+  std::vector<outcome<std::string>> out(7);
+  for (int k = 0; k < 7; ++k) l.async_load(k, out[k].handler());
+  io.poll();
+  EXPECT_EQ(sizes(), (std::vector<std::size_t>{3, 3}));  // full batches go at once
+  cf::manual_clock::advance(10ms);
+  run_until(io, [&] { return out[6].done; });
+  drain(io);
+  EXPECT_EQ(sizes(), (std::vector<std::size_t>{3, 3, 1}));
+  for (int k = 0; k < 7; ++k) EXPECT_EQ(out[k].value, "v" + std::to_string(k));
+}
+
+TEST_F(BatchLoader, HundredKeysInBatchesOfFiftyAllCorrect) {
+  loader_t l{io, recording(), cf::batch_options{.window = 10ms, .max_batch = 50}};
+  std::vector<outcome<std::string>> out(100);
+  for (int k = 0; k < 100; ++k) l.async_load(k, out[k].handler());
+  drain(io);
+  EXPECT_EQ(sizes(), (std::vector<std::size_t>{50, 50}));
+  for (int k = 0; k < 100; ++k) {
+    EXPECT_EQ(out[k].completions, 1);
+    EXPECT_EQ(out[k].value, "v" + std::to_string(k));
+  }
+}
+
+TEST_F(BatchLoader, DuplicateKeysAreSentOnce) {
+  loader_t l{io, recording(), cf::batch_options{.window = 10ms}};
+  std::vector<outcome<std::string>> out(6);
+  for (int i = 0; i < 6; ++i) l.async_load(i % 2, out[i].handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(10ms);
+  run_until(io, [&] { return out[5].done; });
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0], (std::vector<int>{0, 1}));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(out[i].value, "v" + std::to_string(i % 2));
+}
+
+TEST_F(BatchLoader, AMissingKeyFailsAloneAndIsNotRemembered) {
+  loader_t l{io, recording({2}), cf::batch_options{.window = 1ms}};
+  std::vector<outcome<std::string>> out(3);
+  for (int k = 1; k <= 3; ++k) l.async_load(k, out[k - 1].handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return out[2].done; });
+  drain(io);
+  EXPECT_EQ(out[0].value, "v1");
+  EXPECT_EQ(out[1].code(), cf::error::key_not_found);
+  EXPECT_EQ(out[2].value, "v3");
+  // Asked again, the key goes to the batch function again.
+  outcome<std::string> again;
+  l.async_load(2, again.handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return again.done; });
+  EXPECT_EQ(calls.size(), 2u);
+}
+
+TEST_F(BatchLoader, BatchFunctionFailureReachesEveryCallerOfThatBatchOnly) {
+  int call = 0;
+  loader_t l{io,
+             [&](std::vector<int> keys) -> asio::awaitable<map_t> {
+               if (call++ == 0) throw cftest::test_error("batch failed");
+               map_t m;
+               for (int k : keys) m[k] = "ok";
+               co_return m;
+             },
+             cf::batch_options{.window = 1ms, .max_batch = 2}};
+  std::vector<outcome<std::string>> out(4);
+  for (int k = 0; k < 4; ++k) l.async_load(k, out[k].handler());
+  drain(io);
+  EXPECT_THROW(std::rethrow_exception(out[0].error), cftest::test_error);
+  EXPECT_EQ(out[0].error, out[1].error);
+  EXPECT_EQ(out[2].value, "ok");
+  EXPECT_EQ(out[3].value, "ok");
+}
+
+TEST_F(BatchLoader, BatchesRunConcurrentlyUpToTheCap) {
+  std::vector<std::shared_ptr<asio::steady_timer>> held;
+  int running = 0, peak = 0;
+  loader_t l{io,
+             [&](std::vector<int> keys) -> asio::awaitable<map_t> {
+               peak = std::max(peak, ++running);
+               auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+               held.push_back(t);
+               boost::system::error_code ec;
+               co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+               --running;
+               map_t m;
+               for (int k : keys) m[k] = "x";
+               co_return m;
+             },
+             cf::batch_options{.window = 1ms, .max_batch = 1, .max_concurrent_batches = 2}};
+  std::vector<outcome<std::string>> out(3);
+  for (int k = 0; k < 3; ++k) l.async_load(k, out[k].handler());
+  run_until(io, [&] { return held.size() == 2; });
+  io.poll();
+  EXPECT_EQ(held.size(), 2u);  // the third batch waits its turn
+  EXPECT_EQ(running, 2);
+  held[0]->cancel();
+  run_until(io, [&] { return held.size() == 3; });
+  held[1]->cancel();
+  held[2]->cancel();
+  drain(io);
+  EXPECT_EQ(peak, 2);
+  for (auto& o : out) EXPECT_EQ(o.value, "x");
+}
+
+TEST_F(BatchLoader, CancellingTheCallerThatOpenedABatchLeavesTheOthersAlone) {
+  loader_t l{io, recording(), cf::batch_options{.window = 10ms}};
+  asio::cancellation_signal sig;
+  outcome<std::string> opener, other, same_key;
+  l.async_load(1, asio::bind_cancellation_slot(sig.slot(), opener.handler()));
+  l.async_load(2, other.handler());
+  sig.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return opener.done; });
+  EXPECT_EQ(opener.code(), asio::error::operation_aborted);
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(10ms);
+  run_until(io, [&] { return other.done; });
+  drain(io);
+  EXPECT_EQ(other.value, "v2");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0], std::vector<int>{2});  // key 1 lost its only caller before the batch left
+  l.async_load(1, same_key.handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(10ms);
+  run_until(io, [&] { return same_key.done; });
+  EXPECT_EQ(same_key.value, "v1");
+}
+
+TEST_F(BatchLoader, AsyncOperationBatchFunction) {
+  using sig_t = void(boost::system::error_code, map_t);
+  int n = 0;
+  auto op = [&](std::vector<int> keys, auto&& token) {
+    ++n;
+    return asio::async_initiate<decltype(token), sig_t>(
+        [&io = io](auto h, std::vector<int> keys) {
+          map_t m;
+          for (int k : keys) m[k] = "op" + std::to_string(k);
+          asio::post(io, [h = std::move(h), m = std::move(m)]() mutable {
+            std::move(h)(boost::system::error_code{}, std::move(m));
+          });
+        },
+        token, std::move(keys));
+  };
+  loader_t l{io, op, cf::batch_options{.window = 1ms}};
+  outcome<std::string> a, b;
+  l.async_load(5, a.handler());
+  l.async_load(6, b.handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return a.done && b.done; });
+  EXPECT_EQ(a.value, "op5");
+  EXPECT_EQ(b.value, "op6");
+  EXPECT_EQ(n, 1);
+}
+
+TEST_F(BatchLoader, LoadManyKeepsOrderAndMarksMissingKeys) {
+  loader_t l{io, recording({3}), cf::batch_options{.window = 1ms}};
+  std::optional<std::vector<std::optional<std::string>>> got;
+  std::exception_ptr err;
+  l.async_load_many({4, 3, 1}, [&](std::exception_ptr e, std::vector<std::optional<std::string>> v) {
+    err = e;
+    got = std::move(v);
+  });
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return got.has_value(); });
+  EXPECT_FALSE(err);
+  ASSERT_EQ(got->size(), 3u);
+  EXPECT_EQ((*got)[0], "v4");
+  EXPECT_EQ((*got)[1], std::nullopt);
+  EXPECT_EQ((*got)[2], "v1");
+  EXPECT_EQ(calls.size(), 1u);
+}
+
+TEST_F(BatchLoader, ImpossibleOptionsAreRejected) {
+  EXPECT_THROW((loader_t{io, recording(), cf::batch_options{.window = 0ms}}), boost::system::system_error);
+  EXPECT_THROW((loader_t{io, recording(), cf::batch_options{.max_batch = 0}}), boost::system::system_error);
+  EXPECT_THROW((loader_t{io, recording(), cf::batch_options{.max_concurrent_batches = 0}}),
+               boost::system::system_error);
+}
+
+TEST_F(BatchLoader, ConcurrentCacheMissesForDifferentKeysShareBatches) {
+  loader_t l{io, recording(), cf::batch_options{.window = 5ms, .max_batch = 100}};
+  cf::cache<std::string, cf::manual_clock> c{io};
+  std::vector<outcome<std::string>> out(20);
+  for (int i = 0; i < 20; ++i) c.async_get("user:" + std::to_string(i % 10), l.bind(i % 10), out[i].handler());
+  poll(io);  // the keys reach their batch
+  cf::manual_clock::advance(5ms);
+  run_until(io, [&] { return out[19].done; });
+  drain(io);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].size(), 10u);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(out[i].value, "v" + std::to_string(i % 10));
+  EXPECT_EQ(c.peek("user:3"), "v3");
+  EXPECT_EQ(c.stats().loads, 10u);
+}
+
+}  // namespace

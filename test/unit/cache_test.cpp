@@ -1,0 +1,486 @@
+// cf::cache: read-through, TTL, size caps, eviction, invalidation, negative
+// caching, warmup, the coroutine fast path, events, stats and threads.
+#include "test_support.hpp"
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+using namespace cftest;
+
+namespace {
+
+using mcache = cf::cache<int, cf::manual_clock>;
+using CK = cf::cache_event_kind;
+
+struct cache_log {
+  std::vector<std::pair<CK, std::string>> events;
+  std::vector<cf::eviction_cause> causes;
+  cf::cache_event_sink sink() {
+    return [this](const cf::cache_event& e) {
+      events.emplace_back(e.kind, std::string(e.key));
+      if (e.kind == CK::eviction) causes.push_back(e.cause);
+    };
+  }
+  std::size_t count(CK k) const {
+    std::size_t n = 0;
+    for (auto& e : events) n += e.first == k;
+    return n;
+  }
+};
+
+class Cache : public ::testing::Test {
+ protected:
+  void SetUp() override { cf::manual_clock::reset(); }
+
+  template <class C>
+  void set(C& c, std::string key, int v, std::optional<std::chrono::nanoseconds> ttl = {}) {
+    bool done = false;
+    if (ttl)
+      c.async_set(std::move(key), v, *ttl, [&](std::exception_ptr e) { done = !e; });
+    else
+      c.async_set(std::move(key), v, [&](std::exception_ptr e) { done = !e; });
+    run_until(io, [&] { return done; });
+  }
+
+  asio::io_context io;
+  cache_log log;
+};
+
+TEST_F(Cache, ReadThroughLoadsOnceForConcurrentCallersThenHits) {
+  mcache c{io, cf::cache_options{.max_entries = 100, .on_event = log.sink()}};
+  gate g{io.get_executor()};
+  std::vector<outcome<>> out(10);
+  for (auto& o : out) c.async_get("user:42", g.fn(), o.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  g.resolve(42);
+  drain(io);
+  for (auto& o : out) EXPECT_EQ(o.value, 42);
+  EXPECT_EQ(c.peek("user:42"), 42);
+
+  outcome<> hit;
+  c.async_get("user:42", g.fn(), hit.handler());
+  EXPECT_FALSE(hit.done);  // a hit is posted, never run inside the call
+  drain(io);
+  EXPECT_EQ(hit.value, 42);
+  EXPECT_EQ(g.calls(), 1);
+
+  auto s = c.stats();
+  EXPECT_EQ(s.misses, 10u);
+  EXPECT_EQ(s.hits, 2u);  // the peek and the last get
+  EXPECT_EQ(s.coalesced, 9u);
+  EXPECT_EQ(s.loads, 1u);
+  EXPECT_EQ(s.size, 1u);
+  EXPECT_DOUBLE_EQ(s.hit_rate, 2.0 / 12.0);
+  EXPECT_EQ(log.count(CK::load_started), 1u);
+  EXPECT_EQ(log.count(CK::load_resolved), 1u);
+  EXPECT_EQ(log.count(CK::miss), 10u);
+}
+
+TEST_F(Cache, LookupOnlyGetNeverLoads) {
+  mcache c{io};
+  std::optional<std::optional<int>> got;
+  c.async_get("k", [&](std::exception_ptr, std::optional<int> v) { got = v; });
+  drain(io);
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(*got);
+  set(c, "k", 5);
+  got.reset();
+  c.async_get("k", [&](std::exception_ptr, std::optional<int> v) { got = v; });
+  drain(io);
+  EXPECT_EQ(**got, 5);
+}
+
+TEST_F(Cache, TtlDefaultExplicitAndNoExpiry) {
+  mcache c{io, cf::cache_options{.default_ttl = 10s, .on_event = log.sink()}};
+  set(c, "default", 1);
+  set(c, "short", 2, 1s);
+  set(c, "forever", 3, cf::no_expiry);
+  cf::manual_clock::advance(999ms);
+  EXPECT_EQ(c.peek("short"), 2);
+  cf::manual_clock::advance(1ms);
+  EXPECT_EQ(c.peek("short"), std::nullopt);  // never returned once expired
+  EXPECT_EQ(c.peek("default"), 1);
+  cf::manual_clock::advance(9s);
+  EXPECT_EQ(c.peek("default"), std::nullopt);
+  cf::manual_clock::advance(1000h);
+  EXPECT_EQ(c.peek("forever"), 3);
+  EXPECT_EQ(log.count(CK::expiration), 2u);
+}
+
+TEST_F(Cache, ExpiredEntriesAreReclaimedWithoutATouchAndDoNotCount) {
+  mcache c{io, cf::cache_options{.max_entries = 1000, .default_ttl = 1s, .on_event = log.sink()}};
+  for (int i = 0; i < 100; ++i) set(c, "k" + std::to_string(i), i);
+  set(c, "keep", 1, 1h);
+  EXPECT_EQ(c.size(), 101u);
+  cf::manual_clock::advance(2s);
+  auto s = c.stats();  // no key was touched
+  EXPECT_EQ(s.size, 1u);
+  EXPECT_EQ(s.expirations, 100u);
+  EXPECT_EQ(log.count(CK::expiration), 100u);
+  // Writes reclaim a bounded number of expired entries as they go.
+  for (int i = 0; i < 100; ++i) set(c, "again" + std::to_string(i), i, 1s);
+  cf::manual_clock::advance(2s);
+  for (int i = 0; i < 13; ++i) set(c, "w" + std::to_string(i), i, 1h);
+  EXPECT_EQ(log.count(CK::expiration), 200u);  // 13 writes x 8 >= 100
+}
+
+TEST_F(Cache, LruEvictsTheLeastRecentlyUsed) {
+  mcache c{io, cf::cache_options{.max_entries = 3, .policy = cf::eviction_policy::lru, .on_event = log.sink()}};
+  set(c, "a", 1);
+  set(c, "b", 2);
+  set(c, "c", 3);
+  EXPECT_EQ(c.peek("a"), 1);
+  set(c, "d", 4);
+  EXPECT_EQ(c.peek("b"), std::nullopt);
+  EXPECT_EQ(c.peek("a"), 1);
+  EXPECT_EQ(c.peek("c"), 3);
+  EXPECT_EQ(c.peek("d"), 4);
+  EXPECT_EQ(c.stats().evictions_capacity, 1u);
+  ASSERT_EQ(log.causes.size(), 1u);
+  EXPECT_EQ(log.causes[0], cf::eviction_cause::capacity);
+}
+
+TEST_F(Cache, S3FifoKeepsAHotSetThroughAScanWhereLruLosesIt) {
+  auto survivors = [&](cf::eviction_policy p) {
+    mcache c{io, cf::cache_options{.max_entries = 100, .policy = p}};
+    for (int round = 0; round < 3; ++round)
+      for (int i = 0; i < 50; ++i) {
+        if (!c.peek("hot" + std::to_string(i))) set(c, "hot" + std::to_string(i), i);
+      }
+    for (int i = 0; i < 1000; ++i) set(c, "scan" + std::to_string(i), i);
+    int alive = 0;
+    for (int i = 0; i < 50; ++i) alive += c.peek("hot" + std::to_string(i)).has_value();
+    return alive;
+  };
+  EXPECT_EQ(survivors(cf::eviction_policy::s3fifo), 50);
+  EXPECT_EQ(survivors(cf::eviction_policy::lru), 0);
+}
+
+TEST_F(Cache, ZeroEntriesStoresNothing) {
+  mcache c{io, cf::cache_options{.max_entries = 0}};
+  int calls = 0;
+  auto fn = [&]() -> asio::awaitable<int> { co_return ++calls; };
+  outcome<> a, b;
+  c.async_get("k", fn, a.handler());
+  drain(io);
+  c.async_get("k", fn, b.handler());
+  drain(io);
+  EXPECT_EQ(a.value, 1);
+  EXPECT_EQ(b.value, 2);
+  EXPECT_EQ(c.size(), 0u);
+}
+
+TEST_F(Cache, WeigherCapsTotalWeightAndRefusesOversizedValues) {
+  cf::cache<std::string, cf::manual_clock> c{
+      io, cf::cache_options{.max_entries = cf::unlimited, .max_weight = 10, .on_event = log.sink()},
+      [](std::string_view, const std::string& v) { return v.size(); }};
+  bool done = false;
+  c.async_set("a", std::string(4, 'a'), [&](std::exception_ptr) { done = true; });
+  run_until(io, [&] { return done; });
+  done = false;
+  c.async_set("b", std::string(4, 'b'), [&](std::exception_ptr) { done = true; });
+  run_until(io, [&] { return done; });
+  EXPECT_EQ(c.stats().weight, 8u);
+  done = false;
+  c.async_set("c", std::string(4, 'c'), [&](std::exception_ptr) { done = true; });
+  run_until(io, [&] { return done; });
+  auto s = c.stats();
+  EXPECT_LE(s.weight, 10u);
+  EXPECT_EQ(s.size, 2u);
+  EXPECT_EQ(s.evictions_capacity, 1u);
+
+  // A value heavier than the cap is returned to the caller but not stored.
+  outcome<std::string> big;
+  c.async_get("big", []() -> asio::awaitable<std::string> { co_return std::string(11, 'x'); }, big.handler());
+  drain(io);
+  EXPECT_EQ(big.value, std::string(11, 'x'));
+  EXPECT_EQ(c.peek("big"), std::nullopt);
+  EXPECT_EQ(c.stats().evictions_oversized, 1u);
+  EXPECT_EQ(log.causes.back(), cf::eviction_cause::oversized);
+}
+
+TEST_F(Cache, EraseDuringALoadDeliversTheValueButDoesNotStoreIt) {
+  mcache c{io};
+  gate g{io.get_executor()};
+  outcome<> a, b;
+  c.async_get("k", g.fn(), a.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  bool erased = true;
+  c.async_erase("k", [&](std::exception_ptr, bool e) { erased = e; });
+  c.async_get("k", g.fn(), b.handler());  // joins the load in flight
+  g.resolve(9);
+  drain(io);
+  EXPECT_FALSE(erased);  // nothing was stored yet
+  EXPECT_EQ(a.value, 9);
+  EXPECT_EQ(b.value, 9);
+  EXPECT_EQ(c.peek("k"), std::nullopt);  // the stale value did not land
+  gate g2{io.get_executor()};
+  outcome<> next;
+  c.async_get("k", g2.fn(), next.handler());
+  run_until(io, [&] { return g2.calls() == 1; });  // the next get loads again
+  g2.resolve(10);
+  drain(io);
+  EXPECT_EQ(next.value, 10);
+  EXPECT_EQ(c.peek("k"), 10);
+}
+
+TEST_F(Cache, ClearOrSetDuringALoadWinsOverTheLoad) {
+  mcache c{io};
+  gate g1{io.get_executor()}, g2{io.get_executor()};
+  outcome<> a, b;
+  c.async_get("x", g1.fn(), a.handler());
+  c.async_get("y", g2.fn(), b.handler());
+  run_until(io, [&] { return g1.calls() == 1 && g2.calls() == 1; });
+  bool cleared = false;
+  c.async_clear([&](std::exception_ptr) { cleared = true; });
+  run_until(io, [&] { return cleared; });
+  set(c, "y", 100);
+  g1.resolve(1);
+  g2.resolve(2);
+  drain(io);
+  EXPECT_EQ(a.value, 1);
+  EXPECT_EQ(b.value, 2);
+  EXPECT_EQ(c.peek("x"), std::nullopt);
+  EXPECT_EQ(c.peek("y"), 100);  // the explicit set is newer than the load
+}
+
+TEST_F(Cache, ErrorsAreNotCachedByDefault) {
+  mcache c{io, cf::cache_options{.on_event = log.sink()}};
+  int calls = 0;
+  auto fail = [&]() -> asio::awaitable<int> {
+    ++calls;
+    throw cftest::test_error("db down");
+    co_return 0;
+  };
+  outcome<> a, b;
+  c.async_get("k", fail, a.handler());
+  drain(io);
+  c.async_get("k", fail, b.handler());
+  drain(io);
+  EXPECT_EQ(calls, 2);
+  EXPECT_THROW(std::rethrow_exception(b.error), cftest::test_error);
+  EXPECT_EQ(c.stats().load_failures, 2u);
+  EXPECT_EQ(log.count(CK::load_failed), 2u);
+}
+
+TEST_F(Cache, NegativeCachingServesTheFailureForItsTtl) {
+  mcache c{io, cf::cache_options{.negative_ttl = 1s}};
+  int calls = 0;
+  auto fail = [&]() -> asio::awaitable<int> {
+    ++calls;
+    throw cftest::test_error("not found");
+    co_return 0;
+  };
+  outcome<> a, b, later;
+  c.async_get("k", fail, a.handler());
+  drain(io);
+  c.async_get("k", fail, b.handler());
+  drain(io);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(a.error, b.error);  // the same exception object
+  EXPECT_EQ(c.peek("k"), std::nullopt);
+  cf::manual_clock::advance(1s);
+  c.async_get("k", fail, later.handler());
+  drain(io);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST_F(Cache, WarmupLoadsConcurrentlyReportsFailuresAndKeepsPresentKeys) {
+  mcache c{io};
+  set(c, "present", 1);
+  std::optional<cf::warmup_result> r;
+  int loads = 0;
+  c.async_warmup(
+      {{"a", [&]() -> asio::awaitable<int> { ++loads; co_return 10; }},
+       {"b", []() -> asio::awaitable<int> { throw cftest::test_error("b failed"); co_return 0; }},
+       {"present", [&]() -> asio::awaitable<int> { ++loads; co_return 99; }},
+       {"", [&]() -> asio::awaitable<int> { co_return 0; }},
+       {"c", [&]() -> asio::awaitable<int> { ++loads; co_return 30; }}},
+      [&](std::exception_ptr, cf::warmup_result res) { r = std::move(res); });
+  EXPECT_FALSE(r);
+  drain(io);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->loaded, 2u);
+  EXPECT_EQ(r->skipped, 1u);
+  ASSERT_EQ(r->failed.size(), 2u);
+  EXPECT_EQ(loads, 2);
+  EXPECT_EQ(c.peek("present"), 1);  // not overwritten
+  EXPECT_EQ(c.peek("a"), 10);
+  EXPECT_EQ(c.peek("c"), 30);
+  EXPECT_EQ(c.peek("b"), std::nullopt);
+}
+
+TEST_F(Cache, CoGetHitCompletesWithoutSuspendingWhileAsyncGetPosts) {
+  mcache c{io};
+  set(c, "k", 7);
+  bool posted_ran_fast = true, posted_ran_token = false;
+  int fast = 0, token = 0;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        bool flag = false;
+        asio::post(io, [&] { flag = true; });
+        fast = co_await c.co_get("k", []() -> asio::awaitable<int> { co_return 0; });
+        posted_ran_fast = flag;
+        bool flag2 = false;
+        asio::post(io, [&] { flag2 = true; });
+        token = co_await c.async_get("k", []() -> asio::awaitable<int> { co_return 0; }, asio::use_awaitable);
+        posted_ran_token = flag2;
+      },
+      asio::detached);
+  drain(io);
+  EXPECT_EQ(fast, 7);
+  EXPECT_EQ(token, 7);
+  EXPECT_FALSE(posted_ran_fast);  // the fast path did not suspend
+  EXPECT_TRUE(posted_ran_token);  // the token form resumed through a post
+}
+
+TEST_F(Cache, CoGetMissLoadsAndStores) {
+  mcache c{io};
+  int got = 0;
+  asio::co_spawn(
+      io, [&]() -> asio::awaitable<void> { got = co_await c.co_get("k", []() -> asio::awaitable<int> { co_return 3; }); },
+      asio::detached);
+  drain(io);
+  EXPECT_EQ(got, 3);
+  EXPECT_EQ(c.peek("k"), 3);
+}
+
+TEST_F(Cache, BadInputGetsClearErrors) {
+  mcache c{io, cf::cache_options{.max_key_length = 4}};
+  outcome<> empty, longkey;
+  std::exception_ptr set_error, ttl_error;
+  c.async_get("", []() -> asio::awaitable<int> { co_return 0; }, empty.handler());
+  c.async_get("12345", []() -> asio::awaitable<int> { co_return 0; }, longkey.handler());
+  c.async_set("", 1, [&](std::exception_ptr e) { set_error = e; });
+  c.async_set("k", 1, 0s, [&](std::exception_ptr e) { ttl_error = e; });
+  drain(io);
+  EXPECT_EQ(empty.code(), cf::error::invalid_key);
+  EXPECT_EQ(longkey.code(), cf::error::invalid_key);
+  outcome<> o;
+  o.error = set_error;
+  EXPECT_EQ(o.code(), cf::error::invalid_key);
+  o.error = ttl_error;
+  EXPECT_EQ(o.code(), cf::error::invalid_timeout);
+  EXPECT_THROW((mcache{io, cf::cache_options{.default_ttl = 0s}}), boost::system::system_error);
+  EXPECT_THROW((mcache{io, cf::cache_options{.negative_ttl = -1s}}), boost::system::system_error);
+  EXPECT_THROW((mcache{io, cf::cache_options{.shards = 0}}), boost::system::system_error);
+}
+
+TEST_F(Cache, LastCallerCancellingCancelsTheLoadAndStoresNothing) {
+  mcache c{io};
+  gate g{io.get_executor()};
+  asio::cancellation_signal s1, s2;
+  outcome<> a, b;
+  c.async_get("k", g.fn(), asio::bind_cancellation_slot(s1.slot(), a.handler()));
+  c.async_get("k", g.fn(), asio::bind_cancellation_slot(s2.slot(), b.handler()));
+  run_until(io, [&] { return g.calls() == 1; });
+  s1.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return a.done; });
+  EXPECT_EQ(a.code(), asio::error::operation_aborted);
+  EXPECT_FALSE(b.done);
+  s2.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return b.done && g.cancelled() == 1; });
+  drain(io);
+  EXPECT_EQ(c.peek("k"), std::nullopt);
+  EXPECT_EQ(c.stats().load_failures, 0u);  // a cancelled load is not a failure
+}
+
+TEST_F(Cache, PerCallTimeoutAndTtl) {
+  mcache c{io};
+  gate g{io.get_executor()};
+  outcome<> impatient, patient;
+  c.async_get("k", cf::get_options{.timeout = 50ms}, g.fn(), impatient.handler());
+  c.async_get("k", cf::get_options{.ttl = 5s}, g.fn(), patient.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  cf::manual_clock::advance(50ms);
+  run_until(io, [&] { return impatient.done; });
+  EXPECT_EQ(impatient.code(), cf::error::timed_out);
+  g.resolve(4);
+  drain(io);
+  EXPECT_EQ(patient.value, 4);
+  // The first caller's options started the load: its TTL (the default) applies.
+  EXPECT_EQ(c.peek("k"), 4);
+}
+
+TEST_F(Cache, DestroyingTheCacheCancelsLoadsInFlight) {
+  gate g{io.get_executor()};
+  outcome<> o;
+  {
+    mcache c{io};
+    c.async_get("k", g.fn(), o.handler());
+    run_until(io, [&] { return g.calls() == 1; });
+  }
+  drain(io);
+  EXPECT_EQ(o.code(), cf::error::cancelled);
+}
+
+TEST_F(Cache, PrometheusExposition) {
+  mcache c{io};
+  set(c, "k", 1);
+  (void)c.peek("k");
+  (void)c.peek("nope");
+  const std::string text = cf::to_prometheus(c.stats(), "app_cache", "cache=\"users\"");
+  EXPECT_NE(text.find("# TYPE app_cache_hits_total counter\n"), std::string::npos);
+  EXPECT_NE(text.find("app_cache_hits_total{cache=\"users\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("app_cache_misses_total{cache=\"users\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("app_cache_entries{cache=\"users\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("# HELP app_cache_hit_ratio"), std::string::npos);
+}
+
+TEST(CacheThreads, TwoThreadsReadWriteAndLoadConcurrently) {
+  // The cache's context runs on its own thread; two caller threads each run
+  // their own single-threaded context and bind their handlers to it.
+  asio::io_context cio;
+  cf::cache<int> c{cio, cf::cache_options{.max_entries = 64, .default_ttl = 50ms, .shards = 4}};
+  auto guard = asio::make_work_guard(cio);
+  std::thread cache_thread([&] { cio.run(); });
+  std::atomic<int> wrong{0};
+  constexpr int per_thread = 3000;
+  auto worker = [&](int seed) {
+    asio::io_context io(1);
+    int done = 0;
+    std::mt19937 rng(seed);
+    auto mine = [&](auto f) { return asio::bind_executor(io, std::move(f)); };
+    for (int i = 0; i < per_thread; ++i) {
+      int k = static_cast<int>(rng() % 100);
+      std::string key = "k" + std::to_string(k);
+      switch (rng() % 4) {
+        case 0:
+          c.async_set(key, k, mine([&](std::exception_ptr) { ++done; }));
+          break;
+        case 1:
+          c.async_erase(key, mine([&](std::exception_ptr, bool) { ++done; }));
+          break;
+        case 2:
+          if (auto v = c.peek(key); v && *v != k) ++wrong;
+          ++done;
+          break;
+        default:
+          c.async_get(key, [k]() -> asio::awaitable<int> { co_return k; }, mine([&, k](std::exception_ptr e, int v) {
+                        if (e || v != k) ++wrong;
+                        ++done;
+                      }));
+      }
+      if (i % 64 == 0) io.poll();
+    }
+    while (done < per_thread) {
+      io.restart();
+      io.run_for(1ms);
+    }
+    return done;
+  };
+  int a = 0, b = 0;
+  std::thread other([&] { b = worker(2); });
+  a = worker(1);
+  other.join();
+  guard.reset();
+  cache_thread.join();
+  EXPECT_EQ(a, per_thread);
+  EXPECT_EQ(b, per_thread);
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_LE(c.stats().size, 64u);
+}
+
+}  // namespace
