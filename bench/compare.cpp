@@ -1,7 +1,7 @@
 // The comparison harness: runs each cacheflight scenario and its baseline in
 // this process, alternating, and prints per-operation times and ratios against
 // the targets. Usage: cacheflight_compare [--quick]
-#include "scenarios.hpp"
+#include "cache_scenarios.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -98,5 +98,33 @@ int main(int argc, char** argv) {
       "(target <= 1000 ns)");
   auto miss_op = measure(flight_miss_async_op, baseline_post_round, misses, reps);
   row("miss, async-op work", miss_op.subject_ns, miss_op.baseline_ns, "one post + run round", "(target <= 1000 ns)");
+
+  std::printf("\ncache\n");
+  const std::size_t hits = quick ? 100'000 : 1'000'000;
+  auto peek = measure(cache_peek_hit, baseline_locked_map_hit, hits, reps);
+  row("peek hit", peek.subject_ns, peek.baseline_ns, "flat_map under a mutex", "(target <= 1.5x)");
+  auto get_cb = measure(cache_get_hit_callback, baseline_posted_op, hits, reps);
+  row("async_get hit, callback", get_cb.subject_ns, get_cb.baseline_ns, "bare posted op", "(target <= 2.5x)");
+  auto co = measure(cache_co_get_hit, baseline_nested_awaitable, hits, reps);
+  row("co_get hit (coroutine fast path)", co.subject_ns, co.baseline_ns, "nested co_await of awaitable<V>",
+      "(target <= 2x)");
+  auto get_aw = measure(cache_get_hit_awaitable, baseline_awaited_post, hits, reps);
+  row("async_get hit, use_awaitable", get_aw.subject_ns, get_aw.baseline_ns, "co_await of a posted op",
+      "(target <= 1.3x)");
+
+  // Throughput of 2 threads vs 1 on hits: each thread does `hits` gets.
+  std::vector<double> one, two;
+  for (int i = 0; i < std::max(3, reps / 3); ++i) {
+    one.push_back(double(hits) / cache_hits_threads(hits, 1).count());
+    two.push_back(double(2 * hits) / cache_hits_threads(hits, 2).count());
+  }
+  const double t1 = median(one) * 1e9, t2 = median(two) * 1e9;
+  std::printf("%-44s %8.2f M/s  %-34s %8.2f M/s  ratio %5.2fx  (target >= 1.8x)\n", "hits, 2 threads (own io_context each)",
+              t2 / 1e6, "1 thread", t1 / 1e6, t2 / t1);
+
+  std::vector<double> kps;
+  const std::size_t batch_keys = quick ? 20'000 : 200'000;
+  for (int i = 0; i < std::max(3, reps / 3); ++i) kps.push_back(double(batch_keys) / batch_loader_keys(batch_keys).count() * 1e9);
+  std::printf("%-44s %8.0f k keys/s (batches of 100, trivial batch function)\n", "batch_loader throughput", median(kps) / 1e3);
   return 0;
 }

@@ -1,6 +1,6 @@
 // Google Benchmark suite for cf::flight. Times are per operation (per waiter
 // or per miss); see compare.cpp for the ratio table and RESULTS.md for figures.
-#include "scenarios.hpp"
+#include "cache_scenarios.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -28,5 +28,15 @@ BENCHMARK(per_item<cfbench::flight_miss_coroutine>)->Name("flight/miss/coroutine
 BENCHMARK(per_item<cfbench::flight_miss_coroutine_multithread_context>)->Name("flight/miss/coroutine/multithread_context")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::flight_miss_async_op>)->Name("flight/miss/async_op")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::baseline_post_round>)->Name("baseline/post_round")->Arg(10'000)->UseManualTime();
+
+BENCHMARK(per_item<cfbench::cache_peek_hit>)->Name("cache/peek_hit")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_locked_map_hit>)->Name("baseline/locked_flat_map_hit")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::cache_get_hit_callback>)->Name("cache/async_get_hit/callback")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_posted_op>)->Name("baseline/posted_op")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::cache_co_get_hit>)->Name("cache/co_get_hit")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_nested_awaitable>)->Name("baseline/nested_awaitable")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::cache_get_hit_awaitable>)->Name("cache/async_get_hit/awaitable")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::baseline_awaited_post>)->Name("baseline/awaited_post")->Arg(100'000)->UseManualTime();
+BENCHMARK(per_item<cfbench::batch_loader_keys>)->Name("batch_loader/keys")->Arg(100'000)->UseManualTime();
 
 BENCHMARK_MAIN();

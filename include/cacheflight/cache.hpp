@@ -88,6 +88,15 @@ struct warmup_result {
 
 namespace detail {
 
+// Completes a handler with an immediate result: posted straight to the
+// handler's associated executor (`fallback` when it has none), so a caller on
+// another context is not routed through the cache's.
+template <class Handler, class... Args>
+void post_result(const asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
+  auto ex = asio::get_associated_executor(h, fallback);
+  asio::post(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
+}
+
 template <class V, class Clock>
 class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
  public:
@@ -158,9 +167,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     found f;
     {
       std::lock_guard lk(sh.mu);
-      const std::int64_t t = now();
-      if (purge) sh.purge(t, purge, dead);
-      if (node* n = sh.find(key, t, dead)) {
+      std::int64_t t = -1;  // the clock is read at most once, and only if needed
+      auto clock = [&t] { return t < 0 ? (t = now()) : t; };
+      if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
+      if (node* n = sh.find(key, clock, dead)) {
         if (count) ++sh.counters.hits;
         if (n->value) {
           f.what = found::value;
@@ -489,7 +499,7 @@ class cache {
             e = detail::make_error(error::invalid_key);
           else if (auto f = st->lookup(key, 2); f.what == state_type::found::value)
             v = std::move(f.v);
-          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e), std::move(v)));
+          detail::post_result(st->executor(), std::move(handler), std::move(e), std::move(v));
         },
         token, std::move(key));
   }
@@ -529,7 +539,7 @@ class cache {
             e = detail::make_error(error::invalid_timeout);
           else
             st->store(std::move(key), &value, nullptr, ttl, std::nullopt);
-          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e)));
+          detail::post_result(st->executor(), std::move(handler), std::move(e));
         },
         token, std::move(key), std::move(value), ttl);
   }
@@ -553,7 +563,7 @@ class cache {
             e = detail::make_error(error::invalid_key);
           else
             erased = st->erase(key);
-          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::move(e), erased));
+          detail::post_result(st->executor(), std::move(handler), std::move(e), erased);
         },
         token, std::move(key));
   }
@@ -566,7 +576,7 @@ class cache {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
         [st = st_.get()](auto handler) {
           st->clear();
-          boost::asio::post(st->executor(), boost::asio::append(std::move(handler), std::exception_ptr{}));
+          detail::post_result(st->executor(), std::move(handler), std::exception_ptr{});
         },
         token);
   }
@@ -607,22 +617,21 @@ class cache {
     void operator()(Handler&& handler, std::string&& key, get_options opts, Loader&& loader) const {
       namespace asio = boost::asio;
       if (!st->valid_key(key)) {
-        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), detail::make_error(error::invalid_key), V{}));
+        detail::post_result(st->executor(), std::forward<Handler>(handler), detail::make_error(error::invalid_key), V{});
         return;
       }
       auto f = st->lookup(key, 2);
       if (f.what == state_type::found::value) {
-        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), std::exception_ptr{}, std::move(*f.v)));
+        detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*f.v));
         return;
       }
       if (f.what == state_type::found::failure) {
-        asio::post(st->executor(), asio::append(std::forward<Handler>(handler), std::move(f.error), V{}));
+        detail::post_result(st->executor(), std::forward<Handler>(handler), std::move(f.error), V{});
         return;
       }
       const auto ttl = opts.ttl ? *opts.ttl : st->options().default_ttl;
       if (ttl <= std::chrono::nanoseconds::zero()) {
-        asio::post(st->executor(),
-                   asio::append(std::forward<Handler>(handler), detail::make_error(error::invalid_timeout), V{}));
+        detail::post_result(st->executor(), std::forward<Handler>(handler), detail::make_error(error::invalid_timeout), V{});
         return;
       }
       auto work = [s = st->shared_from_this(), k = key, l = std::decay_t<Loader>(std::forward<Loader>(loader)), ttl] {

@@ -438,8 +438,10 @@ TEST(CacheThreads, TwoThreadsReadWriteAndLoadConcurrently) {
   std::thread cache_thread([&] { cio.run(); });
   std::atomic<int> wrong{0};
   constexpr int per_thread = 3000;
+  // The callers' contexts outlive the cache's thread, which posts into them.
+  asio::io_context ios[2] = {asio::io_context(1), asio::io_context(1)};
   auto worker = [&](int seed) {
-    asio::io_context io(1);
+    asio::io_context& io = ios[seed - 1];
     int done = 0;
     std::mt19937 rng(seed);
     auto mine = [&](auto f) { return asio::bind_executor(io, std::move(f)); };

@@ -93,15 +93,18 @@ class l1_shard {
   std::size_t count() const noexcept { return map_.size(); }
   std::size_t weight() const noexcept { return weight_; }
   std::size_t max_weight() const noexcept { return max_weight_; }
+  bool has_expiring() const noexcept { return !heap_.empty(); }
   bool stores_nothing() const noexcept { return max_entries_ == 0 || max_weight_ == 0; }
 
   // A fresh entry for `key`, or null. An expired entry found on the way is
   // removed onto `dead`. A hit records the access for the eviction policy.
-  node* find(std::string_view key, std::int64_t now, graveyard& dead) {
+  // `now()` gives the clock, read only for an entry that can expire.
+  template <class Now>
+  node* find(std::string_view key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
     node* n = it->second;
-    if (n->expires <= now) {
+    if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= now()) {
       remove(n, removal::expired, dead);
       return nullptr;
     }

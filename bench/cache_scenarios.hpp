@@ -1,0 +1,233 @@
+// Cache and batch-loader scenarios shared by the Google Benchmark suite and
+// the comparison harness.
+#ifndef CACHEFLIGHT_BENCH_CACHE_SCENARIOS_HPP
+#define CACHEFLIGHT_BENCH_CACHE_SCENARIOS_HPP
+
+#include "scenarios.hpp"
+
+#include <boost/unordered/unordered_flat_map.hpp>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+namespace cfbench {
+
+inline asio::awaitable<int> load_one() { co_return 1; }
+
+// A cache holding `user:42`, on a single-threaded context.
+struct warm_cache {
+  asio::io_context io{1};
+  cf::cache<int> c{io, cf::cache_options{.max_entries = 1000}};
+  warm_cache() {
+    c.async_set("user:42", 1, [](std::exception_ptr) {});
+    io.run();
+    io.restart();
+  }
+};
+
+// peek hit vs a boost::unordered_flat_map under a mutex.
+inline ns cache_peek_hit(std::size_t n) {
+  warm_cache w;
+  std::size_t sum = 0;
+  const std::string_view key = "user:42";
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; ++i) sum += static_cast<std::size_t>(*w.c.peek(key));
+  auto t1 = clock_type::now();
+  check(sum == n, "every peek hit");
+  return t1 - t0;
+}
+
+inline ns baseline_locked_map_hit(std::size_t n) {
+  std::mutex mu;
+  boost::unordered_flat_map<std::string, int> m;
+  m.emplace("user:42", 1);
+  std::size_t sum = 0;
+  const std::string key = "user:42";
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::optional<int> v;
+    {
+      std::lock_guard lk(mu);
+      auto it = m.find(key);
+      if (it != m.end()) v = it->second;
+    }
+    sum += static_cast<std::size_t>(*v);
+  }
+  auto t1 = clock_type::now();
+  check(sum == n, "every map lookup hit");
+  return t1 - t0;
+}
+
+// async_get hit with a callback vs a bare posted operation, batches of 1000.
+inline ns cache_get_hit_callback(std::size_t n) {
+  warm_cache w;
+  std::size_t sum = 0;
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; i += 1000) {
+    for (std::size_t j = 0; j < 1000; ++j)
+      w.c.async_get("user:42", load_one, [&sum](std::exception_ptr, int v) { sum += static_cast<std::size_t>(v); });
+    w.io.run();
+    w.io.restart();
+  }
+  auto t1 = clock_type::now();
+  check(sum == n, "every get hit");
+  return t1 - t0;
+}
+
+inline ns baseline_posted_op(std::size_t n) {
+  asio::io_context io{1};
+  std::size_t sum = 0;
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; i += 1000) {
+    for (std::size_t j = 0; j < 1000; ++j)
+      asio::post(io, asio::append([&sum](std::exception_ptr, int v) { sum += static_cast<std::size_t>(v); },
+                                  std::exception_ptr{}, 1));
+    io.run();
+    io.restart();
+  }
+  auto t1 = clock_type::now();
+  check(sum == n, "every post ran");
+  return t1 - t0;
+}
+
+// One coroutine awaiting n hits through co_get / nested trivial awaitables.
+inline ns cache_co_get_hit(std::size_t n) {
+  warm_cache w;
+  std::size_t sum = 0;
+  ns took{};
+  asio::co_spawn(
+      w.io,
+      [&]() -> asio::awaitable<void> {
+        auto t0 = clock_type::now();
+        for (std::size_t i = 0; i < n; ++i) sum += static_cast<std::size_t>(co_await w.c.co_get("user:42", load_one));
+        took = clock_type::now() - t0;
+      },
+      asio::detached);
+  w.io.run();
+  check(sum == n, "every co_get hit");
+  return took;
+}
+
+inline asio::awaitable<int> trivial_value() { co_return 1; }
+
+inline ns baseline_nested_awaitable(std::size_t n) {
+  asio::io_context io{1};
+  std::size_t sum = 0;
+  ns took{};
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto t0 = clock_type::now();
+        for (std::size_t i = 0; i < n; ++i) sum += static_cast<std::size_t>(co_await trivial_value());
+        took = clock_type::now() - t0;
+      },
+      asio::detached);
+  io.run();
+  check(sum == n, "every nested await ran");
+  return took;
+}
+
+// One coroutine awaiting n hits through async_get(use_awaitable) / posted ops.
+inline ns cache_get_hit_awaitable(std::size_t n) {
+  warm_cache w;
+  std::size_t sum = 0;
+  ns took{};
+  asio::co_spawn(
+      w.io,
+      [&]() -> asio::awaitable<void> {
+        auto t0 = clock_type::now();
+        for (std::size_t i = 0; i < n; ++i)
+          sum += static_cast<std::size_t>(co_await w.c.async_get("user:42", load_one, asio::use_awaitable));
+        took = clock_type::now() - t0;
+      },
+      asio::detached);
+  w.io.run();
+  check(sum == n, "every awaited get hit");
+  return took;
+}
+
+inline ns baseline_awaited_post(std::size_t n) {
+  asio::io_context io{1};
+  std::size_t sum = 0;
+  ns took{};
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto t0 = clock_type::now();
+        for (std::size_t i = 0; i < n; ++i) {
+          co_await asio::post(io, asio::use_awaitable);
+          ++sum;
+        }
+        took = clock_type::now() - t0;
+      },
+      asio::detached);
+  io.run();
+  check(sum == n, "every awaited post ran");
+  return took;
+}
+
+// Hit-heavy load from `threads` threads, each running its own io_context(1)
+// and calling one shared, sharded cache with callbacks bound to its context.
+// Returns the wall time for `n` gets per thread.
+inline ns cache_hits_threads(std::size_t n, unsigned threads) {
+  asio::io_context cache_io{1};
+  cf::cache<int> c{cache_io, cf::cache_options{.max_entries = 100'000, .shards = 16}};
+  constexpr int keys = 1000;
+  std::vector<std::string> names;
+  for (int k = 0; k < keys; ++k) names.push_back("user:" + std::to_string(k));
+  for (int k = 0; k < keys; ++k) c.async_set(names[k], k, [](std::exception_ptr) {});
+  cache_io.run();
+  std::atomic<std::size_t> total{0};
+  std::atomic<unsigned> ready{0};
+  std::atomic<bool> go{false};
+  auto worker = [&](unsigned id) {
+    asio::io_context io{1};
+    std::minstd_rand rng(id + 1);
+    std::size_t sum = 0;
+    ready.fetch_add(1);
+    while (!go.load()) std::this_thread::yield();
+    for (std::size_t i = 0; i < n; i += 1000) {
+      for (std::size_t j = 0; j < 1000; ++j)
+        c.async_get(names[rng() % keys], load_one,
+                    asio::bind_executor(io, [&sum](std::exception_ptr, int) { ++sum; }));
+      io.run();
+      io.restart();
+    }
+    total.fetch_add(sum);
+  };
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < threads; ++t) ts.emplace_back(worker, t);
+  while (ready.load() != threads) std::this_thread::yield();
+  auto t0 = clock_type::now();
+  go = true;
+  for (auto& t : ts) t.join();
+  auto t1 = clock_type::now();
+  check(total.load() == n * threads, "every threaded get hit");
+  return t1 - t0;
+}
+
+// Batch loader throughput: n distinct keys, trivial batch function, batches of 100.
+inline ns batch_loader_keys(std::size_t n) {
+  asio::io_context io{1};
+  using map_t = std::unordered_map<int, int>;
+  cf::batch_loader<int, int> l{io,
+                               [](std::vector<int> keys) -> asio::awaitable<map_t> {
+                                 map_t m;
+                                 m.reserve(keys.size());
+                                 for (int k : keys) m.emplace(k, k);
+                                 co_return m;
+                               },
+                               cf::batch_options{.window = std::chrono::milliseconds(1), .max_batch = 100}};
+  std::size_t done = 0;
+  auto t0 = clock_type::now();
+  for (std::size_t i = 0; i < n; ++i) l.async_load(static_cast<int>(i), [&done](std::exception_ptr, int) { ++done; });
+  io.run();
+  auto t1 = clock_type::now();
+  check(done == n, "every batched key loaded");
+  return t1 - t0;
+}
+
+}  // namespace cfbench
+
+#endif
