@@ -94,6 +94,18 @@ namespace detail {
 template <class Handler, class... Args>
 void post_result(const asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
   auto ex = asio::get_associated_executor(h, fallback);
+  if constexpr (std::is_same_v<decltype(ex), asio::any_io_executor> &&
+                std::is_same_v<asio::associated_allocator_t<std::decay_t<Handler>>, std::allocator<void>>) {
+    // The handler's executor is an io_context's: post the call to that context
+    // directly, skipping the type-erased executor and its work dispatcher. The
+    // handler still runs on (a thread running) its associated executor.
+    if (auto* io = ex.template target<asio::io_context::executor_type>()) {
+      asio::post(*io, [h = std::forward<Handler>(h), ... a = std::forward<Args>(args)]() mutable {
+        std::move(h)(std::move(a)...);
+      });
+      return;
+    }
+  }
   asio::post(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
 }
 
@@ -152,40 +164,32 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     return shards_[boost::hash<std::string_view>{}(key) % opts_.shards];
   }
 
-  // What a lookup found.
-  struct found {
-    enum { none, value, failure } what = none;
-    std::optional<V> v;
-    std::exception_ptr error;
-  };
-
-  // Looks `key` up in memory, counting a hit or a miss. `purge` bounds the
-  // expired entries reclaimed on the way (0 on the allocation-free peek path).
-  found lookup(std::string_view key, std::size_t purge, bool count = true) {
+  // Looks `key` up in memory, counting a hit or a miss (unless `count` is
+  // false). A cached failure (negative entry) yields no value and, when
+  // `failure` is given, sets it. `purge` bounds the expired entries reclaimed on
+  // the way (0 on the allocation-free peek path).
+  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
-    found f;
+    std::optional<V> v;
+    bool hit = false;
     {
       std::lock_guard lk(sh.mu);
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
       if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
       if (node* n = sh.find(key, clock, dead)) {
-        if (count) ++sh.counters.hits;
-        if (n->value) {
-          f.what = found::value;
-          f.v.emplace(*n->value);
-        } else {
-          f.what = found::failure;
-          f.error = n->error;
-        }
-      } else if (count) {
-        ++sh.counters.misses;
+        hit = true;
+        if (n->value)
+          v.emplace(*n->value);
+        else if (failure)
+          *failure = n->error;
       }
+      if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
     }
-    if (count) emit_kind(f.what == found::none ? cache_event_kind::miss : cache_event_kind::hit, key);
-    bury(dead);
-    return f;
+    if (count && opts_.on_event) emit_kind(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
+    if (!dead.empty()) bury(dead);
+    return v;
   }
 
   // Stores a value (or a failure, for negative caching). With a load token, only
@@ -250,11 +254,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     }
   }
 
-  std::optional<V> peek(std::string_view key) {
-    found f = lookup(key, 0);
-    if (f.what == found::value) return std::move(f.v);
-    return std::nullopt;
-  }
+  std::optional<V> peek(std::string_view key) { return lookup(key, 0, nullptr); }
 
   cache_stats stats() {
     cache_stats s;
@@ -497,8 +497,8 @@ class cache {
           std::optional<V> v;
           if (!st->valid_key(key))
             e = detail::make_error(error::invalid_key);
-          else if (auto f = st->lookup(key, 2); f.what == state_type::found::value)
-            v = std::move(f.v);
+          else
+            v = st->lookup(key, 2, nullptr);
           detail::post_result(st->executor(), std::move(handler), std::move(e), std::move(v));
         },
         token, std::move(key));
@@ -512,9 +512,9 @@ class cache {
   template <class Loader>
   boost::asio::awaitable<V> co_get(std::string key, Loader loader, get_options opts = {}) {
     if (st_->valid_key(key)) {
-      auto f = st_->lookup(key, 2);
-      if (f.what == state_type::found::value) co_return std::move(*f.v);
-      if (f.what == state_type::found::failure) std::rethrow_exception(f.error);
+      std::exception_ptr failure;
+      if (auto v = st_->lookup(key, 2, &failure)) co_return std::move(*v);
+      if (failure) std::rethrow_exception(failure);
     }
     auto op = async_get(std::move(key), opts, std::move(loader), boost::asio::use_awaitable);
     co_return co_await std::move(op);
@@ -620,13 +620,13 @@ class cache {
         detail::post_result(st->executor(), std::forward<Handler>(handler), detail::make_error(error::invalid_key), V{});
         return;
       }
-      auto f = st->lookup(key, 2);
-      if (f.what == state_type::found::value) {
-        detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*f.v));
+      std::exception_ptr failure;
+      if (auto v = st->lookup(key, 2, &failure)) {
+        detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*v));
         return;
       }
-      if (f.what == state_type::found::failure) {
-        detail::post_result(st->executor(), std::forward<Handler>(handler), std::move(f.error), V{});
+      if (failure) {
+        detail::post_result(st->executor(), std::forward<Handler>(handler), std::move(failure), V{});
         return;
       }
       const auto ttl = opts.ttl ? *opts.ttl : st->options().default_ttl;
@@ -668,7 +668,7 @@ class cache {
         --o->pending;
         continue;
       }
-      if (st_->lookup(key, 0, false).what == state_type::found::value) {
+      if (st_->lookup(key, 0, nullptr, false)) {
         std::lock_guard lk(o->mu);
         ++o->result.skipped;
         --o->pending;

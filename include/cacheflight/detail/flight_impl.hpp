@@ -3,6 +3,7 @@
 #define CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
 
 #include <cacheflight/detail/intrusive_list.hpp>
+#include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 
@@ -130,8 +131,8 @@ struct flight_entry {
 };
 
 template <class V>
-struct flight_shard {
-  std::mutex mu;
+struct alignas(64) flight_shard {
+  shard_mutex mu;
   boost::unordered_flat_map<std::string_view, std::shared_ptr<flight_entry<V>>, boost::hash<std::string_view>> map;
 };
 

@@ -3,6 +3,7 @@
 #define CACHEFLIGHT_DETAIL_L1_STORE_HPP
 
 #include <cacheflight/detail/intrusive_list.hpp>
+#include <cacheflight/detail/shard_mutex.hpp>
 
 #include <boost/container_hash/hash.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
@@ -69,7 +70,7 @@ struct l1_counters {
 // requires `mu` held. Removed nodes are handed back on a graveyard list so that
 // events and frees happen after the lock is released.
 template <class V>
-class l1_shard {
+class alignas(64) l1_shard {
  public:
   using node = l1_node<V>;
   using graveyard = intrusive_list<node>;
@@ -87,7 +88,7 @@ class l1_shard {
     max_weight_ = max_weight;
   }
 
-  std::mutex mu;
+  shard_mutex mu;
   l1_counters counters;
 
   std::size_t count() const noexcept { return map_.size(); }
