@@ -516,10 +516,20 @@ class cache {
       if (auto v = st_->lookup(key, 2, &failure)) co_return std::move(*v);
       if (failure) std::rethrow_exception(failure);
     }
+    // The miss path lives in its own frame, keeping the hit path's small.
+    auto op = co_get_miss(std::move(key), std::move(loader), opts);
+    co_return co_await std::move(op);
+  }
+
+
+ private:
+  template <class Loader>
+  boost::asio::awaitable<V> co_get_miss(std::string key, Loader loader, get_options opts) {
     auto op = async_get(std::move(key), opts, std::move(loader), boost::asio::use_awaitable);
     co_return co_await std::move(op);
   }
 
+ public:
   /// Stores `value` under `key` with the default TTL (`ttl`: this one; `no_expiry`:
   /// none), replacing any value and superseding any load of `key` in flight.
   ///
