@@ -274,6 +274,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       }
       bury(dead);
     }
+    s.evictions = s.evictions_capacity + s.evictions_oversized;
     s.hit_rate = s.hits + s.misses == 0 ? 0.0 : double(s.hits) / double(s.hits + s.misses);
     s.loads = loads_.load(std::memory_order_relaxed);
     s.load_failures = load_failures_.load(std::memory_order_relaxed);

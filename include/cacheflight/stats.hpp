@@ -21,6 +21,7 @@ struct cache_stats {
   std::uint64_t load_failures = 0;        ///< loader runs that failed (cancelled runs excluded)
   std::chrono::nanoseconds load_time{};   ///< total run time of the loads and failures
   std::uint64_t coalesced = 0;            ///< callers that joined a load already in flight
+  std::uint64_t evictions = 0;            ///< evictions_capacity + evictions_oversized
   std::uint64_t evictions_capacity = 0;   ///< entries evicted for `max_entries` / `max_weight`
   std::uint64_t evictions_oversized = 0;  ///< values refused because their weight alone exceeds the cap
   std::uint64_t expirations = 0;          ///< expired entries removed
@@ -53,6 +54,7 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
   family("load_seconds_total", "counter", "Total run time of loader runs.",
          std::to_string(std::chrono::duration<double>(s.load_time).count()));
   family("coalesced_total", "counter", "Callers that joined a load already in flight.", u(s.coalesced));
+  family("evictions_total", "counter", "Entries evicted or refused for size.", u(s.evictions));
   family("evictions_capacity_total", "counter", "Entries evicted to respect the size cap.", u(s.evictions_capacity));
   family("evictions_oversized_total", "counter", "Values refused because they alone exceed the size cap.",
          u(s.evictions_oversized));

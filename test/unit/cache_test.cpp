@@ -197,6 +197,7 @@ TEST_F(Cache, WeigherCapsTotalWeightAndRefusesOversizedValues) {
   EXPECT_EQ(big.value, std::string(11, 'x'));
   EXPECT_EQ(c.peek("big"), std::nullopt);
   EXPECT_EQ(c.stats().evictions_oversized, 1u);
+  EXPECT_EQ(c.stats().evictions, 2u);
   EXPECT_EQ(log.causes.back(), cf::eviction_cause::oversized);
 }
 
