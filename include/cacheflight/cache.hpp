@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_CACHE_HPP
 #define CACHEFLIGHT_CACHE_HPP
 
+#include <cacheflight/batch_loader.hpp>
 #include <cacheflight/clock.hpp>
 #include <cacheflight/detail/l1_store.hpp>
 #include <cacheflight/error.hpp>
@@ -482,6 +483,16 @@ class cache {
     requires(!std::same_as<std::decay_t<Loader>, get_options>)
   auto async_get(std::string key, Loader loader, CompletionToken&& token) {
     return async_get(std::move(key), get_options{}, std::move(loader), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, loading a miss through `loader` with the cache key as the batch
+  /// key: concurrent misses for different keys share batches. The batch loader
+  /// must outlive the operation.
+  template <class Hash, class BatchClock,
+            boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
+  auto async_get(std::string key, batch_loader<std::string, V, Hash, BatchClock>& loader, CompletionToken&& token) {
+    auto bound = loader.bind(key);
+    return async_get(std::move(key), get_options{}, std::move(bound), std::forward<CompletionToken>(token));
   }
 
   /// Looks `key` up in memory only; never loads.

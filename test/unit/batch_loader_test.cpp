@@ -256,4 +256,32 @@ TEST_F(BatchLoader, ConcurrentCacheMissesForDifferentKeysShareBatches) {
   EXPECT_EQ(c.stats().loads, 10u);
 }
 
+TEST_F(BatchLoader, CacheTakesABatchLoaderInPlaceOfALoader) {
+  std::vector<std::vector<std::string>> seen;
+  cf::batch_loader<std::string, int, std::hash<std::string>, cf::manual_clock> by_key{
+      io,
+      [&](std::vector<std::string> keys) -> asio::awaitable<std::unordered_map<std::string, int>> {
+        seen.push_back(keys);
+        std::unordered_map<std::string, int> m;
+        for (auto& k : keys) m[k] = static_cast<int>(k.size());
+        co_return m;
+      },
+      cf::batch_options{.window = 2ms}};
+  cf::cache<int, cf::manual_clock> c{io};
+  outcome<> a, b, again;
+  c.async_get("a", by_key, a.handler());
+  c.async_get("bbb", by_key, b.handler());
+  poll(io);
+  cf::manual_clock::advance(2ms);
+  run_until(io, [&] { return a.done && b.done; });
+  EXPECT_EQ(a.value, 1);
+  EXPECT_EQ(b.value, 3);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].size(), 2u);
+  c.async_get("bbb", by_key, again.handler());  // now a memory hit
+  drain(io);
+  EXPECT_EQ(again.value, 3);
+  EXPECT_EQ(seen.size(), 1u);
+}
+
 }  // namespace
