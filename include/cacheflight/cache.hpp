@@ -398,10 +398,12 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 ///
 /// @par Threads
 /// Every member may be called from any thread, concurrently. Memory is split in
-/// `cache_options::shards` partitions, each guarded by a mutex held for
+/// `cache_options::shards` partitions, each guarded by a lock held for
 /// constant-time bookkeeping only; loaders, weighers, event sinks and handlers
-/// never run under it. For a multi-core server, run one `io_context` per thread
-/// (`io_context(1)`) and share one cache with `shards` of 8 or more among them.
+/// never run under it. For a multi-core server, run one `io_context(1)` per
+/// thread, share one cache with `shards` of 16 or more among them, and bind
+/// handlers to the caller's context (coroutines are): an immediate result is
+/// then posted straight to that context and never crosses threads.
 ///
 /// @par Lifetime
 /// The cache may be destroyed with loads in flight: their callers complete with

@@ -37,11 +37,12 @@ namespace cacheflight {
 ///
 /// @par Threads
 /// Every member function may be called from any thread, concurrently. State is
-/// kept in `flight_options::shards` partitions, each guarded by a mutex held only
+/// kept in `flight_options::shards` partitions, each guarded by a lock held only
 /// for constant-time bookkeeping; no user code (work functions, handlers, event
-/// sinks) ever runs under it. A recommended setup for a multi-core server is one
-/// `io_context` per thread, each with its own `flight` (or one flight with
-/// `shards` set to the thread count when callers must share in-flight work).
+/// sinks) ever runs under it. The recommended setup for a multi-core server is
+/// one `io_context(1)` (concurrency hint 1) per thread: the work then runs on it
+/// without a strand. Callers on several threads may share one flight; give it
+/// `shards` (16 or more) when they are many.
 ///
 /// @par Lifetime
 /// The flight may be destroyed with operations pending: the destructor acts as
