@@ -1,0 +1,253 @@
+// An HTTP/1.1 service on Beast whose endpoints hit one cache. A burst of
+// concurrent requests for /user/42 reaches the (simulated) database once.
+//
+//   cacheflight_http_service [--address 127.0.0.1] [--port 8080] [--threads 1]
+//                            [--db-latency-ms 50] [--ttl-ms 60000]
+//
+// GET /user/{id}  the user, through the cache (JSON)
+// GET /stats      database calls and cache figures (JSON)
+// GET /metrics    the same in the Prometheus text format
+// GET /healthz    "ok"
+// GET /constant   a fixed small JSON body (a baseline for load tests)
+// GET /           a dashboard that polls /stats and fires bursts from the browser
+#include "dashboard.hpp"
+
+#include <cacheflight/cacheflight.hpp>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+#include <atomic>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+namespace cf = cacheflight;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct config {
+  std::string address = "127.0.0.1";
+  unsigned short port = 8080;
+  unsigned threads = 1;
+  std::chrono::milliseconds db_latency{50};
+  std::chrono::milliseconds ttl{60'000};
+};
+
+struct user {
+  long id = 0;
+  std::string name;
+};
+
+// The service's shared state: one cache in front of a slow "database".
+struct service {
+  explicit service(asio::io_context& io, const config& cfg)
+      : cfg(cfg), users(io, cf::cache_options{.max_entries = 100'000, .default_ttl = cfg.ttl, .shards = 16}) {}
+
+  // The database: a timer stands in for the query's latency.
+  asio::awaitable<user> load_user(long id) {
+    db_calls.fetch_add(1, std::memory_order_relaxed);
+    asio::steady_timer t(co_await asio::this_coro::executor, cfg.db_latency);
+    co_await t.async_wait(asio::use_awaitable);
+    co_return user{id, "user-" + std::to_string(id)};
+  }
+
+  json::object stats_json() const {
+    cf::cache_stats s = users.stats();
+    return json::object{
+        {"requests", requests.load()},
+        {"db_calls", db_calls.load()},
+        {"in_flight", s.loads_in_flight},
+        {"cache",
+         json::object{{"hits", s.hits},
+                      {"misses", s.misses},
+                      {"hit_rate", s.hit_rate},
+                      {"coalesced", s.coalesced},
+                      {"loads", s.loads},
+                      {"load_failures", s.load_failures},
+                      {"size", s.size},
+                      {"evictions", s.evictions},
+                      {"expirations", s.expirations}}},
+    };
+  }
+
+  std::string metrics_text() const {
+    std::string out = cf::to_prometheus(users.stats(), "cacheflight_cache");
+    out += "# HELP demo_requests_total HTTP requests served.\n# TYPE demo_requests_total counter\n";
+    out += "demo_requests_total " + std::to_string(requests.load()) + "\n";
+    out += "# HELP demo_db_calls_total Calls that reached the database.\n# TYPE demo_db_calls_total counter\n";
+    out += "demo_db_calls_total " + std::to_string(db_calls.load()) + "\n";
+    return out;
+  }
+
+  const config cfg;
+  cf::cache<user> users;
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> db_calls{0};
+};
+
+using request = http::request<http::string_body>;
+using response = http::response<http::string_body>;
+
+response make(const request& req, http::status status, std::string_view type, std::string body) {
+  response res{status, req.version()};
+  res.set(http::field::server, "cacheflight-demo");
+  res.set(http::field::content_type, type);
+  res.keep_alive(req.keep_alive());
+  res.body() = std::move(body);
+  res.prepare_payload();
+  return res;
+}
+
+response text(const request& req, http::status status, std::string body) {
+  return make(req, status, "text/plain; charset=utf-8", std::move(body) + "\n");
+}
+
+response json_response(const request& req, const json::value& v) {
+  return make(req, http::status::ok, "application/json", json::serialize(v));
+}
+
+asio::awaitable<response> route(service& svc, const request& req) {
+  const std::string_view target = req.target();
+  const std::string_view path = target.substr(0, target.find('?'));
+  if (req.method() != http::verb::get && req.method() != http::verb::head) {
+    response res = text(req, http::status::method_not_allowed, "only GET is supported");
+    res.set(http::field::allow, "GET, HEAD");
+    co_return res;
+  }
+  if (path.starts_with("/user/")) {
+    const std::string_view digits = path.substr(6);
+    long id = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+    if (digits.empty() || digits.size() > 18 || ec != std::errc{} || end != digits.data() + digits.size() || id < 0)
+      co_return text(req, http::status::bad_request, "the user id must be a non-negative integer");
+    std::string key = "user:" + std::to_string(id);
+    auto loader = [&svc, id] { return svc.load_user(id); };
+    user u = co_await svc.users.async_get(std::move(key), loader, asio::use_awaitable);
+    co_return json_response(req, json::object{{"id", u.id}, {"name", u.name}});
+  }
+  if (path == "/stats") co_return json_response(req, svc.stats_json());
+  if (path == "/metrics") co_return make(req, http::status::ok, "text/plain; version=0.0.4", svc.metrics_text());
+  if (path == "/healthz") co_return text(req, http::status::ok, "ok");
+  if (path == "/constant") co_return make(req, http::status::ok, "application/json", R"({"id":0,"name":"constant"})");
+  if (path == "/") co_return make(req, http::status::ok, "text/html; charset=utf-8", std::string(dashboard_html));
+  co_return text(req, http::status::not_found, "not found");
+}
+
+asio::awaitable<void> session(service& svc, tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  try {
+    for (;;) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(8 * 1024);
+      parser.body_limit(8 * 1024);  // a GET service: large bodies are refused
+      stream.expires_after(30s);
+      boost::system::error_code ec;
+      co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec == http::error::end_of_stream) break;
+      if (ec) {
+        // A malformed or oversized request gets 400 and the connection closes.
+        if (ec != beast::error::timeout && ec != asio::error::connection_reset && ec != asio::error::eof) {
+          request bad;
+          bad.version(11);
+          bad.keep_alive(false);
+          response res = text(bad, http::status::bad_request, "bad request: " + ec.message());
+          co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+        }
+        break;
+      }
+      request req = parser.release();
+      svc.requests.fetch_add(1, std::memory_order_relaxed);
+      response res;
+      try {
+        res = co_await route(svc, req);
+      } catch (const std::exception& e) {
+        res = text(req, http::status::internal_server_error, e.what());
+      }
+      const bool keep_alive = res.keep_alive();
+      co_await http::async_write(stream, res, asio::use_awaitable);
+      if (!keep_alive) break;
+    }
+  } catch (const boost::system::system_error&) {
+    // The client went away mid-request: nothing to clean up beyond the socket.
+  }
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+asio::awaitable<void> listen(service& svc, tcp::acceptor& acceptor, std::vector<std::unique_ptr<asio::io_context>>& ios) {
+  std::size_t next = 0;
+  for (;;) {
+    // Spread connections over the threads' contexts.
+    asio::io_context& target = *ios[next++ % ios.size()];
+    tcp::socket socket = co_await acceptor.async_accept(target, asio::use_awaitable);
+    asio::co_spawn(target, session(svc, std::move(socket)), asio::detached);
+  }
+}
+
+bool parse(int argc, char** argv, config& cfg) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const char* v = nullptr;
+    if (a == "--address" && (v = value())) cfg.address = v;
+    else if (a == "--port" && (v = value())) cfg.port = static_cast<unsigned short>(std::atoi(v));
+    else if (a == "--threads" && (v = value())) cfg.threads = static_cast<unsigned>(std::max(1, std::atoi(v)));
+    else if (a == "--db-latency-ms" && (v = value())) cfg.db_latency = std::chrono::milliseconds(std::atoi(v));
+    else if (a == "--ttl-ms" && (v = value())) cfg.ttl = std::chrono::milliseconds(std::max(1, std::atoi(v)));
+    else {
+      std::cerr << "usage: " << argv[0]
+                << " [--address A] [--port P (0: any)] [--threads N] [--db-latency-ms MS] [--ttl-ms MS]\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  config cfg;
+  if (!parse(argc, argv, cfg)) return 2;
+
+  // One io_context per thread, each run by exactly one thread.
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  for (unsigned i = 0; i < cfg.threads; ++i) ios.push_back(std::make_unique<asio::io_context>(1));
+  asio::io_context& main_io = *ios[0];
+
+  service svc(main_io, cfg);
+  tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
+  std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
+
+  asio::co_spawn(main_io, listen(svc, acceptor, ios), asio::detached);
+
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  for (auto& io : ios) guards.push_back(asio::make_work_guard(*io));
+  asio::signal_set signals(main_io, SIGINT, SIGTERM);
+  signals.async_wait([&](boost::system::error_code, int) {
+    boost::system::error_code ignored;
+    acceptor.close(ignored);
+    for (auto& io : ios) io->stop();
+  });
+
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < cfg.threads; ++i) threads.emplace_back([&io = *ios[i]] { io.run(); });
+  main_io.run();
+  for (auto& t : threads) t.join();
+  std::cout << "stopped after " << svc.requests.load() << " requests, " << svc.db_calls.load() << " database calls"
+            << std::endl;
+  return 0;
+}

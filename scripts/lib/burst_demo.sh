@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Starts the example HTTP service on a free loopback port, bursts 1000
+# concurrent requests for one id and then 1000 spread over 100 ids, prints what
+# happened and stops the service. Exits non-zero unless the database saw exactly
+# 1 and then 100 calls. Used by scripts/demo and by the integration test.
+#
+#   burst_demo.sh PATH/TO/cacheflight_http_service PATH/TO/cacheflight_burst
+set -euo pipefail
+server=$1
+burst=$2
+log=$(mktemp)
+"$server" --port 0 --db-latency-ms 50 >"$log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+
+port=""
+for _ in $(seq 1 100); do
+  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "the service exited"; exit 1; }
+  sleep 0.1
+done
+[ -n "$port" ] || { cat "$log"; echo "the service did not start"; exit 1; }
+echo "service listening on 127.0.0.1:$port (database latency 50 ms)"
+
+status=0
+run() {  # run NAME EXPECTED_DB_CALLS burst-args...
+  local name=$1 expected=$2
+  shift 2
+  local out
+  echo
+  echo "== $name"
+  if ! out=$("$burst" "$@"); then
+    echo "$out"
+    echo "FAIL: some requests failed"
+    status=1
+    return
+  fi
+  echo "$out"
+  local calls
+  calls=$(sed -n 's/^database calls: *\([0-9]*\)$/\1/p' <<<"$out")
+  local requests
+  requests=$(sed -n 's/^requests: *\([0-9]*\) .*/\1/p' <<<"$out")
+  if [ "$calls" = "$expected" ]; then
+    echo "=> $requests requests reached the database $calls time$([ "$calls" = 1 ] || echo s) (expected $expected)"
+  else
+    echo "FAIL: expected $expected database calls, saw ${calls:-none}"
+    status=1
+  fi
+}
+
+run "1000 concurrent requests for /user/42" 1 \
+  --url "http://127.0.0.1:$port/user/42" --requests 1000 --connections 1000
+run "1000 concurrent requests over 100 ids (/user/1000 .. /user/1099)" 100 \
+  --url "http://127.0.0.1:$port/user/1000" --requests 1000 --connections 1000 --spread 100
+
+kill -TERM "$pid"
+wait "$pid" 2>/dev/null || true
+trap 'rm -f "$log"' EXIT
+echo
+tail -n 1 "$log"
+exit $status
