@@ -8,7 +8,8 @@ CF_JOBS=${CF_JOBS:-$(nproc)}
 # never libboost-dev or libboost-all-dev, which pull 1.74 beside it.
 CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libboost1.81-dev libboost-json1.81-dev
-  libgtest-dev libbenchmark-dev)
+  libgtest-dev libbenchmark-dev
+  curl)
 
 cf_log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

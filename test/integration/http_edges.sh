@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The example service's edges, over real sockets: routes, bad requests (400),
+# unknown paths (404), other methods (405), oversized requests, a client that
+# disconnects mid-request, and the metrics and stats bodies.
+#
+#   http_edges.sh PATH/TO/cacheflight_http_service
+set -euo pipefail
+server=$1
+log=$(mktemp)
+"$server" --port 0 --db-latency-ms 5 >"$log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+port=""
+for _ in $(seq 1 100); do
+  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || { cat "$log"; exit 1; }
+base="http://127.0.0.1:$port"
+failures=0
+expect() {  # expect NAME WANT GOT
+  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
+}
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+
+expect "GET /healthz" 200 "$(code "$base/healthz")"
+expect "GET /user/7" 200 "$(code "$base/user/7")"
+expect "GET /user/7 body" '{"id":7,"name":"user-7"}' "$(curl -s "$base/user/7")"
+expect "GET /user/abc is 400" 400 "$(code "$base/user/abc")"
+expect "GET /user/ is 400" 400 "$(code "$base/user/")"
+expect "GET /nope is 404" 404 "$(code "$base/nope")"
+expect "POST /user/7 is 405" 405 "$(code -X POST "$base/user/7")"
+expect "DELETE /stats is 405" 405 "$(code -X DELETE "$base/stats")"
+big=$(head -c 9000 /dev/zero | tr '\0' 'x')
+expect "oversized header is 400" 400 "$(code -H "X-Big: $big" "$base/healthz")"
+expect "oversized body is 400" 400 "$(code -X POST --data-binary "$big" "$base/user/7")"
+# A client that sends half a request and disconnects harms nothing.
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET /user/8 HTTP/1.1\r\nHost: x\r\n' >&3
+exec 3>&-
+expect "still healthy after a disconnect" 200 "$(code "$base/healthz")"
+expect "/metrics has the cache counters" 1 "$(curl -s "$base/metrics" | grep -c '^cacheflight_cache_hits_total ')"
+expect "/stats counts database calls" 1 "$(curl -s "$base/stats" | grep -c '"db_calls":1,')"
+expect "GET / serves the dashboard" 1 "$(curl -s "$base/" | grep -c '<title>cacheflight demo</title>')"
+kill -TERM "$pid"
+wait "$pid"
+expect "clean shutdown on SIGTERM" 1 "$(grep -c '^stopped after' "$log")"
+trap 'rm -f "$log"' EXIT
+[ "$failures" = 0 ]
