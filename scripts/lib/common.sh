@@ -11,6 +11,9 @@ CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libgtest-dev libbenchmark-dev
   curl)
 
+# What only the tests need: a browser for the dashboard test.
+CF_TEST_PACKAGES=(chromium)
+
 cf_log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Installs the packages that are missing; does nothing when all are present.
