@@ -186,10 +186,20 @@ asio::awaitable<void> session(service& svc, tcp::socket socket) {
 
 asio::awaitable<void> listen(service& svc, tcp::acceptor& acceptor, std::vector<std::unique_ptr<asio::io_context>>& ios) {
   std::size_t next = 0;
-  for (;;) {
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  while (acceptor.is_open()) {
     // Spread connections over the threads' contexts.
     asio::io_context& target = *ios[next++ % ios.size()];
-    tcp::socket socket = co_await acceptor.async_accept(target, asio::use_awaitable);
+    boost::system::error_code ec;
+    tcp::socket socket = co_await acceptor.async_accept(target, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted) break;
+    if (ec) {
+      // Out of descriptors, say: keep serving the open connections, retry shortly.
+      std::cerr << "accept: " << ec.message() << std::endl;
+      pause.expires_after(10ms);
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
     asio::co_spawn(target, session(svc, std::move(socket)), asio::detached);
   }
 }

@@ -8,6 +8,8 @@
 set -euo pipefail
 server=$1
 burst=$2
+# 1000 concurrent connections need more descriptors than the usual soft limit of 1024.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 log=$(mktemp)
 "$server" --port 0 --db-latency-ms 50 >"$log" 2>&1 &
 pid=$!
