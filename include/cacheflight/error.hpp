@@ -30,6 +30,8 @@ enum class error {
   invalid_timeout,
   /// An options aggregate holds a value out of range.
   invalid_option,
+  /// A server or tier sent bytes that do not follow its protocol or format.
+  protocol_error,
 };
 
 namespace detail {
@@ -52,6 +54,7 @@ class error_category final : public boost::system::error_category {
       case error::key_not_found: return "the batch result did not contain the key";
       case error::invalid_timeout: return "a timeout must be positive";
       case error::invalid_option: return "an option is out of range";
+      case error::protocol_error: return "malformed data from a server or tier";
     }
     return "unknown cacheflight error";
   }

@@ -9,7 +9,7 @@ CF_JOBS=${CF_JOBS:-$(nproc)}
 CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libboost1.81-dev libboost-json1.81-dev
   libgtest-dev libbenchmark-dev
-  curl)
+  libhiredis-dev curl)
 
 # What only the tests need: a browser for the dashboard test.
 CF_TEST_PACKAGES=(chromium)

@@ -1,0 +1,120 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_CODEC_HPP
+#define CACHEFLIGHT_CODEC_HPP
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace cacheflight {
+
+/// How values of `T` become bytes for a tier (Redis, disk) and back.
+///
+/// A codec is a specialization providing
+/// @code
+///   static std::string encode(const T&);                    // may throw for values it rejects
+///   static std::optional<T> decode(std::string_view bytes); // nullopt for bytes it cannot read
+/// @endcode
+/// Decoding must never trust its input: bytes come from outside the process.
+/// Provided: `std::string`, trivially copyable types, and (in
+/// `cacheflight/json_codec.hpp`) types convertible with Boost.JSON.
+template <class T, class = void>
+struct codec;
+
+/// Strings are stored as they are.
+template <>
+struct codec<std::string> {
+  static std::string encode(const std::string& v) { return v; }
+  static std::optional<std::string> decode(std::string_view bytes) { return std::string(bytes); }
+};
+
+/// Trivially copyable types are stored as their object representation: only
+/// for tiers shared by processes of the same build and architecture.
+template <class T>
+struct codec<T, std::enable_if_t<std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>>> {
+  static std::string encode(const T& v) { return std::string(reinterpret_cast<const char*>(&v), sizeof(T)); }
+  static std::optional<T> decode(std::string_view bytes) {
+    if (bytes.size() != sizeof(T)) return std::nullopt;
+    T v;
+    std::memcpy(&v, bytes.data(), sizeof(T));
+    return v;
+  }
+};
+
+namespace detail {
+
+// The envelope of a value stored in a tier:
+//
+//   offset  size  field
+//   0       4     magic "CFLT"
+//   4       1     format version (1)
+//   5       1     flags (reserved, 0)
+//   6       8     absolute expiry, milliseconds since the Unix epoch, little
+//                 endian; 0 for none
+//   14      n     the codec's bytes
+//
+// The expiry is wall-clock time because instances sharing a tier do not share
+// a steady clock.
+struct envelope {
+  static constexpr std::string_view magic = "CFLT";
+  static constexpr std::uint8_t version = 1;
+  static constexpr std::size_t header_size = 14;
+
+  std::int64_t expires_ms = 0;  // 0: never
+  std::string_view payload;
+
+  static std::string wrap(std::string_view payload, std::int64_t expires_ms) {
+    std::string out;
+    out.reserve(header_size + payload.size());
+    out.append(magic);
+    out.push_back(static_cast<char>(version));
+    out.push_back(0);
+    auto e = static_cast<std::uint64_t>(expires_ms);
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((e >> (8 * i)) & 0xff));
+    out.append(payload);
+    return out;
+  }
+
+  // Reads an envelope; nullopt for anything that is not one of ours.
+  static std::optional<envelope> unwrap(std::string_view bytes) {
+    if (bytes.size() < header_size || bytes.substr(0, 4) != magic) return std::nullopt;
+    if (static_cast<std::uint8_t>(bytes[4]) != version || bytes[5] != 0) return std::nullopt;
+    std::uint64_t e = 0;
+    for (int i = 0; i < 8; ++i) e |= std::uint64_t(static_cast<std::uint8_t>(bytes[6 + i])) << (8 * i);
+    if (e > static_cast<std::uint64_t>(INT64_MAX)) return std::nullopt;
+    return envelope{static_cast<std::int64_t>(e), bytes.substr(header_size)};
+  }
+
+  static std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+// Encodes a value with its expiry; decodes one, refusing expired or corrupt
+// bytes (nullopt). Remaining lifetime is reported through `ttl_left`.
+template <class V>
+std::string encode_stored(const V& v, std::int64_t expires_ms) {
+  return envelope::wrap(codec<V>::encode(v), expires_ms);
+}
+
+template <class V>
+std::optional<V> decode_stored(std::string_view bytes, std::int64_t now_ms, std::chrono::milliseconds* ttl_left) {
+  auto env = envelope::unwrap(bytes);
+  if (!env) return std::nullopt;
+  if (env->expires_ms != 0 && env->expires_ms <= now_ms) return std::nullopt;
+  std::optional<V> v = codec<V>::decode(env->payload);
+  if (v && ttl_left)
+    *ttl_left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
+                                     : std::chrono::milliseconds(env->expires_ms - now_ms);
+  return v;
+}
+
+}  // namespace detail
+}  // namespace cacheflight
+
+#endif

@@ -1,0 +1,94 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_REDIS_RESP_HPP
+#define CACHEFLIGHT_REDIS_RESP_HPP
+
+// The Redis protocol (RESP2), without I/O: commands are written here by hand
+// (an array of bulk strings, so every argument is binary safe and no command is
+// ever built by concatenating user input into text); replies are parsed by
+// hiredis' reader.
+
+#include <boost/system/error_code.hpp>
+
+#include <charconv>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cacheflight::redis {
+
+namespace detail {
+
+inline void append_number(std::string& out, std::size_t n) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, n);
+  out.append(buf, r.ptr);
+}
+
+inline void append_bulk(std::string& out, std::string_view arg) {
+  out.push_back('$');
+  append_number(out, arg.size());
+  out.append("\r\n");
+  out.append(arg);
+  out.append("\r\n");
+}
+
+}  // namespace detail
+
+/// Appends one command, `args[0]` being its name, to `out`.
+inline void append_command(std::string& out, std::initializer_list<std::string_view> args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (std::string_view a : args) detail::append_bulk(out, a);
+}
+
+/// As above, for a command whose arguments are only known at run time.
+inline void append_command(std::string& out, const std::vector<std::string_view>& args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (std::string_view a : args) detail::append_bulk(out, a);
+}
+
+/// One reply from the server.
+struct reply {
+  enum class kind { status, error, integer, bulk, nil, array };
+  kind type = kind::nil;
+  std::string str;               ///< status, error or bulk
+  long long integer = 0;         ///< integer
+  std::vector<reply> elements;   ///< array
+
+  bool is_error() const noexcept { return type == kind::error; }
+};
+
+/// Parses replies from a byte stream, in order. Not thread-safe.
+///
+/// A protocol error is sticky, as hiredis' reader is: after one, `next` keeps
+/// failing and the connection must be closed and opened anew.
+class reply_reader {
+ public:
+  reply_reader();
+  ~reply_reader();
+  reply_reader(const reply_reader&) = delete;
+  reply_reader& operator=(const reply_reader&) = delete;
+  reply_reader(reply_reader&&) noexcept;
+  reply_reader& operator=(reply_reader&&) noexcept;
+
+  /// Adds received bytes.
+  void feed(std::string_view bytes);
+
+  /// The next complete reply, or nullopt when more bytes are needed. Sets `ec`
+  /// to `cacheflight::error::protocol_error` on malformed input.
+  std::optional<reply> next(boost::system::error_code& ec);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace cacheflight::redis
+
+#endif
