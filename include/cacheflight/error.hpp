@@ -32,6 +32,12 @@ enum class error {
   invalid_option,
   /// A server or tier sent bytes that do not follow its protocol or format.
   protocol_error,
+  /// The connection is not open (never opened, lost, or closed).
+  not_connected,
+  /// Too many commands are queued on the connection.
+  queue_full,
+  /// The server refused the credentials (AUTH) or the database (SELECT).
+  auth_failed,
 };
 
 namespace detail {
@@ -55,6 +61,9 @@ class error_category final : public boost::system::error_category {
       case error::invalid_timeout: return "a timeout must be positive";
       case error::invalid_option: return "an option is out of range";
       case error::protocol_error: return "malformed data from a server or tier";
+      case error::not_connected: return "not connected to the server";
+      case error::queue_full: return "too many commands queued on the connection";
+      case error::auth_failed: return "the server refused the credentials or the database";
     }
     return "unknown cacheflight error";
   }

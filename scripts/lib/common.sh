@@ -11,8 +11,8 @@ CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libgtest-dev libbenchmark-dev
   libhiredis-dev curl)
 
-# What only the tests need: a browser for the dashboard test.
-CF_TEST_PACKAGES=(chromium)
+# What only the tests need: a browser for the dashboard test, and Redis.
+CF_TEST_PACKAGES=(chromium redis-server)
 
 cf_log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -1,0 +1,113 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_REDIS_CONNECTION_HPP
+#define CACHEFLIGHT_REDIS_CONNECTION_HPP
+
+#include <cacheflight/redis/resp.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace cacheflight::redis {
+
+/// Where and how to connect.
+struct connection_options {
+  std::string host = "127.0.0.1";
+  std::string port = "6379";
+  /// A unix-domain socket path; when set, used instead of host and port.
+  std::string unix_socket{};
+  /// ACL user name (Redis 6 and later); empty: AUTH with the password alone.
+  std::string username{};
+  /// Empty: no AUTH.
+  std::string password{};
+  /// SELECT this database after connecting, when not 0.
+  int database = 0;
+  std::chrono::milliseconds connect_timeout{1000};
+  /// Bound on each command's wait for its reply.
+  std::chrono::milliseconds command_timeout{1000};
+  /// Commands queued or awaiting replies at most; beyond it `error::queue_full`.
+  std::size_t max_pending = 10'000;
+};
+
+/// One connection to a Redis server over TCP or a unix-domain socket, with
+/// pipelining: concurrent commands share the connection, are written together,
+/// and complete in order. Asio owns the socket; replies are parsed by hiredis.
+///
+/// A connection is opened once. When it is lost (an I/O or protocol error, or
+/// `close`), every command waiting on it fails with that error and later
+/// commands fail at once with `error::not_connected`: make a new connection to
+/// reconnect.
+///
+/// @par Threads
+/// Every member may be called from any thread; the connection's state lives on
+/// a strand of its executor.
+class connection {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  connection(executor_type ex, connection_options opts);
+  /// Closes the connection: waiting commands fail with `operation_aborted`.
+  ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  /// Connects, then authenticates (AUTH) and selects the database if asked.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  /// Errors: resolver and socket errors, `error::timed_out` (after
+  /// `connect_timeout`), `error::auth_failed`, `error::protocol_error`.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_connect(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+        [this](auto handler) { start_connect(std::move(handler)); }, token);
+  }
+
+  /// Sends one command (`args[0]` its name; every argument is binary safe) and
+  /// waits for its reply.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec, redis::reply r) @endcode
+  /// A server error reply (`-ERR ...`) is a reply with `is_error()`, not an
+  /// `ec`. Errors: `error::not_connected`, `error::queue_full`,
+  /// `error::timed_out` (after `command_timeout`), `error::protocol_error`,
+  /// socket errors (the connection is then lost).
+  /// @par Per-Operation Cancellation
+  /// `terminal`, `partial` and `total`: the command completes with
+  /// `operation_aborted`. If it was written already, its reply is read and
+  /// dropped when it comes, and the connection stays usable (as after a timeout).
+  /// @par Executor
+  /// The handler runs on its associated executor, never inside this call.
+  template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
+  auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+        [this](auto handler, std::vector<std::string> args) { start_exec(std::move(args), std::move(handler)); },
+        token, std::move(args));
+  }
+
+  /// Closes the connection; waiting commands fail with `operation_aborted`.
+  void close();
+
+  /// Whether the connection is open (connected and authenticated).
+  bool is_open() const noexcept;
+
+  executor_type get_executor() const noexcept;
+
+ private:
+  using connect_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
+  using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
+
+  void start_connect(connect_handler h);
+  void start_exec(std::vector<std::string> args, exec_handler h);
+
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace cacheflight::redis
+
+#endif

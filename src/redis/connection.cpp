@@ -1,0 +1,290 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#include <cacheflight/error.hpp>
+#include <cacheflight/redis/connection.hpp>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <atomic>
+#include <deque>
+#include <optional>
+
+namespace cacheflight::redis {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// Completes `h` on its associated executor. Called on the connection's strand,
+// never inside an initiating function.
+template <class Handler, class... Args>
+void complete(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
+  auto ex = asio::get_associated_executor(h, strand);
+  asio::dispatch(ex, [h = std::move(h), ... a = std::move(args)]() mutable {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(std::move(a)...);
+  });
+}
+
+}  // namespace
+
+struct connection::impl : std::enable_shared_from_this<impl> {
+  impl(asio::any_io_executor ex, connection_options o)
+      : strand(asio::make_strand(ex)), opts(std::move(o)), socket(strand), resolver(strand), connect_timer(strand),
+        deadline_timer(strand) {}
+
+  enum class state { idle, connecting, open, closed };
+
+  struct command {
+    std::uint64_t id = 0;
+    std::string bytes;
+    std::optional<exec_handler> handler;  // empty once abandoned (timed out or cancelled)
+    bool auth = false;        // a handshake step: a failed reply means auth_failed
+    bool last_step = false;   // the handshake's last step: its reply opens the connection
+    clock_type::time_point deadline;
+  };
+
+  asio::strand<asio::any_io_executor> strand;
+  connection_options opts;
+  asio::generic::stream_protocol::socket socket;
+  asio::ip::tcp::resolver resolver;
+  asio::steady_timer connect_timer;
+  asio::steady_timer deadline_timer;
+  reply_reader reader;
+  std::array<char, 16 * 1024> read_buf{};
+  std::string write_buf;
+  bool writing = false;
+  std::deque<command> pending;   // not written yet
+  std::deque<command> inflight;  // written, awaiting replies in order
+  std::uint64_t next_id = 0;
+  state st = state::idle;
+  std::atomic<bool> open_flag{false};
+  std::optional<connect_handler> connecting;
+
+  // --- connecting ------------------------------------------------------------
+  void connect(connect_handler h) {
+    if (st != state::idle) {
+      complete(std::move(h), strand, error_code(asio::error::already_started));
+      return;
+    }
+    st = state::connecting;
+    connecting.emplace(std::move(h));
+    connect_timer.expires_after(opts.connect_timeout);
+    connect_timer.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec && self->st == state::connecting) self->fail(make_error_code(error::timed_out));
+    });
+    if (!opts.unix_socket.empty()) {
+      asio::local::stream_protocol::endpoint ep(opts.unix_socket);
+      socket.async_connect(asio::generic::stream_protocol::endpoint(ep),
+                           [self = shared_from_this()](error_code ec) { self->on_connected(ec); });
+      return;
+    }
+    resolver.async_resolve(opts.host, opts.port,
+                           [self = shared_from_this()](error_code ec, asio::ip::tcp::resolver::results_type rs) {
+                             if (ec || self->st != state::connecting) return self->on_connected(ec);
+                             std::vector<asio::generic::stream_protocol::endpoint> eps;
+                             for (const auto& r : rs) eps.emplace_back(r.endpoint());
+                             asio::async_connect(self->socket, eps,
+                                                 [self](error_code ec, const auto&) { self->on_connected(ec); });
+                           });
+  }
+
+  void on_connected(error_code ec) {
+    if (st != state::connecting) return;  // timed out or closed meanwhile
+    if (ec) return fail(ec);
+    read();
+    // The handshake goes through the pipeline like any command.
+    std::vector<std::vector<std::string>> steps;
+    if (!opts.password.empty()) {
+      if (opts.username.empty())
+        steps.push_back({"AUTH", opts.password});
+      else
+        steps.push_back({"AUTH", opts.username, opts.password});
+    }
+    if (opts.database != 0) steps.push_back({"SELECT", std::to_string(opts.database)});
+    steps.push_back({"PING"});
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+      command c = make_command(steps[i]);
+      c.auth = true;
+      c.last_step = i + 1 == steps.size();
+      pending.push_back(std::move(c));
+    }
+    write();
+  }
+
+  void handshake_reply(command& c, const reply& r) {
+    if (r.is_error()) return fail(make_error_code(error::auth_failed));
+    if (!c.last_step) return;
+    connect_timer.cancel();
+    st = state::open;
+    open_flag = true;
+    if (connecting) {
+      auto h = std::move(*connecting);
+      connecting.reset();
+      complete(std::move(h), strand, error_code{});
+    }
+  }
+
+  // --- commands --------------------------------------------------------------
+  command make_command(const std::vector<std::string>& args) {
+    command c;
+    c.id = ++next_id;
+    std::vector<std::string_view> views(args.begin(), args.end());
+    append_command(c.bytes, views);
+    c.deadline = clock_type::now() + opts.command_timeout;
+    return c;
+  }
+
+  void exec(std::vector<std::string> args, exec_handler h) {
+    if (st != state::open) return complete(std::move(h), strand, make_error_code(error::not_connected), reply{});
+    if (args.empty()) return complete(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
+    if (pending.size() + inflight.size() >= opts.max_pending)
+      return complete(std::move(h), strand, make_error_code(error::queue_full), reply{});
+    command c = make_command(args);
+    auto slot = asio::get_associated_cancellation_slot(h);
+    if (slot.is_connected()) {
+      slot.assign([w = weak_from_this(), id = c.id](asio::cancellation_type_t) {
+        if (auto self = w.lock())
+          asio::post(self->strand, [self, id] { self->abandon(id, asio::error::operation_aborted); });
+      });
+    }
+    c.handler.emplace(std::move(h));
+    pending.push_back(std::move(c));
+    arm_deadline();
+    write();
+  }
+
+  // Completes a command early; a written one keeps its place so that its
+  // reply, when it comes, is matched and dropped.
+  void abandon(std::uint64_t id, error_code ec) {
+    for (auto it = pending.begin(); it != pending.end(); ++it)
+      if (it->id == id) {
+        if (it->handler) complete(std::move(*it->handler), strand, ec, reply{});
+        pending.erase(it);
+        return;
+      }
+    for (auto& c : inflight)
+      if (c.id == id && c.handler) {
+        auto h = std::move(*c.handler);
+        c.handler.reset();
+        complete(std::move(h), strand, ec, reply{});
+        return;
+      }
+  }
+
+  void write() {
+    if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
+    write_buf.clear();
+    while (!pending.empty()) {
+      write_buf += pending.front().bytes;
+      inflight.push_back(std::move(pending.front()));
+      pending.pop_front();
+    }
+    writing = true;
+    asio::async_write(socket, asio::buffer(write_buf), [self = shared_from_this()](error_code ec, std::size_t) {
+      self->writing = false;
+      if (ec) return self->fail(ec);
+      self->write();
+    });
+  }
+
+  void read() {
+    socket.async_read_some(asio::buffer(read_buf), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec) return self->fail(ec);
+      self->reader.feed(std::string_view(self->read_buf.data(), n));
+      for (;;) {
+        error_code perr;
+        std::optional<reply> r = self->reader.next(perr);
+        if (perr) return self->fail(perr);
+        if (!r) break;
+        if (self->inflight.empty()) return self->fail(make_error_code(error::protocol_error));
+        command c = std::move(self->inflight.front());
+        self->inflight.pop_front();
+        if (c.auth)
+          self->handshake_reply(c, *r);
+        else if (c.handler)
+          complete(std::move(*c.handler), self->strand, error_code{}, std::move(*r));
+        if (self->st == state::closed) return;
+      }
+      self->read();
+    });
+  }
+
+  // One timer for every command's deadline; deadlines grow in queue order.
+  void arm_deadline() {
+    std::optional<clock_type::time_point> first;
+    for (auto* q : {&inflight, &pending})
+      for (auto& c : *q)
+        if (c.handler && (!first || c.deadline < *first)) first = c.deadline;
+    if (!first) return;
+    deadline_timer.expires_at(*first);
+    deadline_timer.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec || self->st == state::closed) return;
+      const auto now = clock_type::now();
+      std::vector<std::uint64_t> late;
+      for (auto* q : {&self->inflight, &self->pending})
+        for (auto& c : *q)
+          if (c.handler && c.deadline <= now) late.push_back(c.id);
+      for (auto id : late) self->abandon(id, make_error_code(error::timed_out));
+      self->arm_deadline();
+    });
+  }
+
+  // The connection is lost: everyone waiting learns why.
+  void fail(error_code ec) {
+    if (st == state::closed) return;
+    st = state::closed;
+    open_flag = false;
+    error_code ignored;
+    socket.close(ignored);
+    resolver.cancel();
+    connect_timer.cancel();
+    deadline_timer.cancel();
+    if (connecting) {
+      auto h = std::move(*connecting);
+      connecting.reset();
+      complete(std::move(h), strand, ec);
+    }
+    for (auto* q : {&inflight, &pending}) {
+      for (auto& c : *q)
+        if (c.handler) complete(std::move(*c.handler), strand, ec, reply{});
+      q->clear();
+    }
+  }
+};
+
+connection::connection(executor_type ex, connection_options opts)
+    : impl_(std::make_shared<impl>(std::move(ex), std::move(opts))) {}
+
+connection::~connection() { close(); }
+
+void connection::close() {
+  asio::post(impl_->strand, [self = impl_] { self->fail(asio::error::operation_aborted); });
+}
+
+bool connection::is_open() const noexcept { return impl_->open_flag.load(); }
+
+connection::executor_type connection::get_executor() const noexcept { return impl_->strand; }
+
+void connection::start_connect(connect_handler h) {
+  asio::post(impl_->strand, [self = impl_, h = std::move(h)]() mutable { self->connect(std::move(h)); });
+}
+
+void connection::start_exec(std::vector<std::string> args, exec_handler h) {
+  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {
+    self->exec(std::move(args), std::move(h));
+  });
+}
+
+}  // namespace cacheflight::redis

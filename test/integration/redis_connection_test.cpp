@@ -1,0 +1,181 @@
+// redis::connection against a real redis-server (started by ctest fixtures):
+// pipelining, binary-safe keys and values, AUTH, timeouts, cancellation,
+// fail-fast once closed or lost.
+#include <cacheflight/error.hpp>
+#include <cacheflight/redis/connection.hpp>
+
+#include <boost/asio.hpp>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+namespace {
+
+namespace asio = boost::asio;
+namespace redis = cacheflight::redis;
+namespace cf = cacheflight;
+using boost::system::error_code;
+using namespace std::chrono_literals;
+
+// The servers' directories sit under CACHEFLIGHT_REDIS_ROOT, set by ctest.
+std::string port_of(const char* name) {
+  const char* root = std::getenv("CACHEFLIGHT_REDIS_ROOT");
+  if (!root) return {};
+  std::ifstream f(std::string(root) + "/" + name + "/port");
+  std::string port;
+  f >> port;
+  return port;
+}
+
+class RedisConnection : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    port = port_of("redis");
+    ASSERT_FALSE(port.empty()) << "no redis-server: run through ctest";
+  }
+
+  redis::connection_options options() { return redis::connection_options{.host = "127.0.0.1", .port = port}; }
+
+  error_code connect(redis::connection& c) {
+    std::optional<error_code> r;
+    c.async_connect([&](error_code ec) { r = ec; });
+    io.restart();
+    while (!r && io.run_one()) {
+    }
+    return r.value_or(asio::error::timed_out);
+  }
+
+  std::pair<error_code, redis::reply> exec(redis::connection& c, std::vector<std::string> args) {
+    std::optional<std::pair<error_code, redis::reply>> r;
+    c.async_exec(std::move(args), [&](error_code ec, redis::reply rep) { r.emplace(ec, std::move(rep)); });
+    io.restart();
+    while (!r && io.run_one()) {
+    }
+    return r.value();
+  }
+
+  asio::io_context io;
+  std::string port;
+};
+
+TEST_F(RedisConnection, SetGetBinarySafe) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  EXPECT_TRUE(c.is_open());
+  const std::string key("bin\0key\r\n", 9), value("v\0\r\n*2\r\n$x", 11);
+  auto [ec1, set] = exec(c, {"SET", key, value});
+  ASSERT_FALSE(ec1);
+  EXPECT_EQ(set.str, "OK");
+  auto [ec2, got] = exec(c, {"GET", key});
+  ASSERT_FALSE(ec2);
+  EXPECT_EQ(got.type, redis::reply::kind::bulk);
+  EXPECT_EQ(got.str, value);
+  auto [ec3, missing] = exec(c, {"GET", "no such key"});
+  EXPECT_EQ(missing.type, redis::reply::kind::nil);
+  auto [ec4, err] = exec(c, {"NOSUCHCOMMAND"});
+  EXPECT_FALSE(ec4);
+  EXPECT_TRUE(err.is_error());
+}
+
+TEST_F(RedisConnection, ConcurrentCommandsArePipelinedInOrder) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  constexpr int n = 500;
+  std::vector<std::string> got(n);
+  int done = 0;
+  for (int i = 0; i < n; ++i)
+    c.async_exec({"SET", "p" + std::to_string(i), std::to_string(i), "PX", "60000"}, [](error_code, redis::reply) {});
+  for (int i = 0; i < n; ++i)
+    c.async_exec({"GET", "p" + std::to_string(i)}, [&, i](error_code ec, redis::reply r) {
+      EXPECT_FALSE(ec);
+      got[i] = r.str;
+      ++done;
+    });
+  while (done < n && io.run_one()) {
+  }
+  for (int i = 0; i < n; ++i) EXPECT_EQ(got[i], std::to_string(i));
+}
+
+TEST_F(RedisConnection, TimedOutCommandIsAbandonedAndTheConnectionStaysUsable) {
+  auto o = options();
+  o.command_timeout = 100ms;
+  redis::connection c{io.get_executor(), o};
+  ASSERT_FALSE(connect(c));
+  auto [ec, r] = exec(c, {"BLPOP", "empty-list", "0.3"});  // the server answers after 300 ms
+  EXPECT_EQ(ec, cf::error::timed_out);
+  asio::steady_timer wait(io, 400ms);  // let the late reply arrive; it is dropped
+  wait.async_wait([](error_code) {});
+  io.restart();
+  io.run_one();
+  auto [ec2, pong] = exec(c, {"PING"});
+  EXPECT_FALSE(ec2);
+  EXPECT_EQ(pong.str, "PONG");
+  EXPECT_TRUE(c.is_open());
+}
+
+TEST_F(RedisConnection, CancelledCommandCompletesAtOnceWithOperationAborted) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  asio::cancellation_signal sig;
+  std::optional<error_code> cancelled;
+  c.async_exec({"BLPOP", "empty-list", "0.2"},
+               asio::bind_cancellation_slot(sig.slot(), [&](error_code ec, redis::reply) { cancelled = ec; }));
+  io.restart();
+  io.poll();
+  sig.emit(asio::cancellation_type::terminal);
+  while (!cancelled && io.run_one()) {
+  }
+  EXPECT_EQ(*cancelled, asio::error::operation_aborted);
+  auto [ec, pong] = exec(c, {"PING"});  // queued behind the abandoned BLPOP, answered after it
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(pong.str, "PONG");
+}
+
+TEST_F(RedisConnection, FailsFastWhenNotConnectedOrClosed) {
+  redis::connection c{io.get_executor(), options()};
+  auto [ec, r] = exec(c, {"PING"});
+  EXPECT_EQ(ec, cf::error::not_connected);
+  ASSERT_FALSE(connect(c));
+  c.close();
+  auto [ec2, r2] = exec(c, {"PING"});
+  EXPECT_EQ(ec2, cf::error::not_connected);
+  EXPECT_FALSE(c.is_open());
+}
+
+TEST_F(RedisConnection, ConnectionRefusedIsAnError) {
+  auto o = options();
+  o.port = "1";  // nothing listens there
+  redis::connection c{io.get_executor(), o};
+  EXPECT_TRUE(connect(c));
+  EXPECT_FALSE(c.is_open());
+}
+
+class RedisAuth : public RedisConnection {
+ protected:
+  void SetUp() override {
+    port = port_of("redis-auth");
+    ASSERT_FALSE(port.empty()) << "no password-protected redis-server: run through ctest";
+  }
+};
+
+TEST_F(RedisAuth, RightPasswordWorksWrongPasswordIsAClearError) {
+  auto good = options();
+  good.password = "s3cret";
+  good.database = 2;
+  redis::connection ok{io.get_executor(), good};
+  ASSERT_FALSE(connect(ok));
+  auto [ec, pong] = exec(ok, {"PING"});
+  EXPECT_EQ(pong.str, "PONG");
+
+  auto bad = options();
+  bad.password = "wrong";
+  redis::connection refused{io.get_executor(), bad};
+  EXPECT_EQ(connect(refused), cf::error::auth_failed);
+  EXPECT_FALSE(refused.is_open());
+
+  redis::connection none{io.get_executor(), options()};  // no password: the server refuses PING
+  EXPECT_EQ(connect(none), cf::error::auth_failed);
+}
+
+}  // namespace
