@@ -71,6 +71,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   state st = state::idle;
   std::atomic<bool> open_flag{false};
   std::optional<connect_handler> connecting;
+  bool armed = false;                  // the deadline timer has a wait pending
+  clock_type::time_point armed_for{};
 
   // --- connecting ------------------------------------------------------------
   void connect(connect_handler h) {
@@ -221,21 +223,37 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     });
   }
 
-  // One timer for every command's deadline; deadlines grow in queue order.
-  void arm_deadline() {
-    std::optional<clock_type::time_point> first;
+  // One timer for every command's deadline. All commands share one timeout, so
+  // deadlines grow in queue order: the first live command is the earliest.
+  const command* first_live() const {
     for (auto* q : {&inflight, &pending})
-      for (auto& c : *q)
-        if (c.handler && (!first || c.deadline < *first)) first = c.deadline;
+      for (const auto& c : *q)
+        if (c.handler) return &c;
+    return nullptr;
+  }
+
+  void arm_deadline() {
+    const command* first = first_live();
     if (!first) return;
-    deadline_timer.expires_at(*first);
+    if (armed && armed_for <= first->deadline) return;  // an earlier wake-up is set
+    armed = true;
+    armed_for = first->deadline;
+    deadline_timer.expires_at(first->deadline);
     deadline_timer.async_wait([self = shared_from_this()](error_code ec) {
-      if (ec || self->st == state::closed) return;
+      if (ec) return;  // re-armed or closed
+      self->armed = false;
+      if (self->st == state::closed) return;
       const auto now = clock_type::now();
       std::vector<std::uint64_t> late;
-      for (auto* q : {&self->inflight, &self->pending})
-        for (auto& c : *q)
-          if (c.handler && c.deadline <= now) late.push_back(c.id);
+      auto collect = [&] {
+        for (auto* q : {&self->inflight, &self->pending})
+          for (auto& c : *q) {
+            if (!c.handler) continue;
+            if (c.deadline > now) return;
+            late.push_back(c.id);
+          }
+      };
+      collect();
       for (auto id : late) self->abandon(id, make_error_code(error::timed_out));
       self->arm_deadline();
     });
