@@ -6,16 +6,8 @@
 set -euo pipefail
 server=$1
 secs=${2:-5}
-log=$(mktemp)
-"$server" --port 0 --threads 1 >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+source "$(dirname "$0")/../scripts/lib/service.sh"
+start_service "$server" --threads 1
 base="http://127.0.0.1:$port"
 curl -s "$base/user/1" >/dev/null  # load it once: every request below is a hit
 rate() { wrk -t1 -c50 -d"${secs}s" "$base$1" | sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p'; }

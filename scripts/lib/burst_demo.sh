@@ -10,19 +10,8 @@ server=$1
 burst=$2
 # 1000 concurrent connections need more descriptors than the usual soft limit of 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
-log=$(mktemp)
-"$server" --port 0 --db-latency-ms 50 >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
-  [ -n "$port" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "the service exited"; exit 1; }
-  sleep 0.1
-done
-[ -n "$port" ] || { cat "$log"; echo "the service did not start"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/service.sh"
+start_service "$server" --db-latency-ms 50
 echo "service listening on 127.0.0.1:$port (database latency 50 ms)"
 
 status=0
@@ -56,9 +45,7 @@ run "1000 concurrent requests for /user/42" 1 \
 run "1000 concurrent requests over 100 ids (/user/1000 .. /user/1099)" 100 \
   --url "http://127.0.0.1:$port/user/1000" --requests 1000 --connections 1000 --spread 100
 
-kill -TERM "$pid"
-wait "$pid" 2>/dev/null || true
-trap 'rm -f "$log"' EXIT
+stop_service || true
 echo
-tail -n 1 "$log"
+tail -n 1 "$service_log"
 exit $status

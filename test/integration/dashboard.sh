@@ -9,18 +9,10 @@ set -euo pipefail
 server=$1
 chromium=$2
 shot=$3
-log=$(mktemp)
 profile=$(mktemp -d)
-"$server" --port 0 --db-latency-ms 50 >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$log" "$profile"' EXIT
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { cat "$log"; exit 1; }
+source "$(dirname "$0")/../../scripts/lib/service.sh"
+start_service "$server" --db-latency-ms 50
+trap 'stop_service; rm -rf "$service_log" "$profile"' EXIT
 
 browse() {
   timeout 60 "$chromium" --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \

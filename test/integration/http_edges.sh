@@ -6,17 +6,8 @@
 #   http_edges.sh PATH/TO/cacheflight_http_service
 set -euo pipefail
 server=$1
-log=$(mktemp)
-"$server" --port 0 --db-latency-ms 5 >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { cat "$log"; exit 1; }
+source "$(dirname "$0")/../../scripts/lib/service.sh"
+start_service "$server" --db-latency-ms 5
 base="http://127.0.0.1:$port"
 failures=0
 expect() {  # expect NAME WANT GOT
@@ -43,8 +34,6 @@ expect "still healthy after a disconnect" 200 "$(code "$base/healthz")"
 expect "/metrics has the cache counters" 1 "$(curl -s "$base/metrics" | grep -c '^cacheflight_cache_hits_total ')"
 expect "/stats counts database calls" 1 "$(curl -s "$base/stats" | grep -c '"db_calls":1,')"
 expect "GET / serves the dashboard" 1 "$(curl -s "$base/" | grep -c '<title>cacheflight demo</title>')"
-kill -TERM "$pid"
-wait "$pid"
-expect "clean shutdown on SIGTERM" 1 "$(grep -c '^stopped after' "$log")"
-trap 'rm -f "$log"' EXIT
+stop_service
+expect "clean shutdown on SIGTERM" 1 "$(grep -c '^stopped after' "$service_log")"
 [ "$failures" = 0 ]
