@@ -4,15 +4,31 @@
 #   redis_server.sh start DIR [PASSWORD]   picks a free port, starts the server
 #                                           (no persistence), writes DIR/port
 #   redis_server.sh stop DIR
+#   redis_server.sh kill DIR                 stops it, keeping its port for a restart
+#   redis_server.sh restart DIR [PASSWORD]   starts it again on the same port
 set -euo pipefail
 cmd=$1
 dir=$2
+
+# Stops the server of DIR and waits until it is gone: a dying server removes
+# its pid file, which must not be the next server's.
+terminate() {
+  [ -f "$dir/pid" ] || return 0
+  local pid
+  pid=$(cat "$dir/pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$dir/pid"
+}
+
 case "$cmd" in
   start)
     mkdir -p "$dir"
-    if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then kill "$(cat "$dir/pid")"; fi
+    terminate
     port=""
+    [ "${RESTART_PORT:-}" ] && port=$RESTART_PORT
     for _ in $(seq 1 50); do
+      [ -n "$port" ] && break
       candidate=$((20000 + RANDOM % 40000))
       if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
     done
@@ -28,6 +44,13 @@ case "$cmd" in
     echo "redis-server did not start"; cat "$dir/log" || true; exit 1
     ;;
   stop)
-    if [ -f "$dir/pid" ]; then kill "$(cat "$dir/pid")" 2>/dev/null || true; rm -f "$dir/pid" "$dir/port"; fi
+    terminate
+    rm -f "$dir/port"
+    ;;
+  kill)
+    terminate
+    ;;
+  restart)
+    RESTART_PORT=$(cat "$dir/port") exec bash "$0" start "$dir" "${3:-}"
     ;;
 esac
