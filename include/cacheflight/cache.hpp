@@ -180,11 +180,14 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
       if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
       if (node* n = sh.find(key, clock, dead)) {
-        hit = true;
-        if (n->value)
+        // A cached failure is a hit only for callers that take failures.
+        if (n->value) {
           v.emplace(*n->value);
-        else if (failure)
+          hit = true;
+        } else if (failure) {
           *failure = n->error;
+          hit = true;
+        }
       }
       if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
     }

@@ -281,6 +281,9 @@ TEST_F(Cache, NegativeCachingServesTheFailureForItsTtl) {
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(a.error, b.error);  // the same exception object
   EXPECT_EQ(c.peek("k"), std::nullopt);
+  auto s = c.stats();
+  EXPECT_EQ(s.hits, 1u);    // the second get, served the cached failure
+  EXPECT_EQ(s.misses, 2u);  // the first get, and the peek that found no value
   cf::manual_clock::advance(1s);
   c.async_get("k", fail, later.handler());
   drain(io);
