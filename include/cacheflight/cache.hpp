@@ -4,18 +4,22 @@
 
 #include <cacheflight/batch_loader.hpp>
 #include <cacheflight/clock.hpp>
+#include <cacheflight/codec.hpp>
 #include <cacheflight/detail/l1_store.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 #include <cacheflight/flight.hpp>
 #include <cacheflight/stats.hpp>
+#include <cacheflight/tier.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
@@ -69,6 +73,14 @@ struct cache_options {
   abandon_policy on_abandon = abandon_policy::cancel;
   /// Longest accepted key, in bytes.
   std::size_t max_key_length = 1024;
+  /// Tiers behind memory, consulted in order on a miss before the loader (the
+  /// first is the L2): a Redis tier, a disk tier, or your own (`tier.hpp`). A
+  /// tier's hit fills memory, and the tiers before it, with the value's remaining
+  /// lifetime; a loaded or `async_set` value is written to every tier behind the
+  /// callers' backs (write-behind); `async_erase` and `async_clear` reach every
+  /// tier. A failing tier is skipped with a `tier_error` event and a stat. Values
+  /// cross tiers through `codec<V>`, which must exist when tiers are given.
+  std::vector<std::shared_ptr<tier>> tiers{};
 };
 
 /// Per-call options of `cache::async_get` with a loader.
@@ -88,6 +100,13 @@ struct warmup_result {
 };
 
 namespace detail {
+
+// Whether values of `V` can cross a tier.
+template <class V>
+concept has_codec = requires(const V& v, std::string_view bytes) {
+  { codec<V>::encode(v) } -> std::convertible_to<std::string>;
+  { codec<V>::decode(bytes) } -> std::same_as<std::optional<V>>;
+};
 
 // Completes a handler with an immediate result: posted straight to the
 // handler's associated executor (`fallback` when it has none), so a caller on
@@ -140,6 +159,13 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     };
     for (std::size_t i = 0; i < opts_.shards; ++i)
       shards_[i].configure(opts_.policy, split(opts_.max_entries), split(opts_.max_weight));
+    if (!opts_.tiers.empty()) {
+      if constexpr (!has_codec<V>)
+        throw_invalid_option("cache_options::tiers needs a cacheflight::codec for the value type");
+      for (const auto& t : opts_.tiers)
+        if (!t) throw_invalid_option("cache_options::tiers holds a null tier");
+      tier_counts_ = std::make_unique<tier_counters[]>(opts_.tiers.size());
+    }
   }
 
   const asio::any_io_executor& executor() const noexcept { return ex_; }
@@ -197,14 +223,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   }
 
   // Stores a value (or a failure, for negative caching). With a load token, only
-  // if the load was not invalidated meanwhile. Returns whether it was stored.
+  // if the load was not invalidated meanwhile. Returns false when the load was
+  // invalidated (nothing stored); true otherwise, even when the value was refused
+  // for its weight.
   bool store(std::string key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
-             std::optional<std::uint64_t> token) {
+             std::optional<std::uint64_t> token, std::uint64_t* epoch = nullptr) {
     shard& sh = shard_for(key);
     std::size_t w = 1;
     if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
     typename shard::graveyard dead;
-    bool stored = false, oversized = false;
+    bool oversized = false;
     std::string k = key;
     {
       std::lock_guard lk(sh.mu);
@@ -212,10 +240,12 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         if (!sh.end_load(key, *token)) return false;  // erased, cleared or set meanwhile
       } else {
         sh.invalidate_load(key);  // an explicit set is newer than any load in flight
+        sh.invalidations.fetch_add(1, std::memory_order_relaxed);
       }
+      if (epoch) *epoch = sh.invalidations.load(std::memory_order_relaxed);
       const std::int64_t t = now();
       sh.purge(t, 8, dead);
-      stored = sh.put(std::move(k), deadline(t, ttl), w,
+      oversized = !sh.put(std::move(k), deadline(t, ttl), w,
                       [&](node& n) {
                         if (v) {
                           n.value.emplace(*v);
@@ -226,11 +256,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
                         }
                       },
                       dead);
-      oversized = !stored;
     }
     if (oversized) emit(cache_event{cache_event_kind::eviction, key, {}, {}, eviction_cause::oversized});
     bury(dead);
-    return stored;
+    return true;
   }
 
   bool erase(const std::string& key) {
@@ -240,6 +269,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     {
       std::lock_guard lk(sh.mu);
       sh.invalidate_load(key);
+      sh.invalidations.fetch_add(1, std::memory_order_relaxed);
       erased = sh.erase(key, dead);
     }
     bury(dead);
@@ -252,6 +282,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       {
         std::lock_guard lk(shards_[i].mu);
         shards_[i].invalidate_loads();
+        shards_[i].invalidations.fetch_add(1, std::memory_order_relaxed);
         shards_[i].clear(dead);
       }
       bury(dead);
@@ -285,7 +316,139 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     s.load_time = std::chrono::nanoseconds(load_time_.load(std::memory_order_relaxed));
     s.coalesced = coalesced_.load(std::memory_order_relaxed);
     s.loads_in_flight = flight_.size();
+    for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
+      const tier_counters& c = tier_counts_[i];
+      const tier_health h = opts_.tiers[i]->health();
+      s.tiers.push_back(tier_stats{std::string(opts_.tiers[i]->name()), c.hits.load(std::memory_order_relaxed),
+                                   c.misses.load(std::memory_order_relaxed), c.errors.load(std::memory_order_relaxed),
+                                   c.corrupt.load(std::memory_order_relaxed), h.breaker, h.queued_writes, h.writes,
+                                   h.writes_dropped});
+    }
+    if (!s.tiers.empty()) {
+      s.l2_hits = s.tiers[0].hits;
+      s.l2_misses = s.tiers[0].misses;
+      s.l2_errors = s.tiers[0].errors;
+    }
     return s;
+  }
+
+  bool has_tiers() const noexcept { return !opts_.tiers.empty(); }
+
+  // Looks `key` up in the tiers, in order. A hit fills memory (under the load's
+  // token) and the tiers before the one that answered, with the value's
+  // remaining lifetime. Failures and unreadable bytes are skipped, counted and
+  // reported. Throws `operation_aborted` only when the load itself is cancelled.
+  asio::awaitable<std::optional<V>> read_tiers(const std::string& key, std::uint64_t token) {
+    if constexpr (has_codec<V>) {
+      for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
+        tier& t = *opts_.tiers[i];
+        auto [ec, bytes] = co_await t.async_get(key, asio::as_tuple(asio::use_awaitable));
+        if (ec) {
+          asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+          if (cs.cancelled() != asio::cancellation_type::none)
+            throw boost::system::system_error(asio::error::operation_aborted);
+          tier_failed(i, key, ec);
+          continue;
+        }
+        tier_counters& c = tier_counts_[i];
+        if (!bytes) {
+          c.misses.fetch_add(1, std::memory_order_relaxed);
+          emit_tier(cache_event_kind::tier_miss, key, i);
+          continue;
+        }
+        const std::int64_t now_ms = envelope::now_ms();
+        std::optional<envelope> env = envelope::unwrap(*bytes);
+        std::optional<V> v;
+        if (env) {
+          if (env->expires_ms != 0 && env->expires_ms <= now_ms) {  // expired in transit: a plain miss
+            c.misses.fetch_add(1, std::memory_order_relaxed);
+            emit_tier(cache_event_kind::tier_miss, key, i);
+            continue;
+          }
+          try {
+            v = codec<V>::decode(env->payload);
+          } catch (...) {
+            // A throwing decoder is treated as refusing the bytes.
+          }
+        }
+        if (!v) {
+          c.misses.fetch_add(1, std::memory_order_relaxed);
+          c.corrupt.fetch_add(1, std::memory_order_relaxed);
+          emit_tier(cache_event_kind::tier_corrupt, key, i);
+          continue;
+        }
+        c.hits.fetch_add(1, std::memory_order_relaxed);
+        emit_tier(cache_event_kind::tier_hit, key, i);
+        const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
+                                                 : std::chrono::milliseconds(env->expires_ms - now_ms);
+        store(key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
+              token);
+        for (std::size_t j = 0; j < i; ++j) put_tier(j, key, *bytes, left);
+        co_return v;
+      }
+    }
+    co_return std::nullopt;
+  }
+
+  // Writes `v` to every tier, behind the callers' backs; `epoch` is the shard's
+  // invalidation count seen when `v` was stored in memory. A value the codec
+  // refuses is reported (event and error count per tier) and rethrown when
+  // `rethrow` is set.
+  void write_tiers(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch,
+                   bool rethrow) {
+    if constexpr (has_codec<V>) {
+      if (opts_.tiers.empty()) return;
+      std::chrono::milliseconds left = std::chrono::milliseconds::max();
+      std::int64_t expires_ms = 0;
+      if (ttl != no_expiry) {
+        left = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
+        expires_ms = envelope::now_ms() + left.count();
+      }
+      std::string bytes;
+      try {
+        bytes = encode_stored(v, expires_ms);
+      } catch (...) {
+        const std::exception_ptr e = std::current_exception();
+        for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
+          tier_counts_[i].errors.fetch_add(1, std::memory_order_relaxed);
+          emit(cache_event{cache_event_kind::tier_error, key, {}, e, {}, opts_.tiers[i]->name()});
+        }
+        if (rethrow) throw;
+        return;
+      }
+      for (std::size_t i = 0; i + 1 < opts_.tiers.size(); ++i) put_tier(i, key, bytes, left);
+      put_tier(opts_.tiers.size() - 1, key, std::move(bytes), left);
+      // An erase, clear or set of this shard since the value was stored may have
+      // reached the tiers before this write: erase it again so that no tier keeps
+      // a value memory has dropped.
+      if (shard_for(key).invalidations.load(std::memory_order_relaxed) != epoch)
+        on_every_tier(
+            key, [&](tier& t, auto h) { t.async_erase(key, std::move(h)); }, [](boost::system::error_code) {});
+    }
+  }
+
+  // Runs `op(tier&, handler)` on every tier and calls `done(first error)` once
+  // all have completed.
+  template <class Op, class Done>
+  void on_every_tier(const std::string& key, Op op, Done done) {
+    struct join {
+      join(Done d, std::size_t n) : done(std::move(d)), pending(n) {}
+      Done done;
+      std::mutex mu;
+      std::size_t pending;
+      boost::system::error_code first;
+    };
+    auto j = std::make_shared<join>(std::move(done), opts_.tiers.size());
+    for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
+      op(*opts_.tiers[i], [self = this->shared_from_this(), j, i, key](boost::system::error_code ec) {
+        if (ec) self->tier_failed(i, key, ec);
+        std::unique_lock lk(j->mu);
+        if (ec && !j->first) j->first = ec;
+        if (--j->pending != 0) return;
+        lk.unlock();
+        j->done(j->first);
+      });
+    }
   }
 
   // The work a coalesced miss runs: the loader, then the fill, generation-safe.
@@ -293,6 +456,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   static asio::awaitable<V> load_and_fill(std::shared_ptr<cache_state> st, std::string key, Loader loader,
                                           std::chrono::nanoseconds ttl) {
     const std::uint64_t token = st->begin_load(key);
+    if (st->has_tiers()) {
+      std::optional<V> found;
+      try {
+        found = co_await st->read_tiers(key, token);
+      } catch (...) {
+        st->end_load(key, token);  // cancelled while reading the tiers
+        throw;
+      }
+      if (found) co_return std::move(*found);
+    }
     st->emit_kind(cache_event_kind::load_started, key);
     const auto t0 = Clock::now();
     std::optional<V> value;
@@ -313,7 +486,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     }
     st->loads_.fetch_add(1, std::memory_order_relaxed);
     st->emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
-    st->store(key, &*value, nullptr, ttl, token);
+    std::uint64_t epoch = 0;
+    if (st->store(key, &*value, nullptr, ttl, token, &epoch) && st->has_tiers())
+      st->write_tiers(key, *value, ttl, epoch, false);
     co_return std::move(*value);
   }
 
@@ -329,7 +504,36 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     if (opts_.on_event) emit(cache_event{k, key, {}, {}, {}});
   }
 
+  void end_load(const std::string& key, std::uint64_t token) {
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    sh.end_load(key, token);
+  }
+
  private:
+  struct tier_counters {
+    std::atomic<std::uint64_t> hits{0}, misses{0}, errors{0}, corrupt{0};
+  };
+
+  void emit_tier(cache_event_kind k, std::string_view key, std::size_t i) const {
+    if (opts_.on_event) emit(cache_event{k, key, {}, {}, {}, opts_.tiers[i]->name()});
+  }
+
+  void tier_failed(std::size_t i, std::string_view key, const boost::system::error_code& ec) {
+    tier_counts_[i].errors.fetch_add(1, std::memory_order_relaxed);
+    if (opts_.on_event) emit(cache_event{cache_event_kind::tier_error, key, {}, make_error(ec), {}, opts_.tiers[i]->name()});
+  }
+
+  void put_tier(std::size_t i, const std::string& key, std::string bytes, std::chrono::milliseconds ttl) {
+    opts_.tiers[i]->async_put(key, std::move(bytes), ttl,
+                              [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
+                                if (!ec) return;
+                                if (auto self = w.lock()) self->tier_failed(i, key, ec);
+                              });
+  }
+
+  std::unique_ptr<tier_counters[]> tier_counts_;
+
   std::uint64_t begin_load(const std::string& key) {
     const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
     shard& sh = shard_for(key);
@@ -548,13 +752,18 @@ class cache {
 
  public:
   /// Stores `value` under `key` with the default TTL (`ttl`: this one; `no_expiry`:
-  /// none), replacing any value and superseding any load of `key` in flight.
+  /// none), replacing any value and superseding any load of `key` in flight. With
+  /// tiers, the value is also written to each of them, behind the caller's back:
+  /// the operation completes once memory holds it (a tier's failure to store it
+  /// is reported through events and `tier_stats::errors`).
   ///
   /// @par Completion signature
   /// @code void(std::exception_ptr error) @endcode
   /// Errors: `error::invalid_key`, `error::invalid_timeout` (a TTL that is not
-  /// positive). A value heavier than the cap is not stored (an `eviction` event
-  /// with cause `oversized`); that is not an error. Posted to the handler's executor.
+  /// positive); with tiers, the exception of a `codec<V>::encode` that refuses
+  /// the value (memory holds it nonetheless). A value heavier than the cap is
+  /// not stored in memory (an `eviction` event with cause `oversized`); that is
+  /// not an error. Posted to the handler's executor.
   template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
   auto async_set(std::string key, V value, std::chrono::nanoseconds ttl, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
@@ -564,8 +773,17 @@ class cache {
             e = detail::make_error(error::invalid_key);
           else if (ttl <= std::chrono::nanoseconds::zero())
             e = detail::make_error(error::invalid_timeout);
-          else
-            st->store(std::move(key), &value, nullptr, ttl, std::nullopt);
+          else {
+            std::uint64_t epoch = 0;
+            st->store(key, &value, nullptr, ttl, std::nullopt, &epoch);
+            if (st->has_tiers()) {
+              try {
+                st->write_tiers(key, value, ttl, epoch, true);
+              } catch (...) {
+                e = std::current_exception();
+              }
+            }
+          }
           detail::post_result(st->executor(), std::move(handler), std::move(e));
         },
         token, std::move(key), std::move(value), ttl);
@@ -577,33 +795,63 @@ class cache {
                      std::forward<CompletionToken>(token));
   }
 
-  /// Removes `key` from memory; a load of it in flight will not be stored.
+  /// Removes `key` from memory and from every tier; a load of it in flight will
+  /// not be stored. With tiers, completes once every tier has acknowledged the
+  /// removal (a tier never applies it before an earlier write of the key).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, bool erased) @endcode
+  /// `erased`: whether memory held the key. Errors: `error::invalid_key`; the
+  /// first tier's failure as a `boost::system::system_error` (for instance
+  /// `error::tier_unavailable` while its breaker is open); memory is erased
+  /// regardless.
   template <boost::asio::completion_token_for<void(std::exception_ptr, bool)> CompletionToken>
   auto async_erase(std::string key, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, bool)>(
         [st = st_.get()](auto handler, std::string key) {
-          std::exception_ptr e;
-          bool erased = false;
-          if (!st->valid_key(key))
-            e = detail::make_error(error::invalid_key);
-          else
-            erased = st->erase(key);
-          detail::post_result(st->executor(), std::move(handler), std::move(e), erased);
+          if (!st->valid_key(key)) {
+            detail::post_result(st->executor(), std::move(handler), detail::make_error(error::invalid_key), false);
+            return;
+          }
+          const bool erased = st->erase(key);
+          if (!st->has_tiers()) {
+            detail::post_result(st->executor(), std::move(handler), std::exception_ptr{}, erased);
+            return;
+          }
+          auto work = boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, st->executor()));
+          st->on_every_tier(
+              key, [&](tier& t, auto h) { t.async_erase(key, std::move(h)); },
+              [st = st->shared_from_this(), h = std::move(handler), work = std::move(work),
+               erased](boost::system::error_code ec) mutable {
+                detail::post_result(st->executor(), std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{},
+                                    erased);
+              });
         },
         token, std::move(key));
   }
 
-  /// Removes every entry; loads in flight will not be stored.
+  /// Removes every entry from memory and from every tier (a Redis tier removes
+  /// its prefix's keys only); loads in flight will not be stored. With tiers,
+  /// completes once every tier has acknowledged.
   /// @par Completion signature
-  /// @code void(std::exception_ptr error) @endcode (never an error today)
+  /// @code void(std::exception_ptr error) @endcode
+  /// Errors: the first tier's failure as a `boost::system::system_error`; memory
+  /// is cleared regardless.
   template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
   auto async_clear(CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
         [st = st_.get()](auto handler) {
           st->clear();
-          detail::post_result(st->executor(), std::move(handler), std::exception_ptr{});
+          if (!st->has_tiers()) {
+            detail::post_result(st->executor(), std::move(handler), std::exception_ptr{});
+            return;
+          }
+          auto work = boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, st->executor()));
+          st->on_every_tier(
+              std::string{}, [&](tier& t, auto h) { t.async_clear(std::move(h)); },
+              [st = st->shared_from_this(), h = std::move(handler),
+               work = std::move(work)](boost::system::error_code ec) mutable {
+                detail::post_result(st->executor(), std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{});
+              });
         },
         token);
   }

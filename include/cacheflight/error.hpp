@@ -38,6 +38,8 @@ enum class error {
   queue_full,
   /// The server refused the credentials (AUTH) or the database (SELECT).
   auth_failed,
+  /// A tier is being skipped: its circuit breaker is open after failures.
+  tier_unavailable,
 };
 
 namespace detail {
@@ -64,6 +66,7 @@ class error_category final : public boost::system::error_category {
       case error::not_connected: return "not connected to the server";
       case error::queue_full: return "too many commands queued on the connection";
       case error::auth_failed: return "the server refused the credentials or the database";
+      case error::tier_unavailable: return "the tier is skipped after failures (circuit breaker open)";
     }
     return "unknown cacheflight error";
   }

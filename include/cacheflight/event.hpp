@@ -59,6 +59,10 @@ enum class cache_event_kind {
   load_failed,    ///< a loader failed; `error` holds its exception
   eviction,       ///< an entry was evicted or refused for size; see `cause`
   expiration,     ///< an expired entry was removed
+  tier_hit,       ///< a tier answered a memory miss; `tier` names it
+  tier_miss,      ///< a tier had no value for the key
+  tier_error,     ///< a tier operation failed (`error` holds a `system_error`); the next tier or the loader is used
+  tier_corrupt,   ///< a tier returned bytes that are not a readable value: treated as a miss
 };
 
 /// Returns the enumerator's name, e.g. `"load_resolved"`.
@@ -71,6 +75,10 @@ constexpr std::string_view to_string(cache_event_kind k) noexcept {
     case cache_event_kind::load_failed: return "load_failed";
     case cache_event_kind::eviction: return "eviction";
     case cache_event_kind::expiration: return "expiration";
+    case cache_event_kind::tier_hit: return "tier_hit";
+    case cache_event_kind::tier_miss: return "tier_miss";
+    case cache_event_kind::tier_error: return "tier_error";
+    case cache_event_kind::tier_corrupt: return "tier_corrupt";
   }
   return "unknown";
 }
@@ -82,10 +90,13 @@ struct cache_event {
   std::string_view key;
   /// For `load_resolved` and `load_failed`: the loader's run time.
   std::chrono::nanoseconds duration{};
-  /// For `load_failed`: the loader's exception.
+  /// For `load_failed`: the loader's exception; for `tier_error`: a
+  /// `boost::system::system_error` with the tier's error code.
   std::exception_ptr error;
   /// For `eviction`: why.
   eviction_cause cause = eviction_cause::capacity;
+  /// For `tier_*` kinds: the tier's name. Valid only during the sink's call.
+  std::string_view tier{};
 };
 
 /// A cache's event sink; the same calling rules as `event_sink`.

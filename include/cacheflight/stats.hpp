@@ -2,13 +2,29 @@
 #ifndef CACHEFLIGHT_STATS_HPP
 #define CACHEFLIGHT_STATS_HPP
 
+#include <cacheflight/tier.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cacheflight {
+
+/// One tier's figures, as seen by one cache (see `cache_stats::tiers`).
+struct tier_stats {
+  std::string name;                 ///< `tier::name()`
+  std::uint64_t hits = 0;           ///< misses in memory that this tier answered
+  std::uint64_t misses = 0;         ///< lookups that found nothing usable here (corrupt included)
+  std::uint64_t errors = 0;         ///< failed operations (reads and writes; breaker-open refusals included)
+  std::uint64_t corrupt = 0;        ///< values read back that were not readable (counted as misses too)
+  breaker_state breaker = breaker_state::closed;  ///< from `tier::health()`
+  std::size_t queued_writes = 0;    ///< from `tier::health()`
+  std::uint64_t writes = 0;         ///< from `tier::health()`
+  std::uint64_t writes_dropped = 0; ///< from `tier::health()`
+};
 
 /// A snapshot of a cache's counters (see `cache::stats`). Counters only grow.
 struct cache_stats {
@@ -26,6 +42,12 @@ struct cache_stats {
   std::uint64_t evictions_oversized = 0;  ///< values refused because their weight alone exceeds the cap
   std::uint64_t expirations = 0;          ///< expired entries removed
   std::size_t loads_in_flight = 0;        ///< keys being loaded now
+  /// The first tier's (the L2's) hits, misses and errors; 0 without tiers.
+  std::uint64_t l2_hits = 0;
+  std::uint64_t l2_misses = 0;
+  std::uint64_t l2_errors = 0;
+  /// Every tier, in the order the cache consults them.
+  std::vector<tier_stats> tiers;
 };
 
 /// Writes `s` in the Prometheus text exposition format (version 0.0.4), one
@@ -60,6 +82,29 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
          u(s.evictions_oversized));
   family("expirations_total", "counter", "Expired entries removed.", u(s.expirations));
   family("loads_in_flight", "gauge", "Keys being loaded now.", u(s.loads_in_flight));
+  if (s.tiers.empty()) return out;
+  // Per-tier families: one sample per tier, labelled tier="<name>".
+  auto tier_family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
+    out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
+    out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
+    for (const tier_stats& t : s.tiers) {
+      out.append(prefix).append("_").append(name).append("{");
+      if (!labels.empty()) out.append(labels).append(",");
+      out.append("tier=\"").append(t.name).append("\"} ").append(value(t)).append("\n");
+    }
+  };
+  tier_family("tier_hits_total", "counter", "Memory misses answered by the tier.", [&](auto& t) { return u(t.hits); });
+  tier_family("tier_misses_total", "counter", "Tier lookups that found nothing usable.",
+              [&](auto& t) { return u(t.misses); });
+  tier_family("tier_errors_total", "counter", "Failed tier operations.", [&](auto& t) { return u(t.errors); });
+  tier_family("tier_corrupt_total", "counter", "Unreadable values read from the tier.",
+              [&](auto& t) { return u(t.corrupt); });
+  tier_family("tier_breaker_open", "gauge", "1 while the tier's circuit breaker is not closed.",
+              [&](auto& t) { return std::string(t.breaker == breaker_state::closed ? "0" : "1"); });
+  tier_family("tier_queued_writes", "gauge", "Writes waiting to be sent to the tier.",
+              [&](auto& t) { return u(t.queued_writes); });
+  tier_family("tier_writes_dropped_total", "counter", "Writes the tier gave up.",
+              [&](auto& t) { return u(t.writes_dropped); });
   return out;
 }
 

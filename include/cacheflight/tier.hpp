@@ -1,0 +1,139 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_TIER_HPP
+#define CACHEFLIGHT_TIER_HPP
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace cacheflight {
+
+/// The state of a tier's circuit breaker.
+enum class breaker_state {
+  closed,     ///< the tier is used
+  open,       ///< the tier is skipped after failures; operations fail at once
+  half_open,  ///< one probe is let through; its outcome closes or reopens the breaker
+};
+
+/// Returns the enumerator's name, e.g. `"open"`.
+constexpr std::string_view to_string(breaker_state s) noexcept {
+  switch (s) {
+    case breaker_state::closed: return "closed";
+    case breaker_state::open: return "open";
+    case breaker_state::half_open: return "half_open";
+  }
+  return "unknown";
+}
+
+/// What a tier reports of itself (see `tier::health`).
+struct tier_health {
+  breaker_state breaker = breaker_state::closed;
+  std::size_t queued_writes = 0;       ///< writes accepted and not yet sent
+  std::uint64_t writes = 0;            ///< writes (puts, erases, clears) the backend acknowledged
+  std::uint64_t writes_dropped = 0;    ///< writes given up: queue full, breaker open, or failed
+};
+
+/// A storage tier behind a cache's memory (L1): a shared Redis, a local disk,
+/// or one of your own. The cache calls its tiers in order on a miss, before the
+/// loader, and writes loaded values to them.
+///
+/// A tier stores opaque bytes under string keys: the cache hands it values
+/// already encoded, with their absolute expiry inside (see `codec.hpp`), so a
+/// tier never interprets them, and bytes read back are checked by the cache
+/// (corrupt or foreign bytes are a miss, never undefined behaviour).
+///
+/// @par Implementing a tier
+/// Derive from `tier` and implement `name` and the four `do_` functions. Each
+/// receives a type-erased completion handler and must complete it exactly once,
+/// on the handler's associated executor and never inside the `do_` call itself
+/// (for instance: post to the tier's own executor, then
+/// `asio::dispatch(asio::get_associated_executor(h, ex), ...)`). A handler may
+/// carry a cancellation slot; honouring it is welcome but not required. In
+/// Boost 1.81, move-assigning an `any_completion_handler` recurses without end:
+/// move-construct it, or `swap`. The `do_` functions may be called from any thread,
+/// concurrently.
+///
+/// @par Lifetime
+/// Tiers are held by `std::shared_ptr` (see `cache_options::tiers`); a tier
+/// outlives every cache that holds it.
+class tier {
+ public:
+  /// Completion signature of `async_get`: the bytes, or nullopt when the key is absent.
+  using get_signature = void(boost::system::error_code, std::optional<std::string>);
+  /// Completion signature of `async_put`, `async_erase` and `async_clear`.
+  using done_signature = void(boost::system::error_code);
+
+  virtual ~tier() = default;
+
+  /// A short name for stats and events, e.g. `"redis"`.
+  virtual std::string_view name() const noexcept = 0;
+
+  /// The tier's own state; thread-safe. The default reports a closed breaker
+  /// and no write queue.
+  virtual tier_health health() const { return {}; }
+
+  /// Reads the bytes stored under `key`.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec, std::optional<std::string> bytes) @endcode
+  /// `bytes` is empty when the key is absent (that is not an error).
+  template <boost::asio::completion_token_for<get_signature> CompletionToken>
+  auto async_get(std::string key, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, get_signature>(
+        [this](auto handler, std::string key) { do_get(std::move(key), get_handler(std::move(handler))); }, token,
+        std::move(key));
+  }
+
+  /// Stores `bytes` under `key` for `ttl` (`std::chrono::milliseconds::max()`:
+  /// no expiry). A tier may acknowledge the write before it is durable
+  /// (write-behind); it completes when the write is done or given up.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  template <boost::asio::completion_token_for<done_signature> CompletionToken>
+  auto async_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, done_signature>(
+        [this](auto handler, std::string key, std::string bytes, std::chrono::milliseconds ttl) {
+          do_put(std::move(key), std::move(bytes), ttl, done_handler(std::move(handler)));
+        },
+        token, std::move(key), std::move(bytes), ttl);
+  }
+
+  /// Removes `key`. Never reordered before an earlier `async_put` of the same key.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  template <boost::asio::completion_token_for<done_signature> CompletionToken>
+  auto async_erase(std::string key, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, done_signature>(
+        [this](auto handler, std::string key) { do_erase(std::move(key), done_handler(std::move(handler))); },
+        token, std::move(key));
+  }
+
+  /// Removes every key this tier holds for its owner (a Redis tier: its prefix
+  /// only). Never reordered before earlier writes.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  template <boost::asio::completion_token_for<done_signature> CompletionToken>
+  auto async_clear(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, done_signature>(
+        [this](auto handler) { do_clear(done_handler(std::move(handler))); }, token);
+  }
+
+ protected:
+  using get_handler = boost::asio::any_completion_handler<get_signature>;
+  using done_handler = boost::asio::any_completion_handler<done_signature>;
+
+  virtual void do_get(std::string key, get_handler handler) = 0;
+  virtual void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) = 0;
+  virtual void do_erase(std::string key, done_handler handler) = 0;
+  virtual void do_clear(done_handler handler) = 0;
+};
+
+}  // namespace cacheflight
+
+#endif
