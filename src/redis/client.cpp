@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <random>
 
 namespace cacheflight::redis {
@@ -32,6 +33,13 @@ struct client::impl : std::enable_shared_from_this<impl> {
   bool stopped = false;
   std::atomic<bool> connected{false};
   std::atomic<std::size_t> opened{0};
+  mutable std::mutex error_mu;
+  error_code last_error;  // guarded by error_mu: read from any thread
+
+  void set_last_error(error_code ec) {
+    std::lock_guard lk(error_mu);
+    last_error = ec;
+  }
 
   void connect() {
     if (stopped) return;
@@ -41,8 +49,10 @@ struct client::impl : std::enable_shared_from_this<impl> {
       if (self->stopped || c != self->conn) return;
       if (ec) {
         self->connected = false;
+        self->set_last_error(ec);
         return self->schedule(self->next_backoff());
       }
+      self->set_last_error({});
       self->backoff = self->opts.reconnect_min;
       self->connected = true;
       ++self->opened;
@@ -107,9 +117,16 @@ client::~client() {
   asio::post(impl_->strand, [self = impl_] { self->stop(); });
 }
 
+client::executor_type client::get_executor() const noexcept { return impl_->strand.get_inner_executor(); }
+
 bool client::is_connected() const noexcept { return impl_->connected.load(); }
 
 std::size_t client::connections_opened() const noexcept { return impl_->opened.load(); }
+
+error_code client::last_error() const {
+  std::lock_guard lk(impl_->error_mu);
+  return impl_->last_error;
+}
 
 void client::start_exec(std::vector<std::string> args, exec_handler h) {
   asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {

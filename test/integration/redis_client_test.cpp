@@ -1,67 +1,15 @@
 // redis::client against a real redis-server that is killed and restarted:
 // commands fail fast while it is down, and the client reconnects by itself.
-#include <cacheflight/error.hpp>
-#include <cacheflight/redis/client.hpp>
-
-#include <boost/asio.hpp>
-#include <gtest/gtest.h>
-
-#include <cstdlib>
-#include <fstream>
+#include "redis_fixture.hpp"
 
 namespace {
 
-namespace asio = boost::asio;
-namespace redis = cacheflight::redis;
-namespace cf = cacheflight;
-using boost::system::error_code;
-using namespace std::chrono_literals;
+using namespace cftest;
 
-class RedisClient : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const char* root = std::getenv("CACHEFLIGHT_REDIS_ROOT");
-    ASSERT_TRUE(root) << "run through ctest";
-    dir = std::string(root) + "/redis";
-    script = CACHEFLIGHT_REDIS_SCRIPT;
-    std::ifstream f(dir + "/port");
-    f >> port;
-    ASSERT_FALSE(port.empty());
-  }
-
-  void server(const char* what) {
-    const std::string cmd = "bash " + script + " " + what + " " + dir;
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-
-  // Runs the context until `pred` holds or `limit` of real time passes.
-  template <class Pred>
-  bool run_until(Pred pred, std::chrono::milliseconds limit = 5s) {
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (!pred() && std::chrono::steady_clock::now() < end) {
-      io.restart();
-      io.run_for(10ms);
-    }
-    return pred();
-  }
-
-  std::pair<error_code, redis::reply> exec(redis::client& c, std::vector<std::string> args) {
-    std::optional<std::pair<error_code, redis::reply>> r;
-    c.async_exec(std::move(args), [&](error_code ec, redis::reply rep) { r.emplace(ec, std::move(rep)); });
-    EXPECT_TRUE(run_until([&] { return r.has_value(); }));
-    return r.value_or(std::pair<error_code, redis::reply>{asio::error::timed_out, {}});
-  }
-
-  asio::io_context io;
-  std::string dir, script, port;
-};
+using RedisClient = redis_fixture;
 
 TEST_F(RedisClient, ReconnectsAfterTheServerRestarts) {
-  redis::client c{io.get_executor(),
-                  redis::client_options{.connection = {.host = "127.0.0.1", .port = port},
-                                        .reconnect_min = 20ms,
-                                        .reconnect_max = 200ms,
-                                        .health_check_interval = 50ms}};
+  redis::client c{io.get_executor(), client_options()};
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
   auto [ec, pong] = exec(c, {"PING"});
   EXPECT_FALSE(ec);
@@ -89,6 +37,7 @@ TEST_F(RedisClient, KeepsRetryingWhileTheServerIsDown) {
   auto [ec, r] = exec(c, {"PING"});
   EXPECT_EQ(ec, cf::error::not_connected);
   EXPECT_EQ(c.connections_opened(), 0u);
+  EXPECT_EQ(c.last_error(), asio::error::connection_refused);
 }
 
 }  // namespace

@@ -58,11 +58,18 @@ class client {
         token, std::move(args));
   }
 
+  /// The executor given at construction.
+  executor_type get_executor() const noexcept;
+
   /// Whether a connection is open now.
   bool is_connected() const noexcept;
 
   /// How many connections were opened so far (1 after the first connect).
   std::size_t connections_opened() const noexcept;
+
+  /// Why the last attempt to connect failed (for instance `error::auth_failed`
+  /// for refused credentials, or `connection_refused`); cleared by a success.
+  boost::system::error_code last_error() const;
 
  private:
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;

@@ -1,0 +1,94 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_REDIS_TIER_HPP
+#define CACHEFLIGHT_REDIS_TIER_HPP
+
+#include <cacheflight/redis/client.hpp>
+#include <cacheflight/tier.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace cacheflight::redis {
+
+/// Options of a Redis `tier`. An aggregate: use designated initializers.
+struct tier_options {
+  /// Prepended to every key; `async_clear` removes only keys with it. Must not
+  /// be empty. Give each cache its own prefix when several share one server.
+  std::string prefix = "cacheflight:";
+  /// Writes (sets) accepted and not yet sent at most; beyond it a write is
+  /// dropped with `error::queue_full`. Erases and clears are always accepted.
+  std::size_t max_queued_writes = 10'000;
+  /// Writes sent together in one pipelined batch at most.
+  std::size_t write_batch = 64;
+  /// Consecutive failed operations that open the breaker; a lost connection
+  /// opens it at once.
+  unsigned breaker_failures = 5;
+  /// How long the breaker stays open before letting one probe through; doubled
+  /// after each failed probe, up to `breaker_max`.
+  std::chrono::milliseconds breaker_min{100};
+  std::chrono::milliseconds breaker_max{5000};
+  /// Called on every change of the breaker's state, on the tier's strand.
+  /// Exceptions it throws are discarded.
+  std::function<void(breaker_state)> on_breaker{};
+};
+
+/// A cache tier in Redis, shared by every cache instance that uses the same
+/// server and prefix: on a miss in memory the cache asks Redis before running
+/// its loader, and writes what it loads back to Redis.
+///
+/// - Reads are `GET <prefix><key>`; values are the cache's encoded bytes (with
+///   their absolute expiry), written with `SET <prefix><key> <bytes> PX <ttl>`.
+/// - Writes go behind the caller's back through a bounded queue: a newer write
+///   of a key replaces an older one not yet sent (the last write wins), and an
+///   erase is never sent before an earlier write of the same key; batches are
+///   pipelined one after the other, so their order holds across reconnects.
+/// - A circuit breaker: after `breaker_failures` consecutive failures, or at
+///   once when the connection is lost, every operation fails at once with
+///   `error::tier_unavailable` (the cache then serves memory and loaders); after
+///   `breaker_min` (doubling per failed probe, up to `breaker_max`) one
+///   operation is let through as a probe, and its success closes the breaker.
+/// - `async_clear` removes the prefix's keys with `SCAN` and `UNLINK`, never
+///   the whole database.
+///
+/// @par Threads
+/// Every member may be called from any thread; the state lives on a strand.
+///
+/// @par Lifetime
+/// Destroying the tier fails the queued writes with `operation_aborted`; it
+/// closes the client only if the tier made it.
+class tier final : public cacheflight::tier {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Uses a client of the caller's, which may be shared with other uses.
+  /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
+  tier(std::shared_ptr<client> c, tier_options opts = {});
+  /// Makes and owns a client with these options.
+  tier(executor_type ex, client_options copts, tier_options opts = {});
+  ~tier() override;
+
+  std::string_view name() const noexcept override { return "redis"; }
+  tier_health health() const override;
+
+  /// The client this tier uses.
+  client& get_client() noexcept;
+
+ protected:
+  void do_get(std::string key, get_handler handler) override;
+  void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) override;
+  void do_erase(std::string key, done_handler handler) override;
+  void do_clear(done_handler handler) override;
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace cacheflight::redis
+
+#endif

@@ -1,0 +1,300 @@
+// Caches sharing a real redis-server through redis::tier: values, TTLs and
+// erasures cross instances; garbage under a key is a miss; the server killed in
+// the middle of a burst neither hangs nor fails a caller, and once it is back
+// the tier is used again; AUTH with the right and a wrong password.
+#include "redis_fixture.hpp"
+
+#include <cacheflight/cacheflight.hpp>
+#include <cacheflight/manual_clock.hpp>
+#include <cacheflight/redis/tier.hpp>
+
+#include <atomic>
+#include <functional>
+#include <random>
+
+namespace {
+
+using namespace cftest;
+
+using CK = cf::cache_event_kind;
+using mcache = cf::cache<int, cf::manual_clock>;
+
+class RedisTier : public redis_fixture {
+ protected:
+  void SetUp() override {
+    redis_fixture::SetUp();
+    cf::manual_clock::reset();
+    // A prefix of this test's own, so that tests never see each other's keys.
+    prefix = "cftest:" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + ":" +
+             std::to_string(std::random_device{}()) + ":";
+    raw = std::make_shared<redis::client>(io.get_executor(), client_options());
+    ASSERT_TRUE(run_until([&] { return raw->is_connected(); }));
+  }
+
+  std::shared_ptr<redis::tier> make_tier(redis::tier_options o = {}) {
+    o.prefix = prefix;
+    auto t = std::make_shared<redis::tier>(io.get_executor(), client_options(), std::move(o));
+    EXPECT_TRUE(run_until([&] { return t->get_client().is_connected(); }));
+    return t;
+  }
+
+  cf::cache_options options(std::shared_ptr<cf::tier> t, std::vector<std::string>* events = nullptr) {
+    cf::cache_options o{.max_entries = 10'000, .default_ttl = 60s, .tiers = {std::move(t)}};
+    if (events)
+      o.on_event = [events](const cf::cache_event& e) {
+        if (e.kind >= CK::tier_hit) events->push_back(std::string(to_string(e.kind)) + " " + std::string(e.key));
+      };
+    return o;
+  }
+
+  // A loader returning `v` and counting into `calls`.
+  static auto loader(int v, std::atomic<int>& calls) {
+    return [v, &calls]() -> asio::awaitable<int> {
+      ++calls;
+      co_return v;
+    };
+  }
+
+  template <class C, class L>
+  int get(C& c, std::string key, L load) {
+    std::optional<std::pair<std::exception_ptr, int>> r;
+    c.async_get(std::move(key), load, [&](std::exception_ptr e, int v) { r.emplace(e, v); });
+    EXPECT_TRUE(run_until([&] { return r.has_value(); }));
+    if (!r) return -1;
+    EXPECT_FALSE(r->first);
+    return r->second;
+  }
+
+  // Waits until the tier has acknowledged `n` writes.
+  bool written(redis::tier& t, std::uint64_t n) {
+    return run_until([&] { return t.health().writes >= n; });
+  }
+
+  std::string prefix;
+  std::shared_ptr<redis::client> raw;
+};
+
+TEST_F(RedisTier, ASecondInstanceGetsTheFirstOnesValueWithItsTtlAndSeesItsErase) {
+  auto ta = make_tier(), tb = make_tier();
+  mcache a{io, options(ta)};
+  mcache b{io, options(tb)};
+  std::atomic<int> calls_a{0}, calls_b{0};
+
+  EXPECT_EQ(get(a, "user:1", loader(41, calls_a)), 41);
+  ASSERT_TRUE(written(*ta, 1));
+  auto [ec, pttl] = exec(*raw, {"PTTL", prefix + "user:1"});
+  EXPECT_GT(pttl.integer, 59'000);  // SET ... PX with the load's TTL
+  EXPECT_LE(pttl.integer, 60'000);
+
+  EXPECT_EQ(get(b, "user:1", loader(99, calls_b)), 41);  // from Redis
+  EXPECT_EQ(calls_a, 1);
+  EXPECT_EQ(calls_b, 0);
+  auto sb = b.stats();
+  EXPECT_EQ(sb.l2_hits, 1u);
+  EXPECT_EQ(sb.loads, 0u);
+  EXPECT_EQ(sb.tiers[0].name, "redis");
+  EXPECT_EQ(sb.tiers[0].breaker, cf::breaker_state::closed);
+
+  // b's memory holds it for the remaining lifetime only.
+  cf::manual_clock::advance(59s);
+  EXPECT_EQ(b.peek("user:1"), 41);
+  cf::manual_clock::advance(2s);
+  EXPECT_EQ(b.peek("user:1"), std::nullopt);
+
+  // An erase on a reaches Redis before it completes: b's next miss loads.
+  std::optional<std::exception_ptr> erased;
+  a.async_erase("user:1", [&](std::exception_ptr e, bool) { erased = e; });
+  ASSERT_TRUE(run_until([&] { return erased.has_value(); }));
+  EXPECT_FALSE(*erased);
+  EXPECT_EQ(exec(*raw, {"EXISTS", prefix + "user:1"}).second.integer, 0);
+  EXPECT_EQ(get(b, "user:1", loader(7, calls_b)), 7);
+  EXPECT_EQ(calls_b, 1);
+}
+
+TEST_F(RedisTier, GarbageUnderAKeyIsAMissWithAnEventAndTheLoaderRuns) {
+  auto t = make_tier();
+  std::vector<std::string> events;
+  mcache c{io, options(t, &events)};
+  exec(*raw, {"SET", prefix + "g", std::string("\x00garbage\xff", 9)});
+  exec(*raw, {"SET", prefix + "h", std::string("CFLT\x01\x00", 6)});  // a truncated envelope
+  std::atomic<int> calls{0};
+
+  EXPECT_EQ(get(c, "g", loader(5, calls)), 5);
+  EXPECT_EQ(get(c, "h", loader(6, calls)), 6);
+  EXPECT_EQ(calls, 2);
+  auto s = c.stats();
+  EXPECT_EQ(s.tiers[0].corrupt, 2u);
+  EXPECT_EQ(s.l2_misses, 2u);
+  EXPECT_EQ(s.l2_errors, 0u);
+  EXPECT_EQ(events, (std::vector<std::string>{"tier_corrupt g", "tier_corrupt h"}));
+
+  // The loaded value replaced the garbage.
+  ASSERT_TRUE(written(*t, 2));
+  auto [ec, bytes] = exec(*raw, {"GET", prefix + "g"});
+  EXPECT_EQ(cf::detail::decode_stored<int>(bytes.str, cf::detail::envelope::now_ms(), nullptr), 5);
+}
+
+TEST_F(RedisTier, WritesKeepTheirOrderPerKeyAndTheLastOneWins) {
+  auto t = make_tier(redis::tier_options{.max_queued_writes = 3});
+  std::vector<std::string> results;
+  auto done = [&](const char* what) {
+    return [&results, what](error_code ec) { results.push_back(std::string(what) + (ec ? ":" + ec.message() : "")); };
+  };
+  // Back to back: the first write is sent at once; the rest queue behind it.
+  t->async_put("k", "1", 60s, done("put1"));
+  t->async_put("k", "2", 60s, done("put2"));  // queued sets: 1
+  t->async_erase("k", done("erase"));          // replaces it: 0
+  t->async_put("k", "3", 60s, done("put3"));  // replaces the erase: 1
+  t->async_put("j", "a", 60s, done("putj"));  // 2
+  t->async_put("e", "x", 60s, done("pute"));  // 3
+  t->async_erase("e", done("erasee"));         // replaces the set of e: 2
+  t->async_put("i", "b", 60s, done("puti"));  // 3
+  t->async_put("h", "c", 60s, done("puth"));  // over the bound: dropped
+  ASSERT_TRUE(run_until([&] { return results.size() == 9; }));
+  EXPECT_EQ(exec(*raw, {"GET", prefix + "k"}).second.str, "3");
+  EXPECT_EQ(exec(*raw, {"GET", prefix + "j"}).second.str, "a");
+  EXPECT_EQ(exec(*raw, {"GET", prefix + "i"}).second.str, "b");
+  EXPECT_EQ(exec(*raw, {"EXISTS", prefix + "e"}).second.integer, 0);
+  EXPECT_EQ(exec(*raw, {"EXISTS", prefix + "h"}).second.integer, 0);
+  EXPECT_EQ(results[0], "puth:" + make_error_code(cf::error::queue_full).message());  // refused at once
+  EXPECT_EQ(std::count_if(results.begin(), results.end(), [](auto& r) { return r.find(':') != std::string::npos; }),
+            1);
+  EXPECT_EQ(t->health().writes_dropped, 1u);
+  EXPECT_EQ(t->health().queued_writes, 0u);
+}
+
+TEST_F(RedisTier, ClearRemovesThisPrefixOnly) {
+  // A prefix with glob characters must match itself only.
+  prefix += "t[1]*?:";
+  auto t = make_tier();
+  mcache c{io, options(t)};
+  std::atomic<int> calls{0};
+  for (int i = 0; i < 300; ++i) get(c, "k" + std::to_string(i), loader(i, calls));
+  ASSERT_TRUE(written(*t, 300));
+  const std::string lookalike = prefix.substr(0, prefix.size() - 7) + "t1xx:k1";
+  exec(*raw, {"SET", lookalike, "theirs"});
+  exec(*raw, {"SET", "elsewhere:k1", "theirs"});
+
+  std::optional<std::exception_ptr> cleared;
+  c.async_clear([&](std::exception_ptr e) { cleared = e; });
+  ASSERT_TRUE(run_until([&] { return cleared.has_value(); }));
+  EXPECT_FALSE(*cleared);
+  EXPECT_EQ(c.size(), 0u);
+  auto [ec, keys] = exec(*raw, {"KEYS", prefix.substr(0, prefix.size() - 7) + "*"});
+  ASSERT_EQ(keys.elements.size(), 1u);
+  EXPECT_EQ(keys.elements[0].str, lookalike);
+  EXPECT_EQ(exec(*raw, {"GET", "elsewhere:k1"}).second.str, "theirs");
+  exec(*raw, {"DEL", lookalike, "elsewhere:k1"});
+}
+
+TEST_F(RedisTier, TheServerKilledDuringABurstFailsNoCallerAndIsUsedAgainOnceBack) {
+  std::vector<cf::breaker_state> states;
+  auto t = make_tier(redis::tier_options{.breaker_failures = 3,
+                                         .breaker_min = 50ms,
+                                         .breaker_max = 200ms,
+                                         .on_breaker = [&](cf::breaker_state s) { states.push_back(s); }});
+  cf::cache<int> c{io, options(t)};
+  std::atomic<int> calls{0};
+  // A database that takes 2 ms a key.
+  auto db = [&](int v) {
+    return [&calls, v]() -> asio::awaitable<int> {
+      ++calls;
+      asio::steady_timer tm(co_await asio::this_coro::executor, 2ms);
+      co_await tm.async_wait(asio::use_awaitable);
+      co_return v;
+    };
+  };
+
+  // 400 keys, 5 callers each, arriving in waves of 10 keys every 2 ms; the
+  // server dies once a quarter of the callers have completed.
+  constexpr int keys = 400, per_key = 5, wave = 10;
+  int completed = 0, failed = 0, launched = 0;
+  asio::steady_timer waves(io);
+  std::function<void()> next_wave = [&] {
+    for (int i = 0; i < wave && launched < keys; ++i, ++launched)
+      for (int j = 0; j < per_key; ++j)
+        c.async_get("burst:" + std::to_string(launched), db(launched), [&, k = launched](std::exception_ptr e, int v) {
+          ++completed;
+          if (e || v != k) ++failed;
+        });
+    if (launched == keys) return;
+    waves.expires_after(2ms);
+    waves.async_wait([&](error_code) { next_wave(); });
+  };
+  next_wave();
+  ASSERT_TRUE(run_until([&] { return completed >= keys * per_key / 4; }, 10s));
+  server("kill");
+  const int at_kill = completed;
+  ASSERT_TRUE(run_until([&] { return completed == keys * per_key; }, 20s)) << completed << " completed";
+  EXPECT_LT(at_kill, keys * per_key / 2);
+  EXPECT_EQ(failed, 0);
+  auto s = c.stats();
+  EXPECT_GT(s.l2_errors, 0u);
+  ASSERT_GE(states.size(), 1u);
+  EXPECT_EQ(states.front(), cf::breaker_state::open);
+  EXPECT_NE(s.tiers[0].breaker, cf::breaker_state::closed);
+  EXPECT_EQ(static_cast<int>(s.loads + s.l2_hits), keys);  // each key loaded once
+
+  // While down: served by the loader at once, the tier skipped.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(get(c, "down:1", db(1)), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+
+  // Back: without restarting anything here, the tier is used again.
+  server("restart");
+  auto other = make_tier();
+  cf::cache<int> d{io, options(other)};
+  std::atomic<int> d_calls{0};
+  int round = 0;
+  ASSERT_TRUE(run_until(
+      [&] {
+        // Each round writes a fresh key through c, and reads it through d.
+        const std::string key = "after:" + std::to_string(round++);
+        get(c, key, db(round));
+        run_until([] { return false; }, 20ms);
+        get(d, key, loader(-1, d_calls));
+        return d.stats().l2_hits > 0;
+      },
+      10s));
+  EXPECT_EQ(c.stats().tiers[0].breaker, cf::breaker_state::closed);
+  EXPECT_EQ(states.back(), cf::breaker_state::closed);
+}
+
+class RedisTierAuth : public RedisTier {
+ protected:
+  void SetUp() override {
+    redis_fixture::use_server("redis-auth");
+    cf::manual_clock::reset();
+    prefix = "cftest:auth:";
+  }
+  redis::client_options with_password(std::string pw) {
+    auto o = client_options();
+    o.connection.password = std::move(pw);
+    return o;
+  }
+};
+
+TEST_F(RedisTierAuth, TheRightPasswordWorksAndAWrongOneIsAClearError) {
+  auto good = std::make_shared<redis::tier>(io.get_executor(), with_password("s3cret"),
+                                            redis::tier_options{.prefix = prefix});
+  auto bad = std::make_shared<redis::tier>(io.get_executor(), with_password("wrong"),
+                                           redis::tier_options{.prefix = prefix});
+  ASSERT_TRUE(run_until([&] { return good->get_client().is_connected(); }));
+  ASSERT_TRUE(run_until([&] { return bad->get_client().last_error() == cf::error::auth_failed; }));
+  EXPECT_FALSE(bad->get_client().is_connected());
+
+  mcache a{io, options(good)};
+  mcache b{io, options(bad)};
+  std::atomic<int> calls{0};
+  EXPECT_EQ(get(a, "k", loader(1, calls)), 1);
+  ASSERT_TRUE(written(*good, 1));
+  mcache a2{io, options(good)};
+  EXPECT_EQ(get(a2, "k", loader(2, calls)), 1);  // through Redis
+  EXPECT_EQ(get(b, "k", loader(3, calls)), 3);   // Redis refused b: its loader serves
+  EXPECT_GT(b.stats().l2_errors, 0u);
+  std::optional<std::exception_ptr> done;
+  a.async_clear([&](std::exception_ptr e) { done = e; });
+  ASSERT_TRUE(run_until([&] { return done.has_value(); }));
+}
+
+}  // namespace
