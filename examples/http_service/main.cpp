@@ -3,6 +3,10 @@
 //
 //   cacheflight_http_service [--address 127.0.0.1] [--port 8080] [--threads 1]
 //                            [--db-latency-ms 50] [--ttl-ms 60000]
+//                            [--redis HOST:PORT] [--redis-prefix demo:users:]
+//
+// With --redis, the cache has a Redis L2 behind memory: instances started with
+// the same server and prefix share what any of them loaded.
 //
 // GET /user/{id}  the user, through the cache (JSON)
 // GET /stats      database calls and cache figures (JSON)
@@ -13,6 +17,9 @@
 #include "dashboard.hpp"
 
 #include <cacheflight/cacheflight.hpp>
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
+#include <cacheflight/redis/tier.hpp>
+#endif
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -44,13 +51,32 @@ struct config {
   unsigned threads = 1;
   std::chrono::milliseconds db_latency{50};
   std::chrono::milliseconds ttl{60'000};
+  std::string redis;  // host:port; empty: memory only
+  std::string redis_prefix = "demo:users:";
 };
+
+// The tiers behind the cache: a Redis L2 when asked for.
+std::vector<std::shared_ptr<cf::tier>> make_tiers(asio::io_context& io, const config& cfg) {
+  if (cfg.redis.empty()) return {};
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
+  const auto colon = cfg.redis.rfind(':');
+  cf::redis::client_options c;
+  c.connection.host = cfg.redis.substr(0, colon);
+  c.connection.port = colon == std::string::npos ? "6379" : cfg.redis.substr(colon + 1);
+  return {std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix})};
+#else
+  (void)io;
+  throw std::runtime_error("--redis: this build has no Redis component (CACHEFLIGHT_WITH_REDIS=OFF)");
+#endif
+}
 
 // The service's shared state: one cache in front of a slow "database". The
 // cache keeps each user's rendered JSON body, so a hit does no JSON work.
 struct service {
   explicit service(asio::io_context& io, const config& cfg)
-      : cfg(cfg), users(io, cf::cache_options{.max_entries = 100'000, .default_ttl = cfg.ttl, .shards = 16}) {}
+      : cfg(cfg),
+        users(io, cf::cache_options{
+                      .max_entries = 100'000, .default_ttl = cfg.ttl, .shards = 16, .tiers = make_tiers(io, cfg)}) {}
 
   // The database: a timer stands in for the query's latency.
   asio::awaitable<std::string> load_user(long id) {
@@ -75,7 +101,11 @@ struct service {
                       {"load_failures", s.load_failures},
                       {"size", s.size},
                       {"evictions", s.evictions},
-                      {"expirations", s.expirations}}},
+                      {"expirations", s.expirations},
+                      {"l2_hits", s.l2_hits},
+                      {"l2_misses", s.l2_misses},
+                      {"l2_errors", s.l2_errors},
+                      {"l2_breaker", s.tiers.empty() ? "none" : to_string(s.tiers[0].breaker)}}},
     };
   }
 
@@ -214,9 +244,12 @@ bool parse(int argc, char** argv, config& cfg) {
     else if (a == "--threads" && (v = value())) cfg.threads = static_cast<unsigned>(std::max(1, std::atoi(v)));
     else if (a == "--db-latency-ms" && (v = value())) cfg.db_latency = std::chrono::milliseconds(std::atoi(v));
     else if (a == "--ttl-ms" && (v = value())) cfg.ttl = std::chrono::milliseconds(std::max(1, std::atoi(v)));
+    else if (a == "--redis" && (v = value())) cfg.redis = v;
+    else if (a == "--redis-prefix" && (v = value()) && *v) cfg.redis_prefix = v;
     else {
       std::cerr << "usage: " << argv[0]
-                << " [--address A] [--port P (0: any)] [--threads N] [--db-latency-ms MS] [--ttl-ms MS]\n";
+                << " [--address A] [--port P (0: any)] [--threads N] [--db-latency-ms MS] [--ttl-ms MS]"
+                   " [--redis HOST:PORT] [--redis-prefix P]\n";
       return false;
     }
   }
@@ -237,6 +270,7 @@ int main(int argc, char** argv) {
   service svc(main_io, cfg);
   tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
+  if (!cfg.redis.empty()) std::cout << "L2: redis at " << cfg.redis << ", prefix " << cfg.redis_prefix << std::endl;
 
   asio::co_spawn(main_io, listen(svc, acceptor, ios), asio::detached);
 
