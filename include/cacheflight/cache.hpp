@@ -440,8 +440,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     };
     auto j = std::make_shared<join>(std::move(done), opts_.tiers.size());
     for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
-      op(*opts_.tiers[i], [self = this->shared_from_this(), j, i, key](boost::system::error_code ec) {
-        if (ec) self->tier_failed(i, key, ec);
+      // Weak: a tier's queue must not keep the cache alive.
+      op(*opts_.tiers[i], [w = this->weak_from_this(), j, i, key](boost::system::error_code ec) {
+        if (ec)
+          if (auto self = w.lock()) self->tier_failed(i, key, ec);
         std::unique_lock lk(j->mu);
         if (ec && !j->first) j->first = ec;
         if (--j->pending != 0) return;
@@ -820,10 +822,9 @@ class cache {
           auto work = boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, st->executor()));
           st->on_every_tier(
               key, [&](tier& t, auto h) { t.async_erase(key, std::move(h)); },
-              [st = st->shared_from_this(), h = std::move(handler), work = std::move(work),
+              [ex = st->executor(), h = std::move(handler), work = std::move(work),
                erased](boost::system::error_code ec) mutable {
-                detail::post_result(st->executor(), std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{},
-                                    erased);
+                detail::post_result(ex, std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{}, erased);
               });
         },
         token, std::move(key));
@@ -848,9 +849,8 @@ class cache {
           auto work = boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, st->executor()));
           st->on_every_tier(
               std::string{}, [&](tier& t, auto h) { t.async_clear(std::move(h)); },
-              [st = st->shared_from_this(), h = std::move(handler),
-               work = std::move(work)](boost::system::error_code ec) mutable {
-                detail::post_result(st->executor(), std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{});
+              [ex = st->executor(), h = std::move(handler), work = std::move(work)](boost::system::error_code ec) mutable {
+                detail::post_result(ex, std::move(h), ec ? detail::make_error(ec) : std::exception_ptr{});
               });
         },
         token);

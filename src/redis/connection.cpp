@@ -16,6 +16,8 @@
 #include <array>
 #include <atomic>
 #include <deque>
+#include <mutex>
+#include <vector>
 #include <optional>
 
 namespace cacheflight::redis {
@@ -259,6 +261,17 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     });
   }
 
+  // The execution context is shutting down: no handler will ever run again.
+  // Destroys the stored ones, releasing what they own (the cycles through this
+  // object included), as Asio does with the operations it holds.
+  void drop_handlers() {
+    std::optional<connect_handler> c = std::move(connecting);
+    connecting.reset();
+    std::deque<command> p = std::move(pending), i = std::move(inflight);
+    pending.clear();
+    inflight.clear();
+  }
+
   // The connection is lost: everyone waiting learns why.
   void fail(error_code ec) {
     if (st == state::closed) return;
@@ -282,8 +295,47 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 };
 
+namespace detail {
+
+// Tracks the connections of one execution context, so that its shutdown
+// destroys the handlers they hold.
+class connection_registry final : public asio::execution_context::service {
+ public:
+  using key_type = connection_registry;
+  static asio::execution_context::id id;
+
+  explicit connection_registry(asio::execution_context& ctx) : asio::execution_context::service(ctx) {}
+
+  void add(const std::shared_ptr<connection::impl>& c) {
+    std::lock_guard lk(mu_);
+    std::erase_if(live_, [](const auto& w) { return w.expired(); });
+    live_.push_back(c);
+  }
+
+ private:
+  void shutdown() override {
+    std::vector<std::shared_ptr<connection::impl>> alive;
+    {
+      std::lock_guard lk(mu_);
+      for (auto& w : live_)
+        if (auto c = w.lock()) alive.push_back(std::move(c));
+      live_.clear();
+    }
+    for (auto& c : alive) c->drop_handlers();
+  }
+
+  std::mutex mu_;
+  std::vector<std::weak_ptr<connection::impl>> live_;
+};
+
+asio::execution_context::id connection_registry::id;
+
+}  // namespace detail
+
 connection::connection(executor_type ex, connection_options opts)
-    : impl_(std::make_shared<impl>(std::move(ex), std::move(opts))) {}
+    : impl_(std::make_shared<impl>(ex, std::move(opts))) {
+  asio::use_service<detail::connection_registry>(asio::query(ex, asio::execution::context)).add(impl_);
+}
 
 connection::~connection() { close(); }
 

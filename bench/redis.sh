@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# redis::client against redis-benchmark, on one throwaway redis-server on a
+# free loopback port: GET throughput at 1 and 50 connections, pipeline 1 and
+# 16, both single-threaded, in alternating rounds (the best round of each is
+# kept); then the cost of an L2 hit through cache::async_get.
+#
+#   bench/redis.sh PATH/TO/cacheflight_redis_bench [SECONDS per round] [ROUNDS]
+set -euo pipefail
+bench=$1
+seconds=${2:-2}
+rounds=${3:-3}
+here=$(dirname "${BASH_SOURCE[0]}")
+dir=$(mktemp -d)
+trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; rm -rf "$dir"' EXIT
+bash "$here/../test/integration/redis_server.sh" start "$dir"
+port=$(cat "$dir/port")
+# The key both clients read: 3 bytes, redis-benchmark's default value size.
+redis-cli -p "$port" set 'key:__rand_int__' xxx >/dev/null
+
+best() { sort -g | tail -n 1; }
+# redis-benchmark -q redraws its progress line with carriage returns.
+rps() { tr '\r' '\n' | sed -n 's/^GET: \([0-9.]*\) requests.*/\1/p'; }
+printf '%-24s %18s %18s %8s\n' "connections x pipeline" "redis-benchmark/s" "redis::client/s" "ratio"
+for conns in 1 50; do
+  for pipeline in 1 16; do
+    # Enough requests for redis-benchmark to run about as long as a client round.
+    probe=$(redis-benchmark -p "$port" -t get -n 20000 -c "$conns" -P "$pipeline" -q | rps)
+    n=$(awk -v r="${probe:-0}" -v s="$seconds" 'BEGIN { printf "%d", r * s }')
+    [ "$n" -gt 0 ] || { echo "cannot read redis-benchmark's output"; exit 1; }
+    theirs=() ours=()
+    for _ in $(seq 1 "$rounds"); do
+      theirs+=("$(redis-benchmark -p "$port" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
+      ours+=("$("$bench" client "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+    done
+    t=$(printf '%s\n' "${theirs[@]}" | best)
+    o=$(printf '%s\n' "${ours[@]}" | best)
+    printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline" "$t" "$o" "$(awk -v a="$o" -v b="$t" 'BEGIN { print a / b }')"
+  done
+done
+echo
+for c in 1 50; do "$bench" l2 "$port" "$c" "$seconds"; done

@@ -1,0 +1,170 @@
+// Redis figures against a running redis-server (bench/redis.sh starts one and
+// runs redis-benchmark against the same server for the comparison).
+//
+//   cacheflight_redis_bench client PORT CONNECTIONS PIPELINE SECONDS
+//     GET throughput of redis::client: CONNECTIONS clients (one connection
+//     each), each keeping PIPELINE GETs of one key outstanding; one thread, as
+//     redis-benchmark runs by default. Prints "client GET: <n> requests per second".
+//
+//   cacheflight_redis_bench l2 PORT CONCURRENCY SECONDS
+//     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
+//     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
+//     distinct keys in a closed loop, against the same loop of bare client
+//     GETs of the same keys. Prints both and the cost per hit.
+#include <cacheflight/cacheflight.hpp>
+#include <cacheflight/redis/client.hpp>
+#include <cacheflight/redis/tier.hpp>
+
+#include <boost/asio.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace cf = cacheflight;
+namespace redis = cf::redis;
+using boost::system::error_code;
+using clk = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+redis::client_options options(const std::string& port) {
+  redis::client_options o;
+  o.connection.host = "127.0.0.1";
+  o.connection.port = port;
+  o.connection.command_timeout = 5s;
+  o.connection.max_pending = 100'000;
+  return o;
+}
+
+void wait_connected(asio::io_context& io, const std::vector<std::shared_ptr<redis::client>>& cs) {
+  const auto end = clk::now() + 5s;
+  for (auto& c : cs)
+    while (!c->is_connected()) {
+      if (clk::now() > end) {
+        std::fprintf(stderr, "cannot connect to redis\n");
+        std::exit(1);
+      }
+      io.run_for(1ms);
+      io.restart();
+    }
+}
+
+// Runs `start(done)` loops until `seconds` pass after a warmup of a quarter of
+// it; returns completions per second in the measured part.
+double closed_loop(asio::io_context& io, std::size_t loops, double seconds,
+                   const std::function<void(std::size_t, std::function<void()>)>& start) {
+  std::uint64_t count = 0;
+  bool measuring = false, stopping = false;
+  std::size_t running = loops;
+  std::vector<std::function<void()>> next(loops);
+  for (std::size_t i = 0; i < loops; ++i)
+    next[i] = [&, i] {
+      if (measuring) ++count;
+      if (stopping) {
+        --running;
+        return;
+      }
+      start(i, next[i]);
+    };
+  for (std::size_t i = 0; i < loops; ++i) start(i, next[i]);
+  io.run_for(std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(seconds / 4)));
+  io.restart();
+  measuring = true;
+  const auto t0 = clk::now();
+  io.run_for(std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(seconds)));
+  const double took = std::chrono::duration<double>(clk::now() - t0).count();
+  const std::uint64_t measured = count;
+  measuring = false;
+  stopping = true;
+  io.restart();
+  while (running > 0) io.run_one();
+  return double(measured) / took;
+}
+
+int client_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
+  asio::io_context io(1);
+  std::vector<std::shared_ptr<redis::client>> cs;
+  for (std::size_t i = 0; i < conns; ++i) cs.push_back(std::make_shared<redis::client>(io.get_executor(), options(port)));
+  wait_connected(io, cs);
+  bool failed = false;
+  const double rate = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, std::function<void()> done) {
+    cs[i / pipeline]->async_exec({"GET", "key:__rand_int__"}, [&failed, done = std::move(done)](error_code ec,
+                                                                                                  redis::reply) {
+      if (ec) failed = true;
+      done();
+    });
+  });
+  if (failed) {
+    std::fprintf(stderr, "a GET failed\n");
+    return 1;
+  }
+  std::printf("client GET: %.2f requests per second\n", rate);
+  return 0;
+}
+
+int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
+  asio::io_context io(1);
+  auto raw = std::make_shared<redis::client>(io.get_executor(), options(port));
+  auto tier = std::make_shared<redis::tier>(std::make_shared<redis::client>(io.get_executor(), options(port)),
+                                            redis::tier_options{.prefix = "bench:l2:"});
+  wait_connected(io, {raw, std::shared_ptr<redis::client>(tier, &tier->get_client())});
+  cf::cache<std::string> cache{io, cf::cache_options{.max_entries = 0, .tiers = {tier}}};
+
+  // Store the keys through a cache that keeps them, so the bytes are the tier's own format.
+  std::vector<std::string> keys;
+  {
+    cf::cache<std::string> writer{io, cf::cache_options{.tiers = {tier}}};
+    for (std::size_t i = 0; i < concurrency; ++i) {
+      keys.push_back("user:" + std::to_string(i));
+      writer.async_set(keys.back(), std::string(64, 'v'), [](std::exception_ptr) {});
+    }
+    while (tier->health().writes < concurrency) io.run_one();
+  }
+  bool failed = false;
+  auto never = []() -> asio::awaitable<std::string> {
+    throw std::logic_error("the loader ran: not an L2 hit");
+    co_return std::string();
+  };
+  const double l2 = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
+    cache.async_get(keys[i], never, [&failed, done = std::move(done)](std::exception_ptr e, std::string v) {
+      if (e || v.size() != 64) failed = true;
+      done();
+    });
+  });
+  std::vector<std::string> full;
+  for (auto& k : keys) full.push_back("bench:l2:" + k);
+  const double bare = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
+    raw->async_exec({"GET", full[i]}, [&failed, done = std::move(done)](error_code ec, redis::reply r) {
+      if (ec || r.type != redis::reply::kind::bulk) failed = true;
+      done();
+    });
+  });
+  if (failed || cache.stats().l2_hits == 0) {
+    std::fprintf(stderr, "a get failed or missed\n");
+    return 1;
+  }
+  std::printf("concurrency %zu: cache.async_get L2 hit %.0f/s (%.2f us each), bare client GET %.0f/s (%.2f us each): "
+              "ratio %.2fx, cost per hit above the GET %.2f us\n",
+              concurrency, l2, 1e6 * concurrency / l2, bare, 1e6 * concurrency / bare, bare / l2,
+              1e6 * concurrency / l2 - 1e6 * concurrency / bare);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "client" && argc == 6)
+    return client_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
+                        std::atof(argv[5]));
+  if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
+  std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | l2 PORT CONCURRENCY SECONDS\n", argv[0]);
+  return 2;
+}
