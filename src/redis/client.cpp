@@ -92,9 +92,10 @@ struct client::impl : std::enable_shared_from_this<impl> {
 
   void exec(std::vector<std::string> args, exec_handler h) {
     if (!conn || !conn->is_open()) {
+      // Possibly inside the initiating call: posted, never run inside it.
       auto ex = asio::get_associated_executor(h, strand);
-      asio::dispatch(ex, [h = std::move(h)]() mutable {
-        std::move(h)(make_error_code(error::not_connected), reply{});
+      asio::post(strand, [ex, h = std::move(h)]() mutable {
+        asio::dispatch(ex, [h = std::move(h)]() mutable { std::move(h)(make_error_code(error::not_connected), reply{}); });
       });
       return;
     }
@@ -129,6 +130,8 @@ error_code client::last_error() const {
 }
 
 void client::start_exec(std::vector<std::string> args, exec_handler h) {
+  // Already on the strand (a completion issuing the next command): no hop.
+  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h));
   asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {
     self->exec(std::move(args), std::move(h));
   });

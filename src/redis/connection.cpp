@@ -39,11 +39,28 @@ void complete(Handler h, const asio::strand<asio::any_io_executor>& strand, Args
   });
 }
 
+// As `complete`, for a result known inside an initiating function: posted, so
+// the handler never runs inside the call.
+template <class Handler, class... Args>
+void complete_later(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
+  auto ex = asio::get_associated_executor(h, strand);
+  asio::post(strand, [ex, h = std::move(h), ... a = std::move(args)]() mutable {
+    asio::dispatch(ex, [h = std::move(h), ... a = std::move(a)]() mutable { std::move(h)(std::move(a)...); });
+  });
+}
+
+// The strand a connection runs on: the executor itself when it is already a
+// strand (a client shares its strand with its connection), else a new one.
+asio::strand<asio::any_io_executor> strand_of(const asio::any_io_executor& ex) {
+  if (auto* s = ex.target<asio::strand<asio::any_io_executor>>()) return *s;
+  return asio::make_strand(ex);
+}
+
 }  // namespace
 
 struct connection::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, connection_options o)
-      : strand(asio::make_strand(ex)), opts(std::move(o)), socket(strand), resolver(strand), connect_timer(strand),
+      : strand(strand_of(ex)), opts(std::move(o)), socket(strand), resolver(strand), connect_timer(strand),
         deadline_timer(strand) {}
 
   enum class state { idle, connecting, open, closed };
@@ -67,6 +84,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::array<char, 16 * 1024> read_buf{};
   std::string write_buf;
   bool writing = false;
+  bool flush_scheduled = false;  // a write() is posted
   std::deque<command> pending;   // not written yet
   std::deque<command> inflight;  // written, awaiting replies in order
   std::uint64_t next_id = 0;
@@ -107,6 +125,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   void on_connected(error_code ec) {
     if (st != state::connecting) return;  // timed out or closed meanwhile
     if (ec) return fail(ec);
+    if (opts.unix_socket.empty()) {
+      // Pipelined commands are small writes: do not let Nagle hold them back.
+      error_code ignored;
+      socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+    }
     read();
     // The handshake goes through the pipeline like any command.
     std::vector<std::vector<std::string>> steps;
@@ -144,17 +167,16 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   command make_command(const std::vector<std::string>& args) {
     command c;
     c.id = ++next_id;
-    std::vector<std::string_view> views(args.begin(), args.end());
-    append_command(c.bytes, views);
+    append_command(c.bytes, args);
     c.deadline = clock_type::now() + opts.command_timeout;
     return c;
   }
 
   void exec(std::vector<std::string> args, exec_handler h) {
-    if (st != state::open) return complete(std::move(h), strand, make_error_code(error::not_connected), reply{});
-    if (args.empty()) return complete(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
+    if (st != state::open) return complete_later(std::move(h), strand, make_error_code(error::not_connected), reply{});
+    if (args.empty()) return complete_later(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
     if (pending.size() + inflight.size() >= opts.max_pending)
-      return complete(std::move(h), strand, make_error_code(error::queue_full), reply{});
+      return complete_later(std::move(h), strand, make_error_code(error::queue_full), reply{});
     command c = make_command(args);
     auto slot = asio::get_associated_cancellation_slot(h);
     if (slot.is_connected()) {
@@ -166,7 +188,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     c.handler.emplace(std::move(h));
     pending.push_back(std::move(c));
     arm_deadline();
-    write();
+    schedule_write();
+  }
+
+  // Writes what is pending once the current handler returns, so that commands
+  // issued together (by the completions of one read, say) share one write.
+  void schedule_write() {
+    if (writing || flush_scheduled) return;
+    flush_scheduled = true;
+    asio::post(strand, [self = shared_from_this()] {
+      self->flush_scheduled = false;
+      self->write();
+    });
   }
 
   // Completes a command early; a written one keeps its place so that its
@@ -352,6 +385,8 @@ void connection::start_connect(connect_handler h) {
 }
 
 void connection::start_exec(std::vector<std::string> args, exec_handler h) {
+  // Already on the strand (a client's, or a completion's): no hop needed.
+  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h));
   asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {
     self->exec(std::move(args), std::move(h));
   });

@@ -53,6 +53,14 @@ inline void append_command(std::string& out, const std::vector<std::string_view>
   for (std::string_view a : args) detail::append_bulk(out, a);
 }
 
+/// As above, from owned strings.
+inline void append_command(std::string& out, const std::vector<std::string>& args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (const std::string& a : args) detail::append_bulk(out, a);
+}
+
 /// One reply from the server.
 struct reply {
   enum class kind { status, error, integer, bulk, nil, array };
