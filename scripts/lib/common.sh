@@ -11,8 +11,9 @@ CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libgtest-dev libbenchmark-dev
   libhiredis-dev curl)
 
-# What only the tests need: a browser for the dashboard test, and Redis.
-CF_TEST_PACKAGES=(chromium redis-server)
+# What only the tests need: a browser for the dashboard test, Redis, and
+# Python's venv for installing Conan with pip.
+CF_TEST_PACKAGES=(chromium redis-server python3-venv)
 
 cf_log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
