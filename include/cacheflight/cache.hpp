@@ -165,6 +165,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       for (const auto& t : opts_.tiers)
         if (!t) throw_invalid_option("cache_options::tiers holds a null tier");
       tier_counts_ = std::make_unique<tier_counters[]>(opts_.tiers.size());
+      epochs_ = std::make_unique<std::atomic<std::uint64_t>[]>(epoch_stripes);
     }
   }
 
@@ -240,9 +241,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         if (!sh.end_load(key, *token)) return false;  // erased, cleared or set meanwhile
       } else {
         sh.invalidate_load(key);  // an explicit set is newer than any load in flight
-        sh.invalidations.fetch_add(1, std::memory_order_relaxed);
+        if (has_tiers()) epoch_of(key).fetch_add(1, std::memory_order_relaxed);
       }
-      if (epoch) *epoch = sh.invalidations.load(std::memory_order_relaxed);
+      if (epoch && has_tiers()) *epoch = epoch_of(key).load(std::memory_order_relaxed);
       const std::int64_t t = now();
       sh.purge(t, 8, dead);
       oversized = !sh.put(std::move(k), deadline(t, ttl), w,
@@ -269,7 +270,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     {
       std::lock_guard lk(sh.mu);
       sh.invalidate_load(key);
-      sh.invalidations.fetch_add(1, std::memory_order_relaxed);
+      if (has_tiers()) epoch_of(key).fetch_add(1, std::memory_order_relaxed);
       erased = sh.erase(key, dead);
     }
     bury(dead);
@@ -282,7 +283,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       {
         std::lock_guard lk(shards_[i].mu);
         shards_[i].invalidate_loads();
-        shards_[i].invalidations.fetch_add(1, std::memory_order_relaxed);
+        if (has_tiers())
+          for (std::size_t e = 0; e < epoch_stripes; ++e) epochs_[e].fetch_add(1, std::memory_order_relaxed);
         shards_[i].clear(dead);
       }
       bury(dead);
@@ -379,11 +381,18 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         }
         c.hits.fetch_add(1, std::memory_order_relaxed);
         emit_tier(cache_event_kind::tier_hit, key, i);
+        // Remaining lifetime; a century at most (foreign bytes may claim any expiry).
+        constexpr std::chrono::milliseconds century = std::chrono::hours(24 * 36524);
         const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
-                                                 : std::chrono::milliseconds(env->expires_ms - now_ms);
-        store(key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
-              token);
-        for (std::size_t j = 0; j < i; ++j) put_tier(j, key, *bytes, left);
+                                                 : std::min(std::chrono::milliseconds(env->expires_ms - now_ms), century);
+        std::uint64_t epoch = 0;
+        const bool kept = store(
+            key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
+            token, &epoch);
+        if (kept && i > 0) {
+          for (std::size_t j = 0; j < i; ++j) put_tier(j, key, *bytes, left);
+          recheck(key, epoch);
+        }
         co_return v;
       }
     }
@@ -413,18 +422,26 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
           tier_counts_[i].errors.fetch_add(1, std::memory_order_relaxed);
           emit(cache_event{cache_event_kind::tier_error, key, {}, e, {}, opts_.tiers[i]->name()});
         }
+        erase_tiers(key);  // the tiers must not keep the value this one replaced
         if (rethrow) throw;
         return;
       }
       for (std::size_t i = 0; i + 1 < opts_.tiers.size(); ++i) put_tier(i, key, bytes, left);
       put_tier(opts_.tiers.size() - 1, key, std::move(bytes), left);
-      // An erase, clear or set of this shard since the value was stored may have
-      // reached the tiers before this write: erase it again so that no tier keeps
-      // a value memory has dropped.
-      if (shard_for(key).invalidations.load(std::memory_order_relaxed) != epoch)
-        on_every_tier(
-            key, [&](tier& t, auto h) { t.async_erase(key, std::move(h)); }, [](boost::system::error_code) {});
+      recheck(key, epoch);
     }
+  }
+
+  // An erase, clear or set of `key` since a value was stored in memory (at
+  // `epoch`) may have reached the tiers before that value's write: erase it
+  // again, so that no tier keeps a value memory has dropped. Keys share
+  // epochs by stripe, so this may erase a value that was fine: a later miss.
+  void recheck(const std::string& key, std::uint64_t epoch) {
+    if (epoch_of(key).load(std::memory_order_relaxed) != epoch) erase_tiers(key);
+  }
+
+  void erase_tiers(const std::string& key) {
+    on_every_tier(key, [&](tier& t, auto h) { t.async_erase(key, std::move(h)); }, [](boost::system::error_code) {});
   }
 
   // Runs `op(tier&, handler)` on every tier and calls `done(first error)` once
@@ -535,6 +552,13 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   }
 
   std::unique_ptr<tier_counters[]> tier_counts_;
+  // Invalidation counts by key stripe, kept only with tiers (see recheck).
+  static constexpr std::size_t epoch_stripes = 256;
+  std::unique_ptr<std::atomic<std::uint64_t>[]> epochs_;
+
+  std::atomic<std::uint64_t>& epoch_of(std::string_view key) noexcept {
+    return epochs_[boost::hash<std::string_view>{}(key) % epoch_stripes];
+  }
 
   std::uint64_t begin_load(const std::string& key) {
     const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;

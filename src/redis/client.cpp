@@ -120,6 +120,8 @@ client::~client() {
 
 client::executor_type client::get_executor() const noexcept { return impl_->strand.get_inner_executor(); }
 
+asio::strand<client::executor_type> client::get_strand() const noexcept { return impl_->strand; }
+
 bool client::is_connected() const noexcept { return impl_->connected.load(); }
 
 std::size_t client::connections_opened() const noexcept { return impl_->opened.load(); }

@@ -2,6 +2,8 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/connection.hpp>
 
+#include "shutdown_registry.hpp"
+
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -202,32 +204,35 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     });
   }
 
-  // Completes a command early; a written one keeps its place so that its
-  // reply, when it comes, is matched and dropped.
+  // Completes a command early. It keeps its place in the queues (removing it
+  // from the middle of a deque would move-assign handlers, which recurses in
+  // Boost 1.81's any_completion_handler): an unwritten one is skipped by
+  // write(), a written one's reply is matched and dropped. The handler is taken
+  // out before it is completed, since completing may run code that queues
+  // more commands.
   void abandon(std::uint64_t id, error_code ec) {
-    for (auto it = pending.begin(); it != pending.end(); ++it)
-      if (it->id == id) {
-        if (it->handler) complete(std::move(*it->handler), strand, ec, reply{});
-        pending.erase(it);
-        return;
-      }
-    for (auto& c : inflight)
-      if (c.id == id && c.handler) {
-        auto h = std::move(*c.handler);
-        c.handler.reset();
-        complete(std::move(h), strand, ec, reply{});
-        return;
-      }
+    for (auto* q : {&pending, &inflight})
+      for (auto& c : *q)
+        if (c.id == id) {
+          if (!c.handler) return;
+          exec_handler h(std::move(*c.handler));
+          c.handler.reset();
+          complete(std::move(h), strand, ec, reply{});
+          return;
+        }
   }
 
   void write() {
     if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
     while (!pending.empty()) {
-      write_buf += pending.front().bytes;
-      inflight.push_back(std::move(pending.front()));
+      if (pending.front().handler || pending.front().auth) {  // abandoned commands are not sent
+        write_buf += pending.front().bytes;
+        inflight.push_back(std::move(pending.front()));
+      }
       pending.pop_front();
     }
+    if (write_buf.empty()) return;
     writing = true;
     asio::async_write(socket, asio::buffer(write_buf), [self = shared_from_this()](error_code ec, std::size_t) {
       self->writing = false;
@@ -328,46 +333,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 };
 
-namespace detail {
-
-// Tracks the connections of one execution context, so that its shutdown
-// destroys the handlers they hold.
-class connection_registry final : public asio::execution_context::service {
- public:
-  using key_type = connection_registry;
-  static asio::execution_context::id id;
-
-  explicit connection_registry(asio::execution_context& ctx) : asio::execution_context::service(ctx) {}
-
-  void add(const std::shared_ptr<connection::impl>& c) {
-    std::lock_guard lk(mu_);
-    std::erase_if(live_, [](const auto& w) { return w.expired(); });
-    live_.push_back(c);
-  }
-
- private:
-  void shutdown() override {
-    std::vector<std::shared_ptr<connection::impl>> alive;
-    {
-      std::lock_guard lk(mu_);
-      for (auto& w : live_)
-        if (auto c = w.lock()) alive.push_back(std::move(c));
-      live_.clear();
-    }
-    for (auto& c : alive) c->drop_handlers();
-  }
-
-  std::mutex mu_;
-  std::vector<std::weak_ptr<connection::impl>> live_;
-};
-
-asio::execution_context::id connection_registry::id;
-
-}  // namespace detail
 
 connection::connection(executor_type ex, connection_options opts)
     : impl_(std::make_shared<impl>(ex, std::move(opts))) {
-  asio::use_service<detail::connection_registry>(asio::query(ex, asio::execution::context)).add(impl_);
+  detail::drop_handlers_at_shutdown(ex, impl_);
 }
 
 connection::~connection() { close(); }

@@ -2,8 +2,11 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/tier.hpp>
 
+#include "shutdown_registry.hpp"
+
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
@@ -43,7 +46,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   using done_handler = asio::any_completion_handler<cacheflight::tier::done_signature>;
 
   impl(std::shared_ptr<client> c, tier_options o)
-      : cl(std::move(c)), strand(asio::make_strand(cl->get_executor())), opts(std::move(o)),
+      : cl(std::move(c)), strand(cl->get_strand()), opts(std::move(o)),
         open_for(opts.breaker_min) {}
 
   // A write waiting in the queue: the latest for its key (set or erase), or a
@@ -62,8 +65,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   tier_options opts;
   bool stopped = false;
 
-  // The breaker, on the strand.
+  // The breaker, on the strand. `gen` changes with every state change: an
+  // operation's outcome counts only if the state it was admitted in still holds.
   breaker_state state = breaker_state::closed;
+  std::uint64_t gen = 0;
   unsigned failures = 0;
   milliseconds open_for;  // the next open period
   steady::time_point reopen_at{};
@@ -88,10 +93,15 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return k;
   }
 
+  // Completes `h` on its associated executor (where its cancellation slot is
+  // also cleared, in the context that emits on it).
   template <class Handler, class... Args>
   void complete(Handler h, Args... args) {
     auto ex = asio::get_associated_executor(h, strand);
-    asio::dispatch(ex, [h = std::move(h), ... a = std::move(args)]() mutable { std::move(h)(std::move(a)...); });
+    asio::dispatch(ex, [h = std::move(h), ... a = std::move(args)]() mutable {
+      asio::get_associated_cancellation_slot(h).clear();
+      std::move(h)(std::move(a)...);
+    });
   }
 
   // --- the breaker ---------------------------------------------------------
@@ -99,6 +109,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void set_state(breaker_state s) {
     if (s == state) return;
     state = s;
+    ++gen;
     state_pub.store(s, std::memory_order_relaxed);
     if (opts.on_breaker) {
       try {
@@ -114,12 +125,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return state == breaker_state::open || (state == breaker_state::half_open && probing);
   }
 
-  // Whether an operation may be sent now; in half-open state, the first one
-  // becomes the probe.
-  bool admit() {
-    if (open_now()) return false;
+  // Whether an operation may be sent now, and the generation it is sent in;
+  // in half-open state, the first one becomes the probe.
+  std::optional<std::uint64_t> admit() {
+    if (open_now()) return std::nullopt;
     if (state == breaker_state::half_open) probing = true;
-    return true;
+    return gen;
   }
 
   void succeeded() {
@@ -143,9 +154,11 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     fail_queue(make_error_code(error::tier_unavailable));
   }
 
-  // Accounts for one operation's outcome; a cancellation by its caller says
-  // nothing of the server.
-  void outcome(const error_code& ec) {
+  // Accounts for the outcome of an operation admitted in generation `g`. One
+  // admitted before the state changed says nothing of the present; a
+  // cancellation by its caller says nothing of the server.
+  void outcome(const error_code& ec, std::uint64_t g) {
+    if (g != gen) return;
     if (ec == asio::error::operation_aborted)
       probing = false;
     else if (ec)
@@ -156,15 +169,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // --- reads ---------------------------------------------------------------
 
-  void get(std::string key, get_handler h) {
+  // `cancel`, when set, is emitted on the strand when the caller cancels.
+  void get(std::string key, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel) {
     if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
-    if (!admit())
-      return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
-    auto slot = asio::get_associated_cancellation_slot(h);
+    const auto g = admit();
+    if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
+    asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
     cl->async_exec({"GET", full(key)},
                    asio::bind_cancellation_slot(
-                       slot, asio::bind_executor(strand, [self = shared_from_this(), h = std::move(h)](
-                                                             error_code ec, reply r) mutable {
+                       slot, asio::bind_executor(strand, [self = shared_from_this(), h = std::move(h), cancel,
+                                                          g = *g](error_code ec, reply r) mutable {
                          std::optional<std::string> v;
                          if (!ec) {
                            if (r.type == reply::kind::bulk)
@@ -172,7 +186,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                            else if (r.type != reply::kind::nil)
                              ec = make_error_code(error::protocol_error);
                          }
-                         self->outcome(ec);
+                         self->outcome(ec, g);
                          self->complete(std::move(h), ec, std::move(v));
                        })));
   }
@@ -255,13 +269,14 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // order of writes across reconnects.
   void pump() {
     if (writing || queue.empty() || stopped) return;
-    if (!admit()) return fail_queue(make_error_code(error::tier_unavailable));
+    const auto g = admit();
+    if (!g) return fail_queue(make_error_code(error::tier_unavailable));
     writing = true;
     auto batch = std::make_shared<op_list>();
     if (queue.front().what == write_op::kind::clear) {
       batch->splice(batch->end(), queue, queue.begin());
       publish_queue();
-      return scan(batch, "0");
+      return scan(batch, "0", *g);
     }
     while (!queue.empty() && batch->size() < opts.write_batch && queue.front().what != write_op::kind::clear) {
       index.erase(queue.front().key);
@@ -288,16 +303,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         args.push_back(op.key);
       }
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
-                                                                   remaining, i](error_code ec, reply r) {
+                                                                   remaining, i, g = *g](error_code ec, reply r) {
                        if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
                        (*results)[i] = ec;
-                       if (--*remaining == 0) self->batch_done(*batch, *results);
+                       if (--*remaining == 0) self->batch_done(*batch, *results, g);
                      }));
       ++i;
     }
   }
 
-  void batch_done(op_list& batch, const std::vector<error_code>& results) {
+  void batch_done(op_list& batch, const std::vector<error_code>& results, std::uint64_t g) {
     writing = false;
     error_code first;
     std::size_t i = 0;
@@ -311,46 +326,54 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       }
       for (done_handler& w : op.waiters) complete(std::move(w), ec);
     }
-    outcome(first);
+    outcome(first, g);
     pump();
   }
 
   // Removes the prefix's keys: SCAN with MATCH, UNLINK each page.
-  void scan(std::shared_ptr<op_list> batch, std::string cursor) {
+  void scan(std::shared_ptr<op_list> batch, std::string cursor, std::uint64_t g) {
     cl->async_exec({"SCAN", std::move(cursor), "MATCH", prefix_pattern(opts.prefix), "COUNT", "1000"},
-                   asio::bind_executor(strand, [self = shared_from_this(), batch](error_code ec, reply r) {
+                   asio::bind_executor(strand, [self = shared_from_this(), batch, g](error_code ec, reply r) {
                      if (!ec && (r.type != reply::kind::array || r.elements.size() != 2 ||
                                  r.elements[0].type != reply::kind::bulk || r.elements[1].type != reply::kind::array))
                        ec = make_error_code(error::protocol_error);
-                     if (ec) return self->clear_done(*batch, ec);
+                     if (ec) return self->clear_done(*batch, ec, g);
                      std::string next = std::move(r.elements[0].str);
                      std::vector<std::string> args{"UNLINK"};
                      for (reply& k : r.elements[1].elements)
                        if (k.type == reply::kind::bulk) args.push_back(std::move(k.str));
                      if (args.size() == 1) {
-                       if (next == "0") return self->clear_done(*batch, {});
-                       return self->scan(batch, std::move(next));
+                       if (next == "0") return self->clear_done(*batch, {}, g);
+                       return self->scan(batch, std::move(next), g);
                      }
-                     self->cl->async_exec(std::move(args), asio::bind_executor(self->strand, [self, batch, next](
+                     self->cl->async_exec(std::move(args), asio::bind_executor(self->strand, [self, batch, next, g](
                                                                                                  error_code ec, reply r) {
                                             if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
-                                            if (ec || next == "0") return self->clear_done(*batch, ec);
-                                            self->scan(batch, next);
+                                            if (ec || next == "0") return self->clear_done(*batch, ec, g);
+                                            self->scan(batch, next, g);
                                           }));
                    }));
   }
 
-  void clear_done(op_list& batch, error_code ec) {
+  void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
     writing = false;
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
-    outcome(ec);
+    outcome(ec, g);
     pump();
   }
 
   void stop() {
     stopped = true;
     fail_queue(asio::error::operation_aborted);
+  }
+
+  // The execution context is shutting down (see shutdown_registry.hpp).
+  void drop_handlers() {
+    op_list doomed = std::move(queue);
+    queue.clear();
+    index.clear();
+    queued_sets = 0;
   }
 };
 
@@ -363,6 +386,7 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
   if (opts.breaker_min <= milliseconds::zero() || opts.breaker_max < opts.breaker_min)
     cacheflight::detail::throw_invalid_option("redis::tier_options: need 0 < breaker_min <= breaker_max");
   impl_ = std::make_shared<impl>(std::move(c), std::move(opts));
+  detail::drop_handlers_at_shutdown(impl_->strand, impl_);
 }
 
 tier::tier(executor_type ex, client_options copts, tier_options opts)
@@ -380,8 +404,18 @@ tier_health tier::health() const {
 client& tier::get_client() noexcept { return *impl_->cl; }
 
 void tier::do_get(std::string key, get_handler handler) {
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler)]() mutable {
-    self->get(std::move(key), std::move(h));
+  // The caller's slot is assigned here, in the caller's context, which is
+  // where it is emitted and cleared; its handler hands the cancellation to the
+  // strand, where the command's own slot lives.
+  std::shared_ptr<asio::cancellation_signal> cancel;
+  if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
+    cancel = std::make_shared<asio::cancellation_signal>();
+    slot.assign([cancel, strand = impl_->strand](asio::cancellation_type_t t) {
+      asio::post(strand, [cancel, t] { cancel->emit(t); });
+    });
+  }
+  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), cancel]() mutable {
+    self->get(std::move(key), std::move(h), std::move(cancel));
   });
 }
 

@@ -132,6 +132,48 @@ TEST_F(RedisConnection, CancelledCommandCompletesAtOnceWithOperationAborted) {
   EXPECT_EQ(pong.str, "PONG");
 }
 
+TEST_F(RedisConnection, CancellingACommandQueuedBehindALongWriteLeavesTheOthersIntact) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  // A 64 MiB value keeps the socket busy, so the next commands wait unwritten.
+  std::optional<error_code> big;
+  c.async_exec({"SET", "big", std::string(64 << 20, 'x')}, [&](error_code ec, redis::reply) { big = ec; });
+  io.restart();
+  io.poll();
+  std::vector<std::optional<std::pair<error_code, std::string>>> got(5);
+  asio::cancellation_signal sig;
+  for (int i = 0; i < 5; ++i) {
+    auto h = [&, i](error_code ec, redis::reply r) { got[i].emplace(ec, r.str); };
+    if (i == 2)
+      c.async_exec({"ECHO", "2"}, asio::bind_cancellation_slot(sig.slot(), h));
+    else
+      c.async_exec({"ECHO", std::to_string(i)}, h);
+  }
+  io.poll();
+  sig.emit(asio::cancellation_type::terminal);  // the middle one
+  auto all = [&] {
+    for (auto& g : got)
+      if (!g) return false;
+    return big.has_value();
+  };
+  while (!all() && io.run_one()) {
+  }
+  ASSERT_TRUE(all());
+  EXPECT_FALSE(*big);
+  for (int i = 0; i < 5; ++i) {
+    if (i == 2) {
+      EXPECT_EQ(got[i]->first, asio::error::operation_aborted);
+      continue;
+    }
+    EXPECT_FALSE(got[i]->first) << i;
+    EXPECT_EQ(got[i]->second, std::to_string(i));
+  }
+  auto [ec, pong] = exec(c, {"PING"});
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(pong.str, "PONG");
+  exec(c, {"DEL", "big"});
+}
+
 TEST_F(RedisConnection, FailsFastWhenNotConnectedOrClosed) {
   redis::connection c{io.get_executor(), options()};
   auto [ec, r] = exec(c, {"PING"});

@@ -25,21 +25,30 @@ case "$cmd" in
   start)
     mkdir -p "$dir"
     terminate
-    port=""
-    [ "${RESTART_PORT:-}" ] && port=$RESTART_PORT
-    for _ in $(seq 1 50); do
-      [ -n "$port" ] && break
-      candidate=$((20000 + RANDOM % 40000))
-      if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
-    done
-    [ -n "$port" ] || { echo "no free port"; exit 1; }
-    args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
-          --pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir")
-    [ -n "${3:-}" ] && args+=(--requirepass "$3")
-    redis-server "${args[@]}"
-    for _ in $(seq 1 100); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port" >"$dir/port"; exit 0; fi
-      sleep 0.05
+    # Ports below the usual ephemeral range (32768 and up), so that no outgoing
+    # connection holds the one picked; a port taken between the check and the
+    # bind is retried with another (a restart keeps its port, and retries it).
+    for attempt in $(seq 1 20); do
+      port=${RESTART_PORT:-}
+      while [ -z "$port" ]; do
+        candidate=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; fi
+      done
+      args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+            --pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir")
+      [ -n "${3:-}" ] && args+=(--requirepass "$3")
+      : >"$dir/log"
+      redis-server "${args[@]}"
+      for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && [ -f "$dir/pid" ]; then
+          echo "$port" >"$dir/port"
+          exit 0
+        fi
+        grep -q "Address already in use" "$dir/log" && break
+        sleep 0.05
+      done
+      terminate
+      [ -n "${RESTART_PORT:-}" ] && sleep 0.2
     done
     echo "redis-server did not start"; cat "$dir/log" || true; exit 1
     ;;

@@ -91,9 +91,7 @@ class alignas(64) l1_shard {
 
   shard_mutex mu;
   l1_counters counters;
-  // Bumped by every erase, clear and explicit set in this shard: a writer to the
-  // tiers compares it before and after, and erases what it wrote if it moved.
-  std::atomic<std::uint64_t> invalidations{0};
+
 
   std::size_t count() const noexcept { return map_.size(); }
   std::size_t weight() const noexcept { return weight_; }

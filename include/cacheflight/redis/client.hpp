@@ -7,6 +7,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <memory>
@@ -60,6 +61,10 @@ class client {
 
   /// The executor given at construction.
   executor_type get_executor() const noexcept;
+
+  /// The strand the client and its connection keep their state on. A command
+  /// initiated on it is queued without a hop; `redis::tier` shares it.
+  boost::asio::strand<executor_type> get_strand() const noexcept;
 
   /// Whether a connection is open now.
   bool is_connected() const noexcept;

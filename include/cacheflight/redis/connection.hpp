@@ -35,10 +35,6 @@ struct connection_options {
   std::size_t max_pending = 10'000;
 };
 
-namespace detail {
-class connection_registry;
-}
-
 /// One connection to a Redis server over TCP or a unix-domain socket, with
 /// pipelining: concurrent commands share the connection, are written together,
 /// and complete in order. Asio owns the socket; replies are parsed by hiredis.
@@ -109,7 +105,6 @@ class connection {
   void start_exec(std::vector<std::string> args, exec_handler h);
 
   struct impl;
-  friend class detail::connection_registry;
   std::shared_ptr<impl> impl_;
 };
 

@@ -21,7 +21,8 @@ struct tier_options {
   /// be empty. Give each cache its own prefix when several share one server.
   std::string prefix = "cacheflight:";
   /// Writes (sets) accepted and not yet sent at most; beyond it a write is
-  /// dropped with `error::queue_full`. Erases and clears are always accepted.
+  /// dropped with `error::queue_full`. Erases and clears do not count against
+  /// it (each has a caller waiting for it).
   std::size_t max_queued_writes = 10'000;
   /// Writes sent together in one pipelined batch at most.
   std::size_t write_batch = 64;
@@ -52,6 +53,10 @@ struct tier_options {
 ///   `error::tier_unavailable` (the cache then serves memory and loaders); after
 ///   `breaker_min` (doubling per failed probe, up to `breaker_max`) one
 ///   operation is let through as a probe, and its success closes the breaker.
+///   Writes queued when it opens are dropped. Erases and clears fail too, and
+///   the cache's `async_erase` and `async_clear` report that to their callers:
+///   Redis still holds what it held, so retry them once Redis is back (or give
+///   values a TTL, which bounds how long a missed erase lasts).
 /// - `async_clear` removes the prefix's keys with `SCAN` and `UNLINK`, never
 ///   the whole database.
 ///
