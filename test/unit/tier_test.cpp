@@ -36,6 +36,8 @@ class memory_tier final : public cf::tier {
   void do_get(std::string key, get_handler h) override {
     log.push_back("get " + key);
     if (hold_gets) {
+      auto it = data.find(key);
+      held_value_ = it == data.end() ? std::nullopt : std::optional<std::string>(it->second);
       auto slot = asio::get_associated_cancellation_slot(h);
       held_.swap(h);  // Boost 1.81's move assignment of any_completion_handler recurses: swap
       if (slot.is_connected())
@@ -83,6 +85,15 @@ class memory_tier final : public cf::tier {
   asio::any_io_executor ex_;
   std::string name_;
   get_handler held_;
+  std::optional<std::string> held_value_;
+
+ public:
+  // Completes the held read with what the key held when it was read.
+  void release() {
+    asio::get_associated_cancellation_slot(held_).clear();
+    get_handler h(std::move(held_));
+    complete(std::move(h), error_code{}, std::move(held_value_));
+  }
 };
 
 struct tier_log {
@@ -312,6 +323,25 @@ TEST_F(Tier, AnEraseDuringALoadKeepsTheLoadedValueOutOfTheTiers) {
   EXPECT_EQ(o.value, 5);  // the caller gets it
   EXPECT_FALSE(t->data.contains("k"));
   EXPECT_TRUE(t->puts.empty());
+}
+
+TEST_F(Tier, AnEraseDuringATierReadKeepsTheReadValueOutOfTheTiersBefore) {
+  auto l2 = std::make_shared<memory_tier>(io.get_executor(), "l2");
+  auto l3 = std::make_shared<memory_tier>(io.get_executor(), "l3");
+  l3->data["k"] = stored(3, 30s);
+  l3->hold_gets = true;
+  tcache c{io, with({l2, l3})};
+  outcome<> o;
+  c.async_get("k", loader(0), o.handler());
+  run_until(io, [&] { return l3->log.size() == 1; });  // l3 is reading
+  bool erased = false;
+  c.async_erase("k", [&](std::exception_ptr e, bool) { erased = !e; });
+  run_until(io, [&] { return erased; });
+  l3->release();  // the read returns what it read before the erase
+  drain(io);
+  EXPECT_EQ(o.value, 3);          // the caller gets it
+  EXPECT_TRUE(l2->puts.empty());  // but no tier is filled with it
+  EXPECT_EQ(c.peek("k"), std::nullopt);
 }
 
 // A value type whose codec refuses negative numbers.
