@@ -149,8 +149,9 @@ TEST_F(RedisConnection, CancellingACommandQueuedBehindALongWriteLeavesTheOthersI
     else
       c.async_exec({"ECHO", std::to_string(i)}, h);
   }
-  io.poll();
-  sig.emit(asio::cancellation_type::terminal);  // the middle one
+  // Cancel the middle one on the connection's strand, behind the commands:
+  // before its reply can have been read.
+  asio::post(c.get_executor(), [&] { sig.emit(asio::cancellation_type::terminal); });
   auto all = [&] {
     for (auto& g : got)
       if (!g) return false;
