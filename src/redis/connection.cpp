@@ -89,6 +89,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool flush_scheduled = false;  // a write() is posted
   std::deque<command> pending;   // not written yet
   std::deque<command> inflight;  // written, awaiting replies in order
+  std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
   std::uint64_t next_id = 0;
   state st = state::idle;
   std::atomic<bool> open_flag{false};
@@ -177,7 +178,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   void exec(std::vector<std::string> args, exec_handler h) {
     if (st != state::open) return complete_later(std::move(h), strand, make_error_code(error::not_connected), reply{});
     if (args.empty()) return complete_later(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
-    if (pending.size() + inflight.size() >= opts.max_pending)
+    if (live >= opts.max_pending)
       return complete_later(std::move(h), strand, make_error_code(error::queue_full), reply{});
     command c = make_command(args);
     auto slot = asio::get_associated_cancellation_slot(h);
@@ -189,6 +190,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     c.handler.emplace(std::move(h));
     pending.push_back(std::move(c));
+    ++live;
     arm_deadline();
     schedule_write();
   }
@@ -217,6 +219,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
           if (!c.handler) return;
           exec_handler h(std::move(*c.handler));
           c.handler.reset();
+          --live;
           complete(std::move(h), strand, ec, reply{});
           return;
         }
@@ -255,8 +258,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         self->inflight.pop_front();
         if (c.auth)
           self->handshake_reply(c, *r);
-        else if (c.handler)
+        else if (c.handler) {
+          --self->live;
           complete(std::move(*c.handler), self->strand, error_code{}, std::move(*r));
+        }
         if (self->st == state::closed) return;
       }
       self->read();
@@ -308,6 +313,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     std::deque<command> p = std::move(pending), i = std::move(inflight);
     pending.clear();
     inflight.clear();
+    live = 0;
   }
 
   // The connection is lost: everyone waiting learns why.
@@ -325,6 +331,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       connecting.reset();
       complete(std::move(h), strand, ec);
     }
+    live = 0;
     for (auto* q : {&inflight, &pending}) {
       for (auto& c : *q)
         if (c.handler) complete(std::move(*c.handler), strand, ec, reply{});

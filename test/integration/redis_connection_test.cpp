@@ -179,6 +179,33 @@ TEST_F(RedisConnection, CancellingOneOfSeveralPipelinedCommandsLeavesTheOthersIn
   exec(c, {"DEL", "big"});
 }
 
+TEST_F(RedisConnection, MaxPendingBoundsTheWaitingCommandsAndACancelledOneFreesItsPlace) {
+  auto o = options();
+  o.max_pending = 2;
+  redis::connection c{io.get_executor(), o};
+  ASSERT_FALSE(connect(c));
+  asio::cancellation_signal sig;
+  std::optional<error_code> first, second, third, fourth;
+  c.async_exec({"BLPOP", "empty-list", "0.3"},
+               asio::bind_cancellation_slot(sig.slot(), [&](error_code ec, redis::reply) { first = ec; }));
+  c.async_exec({"BLPOP", "empty-list", "0.3"}, [&](error_code ec, redis::reply) { second = ec; });
+  c.async_exec({"PING"}, [&](error_code ec, redis::reply) { third = ec; });
+  io.restart();
+  while (!third && io.run_one()) {
+  }
+  EXPECT_EQ(*third, cf::error::queue_full);
+  asio::post(c.get_executor(), [&] { sig.emit(asio::cancellation_type::terminal); });
+  while (!first && io.run_one()) {
+  }
+  EXPECT_EQ(*first, asio::error::operation_aborted);
+  // The cancelled command's reply is still to come, but its place is free.
+  c.async_exec({"PING"}, [&](error_code ec, redis::reply) { fourth = ec; });
+  while (!(fourth && second) && io.run_one()) {
+  }
+  EXPECT_FALSE(*fourth);
+  EXPECT_FALSE(*second);
+}
+
 TEST_F(RedisConnection, FailsFastWhenNotConnectedOrClosed) {
   redis::connection c{io.get_executor(), options()};
   auto [ec, r] = exec(c, {"PING"});

@@ -31,7 +31,8 @@ struct connection_options {
   std::chrono::milliseconds connect_timeout{1000};
   /// Bound on each command's wait for its reply.
   std::chrono::milliseconds command_timeout{1000};
-  /// Commands queued or awaiting replies at most; beyond it `error::queue_full`.
+  /// Commands whose callers wait (queued or written; cancelled and timed-out
+  /// ones excluded) at most; beyond it `error::queue_full`.
   std::size_t max_pending = 10'000;
 };
 
