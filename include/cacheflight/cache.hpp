@@ -399,8 +399,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     co_return std::nullopt;
   }
 
-  // Writes `v` to every tier, behind the callers' backs; `epoch` is the shard's
-  // invalidation count seen when `v` was stored in memory. A value the codec
+  // Writes `v` to every tier, behind the callers' backs; `epoch` is the key's
+  // invalidation count (see recheck) seen when `v` was stored in memory. A value the codec
   // refuses is reported (event and error count per tier) and rethrown when
   // `rethrow` is set.
   void write_tiers(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch,
