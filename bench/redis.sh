@@ -14,7 +14,9 @@ dir=$(mktemp -d)
 trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; rm -rf "$dir"' EXIT
 bash "$here/../test/integration/redis_server.sh" start "$dir"
 port=$(cat "$dir/port")
-# The key both clients read: 3 bytes, redis-benchmark's default value size.
+# The key both clients read. Without -r, `redis-benchmark -t get` reads the
+# literal key "key:__rand_int__" (it substitutes random numbers only with -r);
+# the value is 3 bytes, its default value size (-d 3).
 redis-cli -p "$port" set 'key:__rand_int__' xxx >/dev/null
 
 best() { sort -g | tail -n 1; }

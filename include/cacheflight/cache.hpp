@@ -572,9 +572,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
                    std::chrono::nanoseconds took) {
     if (is_abort(failure)) {
       // Cancelled because its callers left: not the loader's failure.
-      shard& sh = shard_for(key);
-      std::lock_guard lk(sh.mu);
-      sh.end_load(key, token);
+      end_load(key, token);
       return;
     }
     load_failures_.fetch_add(1, std::memory_order_relaxed);
@@ -582,9 +580,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     if (opts_.negative_ttl) {
       store(key, nullptr, failure, *opts_.negative_ttl, token);
     } else {
-      shard& sh = shard_for(key);
-      std::lock_guard lk(sh.mu);
-      sh.end_load(key, token);
+      end_load(key, token);
     }
   }
 

@@ -18,21 +18,27 @@ source "$here/service.sh"
 redis_dir=$(mktemp -d)
 pid_a=""
 pid_b=""
+# Stops both instances (and one that failed to start) and the server.
 cleanup() {
-  for p in $pid_a $pid_b; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in $pid_a $pid_b ${pid:-}; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   bash "$redis_script" stop "$redis_dir" || true
   rm -rf "$redis_dir"
 }
+trap cleanup EXIT
 bash "$redis_script" start "$redis_dir"
 redis_port=$(cat "$redis_dir/port")
-trap cleanup EXIT
 echo "redis-server on 127.0.0.1:$redis_port"
 
-start_service "$server" --db-latency-ms 50 --redis "127.0.0.1:$redis_port"
+# start_service sets an exit trap of its own: put cleanup back after it, and
+# clean up everything when it fails.
+start_instance() {
+  start_service "$server" --db-latency-ms 50 --redis "127.0.0.1:$redis_port" || { cleanup; exit 1; }
+  trap cleanup EXIT
+}
+start_instance
 pid_a=$pid port_a=$port pid=""
-start_service "$server" --db-latency-ms 50 --redis "127.0.0.1:$redis_port"
+start_instance
 pid_b=$pid port_b=$port pid=""
-trap cleanup EXIT
 echo "instance A on 127.0.0.1:$port_a, instance B on 127.0.0.1:$port_b, both with --redis 127.0.0.1:$redis_port"
 
 status=0
