@@ -21,7 +21,9 @@
 #include <cstddef>
 #include <deque>
 #include <exception>
+#include <charconv>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,8 +35,10 @@
 
 namespace cacheflight {
 
-/// How a batch key becomes a coalescing key. Provided for strings and
-/// arithmetic types; specialize it for others.
+/// How a batch key becomes a coalescing key: `to_string` must be injective
+/// (distinct keys give distinct strings), since keys with equal strings share
+/// one load and one result. Provided for strings and arithmetic types;
+/// specialize it for others.
 template <class K>
 struct key_traits;
 
@@ -43,10 +47,21 @@ struct key_traits<std::string> {
   static std::string to_string(const std::string& k) { return k; }
 };
 
+/// Integers in decimal; floating-point numbers in the shortest form that reads
+/// back to the same value (`std::to_chars`), so that `0.1` and `0.1000001`, or
+/// `1e300` and `1.0000000000000001e300`, stay apart.
 template <class K>
   requires std::is_arithmetic_v<K>
 struct key_traits<K> {
-  static std::string to_string(K k) { return std::to_string(k); }
+  static std::string to_string(K k) {
+    if constexpr (std::is_floating_point_v<K>) {
+      char buf[64];
+      auto r = std::to_chars(buf, buf + sizeof buf, k);
+      return std::string(buf, r.ptr);
+    } else {
+      return std::to_string(k);
+    }
+  }
 };
 
 /// Options for one `batch_loader`. An aggregate: use designated initializers.
@@ -59,6 +74,10 @@ struct batch_options {
   std::size_t max_concurrent_batches = 8;
   /// Cap on distinct keys queued or in flight; beyond it `error::max_keys_exceeded`.
   std::size_t max_keys = 100'000;
+  /// Longest key, in bytes of its `key_traits<K>::to_string`; longer keys get
+  /// `error::invalid_key`. No limit by default, so the loader accepts every key
+  /// a cache in front of it accepts.
+  std::size_t max_key_length = std::numeric_limits<std::size_t>::max();
 };
 
 /// DataLoader-style batching: single-key requests made close together become
@@ -103,6 +122,26 @@ class batch_loader {
   batch_loader(const batch_loader&) = delete;
   batch_loader& operator=(const batch_loader&) = delete;
 
+  /// Cancels every caller still waiting (`error::cancelled`, on its executor)
+  /// and sends no further batch; a batch function already running is left to
+  /// finish, and its result is discarded.
+  ~batch_loader() {
+    std::vector<std::shared_ptr<pending>> unsent;
+    {
+      std::lock_guard lk(st_->mu);
+      st_->stopped = true;
+      st_->timer.cancel();
+      unsent = std::move(st_->open);
+      st_->open.clear();
+      for (auto& b : st_->waiting)
+        for (auto& p : b) unsent.push_back(std::move(p));
+      st_->waiting.clear();
+    }
+    st_->keys.clear();  // the callers: error::cancelled
+    // The keys' own work handlers (the flight ignores them now).
+    for (auto& p : unsent) complete(st_, *p, detail::make_error(error::cancelled), nullptr, true);
+  }
+
   executor_type get_executor() const noexcept { return st_->ex; }
 
   /// Loads one key through the next batch.
@@ -110,8 +149,11 @@ class batch_loader {
   /// @par Completion signature
   /// @code void(std::exception_ptr error, V value) @endcode
   /// Errors: the batch function's exception; `error::key_not_found` when the
-  /// batch result lacks `key`; `error::max_keys_exceeded`; `operation_aborted`
-  /// for a caller cancelled through its own slot.
+  /// batch result lacks `key`; `error::max_keys_exceeded`; `error::invalid_key`
+  /// for a key whose string form is empty or longer than
+  /// `batch_options::max_key_length`; `error::cancelled` when the loader is
+  /// destroyed first; `operation_aborted` for a caller cancelled through its
+  /// own slot.
   ///
   /// @par Per-Operation Cancellation
   /// `terminal`, `partial` and `total`: the caller completes with
@@ -132,6 +174,8 @@ class batch_loader {
   /// @code void(std::exception_ptr error, std::vector<std::optional<V>> values) @endcode
   /// `values[i]` belongs to `keys[i]`; it is empty for a key the batch result
   /// lacked. `error` is the first other failure (the batch function's exception).
+  /// The handler runs on its associated executor, never inside this call;
+  /// outstanding work is held on that executor until it runs.
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::vector<std::optional<V>>)>
                 CompletionToken>
   auto async_load_many(std::vector<K> keys, CompletionToken&& token) {
@@ -163,11 +207,12 @@ class batch_loader {
           fn(std::move(f)),
           opts(o),
           timer(ex),
-          keys(ex, flight_options{.max_keys = o.max_keys}) {
+          keys(ex, flight_options{.max_keys = o.max_keys, .max_key_length = o.max_key_length}) {
       if (o.window <= std::chrono::nanoseconds::zero()) detail::throw_invalid_option("batch_options::window must be positive");
       if (o.max_batch == 0) detail::throw_invalid_option("batch_options::max_batch must be at least 1");
       if (o.max_concurrent_batches == 0)
         detail::throw_invalid_option("batch_options::max_concurrent_batches must be at least 1");
+      if (o.max_key_length == 0) detail::throw_invalid_option("batch_options::max_key_length must be at least 1");
     }
 
     executor_type ex;
@@ -180,6 +225,7 @@ class batch_loader {
     std::uint64_t next_id = 0;
     std::deque<std::vector<std::shared_ptr<pending>>> waiting;  // taken, not yet running
     std::size_t running = 0;
+    bool stopped = false;                // the loader was destroyed
     boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>, executor_type> timer;
 
     flight<V, Clock> keys;  // last: its destruction cancels the keys' waiters first
@@ -203,7 +249,12 @@ class batch_loader {
     auto slot = asio::get_associated_cancellation_slot(*p->handler);
     std::vector<std::shared_ptr<pending>> full;
     {
-      std::lock_guard lk(st->mu);
+      std::unique_lock lk(st->mu);
+      if (st->stopped) {
+        lk.unlock();
+        complete(st, *p, detail::make_error(error::cancelled), nullptr, true);
+        return;
+      }
       p->id = ++st->next_id;
       if (slot.is_connected()) {
         // The flight cancels a key's work when all its callers left: drop the
@@ -242,16 +293,28 @@ class batch_loader {
     launch(st, std::move(batch));
   }
 
+  // Removes a key whose callers all left from the batch that holds it, if
+  // that batch was not sent yet: the open one or one waiting its turn.
   static void drop(const std::shared_ptr<state>& st, std::uint64_t id) {
     std::shared_ptr<pending> gone;
     {
       std::lock_guard lk(st->mu);
-      for (auto it = st->open.begin(); it != st->open.end(); ++it)
-        if ((*it)->id == id) {
-          gone = std::move(*it);
-          st->open.erase(it);
-          break;
-        }
+      auto take = [&](std::vector<std::shared_ptr<pending>>& batch) {
+        for (auto it = batch.begin(); it != batch.end(); ++it)
+          if ((*it)->id == id) {
+            gone = std::move(*it);
+            batch.erase(it);
+            return true;
+          }
+        return false;
+      };
+      if (!take(st->open)) {
+        for (auto it = st->waiting.begin(); it != st->waiting.end(); ++it)
+          if (take(*it)) {
+            if (it->empty()) st->waiting.erase(it);
+            break;
+          }
+      }
     }
     // Posted: this runs inside the emit of the slot that complete() clears.
     if (gone) complete(st, *gone, detail::make_error(boost::asio::error::operation_aborted), nullptr, true);
@@ -260,6 +323,7 @@ class batch_loader {
   static void launch(const std::shared_ptr<state>& st, std::vector<std::shared_ptr<pending>> batch) {
     {
       std::lock_guard lk(st->mu);
+      if (st->stopped) return;  // its keys' callers were cancelled by the destructor
       if (st->running >= st->opts.max_concurrent_batches) {
         st->waiting.push_back(std::move(batch));
         return;
@@ -300,7 +364,7 @@ class batch_loader {
     std::vector<std::shared_ptr<pending>> next;
     {
       std::lock_guard lk(st->mu);
-      if (st->waiting.empty()) {
+      if (st->waiting.empty() || st->stopped) {
         --st->running;
         return;
       }
@@ -336,10 +400,16 @@ class batch_loader {
   template <class Handler>
   void start_many(Handler handler, std::vector<K> keys) {
     namespace asio = boost::asio;
+    using handler_executor = asio::associated_executor_t<Handler, executor_type>;
     struct op {
-      op(Handler h, executor_type e, std::size_t n) : handler(std::move(h)), ex(std::move(e)), pending(n + 1), values(n) {}
+      op(Handler h, const executor_type& e, std::size_t n)
+          : handler(std::move(h)),
+            work(asio::make_work_guard(asio::get_associated_executor(handler, e))),
+            pending(n + 1),
+            values(n) {}
       Handler handler;
-      executor_type ex;
+      // The handler's context must not run out of work before the result.
+      asio::executor_work_guard<handler_executor> work;
       std::mutex mu;
       std::size_t pending;  // one per key, plus the initiating call's own
       std::vector<std::optional<V>> values;
@@ -348,8 +418,9 @@ class batch_loader {
         std::unique_lock lk(mu);
         if (--pending != 0) return;
         lk.unlock();
-        auto hex = asio::get_associated_executor(handler, ex);
-        asio::dispatch(hex, asio::append(std::move(handler), std::move(error), std::move(values)));
+        auto hex = work.get_executor();
+        asio::dispatch(hex, [h = std::move(handler), e = std::move(error), v = std::move(values),
+                             w = std::move(work)]() mutable { std::move(h)(std::move(e), std::move(v)); });
       }
     };
     auto o = std::make_shared<op>(std::move(handler), st_->ex, keys.size());

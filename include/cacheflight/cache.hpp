@@ -21,6 +21,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/unordered/unordered_flat_set.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -93,10 +95,15 @@ struct get_options {
 
 /// Result of `cache::async_warmup`.
 struct warmup_result {
-  std::size_t loaded = 0;   ///< keys loaded and stored
+  /// Keys obtained (loaded, read from a tier, or from a load already in flight)
+  /// and held in memory when their load completed.
+  std::size_t loaded = 0;
   std::size_t skipped = 0;  ///< keys already in memory (left untouched)
   /// Keys whose load failed, with the failure.
   std::vector<std::pair<std::string, std::exception_ptr>> failed;
+  /// Keys obtained but not held in memory: invalidated while loading, heavier
+  /// than the weight cap, or a cache that stores nothing.
+  std::size_t not_stored = 0;
 };
 
 namespace detail {
@@ -166,6 +173,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         if (!t) throw_invalid_option("cache_options::tiers holds a null tier");
       tier_counts_ = std::make_unique<tier_counters[]>(opts_.tiers.size());
       epochs_ = std::make_unique<std::atomic<std::uint64_t>[]>(epoch_stripes);
+      pending_ = std::make_unique<std::atomic<std::uint32_t>[]>(epoch_stripes);
     }
   }
 
@@ -201,7 +209,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     typename shard::graveyard dead;
     std::optional<V> v;
     bool hit = false;
-    {
+    try {
       std::lock_guard lk(sh.mu);
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
@@ -209,7 +217,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       if (node* n = sh.find(key, clock, dead)) {
         // A cached failure is a hit only for callers that take failures.
         if (n->value) {
-          v.emplace(*n->value);
+          v.emplace(*n->value);  // V's copy may throw: the lock is released, nothing changed
           hit = true;
         } else if (failure) {
           *failure = n->error;
@@ -217,6 +225,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         }
       }
       if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
+    } catch (...) {
+      bury(dead);
+      throw;
     }
     if (count && opts_.on_event) emit_kind(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
     if (!dead.empty()) bury(dead);
@@ -226,12 +237,15 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // Stores a value (or a failure, for negative caching). With a load token, only
   // if the load was not invalidated meanwhile. Returns false when the load was
   // invalidated (nothing stored); true otherwise, even when the value was refused
-  // for its weight.
+  // for its weight. The weigher and V's copy run first, outside the lock: if
+  // either throws, nothing changed and the exception propagates.
   bool store(std::string key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
              std::optional<std::uint64_t> token, std::uint64_t* epoch = nullptr) {
     shard& sh = shard_for(key);
     std::size_t w = 1;
     if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
+    std::optional<V> copy;
+    if (v && !sh.stores_nothing()) copy.emplace(*v);
     typename shard::graveyard dead;
     bool oversized = false;
     std::string k = key;
@@ -249,7 +263,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       oversized = !sh.put(std::move(k), deadline(t, ttl), w,
                       [&](node& n) {
                         if (v) {
-                          n.value.emplace(*v);
+                          n.value.swap(copy);  // the old value, if any, is destroyed after the lock
                           n.error = nullptr;
                         } else {
                           n.value.reset();
@@ -263,6 +277,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     return true;
   }
 
+  // Removes `key` from memory, voids its load in flight (it will not store)
+  // and makes later callers start a fresh one. Returns whether memory held a
+  // fresh value.
   bool erase(const std::string& key) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
@@ -271,8 +288,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       std::lock_guard lk(sh.mu);
       sh.invalidate_load(key);
       if (has_tiers()) epoch_of(key).fetch_add(1, std::memory_order_relaxed);
-      erased = sh.erase(key, dead);
+      erased = sh.erase(key, [] { return now(); }, dead);
     }
+    flight_.forget(key);
     bury(dead);
     return erased;
   }
@@ -289,6 +307,40 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       }
       bury(dead);
     }
+    flight_.forget_all();
+  }
+
+  // Later callers of `key` start a fresh load instead of joining the one in
+  // flight (whose result an invalidation made stale).
+  void forget_load(std::string_view key) { flight_.forget(key); }
+
+  // While an invalidation (set, erase, clear) is between its change of memory
+  // and the initiation of its writes to the tiers, a tier may still answer
+  // with what the invalidation replaces: loads must not read the tiers for
+  // that key then. Held from before memory changes until the tiers' operations
+  // are initiated (tiers answer reads in the order operations were initiated).
+  class invalidation {
+   public:
+    invalidation() = default;
+    explicit invalidation(std::atomic<std::uint32_t>* c) noexcept : c_(c) {
+      if (c_) c_->fetch_add(1, std::memory_order_relaxed);
+    }
+    invalidation(invalidation&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+    invalidation& operator=(invalidation&&) = delete;
+    ~invalidation() {
+      if (c_) c_->fetch_sub(1, std::memory_order_release);
+    }
+
+   private:
+    std::atomic<std::uint32_t>* c_ = nullptr;
+  };
+  invalidation invalidate_key(std::string_view key) {
+    return has_tiers() ? invalidation(&pending_of(key)) : invalidation();
+  }
+  invalidation invalidate_all() { return has_tiers() ? invalidation(&clearing_) : invalidation(); }
+
+  bool invalidating(std::string_view key) const noexcept {
+    return clearing_.load(std::memory_order_acquire) != 0 || pending_of(key).load(std::memory_order_acquire) != 0;
   }
 
   std::optional<V> peek(std::string_view key) { return lookup(key, 0, nullptr); }
@@ -340,9 +392,12 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // token) and the tiers before the one that answered, with the value's
   // remaining lifetime. Failures and unreadable bytes are skipped, counted and
   // reported. Throws `operation_aborted` only when the load itself is cancelled.
-  asio::awaitable<std::optional<V>> read_tiers(const std::string& key, std::uint64_t token) {
+  asio::awaitable<std::optional<V>> read_tiers(const std::string& key, std::uint64_t& token) {
     if constexpr (has_codec<V>) {
       for (std::size_t i = 0; i < opts_.tiers.size(); ++i) {
+        // An invalidation of this key is reaching the tiers: what they hold may
+        // be what it replaces. Load instead.
+        if (invalidating(key)) break;
         tier& t = *opts_.tiers[i];
         auto [ec, bytes] = co_await t.async_get(key, asio::as_tuple(asio::use_awaitable));
         if (ec) {
@@ -388,7 +443,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         std::uint64_t epoch = 0;
         const bool kept = store(
             key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
-            token, &epoch);
+            std::exchange(token, 0), &epoch);
         if (kept && i > 0) {
           for (std::size_t j = 0; j < i; ++j) put_tier(j, key, *bytes, left);
           recheck(key, epoch);
@@ -470,22 +525,53 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     }
   }
 
-  // The work a coalesced miss runs: the loader, then the fill, generation-safe.
+  // A load's right to store its result: a token registered when the load's
+  // flight entry is created, so that an invalidation from then on voids it.
+  // Released when the load ends without storing, however it ends.
+  class load_ticket {
+   public:
+    load_ticket(std::shared_ptr<cache_state> st, std::string key) : st_(std::move(st)), key_(std::move(key)) {}
+    load_ticket(load_ticket&& o) noexcept
+        : st_(std::move(o.st_)), key_(std::move(o.key_)), token_(std::exchange(o.token_, 0)) {}
+    load_ticket& operator=(load_ticket&&) = delete;
+    ~load_ticket() {
+      if (token_) st_->end_load(key_, token_);
+    }
+
+    void issue() { token_ = st_->begin_load(key_); }
+    cache_state& state() const noexcept { return *st_; }
+    const std::string& key() const noexcept { return key_; }
+    std::uint64_t& token() noexcept { return token_; }
+
+   private:
+    std::shared_ptr<cache_state> st_;
+    std::string key_;
+    std::uint64_t token_ = 0;
+  };
+
+  // The work of a coalesced miss, given to the flight.
   template <class Loader>
-  static asio::awaitable<V> load_and_fill(std::shared_ptr<cache_state> st, std::string key, Loader loader,
-                                          std::chrono::nanoseconds ttl) {
-    const std::uint64_t token = st->begin_load(key);
-    if (st->has_tiers()) {
-      std::optional<V> found;
-      try {
-        found = co_await st->read_tiers(key, token);
-      } catch (...) {
-        st->end_load(key, token);  // cancelled while reading the tiers
-        throw;
-      }
+  struct load_work {
+    load_ticket ticket;
+    Loader loader;
+    std::chrono::nanoseconds ttl;
+
+    // Under the flight's lock, as the load's entry is inserted.
+    void on_entry_created(entry_created_tag) { ticket.issue(); }
+    // Called once, by the flight.
+    asio::awaitable<V> operator()() { return load_and_fill(std::move(ticket), std::move(loader), ttl); }
+  };
+
+  // The tiers, then the loader, then the fill, generation-safe.
+  template <class Loader>
+  static asio::awaitable<V> load_and_fill(load_ticket ticket, Loader loader, std::chrono::nanoseconds ttl) {
+    cache_state& st = ticket.state();
+    const std::string& key = ticket.key();
+    if (st.has_tiers()) {
+      std::optional<V> found = co_await st.read_tiers(key, ticket.token());
       if (found) co_return std::move(*found);
     }
-    st->emit_kind(cache_event_kind::load_started, key);
+    st.emit_kind(cache_event_kind::load_started, key);
     const auto t0 = Clock::now();
     std::optional<V> value;
     std::exception_ptr failure;
@@ -498,16 +584,20 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       failure = std::current_exception();
     }
     const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
-    st->load_time_.fetch_add(took.count(), std::memory_order_relaxed);
+    st.load_time_.fetch_add(took.count(), std::memory_order_relaxed);
     if (failure) {
-      st->load_failed(key, token, failure, took);
+      // A cancelled load is not the loader's failure, whatever it threw; a
+      // loader that fails with operation_aborted on its own is.
+      asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      st.load_failed(key, std::exchange(ticket.token(), 0), failure, took,
+                     cs.cancelled() != asio::cancellation_type::none);
       std::rethrow_exception(failure);
     }
-    st->loads_.fetch_add(1, std::memory_order_relaxed);
-    st->emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
+    st.loads_.fetch_add(1, std::memory_order_relaxed);
+    st.emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
     std::uint64_t epoch = 0;
-    if (st->store(key, &*value, nullptr, ttl, token, &epoch) && st->has_tiers())
-      st->write_tiers(key, *value, ttl, epoch, false);
+    if (st.store(key, &*value, nullptr, ttl, std::exchange(ticket.token(), 0), &epoch) && st.has_tiers())
+      st.write_tiers(key, *value, ttl, epoch, false);
     co_return std::move(*value);
   }
 
@@ -524,6 +614,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   }
 
   void end_load(const std::string& key, std::uint64_t token) {
+    if (!token) return;
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
     sh.end_load(key, token);
@@ -556,9 +647,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   static constexpr std::size_t epoch_stripes = 256;
   std::unique_ptr<std::atomic<std::uint64_t>[]> epochs_;
 
-  std::atomic<std::uint64_t>& epoch_of(std::string_view key) noexcept {
-    return epochs_[boost::hash<std::string_view>{}(key) % epoch_stripes];
+  // Invalidations between their change of memory and their tier initiations,
+  // by key stripe and for clears (see `invalidation`).
+  std::unique_ptr<std::atomic<std::uint32_t>[]> pending_;
+  std::atomic<std::uint32_t> clearing_{0};
+
+  static std::size_t stripe_of(std::string_view key) noexcept {
+    return boost::hash<std::string_view>{}(key) % epoch_stripes;
   }
+  std::atomic<std::uint64_t>& epoch_of(std::string_view key) noexcept { return epochs_[stripe_of(key)]; }
+  std::atomic<std::uint32_t>& pending_of(std::string_view key) const noexcept { return pending_[stripe_of(key)]; }
 
   std::uint64_t begin_load(const std::string& key) {
     const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -569,9 +667,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   }
 
   void load_failed(const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
-                   std::chrono::nanoseconds took) {
-    if (is_abort(failure)) {
-      // Cancelled because its callers left: not the loader's failure.
+                   std::chrono::nanoseconds took, bool cancelled) {
+    if (cancelled) {
+      // Cancelled because its callers left (or cancel/clear): not the loader's failure.
       end_load(key, token);
       return;
     }
@@ -582,16 +680,6 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     } else {
       end_load(key, token);
     }
-  }
-
-  static bool is_abort(const std::exception_ptr& e) {
-    try {
-      std::rethrow_exception(e);
-    } catch (const boost::system::system_error& se) {
-      return se.code() == asio::error::operation_aborted;
-    } catch (...) {
-    }
-    return false;
   }
 
   // Emits the events of removed entries and frees them, outside any lock.
@@ -768,7 +856,9 @@ class cache {
  private:
   template <class Loader>
   boost::asio::awaitable<V> co_get_miss(std::string key, Loader loader, get_options opts) {
-    auto op = async_get(std::move(key), opts, std::move(loader), boost::asio::use_awaitable);
+    // The fast path counted this miss already.
+    auto op = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void(std::exception_ptr, V)>(
+        initiate_get{st_.get(), true}, boost::asio::use_awaitable, std::move(key), opts, std::move(loader));
     co_return co_await std::move(op);
   }
 
@@ -796,14 +886,14 @@ class cache {
           else if (ttl <= std::chrono::nanoseconds::zero())
             e = detail::make_error(error::invalid_timeout);
           else {
-            std::uint64_t epoch = 0;
-            st->store(key, &value, nullptr, ttl, std::nullopt, &epoch);
-            if (st->has_tiers()) {
-              try {
-                st->write_tiers(key, value, ttl, epoch, true);
-              } catch (...) {
-                e = std::current_exception();
-              }
+            try {
+              auto inv = st->invalidate_key(key);
+              std::uint64_t epoch = 0;
+              st->store(key, &value, nullptr, ttl, std::nullopt, &epoch);
+              st->forget_load(key);
+              if (st->has_tiers()) st->write_tiers(key, value, ttl, epoch, true);
+            } catch (...) {
+              e = std::current_exception();
             }
           }
           detail::post_result(st->executor(), std::move(handler), std::move(e));
@@ -834,6 +924,7 @@ class cache {
             detail::post_result(st->executor(), std::move(handler), detail::make_error(error::invalid_key), false);
             return;
           }
+          auto inv = st->invalidate_key(key);  // until the tiers' erases are initiated
           const bool erased = st->erase(key);
           if (!st->has_tiers()) {
             detail::post_result(st->executor(), std::move(handler), std::exception_ptr{}, erased);
@@ -861,6 +952,7 @@ class cache {
   auto async_clear(CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
         [st = st_.get()](auto handler) {
+          auto inv = st->invalidate_all();  // until the tiers' clears are initiated
           st->clear();
           if (!st->has_tiers()) {
             detail::post_result(st->executor(), std::move(handler), std::exception_ptr{});
@@ -880,11 +972,14 @@ class cache {
   using warmup_entry = std::pair<std::string, std::function<boost::asio::awaitable<V>()>>;
 
   /// Loads every key not already in memory, concurrently (coalesced with any
-  /// other caller of the same key). A failure does not stop the others.
+  /// other caller of the same key). A failure does not stop the others. A key
+  /// given twice is loaded and counted once (the first entry's loader is used).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, warmup_result result) @endcode
   /// `error` is never set; failures are listed in `result.failed` (an invalid key
-  /// fails with `error::invalid_key`). The handler runs on its associated executor.
+  /// fails with `error::invalid_key`). The handler runs on its associated
+  /// executor, never inside this call; outstanding work is held on that
+  /// executor until it runs.
   template <boost::asio::completion_token_for<void(std::exception_ptr, warmup_result)> CompletionToken>
   auto async_warmup(std::vector<warmup_entry> entries, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, warmup_result)>(
@@ -907,6 +1002,7 @@ class cache {
  private:
   struct initiate_get {
     state_type* st;
+    bool counted = false;  // the caller counted this lookup already (co_get's miss)
 
     template <class Handler, class Loader>
     void operator()(Handler&& handler, std::string&& key, get_options opts, Loader&& loader) const {
@@ -916,7 +1012,13 @@ class cache {
         return;
       }
       std::exception_ptr failure;
-      if (auto v = st->lookup(key, 2, &failure)) {
+      std::optional<V> v;
+      try {
+        v = st->lookup(key, 2, &failure, !counted);
+      } catch (...) {
+        failure = std::current_exception();  // V's copy threw
+      }
+      if (v) {
         detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*v));
         return;
       }
@@ -929,9 +1031,8 @@ class cache {
         detail::post_result(st->executor(), std::forward<Handler>(handler), detail::make_error(error::invalid_timeout), V{});
         return;
       }
-      auto work = [s = st->shared_from_this(), k = key, l = std::decay_t<Loader>(std::forward<Loader>(loader)), ttl] {
-        return state_type::load_and_fill(s, k, l, ttl);
-      };
+      using work_type = typename state_type::template load_work<std::decay_t<Loader>>;
+      work_type work{typename state_type::load_ticket(st->shared_from_this(), key), std::forward<Loader>(loader), ttl};
       st->get_flight().async_run(std::move(key), run_options{.timeout = opts.timeout}, std::move(work),
                                  std::forward<Handler>(handler));
     }
@@ -940,10 +1041,15 @@ class cache {
   template <class Handler>
   void start_warmup(Handler handler, std::vector<warmup_entry> entries) {
     namespace asio = boost::asio;
+    using handler_executor = asio::associated_executor_t<Handler, asio::any_io_executor>;
     struct op {
-      op(Handler h, asio::any_io_executor e, std::size_t n) : handler(std::move(h)), ex(std::move(e)), pending(n + 1) {}
+      op(Handler h, const asio::any_io_executor& fallback, std::size_t n)
+          : handler(std::move(h)),
+            work(asio::make_work_guard(asio::get_associated_executor(handler, fallback))),
+            pending(n + 1) {}
       Handler handler;
-      asio::any_io_executor ex;
+      // The handler's context must not run out of work before the result.
+      asio::executor_work_guard<handler_executor> work;
       std::mutex mu;
       std::size_t pending;  // one per entry, plus the initiating call's own
       warmup_result result;
@@ -951,12 +1057,20 @@ class cache {
         std::unique_lock lk(mu);
         if (--pending != 0) return;
         lk.unlock();
-        auto hex = asio::get_associated_executor(handler, ex);
-        asio::dispatch(hex, asio::append(std::move(handler), std::exception_ptr{}, std::move(result)));
+        auto hex = work.get_executor();
+        asio::dispatch(hex, [h = std::move(handler), r = std::move(result), w = std::move(work)]() mutable {
+          std::move(h)(std::exception_ptr{}, std::move(r));
+        });
       }
     };
     auto o = std::make_shared<op>(std::move(handler), st_->executor(), entries.size());
+    boost::unordered_flat_set<std::string_view> seen;
     for (auto& [key, loader] : entries) {
+      if (!seen.insert(std::string_view(key)).second) {  // a duplicate: the first one loads it
+        std::lock_guard lk(o->mu);
+        --o->pending;
+        continue;
+      }
       if (!st_->valid_key(key)) {
         std::lock_guard lk(o->mu);
         o->result.failed.emplace_back(key, detail::make_error(error::invalid_key));
@@ -970,13 +1084,17 @@ class cache {
         continue;
       }
       std::string k = key;
-      async_get(std::move(key), std::move(loader), [o, k = std::move(k)](std::exception_ptr e, V) {
+      async_get(k, std::move(loader), [o, st = st_, k](std::exception_ptr e, V) {
+        // Loaded, and still in memory as the load completes (it may not have
+        // been stored: invalidated meanwhile, too heavy, or a cache that
+        // stores nothing).
+        const bool kept = !e && st->lookup(k, 0, nullptr, false).has_value();
         {
           std::lock_guard lk(o->mu);
           if (e)
             o->result.failed.emplace_back(k, std::move(e));
           else
-            ++o->result.loaded;
+            ++(kept ? o->result.loaded : o->result.not_stored);
         }
         o->one_done();
       });

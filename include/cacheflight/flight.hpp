@@ -173,8 +173,25 @@ class flight {
   /// by the time it is used.
   bool has(std::string_view key) const { return st_->has(key); }
 
-  /// The number of keys in flight. Thread-safe; lock free.
+  /// The number of works in flight (forgotten ones still running included).
+  /// Thread-safe; lock free. `flight_options::max_keys` bounds it.
   std::size_t size() const noexcept { return st_->size(); }
+
+  /// Forgets the work in flight for `key` (Go's `singleflight.Forget`): callers
+  /// from now on start fresh work instead of joining it, while the callers
+  /// already waiting keep waiting for its result, which it delivers as usual.
+  /// Use it when the work's result has become stale (the data it reads
+  /// changed). A forgotten work still counts against `max_keys` until it
+  /// completes, and `clear` still cancels it; `cancel(key)` and `has(key)` see
+  /// only the newest work of `key`.
+  /// @returns whether work for `key` was in flight (and is now forgotten).
+  /// @par Thread safety
+  /// Any thread, including from a waiter's completion handler.
+  bool forget(std::string_view key) { return st_->forget(key); }
+
+  /// Forgets every work in flight, as `forget` does for each key.
+  /// @returns the number of works forgotten.
+  std::size_t forget_all() { return st_->forget_all(); }
 
   /// Cancels the work for `key`: every waiter completes with `error::cancelled`
   /// (posted to its executor), the work's cancellation slot receives `terminal`,
@@ -186,8 +203,9 @@ class flight {
   /// Any thread, including from a waiter's completion handler.
   bool cancel(std::string_view key) { return st_->cancel(key); }
 
-  /// Cancels all work in flight, as `cancel` does for each key.
-  /// @returns the number of keys cancelled.
+  /// Cancels all work in flight, forgotten work included, as `cancel` does for
+  /// each key.
+  /// @returns the number of works cancelled.
   std::size_t clear() { return st_->clear(); }
 
  private:

@@ -60,6 +60,15 @@ struct tier_health {
 /// move-construct it, or `swap`. The `do_` functions may be called from any thread,
 /// concurrently.
 ///
+/// @par Ordering the cache relies on
+/// Operations on one key take effect in the order they were initiated, and a
+/// read reflects every put, erase and clear initiated before it (read your
+/// writes), even while a write is still queued behind the caller's back. The
+/// cache depends on it: after an `async_erase` or `async_set` it reads the
+/// tiers again only once their operations were initiated, and a tier that
+/// answered a later read with the value the erase removed would bring that
+/// value back into memory.
+///
 /// @par Lifetime
 /// Tiers are held by `std::shared_ptr` (see `cache_options::tiers`); a tier
 /// outlives every cache that holds it.

@@ -45,6 +45,14 @@ struct client::impl : std::enable_shared_from_this<impl> {
     if (stopped) return;
     if (conn) conn->close();
     conn = std::make_shared<connection>(strand, opts.connection);
+    // A lost connection is noticed at once (not at the next health check):
+    // is_connected() turns false and a reconnect is scheduled.
+    conn->on_lost([w = weak_from_this(), c = conn.get()] {
+      auto self = w.lock();
+      if (!self || self->stopped || c != self->conn.get()) return;
+      self->connected = false;
+      self->schedule(self->next_backoff());
+    });
     conn->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c = conn](error_code ec) {
       if (self->stopped || c != self->conn) return;
       if (ec) {
@@ -90,16 +98,19 @@ struct client::impl : std::enable_shared_from_this<impl> {
     }));
   }
 
-  void exec(std::vector<std::string> args, exec_handler h) {
+  void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel) {
     if (!conn || !conn->is_open()) {
       // Possibly inside the initiating call: posted, never run inside it.
       auto ex = asio::get_associated_executor(h, strand);
       asio::post(strand, [ex, h = std::move(h)]() mutable {
-        asio::dispatch(ex, [h = std::move(h)]() mutable { std::move(h)(make_error_code(error::not_connected), reply{}); });
+        asio::dispatch(ex, [h = std::move(h)]() mutable {
+          asio::get_associated_cancellation_slot(h).clear();
+          std::move(h)(make_error_code(error::not_connected), reply{});
+        });
       });
       return;
     }
-    conn->async_exec(std::move(args), std::move(h));
+    conn->exec_on_strand(std::move(args), std::move(h), std::move(cancel));
   }
 
   void stop() {
@@ -132,10 +143,12 @@ error_code client::last_error() const {
 }
 
 void client::start_exec(std::vector<std::string> args, exec_handler h) {
+  // The caller's cancellation slot is hooked here, in the initiating function.
+  auto cancel = connection::watch_cancel(h, impl_->strand);
   // Already on the strand (a completion issuing the next command): no hop.
-  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h));
-  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {
-    self->exec(std::move(args), std::move(h));
+  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h), std::move(cancel));
+  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel)]() mutable {
+    self->exec(std::move(args), std::move(h), std::move(cancel));
   });
 }
 

@@ -47,7 +47,10 @@ template <class Handler, class... Args>
 void complete_later(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
   auto ex = asio::get_associated_executor(h, strand);
   asio::post(strand, [ex, h = std::move(h), ... a = std::move(args)]() mutable {
-    asio::dispatch(ex, [h = std::move(h), ... a = std::move(a)]() mutable { std::move(h)(std::move(a)...); });
+    asio::dispatch(ex, [h = std::move(h), ... a = std::move(a)]() mutable {
+      asio::get_associated_cancellation_slot(h).clear();
+      std::move(h)(std::move(a)...);
+    });
   });
 }
 
@@ -59,6 +62,18 @@ asio::strand<asio::any_io_executor> strand_of(const asio::any_io_executor& ex) {
 }
 
 }  // namespace
+
+namespace detail {
+// A command's cancellation, hooked to the caller's slot in the initiating
+// function (where the slot is used), and handed to the strand from there.
+struct exec_cancel {
+  std::atomic<bool> requested{false};
+  // Set on the strand once the command is queued.
+  std::weak_ptr<void> conn;
+  void (*abandon)(const std::shared_ptr<void>& conn, std::uint64_t id) = nullptr;
+  std::uint64_t id = 0;
+};
+}  // namespace detail
 
 struct connection::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, connection_options o)
@@ -96,6 +111,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::optional<connect_handler> connecting;
   bool armed = false;                  // the deadline timer has a wait pending
   clock_type::time_point armed_for{};
+  std::function<void()> lost;          // run on the strand when an open connection is lost
 
   // --- connecting ------------------------------------------------------------
   void connect(connect_handler h) {
@@ -175,18 +191,22 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     return c;
   }
 
-  void exec(std::vector<std::string> args, exec_handler h) {
+  // On the strand. `cancel` is the command's cancellation hook, if its caller
+  // has a slot (see watch_cancel).
+  void exec(std::vector<std::string> args, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel) {
+    if (cancel && cancel->requested.load(std::memory_order_acquire))
+      return complete_later(std::move(h), strand, error_code(asio::error::operation_aborted), reply{});
     if (st != state::open) return complete_later(std::move(h), strand, make_error_code(error::not_connected), reply{});
     if (args.empty()) return complete_later(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
     if (live >= opts.max_pending)
       return complete_later(std::move(h), strand, make_error_code(error::queue_full), reply{});
     command c = make_command(args);
-    auto slot = asio::get_associated_cancellation_slot(h);
-    if (slot.is_connected()) {
-      slot.assign([w = weak_from_this(), id = c.id](asio::cancellation_type_t) {
-        if (auto self = w.lock())
-          asio::post(self->strand, [self, id] { self->abandon(id, asio::error::operation_aborted); });
-      });
+    if (cancel) {
+      cancel->conn = shared_from_this();
+      cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
+        static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
+      };
+      cancel->id = c.id;
     }
     c.handler.emplace(std::move(h));
     pending.push_back(std::move(c));
@@ -319,8 +339,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // The connection is lost: everyone waiting learns why.
   void fail(error_code ec) {
     if (st == state::closed) return;
+    const bool was_open = st == state::open;
     st = state::closed;
     open_flag = false;
+    if (was_open && lost) std::exchange(lost, nullptr)();
     error_code ignored;
     socket.close(ignored);
     resolver.cancel();
@@ -360,12 +382,38 @@ void connection::start_connect(connect_handler h) {
   asio::post(impl_->strand, [self = impl_, h = std::move(h)]() mutable { self->connect(std::move(h)); });
 }
 
-void connection::start_exec(std::vector<std::string> args, exec_handler h) {
-  // Already on the strand (a client's, or a completion's): no hop needed.
-  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h));
-  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h)]() mutable {
-    self->exec(std::move(args), std::move(h));
+std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h, const executor_type& strand) {
+  auto slot = asio::get_associated_cancellation_slot(h);
+  if (!slot.is_connected()) return nullptr;
+  auto c = std::make_shared<detail::exec_cancel>();
+  // Assigned here, in the caller's context, so that a cancellation emitted as
+  // soon as the initiating function returns is seen: the command is then
+  // dropped before it is queued, or abandoned once it is.
+  slot.assign([c, strand](asio::cancellation_type_t) {
+    c->requested.store(true, std::memory_order_release);
+    asio::post(strand, [c] {
+      if (auto conn = c->conn.lock()) c->abandon(conn, c->id);
+    });
   });
+  return c;
+}
+
+void connection::start_exec(std::vector<std::string> args, exec_handler h) {
+  auto cancel = watch_cancel(h, impl_->strand);
+  exec_on_strand(std::move(args), std::move(h), std::move(cancel));
+}
+
+void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
+                                std::shared_ptr<detail::exec_cancel> cancel) {
+  // Already on the strand (a client's, or a completion's): no hop needed.
+  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h), cancel);
+  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel)]() mutable {
+    self->exec(std::move(args), std::move(h), cancel);
+  });
+}
+
+void connection::on_lost(std::function<void()> f) {
+  asio::dispatch(impl_->strand, [self = impl_, f = std::move(f)]() mutable { self->lost = std::move(f); });
 }
 
 }  // namespace cacheflight::redis

@@ -78,8 +78,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // set or erase of each key.
   op_list queue;
   std::unordered_map<std::string_view, op_list::iterator> index;
-  std::size_t queued_sets = 0;
+  std::size_t queued_clears = 0;  // clears in `queue`
   bool writing = false;
+  bool clearing = false;          // the batch being written is a clear
 
   // Published for health().
   std::atomic<breaker_state> state_pub{breaker_state::closed};
@@ -172,6 +173,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // `cancel`, when set, is emitted on the strand when the caller cancels.
   void get(std::string key, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel) {
     if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    // Read your writes: a write of the key not sent yet, or a clear not
+    // finished, is what Redis will hold; a write already sent is ahead of
+    // this GET on the connection.
+    if (auto it = index.find(full(key)); it != index.end()) {
+      const write_op& op = *it->second;
+      std::optional<std::string> v;
+      if (op.what == write_op::kind::set) v = op.bytes;
+      return complete(std::move(h), error_code{}, std::move(v));
+    }
+    if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
     const auto g = admit();
     if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
@@ -204,18 +215,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     std::string k = full(key);
-    if (auto it = index.find(k); it != index.end()) {  // the last write wins
+    if (auto it = index.find(k); it != index.end()) {  // the last write wins, in the older one's place
       write_op& op = *it->second;
-      if (op.what == write_op::kind::erase) ++queued_sets;
       op.what = write_op::kind::set;
       op.bytes = std::move(bytes);
       op.ttl = ttl;
       op.waiters.push_back(std::move(h));
       return;
     }
-    if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
+    if (queue.size() >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
     enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}}, std::move(h));
-    ++queued_sets;
   }
 
   void erase(std::string key, done_handler h) {
@@ -224,12 +233,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::string k = full(key);
     if (auto it = index.find(k); it != index.end()) {  // replaces the unsent set, in its place
       write_op& op = *it->second;
-      if (op.what == write_op::kind::set) --queued_sets;
       op.what = write_op::kind::erase;
       op.bytes.clear();
       op.waiters.push_back(std::move(h));
       return;
     }
+    if (queue.size() >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
     enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}}, std::move(h));
   }
 
@@ -242,7 +251,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       for (done_handler& w : op.waiters) c.waiters.emplace_back(std::move(w));
     queue.clear();
     index.clear();
-    queued_sets = 0;
+    queued_clears = 1;
     enqueue(std::move(c), std::move(h));
   }
 
@@ -261,7 +270,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     queue.clear();
     index.clear();
-    queued_sets = 0;
+    queued_clears = 0;
     publish_queue();
   }
 
@@ -275,12 +284,13 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     auto batch = std::make_shared<op_list>();
     if (queue.front().what == write_op::kind::clear) {
       batch->splice(batch->end(), queue, queue.begin());
+      --queued_clears;
+      clearing = true;
       publish_queue();
       return scan(batch, "0", *g);
     }
     while (!queue.empty() && batch->size() < opts.write_batch && queue.front().what != write_op::kind::clear) {
       index.erase(queue.front().key);
-      if (queue.front().what == write_op::kind::set) --queued_sets;
       batch->splice(batch->end(), queue, queue.begin());
     }
     publish_queue();
@@ -357,6 +367,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
     writing = false;
+    clearing = false;
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
     outcome(ec, g);
@@ -373,7 +384,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     op_list doomed = std::move(queue);
     queue.clear();
     index.clear();
-    queued_sets = 0;
+    queued_clears = 0;
   }
 };
 

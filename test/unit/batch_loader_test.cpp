@@ -2,6 +2,7 @@
 // concurrency cap, cancellation, both batch-function forms, and the cache.
 #include "test_support.hpp"
 
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -285,3 +286,131 @@ TEST_F(BatchLoader, CacheTakesABatchLoaderInPlaceOfALoader) {
 }
 
 }  // namespace
+
+TEST_F(BatchLoader, DistinctFloatingPointKeysNeverShareALoad) {
+  using dloader = cf::batch_loader<double, std::string, std::hash<double>, cf::manual_clock>;
+  std::vector<std::vector<double>> seen;
+  dloader l{io,
+            [&](std::vector<double> keys) -> asio::awaitable<std::unordered_map<double, std::string>> {
+              seen.push_back(keys);
+              std::unordered_map<double, std::string> m;
+              for (double k : keys) m[k] = std::to_string(k) + (k == 0.1 ? "a" : "b");
+              co_return m;
+            },
+            cf::batch_options{.window = 1ms}};
+  outcome<std::string> a, b, c;
+  l.async_load(0.1, a.handler());
+  l.async_load(0.1000001, b.handler());
+  l.async_load(1e300, c.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return a.done && b.done && c.done; });
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].size(), 3u);
+  EXPECT_EQ(a.value, std::to_string(0.1) + "a");
+  EXPECT_EQ(b.value, std::to_string(0.1000001) + "b");
+  EXPECT_NE(cf::key_traits<double>::to_string(1e300), cf::key_traits<double>::to_string(std::nextafter(1e300, 2e300)));
+  EXPECT_NE(cf::key_traits<float>::to_string(0.1f), cf::key_traits<float>::to_string(0.10000001f));
+}
+
+TEST_F(BatchLoader, AKeyCancelledWhileItsBatchWaitsForATurnIsNeverSent) {
+  std::vector<std::shared_ptr<asio::steady_timer>> held;
+  loader_t l{io,
+             [&](std::vector<int> keys) -> asio::awaitable<map_t> {
+               calls.push_back(keys);
+               auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+               held.push_back(t);
+               boost::system::error_code ec;
+               co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+               map_t m;
+               for (int k : keys) m[k] = "x";
+               co_return m;
+             },
+             cf::batch_options{.window = 1ms, .max_batch = 1, .max_concurrent_batches = 1}};
+  asio::cancellation_signal sig;
+  outcome<std::string> first, queued, third;
+  l.async_load(1, first.handler());
+  l.async_load(2, asio::bind_cancellation_slot(sig.slot(), queued.handler()));
+  l.async_load(3, third.handler());
+  run_until(io, [&] { return held.size() == 1; });
+  poll(io);  // key 2's and key 3's batches wait behind key 1's
+  ASSERT_EQ(calls.size(), 1u);
+  sig.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return queued.done; });
+  EXPECT_EQ(queued.code(), asio::error::operation_aborted);
+  held[0]->cancel();
+  run_until(io, [&] { return held.size() == 2; });
+  held[1]->cancel();
+  drain(io);
+  EXPECT_EQ(calls, (std::vector<std::vector<int>>{{1}, {3}}));
+  EXPECT_EQ(first.value, "x");
+  EXPECT_EQ(third.value, "x");
+}
+
+TEST_F(BatchLoader, AcceptsEveryKeyACacheInFrontOfItAccepts) {
+  cf::batch_loader<std::string, int, std::hash<std::string>, cf::manual_clock> l{
+      io,
+      [](std::vector<std::string> keys) -> asio::awaitable<std::unordered_map<std::string, int>> {
+        std::unordered_map<std::string, int> m;
+        for (auto& k : keys) m[k] = static_cast<int>(k.size());
+        co_return m;
+      },
+      cf::batch_options{.window = 1ms}};
+  cf::cache<int, cf::manual_clock> c{io, cf::cache_options{.max_key_length = 4096}};
+  outcome<> o;
+  c.async_get(std::string(2000, 'k'), l, o.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return o.done; });
+  EXPECT_FALSE(o.error);
+  EXPECT_EQ(o.value, 2000);
+}
+
+TEST_F(BatchLoader, DestroyingTheLoaderCancelsItsCallersAndSendsNothingMore) {
+  std::vector<std::shared_ptr<asio::steady_timer>> held;
+  outcome<std::string> running, queued, open;
+  {
+    loader_t l{io,
+               [&](std::vector<int> keys) -> asio::awaitable<map_t> {
+                 calls.push_back(keys);
+                 auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+                 held.push_back(t);
+                 boost::system::error_code ec;
+                 co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                 co_return map_t{};
+               },
+               cf::batch_options{.window = 1ms, .max_batch = 2, .max_concurrent_batches = 1}};
+    l.async_load(1, running.handler());
+    l.async_load(2, running.handler());
+    l.async_load(3, queued.handler());
+    l.async_load(4, queued.handler());
+    l.async_load(5, open.handler());
+    run_until(io, [&] { return held.size() == 1; });
+    poll(io);
+  }
+  run_until(io, [&] { return running.completions == 2 && queued.completions == 2 && open.completions == 1; });
+  EXPECT_EQ(running.code(), cf::error::cancelled);
+  EXPECT_EQ(queued.code(), cf::error::cancelled);
+  EXPECT_EQ(open.code(), cf::error::cancelled);
+  held[0]->cancel();
+  cf::manual_clock::advance(1ms);
+  drain(io);
+  EXPECT_EQ(calls, (std::vector<std::vector<int>>{{1, 2}}));  // keys 3, 4 and 5 were never sent
+}
+
+TEST_F(BatchLoader, LoadManyHoldsWorkOnTheHandlersExecutorUntilItRuns) {
+  loader_t l{io, recording(), cf::batch_options{.window = 1ms}};
+  asio::io_context other;
+  std::optional<std::vector<std::optional<std::string>>> got;
+  l.async_load_many({1, 2}, asio::bind_executor(other, [&](std::exception_ptr, std::vector<std::optional<std::string>> v) {
+                      got = std::move(v);
+                    }));
+  EXPECT_EQ(other.poll(), 0u);
+  EXPECT_FALSE(other.stopped());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  drain(io);
+  other.run();
+  ASSERT_TRUE(got);
+  EXPECT_EQ((*got)[1], "v2");
+}

@@ -475,3 +475,55 @@ TEST(FlightErrors, CategoryAndMessages) {
 }
 
 }  // namespace
+
+TEST_F(FlightBasic, TheTimeoutTimerUsesTheHandlersAllocatorToo) {
+  auto count = [&](std::optional<std::chrono::nanoseconds> timeout) {
+    cf::flight<int> f{io};
+    int allocations = 0;
+    outcome<> o;
+    f.async_run("k", cf::run_options{.timeout = timeout}, []() -> asio::awaitable<int> { co_return 1; },
+                asio::bind_allocator(counting_allocator<void>(&allocations), o.handler()));
+    drain(io);
+    EXPECT_EQ(o.value, 1);
+    return allocations;
+  };
+  // With a timeout: the timer object and its wait operation besides the waiter.
+  EXPECT_GE(count(std::chrono::seconds(5)), count(std::nullopt) + 2);
+}
+
+TEST_F(FlightBasic, ForgetLetsNewCallersStartFreshWorkWhileTheOldWaitersKeepTheirs) {
+  cf::flight<int> f{io, cf::flight_options{.max_keys = 2}};
+  gate old_work{io.get_executor()}, new_work{io.get_executor()};
+  outcome<> a, b, c;
+  f.async_run("k", old_work.fn(), a.handler());
+  run_until(io, [&] { return old_work.calls() == 1; });
+  EXPECT_TRUE(f.forget("k"));
+  EXPECT_FALSE(f.has("k"));
+  EXPECT_EQ(f.size(), 1u);  // still running, still counted
+  EXPECT_FALSE(f.forget("k"));
+  f.async_run("k", new_work.fn(), b.handler());
+  run_until(io, [&] { return new_work.calls() == 1; });
+  EXPECT_EQ(f.size(), 2u);
+  f.async_run("other", []() -> asio::awaitable<int> { co_return 0; }, c.handler());  // over max_keys
+  new_work.resolve(2);
+  old_work.resolve(1);
+  drain(io);
+  EXPECT_EQ(a.value, 1);
+  EXPECT_EQ(b.value, 2);
+  EXPECT_EQ(c.code(), cf::error::max_keys_exceeded);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+TEST_F(FlightBasic, ClearCancelsForgottenWorkToo) {
+  cf::flight<int> f{io};
+  gate g{io.get_executor()};
+  outcome<> a;
+  f.async_run("k", g.fn(), a.handler());
+  run_until(io, [&] { return g.calls() == 1; });
+  f.forget("k");
+  EXPECT_EQ(f.clear(), 1u);
+  drain(io);
+  EXPECT_EQ(a.code(), cf::error::cancelled);
+  EXPECT_EQ(g.cancelled(), 1);
+  EXPECT_EQ(f.size(), 0u);
+}

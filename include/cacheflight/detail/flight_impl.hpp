@@ -115,6 +115,7 @@ struct flight_entry {
   // Guarded by shard->mu.
   intrusive_list<flight_waiter<V>> waiters;
   entry_state state = entry_state::pending;
+  bool in_map = true;          // false once forgotten (or detached): new callers no longer join it
   bool any_cancelled = false;  // some waiter left by cancellation rather than timeout
   std::size_t can_leave = 0;   // linked waiters that may leave on their own
   std::chrono::nanoseconds started{};  // Clock::now() since its epoch, when the work started
@@ -134,7 +135,18 @@ template <class V>
 struct alignas(64) flight_shard {
   shard_mutex mu;
   boost::unordered_flat_map<std::string_view, std::shared_ptr<flight_entry<V>>, boost::hash<std::string_view>> map;
+  // Entries still running after `forget`: out of `map`, so new callers start
+  // fresh work, but still cancellable by `clear`.
+  boost::unordered_flat_map<const flight_entry<V>*, std::shared_ptr<flight_entry<V>>> forgotten;
 };
+
+// Work functions whose owner must learn, atomically with the key's insertion,
+// that a new entry was made for them (the cache registers its load there).
+// Called under the shard lock: it must be short and must not call back into
+// the flight.
+struct entry_created_tag {};
+template <class Fn>
+concept observes_creation = requires(Fn& f) { f.on_entry_created(entry_created_tag{}); };
 
 enum class leave_reason { cancelled, timed_out };
 
@@ -218,9 +230,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       std::lock_guard lk(sh.mu);
       auto it = sh.map.find(key);
       if (it == sh.map.end()) return false;
-      e = std::move(it->second);
-      sh.map.erase(it);
-      keys_.fetch_sub(1, std::memory_order_relaxed);
+      e = take_locked(sh, *it->second);
       dur = detach_locked(*e, waiters);
     }
     finish_cancelled(e, dur, waiters);
@@ -235,17 +245,42 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       std::vector<intrusive_list<waiter>> lists;
       {
         std::lock_guard lk(sh.mu);
-        taken.reserve(sh.map.size());
-        lists.resize(sh.map.size());
-        for (auto& kv : sh.map) {
-          auto dur = detach_locked(*kv.second, lists[taken.size()]);
-          taken.emplace_back(std::move(kv.second), dur);
-        }
+        taken.reserve(sh.map.size() + sh.forgotten.size());
+        lists.resize(sh.map.size() + sh.forgotten.size());
+        auto take = [&](entry_ptr& p) {
+          p->in_map = false;
+          auto dur = detach_locked(*p, lists[taken.size()]);
+          taken.emplace_back(std::move(p), dur);
+        };
+        for (auto& kv : sh.map) take(kv.second);
+        for (auto& kv : sh.forgotten) take(kv.second);
         keys_.fetch_sub(taken.size(), std::memory_order_relaxed);
         sh.map.clear();
+        sh.forgotten.clear();
       }
       for (std::size_t j = 0; j < taken.size(); ++j) finish_cancelled(taken[j].first, taken[j].second, lists[j]);
       n += taken.size();
+    }
+    return n;
+  }
+
+  // Detaches the key's entry from the map: callers from now on start fresh
+  // work; the entry's own waiters still get its result.
+  bool forget(std::string_view key) {
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    return forget_locked(sh, key);
+  }
+
+  std::size_t forget_all() {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < opts_.shards; ++i) {
+      shard& sh = shards_[i];
+      std::lock_guard lk(sh.mu);
+      while (!sh.map.empty()) {
+        forget_locked(sh, sh.map.begin()->first);
+        ++n;
+      }
     }
     return n;
   }
@@ -315,13 +350,33 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     return true;
   }
 
-  // Removes `e` from its shard's map. Requires the shard lock and e in the map.
+  // Removes `e`, not yet detached, from its shard (its map, or the forgotten
+  // entries). Requires the shard lock.
   entry_ptr take_locked(shard& sh, entry& e) {
-    auto it = sh.map.find(std::string_view(e.key));
-    entry_ptr p = std::move(it->second);
-    sh.map.erase(it);
+    entry_ptr p;
+    if (e.in_map) {
+      auto it = sh.map.find(std::string_view(e.key));
+      p = std::move(it->second);
+      sh.map.erase(it);
+      e.in_map = false;
+    } else {
+      auto it = sh.forgotten.find(&e);
+      p = std::move(it->second);
+      sh.forgotten.erase(it);
+    }
     keys_.fetch_sub(1, std::memory_order_relaxed);
     return p;
+  }
+
+  bool forget_locked(shard& sh, std::string_view key) {
+    auto it = sh.map.find(key);
+    if (it == sh.map.end()) return false;
+    entry_ptr p = std::move(it->second);
+    sh.map.erase(it);
+    p->in_map = false;
+    const entry* raw = p.get();
+    sh.forgotten.emplace(raw, std::move(p));
+    return true;
   }
 
   static std::chrono::nanoseconds now() noexcept {
@@ -560,10 +615,15 @@ class waiter_op final : public flight_waiter<V> {
   void arm_timer_locked() {
     if (!timer_) return;
     refs_.fetch_add(1, std::memory_order_relaxed);
-    timer_->async_wait([this](const boost::system::error_code& ec) {
+    auto on_wait = [this](const boost::system::error_code& ec) {
       if (!ec) st_->leave(this, leave_reason::timed_out);
       release();
-    });
+    };
+    // The timer's wait is bookkeeping of this waiter too: the handler's allocator.
+    if constexpr (std::is_same_v<allocator_type, std::allocator<void>>)
+      timer_->async_wait(std::move(on_wait));
+    else
+      timer_->async_wait(asio::bind_allocator(alloc_, std::move(on_wait)));
   }
 
  private:
@@ -729,6 +789,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     return;
   }
   bool rejected = false;
+  std::exception_ptr failure;
   {
     std::lock_guard lk(sh.mu);
     if (auto it = sh.map.find(std::string_view(fresh->key)); it != sh.map.end()) {
@@ -737,11 +798,19 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     } else if (!reserve_key()) {
       rejected = true;
     } else {
-      sh.map.emplace(std::string_view(fresh->key), fresh);
-      link_locked(*fresh);
+      try {
+        if constexpr (observes_creation<std::remove_reference_t<Fn>>) fn.on_entry_created(entry_created_tag{});
+        sh.map.emplace(std::string_view(fresh->key), fresh);
+      } catch (...) {
+        keys_.fetch_sub(1, std::memory_order_relaxed);
+        failure = std::current_exception();
+      }
+      if (!failure) link_locked(*fresh);
     }
   }
-  if (joined) {
+  if (failure) {
+    op->complete(failure, nullptr, ex_, delivery::post);
+  } else if (joined) {
     emit(event_kind::hit, fresh->key);
   } else if (rejected) {
     emit(event_kind::max_keys_rejected, fresh->key);

@@ -14,6 +14,7 @@
 #include <deque>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -137,12 +138,16 @@ class alignas(64) l1_shard {
       set_expiry(n, expires);
       touch(n);
     } else {
-      node* n = new node;
+      // Nothing is linked until every step that may throw has succeeded.
+      auto owned = std::make_unique<node>();
+      node* n = owned.get();
       n->key = std::move(key);
       fill(*n);
       n->weight = w;
-      weight_ += w;
+      if (expires != std::numeric_limits<std::int64_t>::max()) heap_.reserve(heap_.size() + 1);
       map_.emplace(std::string_view(n->key), n);
+      owned.release();
+      weight_ += w;
       set_expiry(n, expires);
       admit(n);
     }
@@ -150,10 +155,18 @@ class alignas(64) l1_shard {
     return true;
   }
 
-  bool erase(std::string_view key, graveyard& dead) {
+  // Removes `key`. Returns whether a fresh entry was removed: an expired one
+  // is reclaimed as an expiration and reported as absent, as `find` would.
+  template <class Now>
+  bool erase(std::string_view key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return false;
-    remove(it->second, removal::erased, dead);
+    node* n = it->second;
+    if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= now()) {
+      remove(n, removal::expired, dead);
+      return false;
+    }
+    remove(n, removal::erased, dead);
     return true;
   }
 
@@ -226,9 +239,12 @@ class alignas(64) l1_shard {
         remove(main_.back(), removal::capacity, dead);
         continue;
       }
-      const bool by_weight = max_weight_ != std::numeric_limits<std::size_t>::max();
-      const std::size_t small_target = std::max<std::size_t>(1, (by_weight ? max_weight_ : max_entries_) / 10);
-      const std::size_t small_size = by_weight ? small_weight_ : small_.size();
+      // The small queue holds a tenth of the cache, measured in the limit being
+      // enforced now: entries when the count is over, weight otherwise (a weight
+      // cap that is not reached must not size the queue).
+      const bool by_count = map_.size() > max_entries_;
+      const std::size_t small_target = std::max<std::size_t>(1, (by_count ? max_entries_ : max_weight_) / 10);
+      const std::size_t small_size = by_count ? small_.size() : small_weight_;
       if (!small_.empty() && (small_size > small_target || main_.empty()))
         evict_small(dead);
       else

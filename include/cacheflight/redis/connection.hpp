@@ -10,11 +10,17 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace cacheflight::redis {
+
+class client;
+namespace detail {
+struct exec_cancel;
+}
 
 /// Where and how to connect.
 struct connection_options {
@@ -78,8 +84,9 @@ class connection {
   /// `error::timed_out` (after `command_timeout`), `error::protocol_error`,
   /// socket errors (the connection is then lost).
   /// @par Per-Operation Cancellation
-  /// `terminal`, `partial` and `total`: the command completes with
-  /// `operation_aborted`. If it was written already, its reply is read and
+  /// `terminal`, `partial` and `total`, honoured from the moment this function
+  /// returns: the command completes with `operation_aborted`. One not written
+  /// yet is never sent; if it was written already, its reply is read and
   /// dropped when it comes, and the connection stays usable (as after a timeout).
   /// @par Executor
   /// The handler runs on its associated executor, never inside this call.
@@ -91,6 +98,8 @@ class connection {
   }
 
   /// Closes the connection; waiting commands fail with `operation_aborted`.
+  /// Asynchronous: `is_open()` turns false once the connection's strand has
+  /// run the close.
   void close();
 
   /// Whether the connection is open (connected and authenticated).
@@ -99,11 +108,19 @@ class connection {
   executor_type get_executor() const noexcept;
 
  private:
+  friend class client;
   using connect_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
   void start_connect(connect_handler h);
   void start_exec(std::vector<std::string> args, exec_handler h);
+
+  // For `client`, which shares the connection's strand: a command whose
+  // cancellation was hooked in its initiating function (`watch_cancel`), and
+  // a callback run on the strand when an open connection is lost.
+  static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h, const executor_type& strand);
+  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c);
+  void on_lost(std::function<void()> f);
 
   struct impl;
   std::shared_ptr<impl> impl_;

@@ -20,9 +20,10 @@ struct tier_options {
   /// Prepended to every key; `async_clear` removes only keys with it. Must not
   /// be empty. Give each cache its own prefix when several share one server.
   std::string prefix = "cacheflight:";
-  /// Writes (sets) accepted and not yet sent at most; beyond it a write is
-  /// dropped with `error::queue_full`. Erases and clears do not count against
-  /// it (each has a caller waiting for it).
+  /// Writes (sets and erases) accepted and not yet sent at most; beyond it a
+  /// write of a key not already queued fails with `error::queue_full` (a write
+  /// of a queued key replaces that one in its place, and a clear replaces
+  /// every queued write, so neither can be refused).
   std::size_t max_queued_writes = 10'000;
   /// Writes sent together in one pipelined batch at most.
   std::size_t write_batch = 64;
@@ -48,6 +49,9 @@ struct tier_options {
 ///   of a key replaces an older one not yet sent (the last write wins), and an
 ///   erase is never sent before an earlier write of the same key; batches are
 ///   pipelined one after the other, so their order holds across reconnects.
+/// - Reads see the writes initiated before them: a key whose write is still
+///   queued is answered from the queue (its bytes, or nothing for an erase),
+///   and every key reads as absent while a clear is queued or running.
 /// - A circuit breaker: after `breaker_failures` consecutive failures, or at
 ///   once when the connection is lost, every operation fails at once with
 ///   `error::tier_unavailable` (the cache then serves memory and loaders); after
