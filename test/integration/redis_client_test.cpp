@@ -41,3 +41,48 @@ TEST_F(RedisClient, KeepsRetryingWhileTheServerIsDown) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace cftest;
+
+TEST_F(RedisClient, ACancellationEmittedAsSoonAsExecReturnsIsHonoured) {
+  redis::client c{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                    asio::cancellation_type::total}) {
+    asio::cancellation_signal sig;
+    std::optional<error_code> got;
+    const auto t0 = std::chrono::steady_clock::now();
+    // A command that would block for half a second if it ever ran.
+    c.async_exec({"BLPOP", "cftest:never-pushed", "0.5"},
+                 asio::bind_cancellation_slot(sig.slot(), [&](error_code ec, redis::reply) { got = ec; }));
+    sig.emit(type);
+    ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+    EXPECT_EQ(*got, asio::error::operation_aborted) << static_cast<int>(type);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 300ms) << static_cast<int>(type);
+  }
+  // The connection is still usable, and nothing is left blocking it.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 300ms);
+}
+
+TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
+  auto opts = client_options();
+  opts.health_check_interval = 60s;  // the loss must not wait for a health check
+  redis::client c{io.get_executor(), opts};
+  redis::client killer{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected() && killer.is_connected(); }));
+  const auto id = exec(c, {"CLIENT", "ID"}).second.integer;
+  ASSERT_GT(id, 0);
+  EXPECT_EQ(exec(killer, {"CLIENT", "KILL", "ID", std::to_string(id)}).second.integer, 1);
+  ASSERT_TRUE(run_until([&] { return !c.is_connected(); }, 300ms));
+  auto [ec, r] = exec(c, {"PING"});
+  EXPECT_EQ(ec, cf::error::not_connected);
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 2s));  // reconnected without a health check
+  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+  EXPECT_EQ(c.connections_opened(), 2u);
+}
+
+}  // namespace

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <functional>
 #include <random>
+#include <thread>
 
 namespace {
 
@@ -295,6 +296,123 @@ TEST_F(RedisTierAuth, TheRightPasswordWorksAndAWrongOneIsAClearError) {
   std::optional<std::exception_ptr> done;
   a.async_clear([&](std::exception_ptr e) { done = e; });
   ASSERT_TRUE(run_until([&] { return done.has_value(); }));
+}
+
+}  // namespace
+
+namespace {
+
+using namespace cftest;
+
+TEST_F(RedisTier, AnInvalidationIssuedBeforeALoadRunsIsNotUndoneByTheValueInRedis) {
+  auto t = make_tier();
+  mcache c{io, options(t)};
+  std::atomic<int> calls{0};
+  const auto old_bytes = cf::detail::encode_stored(1, cf::detail::envelope::now_ms() + 60'000);
+
+  // A set: the load exists before it, its first step (the Redis read) runs after.
+  exec(*raw, {"SET", prefix + "s", old_bytes});
+  std::optional<int> got;
+  c.async_get("s", loader(3, calls), [&](std::exception_ptr, int v) { got = v; });
+  bool set_done = false;
+  c.async_set("s", 2, [&](std::exception_ptr e) { set_done = !e; });
+  ASSERT_TRUE(run_until([&] { return got && set_done; }));
+  EXPECT_EQ(c.peek("s"), 2);
+  ASSERT_TRUE(run_until([&] { return t->health().queued_writes == 0 && t->health().writes >= 1; }));
+  EXPECT_EQ(cf::detail::decode_stored<int>(exec(*raw, {"GET", prefix + "s"}).second.str,
+                                           cf::detail::envelope::now_ms(), nullptr),
+            2);
+
+  // An erase: nothing of what Redis held comes back into memory, and the next
+  // caller, after the erase completed, loads.
+  exec(*raw, {"SET", prefix + "e", old_bytes});
+  std::optional<int> before;
+  c.async_get("e", loader(3, calls), [&](std::exception_ptr, int v) { before = v; });
+  std::optional<std::exception_ptr> erased;
+  c.async_erase("e", [&](std::exception_ptr e, bool) { erased = e; });
+  ASSERT_TRUE(run_until([&] { return before && erased; }));
+  EXPECT_FALSE(*erased);
+  EXPECT_EQ(c.peek("e"), std::nullopt);
+  EXPECT_EQ(get(c, "e", loader(7, calls)), 7);
+  EXPECT_EQ(c.peek("e"), 7);
+}
+
+TEST_F(RedisTier, AfterRacingSetsErasesClearsAndLoadsRedisHoldsMemorysValueOrNothing) {
+  // Two threads run the cache and the tier; eight actors issue random
+  // operations on 48 keys. Once everything settled, Redis must hold, for each
+  // key, what memory holds, or nothing (a later miss), unless a write was
+  // reported dropped.
+  asio::io_context work;
+  auto t = std::make_shared<redis::tier>(work.get_executor(), client_options(), redis::tier_options{.prefix = prefix});
+  cf::cache<int, cf::manual_clock> c{work, cf::cache_options{.max_entries = 10'000,
+                                                             .default_ttl = 60s,
+                                                             .shards = 4,
+                                                             .tiers = {t}}};
+  std::atomic<int> next_value{1}, finished{0}, errors{0};
+  constexpr int actors = 8, ops = 400, keys = 48;
+  auto actor = [&](unsigned seed) -> asio::awaitable<void> {
+    std::mt19937 rng(seed);
+    for (int i = 0; i < ops; ++i) {
+      const std::string key = "k" + std::to_string(rng() % keys);
+      const unsigned what = rng() % 100;
+      try {
+        if (what < 35) {
+          co_await c.async_set(key, next_value++, asio::use_awaitable);
+        } else if (what < 55) {
+          co_await c.async_erase(key, asio::use_awaitable);
+        } else if (what < 57) {
+          co_await c.async_clear(asio::use_awaitable);
+        } else {
+          const int v = next_value++;
+          co_await c.async_get(key, [v]() -> asio::awaitable<int> { co_return v; }, asio::use_awaitable);
+        }
+      } catch (const std::exception&) {
+        ++errors;
+      }
+    }
+    ++finished;
+  };
+  auto guard = asio::make_work_guard(work);
+  std::thread t1([&] { work.run(); }), t2([&] { work.run(); });
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!t->get_client().is_connected() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  for (unsigned a = 0; a < actors; ++a) asio::co_spawn(work, actor(a + 1), asio::detached);
+  while (finished < actors && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  // Settled: nothing queued in the tier for a while.
+  int quiet = 0;
+  while (quiet < 20 && std::chrono::steady_clock::now() < deadline) {
+    quiet = t->health().queued_writes == 0 ? quiet + 1 : 0;
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_EQ(finished.load(), actors);
+  EXPECT_EQ(errors.load(), 0);
+  const auto health = t->health();
+  const auto st = c.stats();
+  int mismatched = 0, both = 0;
+  for (int k = 0; k < keys; ++k) {
+    const std::string key = "k" + std::to_string(k);
+    const std::optional<int> mem = c.peek(key);
+    auto [ec, r] = exec(*raw, {"GET", prefix + key});
+    ASSERT_FALSE(ec);
+    if (r.type == redis::reply::kind::nil) continue;
+    const auto in_redis = cf::detail::decode_stored<int>(r.str, cf::detail::envelope::now_ms(), nullptr);
+    if (in_redis && mem && *in_redis == *mem)
+      ++both;
+    else {
+      ++mismatched;
+      ADD_FAILURE() << key << ": memory " << (mem ? std::to_string(*mem) : "none") << ", Redis "
+                    << (in_redis ? std::to_string(*in_redis) : "unreadable");
+    }
+  }
+  EXPECT_EQ(health.writes_dropped, 0u);
+  EXPECT_EQ(st.l2_errors, 0u);
+  EXPECT_EQ(mismatched, 0);
+  EXPECT_GT(both, 0);
+  guard.reset();
+  work.stop();
+  t1.join();
+  t2.join();
 }
 
 }  // namespace
