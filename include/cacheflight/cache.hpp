@@ -765,11 +765,18 @@ class cache {
   ///                taking a completion token with signature
   ///                `void(error_code, V)` or `void(std::exception_ptr, V)` (a
   ///                `batch_loader`'s `async_load` bound to a key, for instance).
+  ///                Moved, never copied: a move-only callable is fine. Called
+  ///                once, by the load it starts; a caller that joins a load in
+  ///                flight has its loader destroyed unused.
   /// @param token   The completion token.
   ///
   /// @par Completion signature
   /// @code void(std::exception_ptr error, V value) @endcode
-  /// Errors: the loader's exception, unchanged (the same object for every caller);
+  /// Errors: the loader's exception, unchanged (the same object for every caller;
+  /// a loader failing with `operation_aborted` of its own accord is a failure like
+  /// any other, counted and negatively cached; only a load cancelled because its
+  /// callers left, or by the cache's destruction, is not); a throwing weigher's
+  /// exception (the value is then not stored);
   /// `error::invalid_key`, `error::invalid_timeout`, `error::timed_out`,
   /// `error::max_keys_exceeded` (too many loads in flight), `error::cancelled`;
   /// `operation_aborted` for a caller cancelled through its own slot. With
@@ -785,9 +792,12 @@ class cache {
   /// (unless `on_abandon` is `finish`). A value found in memory is not cancellable.
   ///
   /// @par Invalidation
-  /// An `async_erase`, `async_clear` or `async_set` of `key` while its load is in
-  /// flight does not stop the load: its callers still receive the value, but the
-  /// value is not stored, so the next caller loads anew.
+  /// An `async_erase`, `async_clear` or `async_set` of `key` issued once this
+  /// call started a load (even before the load's first step ran) does not stop
+  /// the load: the callers already waiting for it still receive its value, but
+  /// the value is stored nowhere, and callers arriving after the invalidation
+  /// do not join it: they start a fresh load. While an invalidation is being
+  /// handed to the tiers, loads of its key skip the tiers and run the loader.
   ///
   /// @par Thread safety
   /// Any thread, concurrently with every other member.
@@ -864,7 +874,8 @@ class cache {
 
  public:
   /// Stores `value` under `key` with the default TTL (`ttl`: this one; `no_expiry`:
-  /// none), replacing any value and superseding any load of `key` in flight. With
+  /// none), replacing any value and superseding any load of `key` in flight (it
+  /// will not be stored, and later callers do not join it). With
   /// tiers, the value is also written to each of them, behind the caller's back:
   /// the operation completes once memory holds it (a tier's failure to store it
   /// is reported through events and `tier_stats::errors`).
@@ -873,7 +884,9 @@ class cache {
   /// @code void(std::exception_ptr error) @endcode
   /// Errors: `error::invalid_key`, `error::invalid_timeout` (a TTL that is not
   /// positive); with tiers, the exception of a `codec<V>::encode` that refuses
-  /// the value (memory holds it nonetheless). A value heavier than the cap is
+  /// the value (memory holds it nonetheless); the exception of a weigher, or of
+  /// `V`'s copy constructor, that throws (then nothing changed: memory, tiers
+  /// and loads in flight are as before). A value heavier than the cap is
   /// not stored in memory (an `eviction` event with cause `oversized`); that is
   /// not an error. Posted to the handler's executor.
   template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>
@@ -908,11 +921,13 @@ class cache {
   }
 
   /// Removes `key` from memory and from every tier; a load of it in flight will
-  /// not be stored. With tiers, completes once every tier has acknowledged the
+  /// not be stored, and callers from now on start a fresh load instead of
+  /// joining it. With tiers, completes once every tier has acknowledged the
   /// removal (a tier never applies it before an earlier write of the key).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, bool erased) @endcode
-  /// `erased`: whether memory held the key. Errors: `error::invalid_key`; the
+  /// `erased`: whether memory held a fresh value of the key (an expired one is
+  /// reclaimed and counted as an expiration). Errors: `error::invalid_key`; the
   /// first tier's failure as a `boost::system::system_error` (for instance
   /// `error::tier_unavailable` while its breaker is open); memory is erased
   /// regardless.
@@ -942,8 +957,9 @@ class cache {
   }
 
   /// Removes every entry from memory and from every tier (a Redis tier removes
-  /// its prefix's keys only); loads in flight will not be stored. With tiers,
-  /// completes once every tier has acknowledged.
+  /// its prefix's keys only); loads in flight will not be stored, and callers
+  /// from now on start fresh loads. With tiers, completes once every tier has
+  /// acknowledged.
   /// @par Completion signature
   /// @code void(std::exception_ptr error) @endcode
   /// Errors: the first tier's failure as a `boost::system::system_error`; memory

@@ -726,3 +726,12 @@ TEST_F(Cache, S3FifoStaysScanResistantWhenAWeightCapIsSetButNotReached) {
   EXPECT_EQ(survivors(cf::unlimited), 50);
   EXPECT_EQ(survivors(1'000'000), 50);
 }
+
+TEST_F(Cache, AMoveOnlyLoaderIsAccepted) {
+  mcache c{io};
+  auto owned = std::make_unique<int>(12);
+  outcome<> o;
+  c.async_get("k", [p = std::move(owned)]() -> asio::awaitable<int> { co_return *p; }, o.handler());
+  drain(io);
+  EXPECT_EQ(o.value, 12);
+}
