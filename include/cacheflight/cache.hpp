@@ -209,7 +209,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     typename shard::graveyard dead;
     std::optional<V> v;
     bool hit = false;
-    try {
+    constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
+    [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
+    {
       std::lock_guard lk(sh.mu);
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
@@ -217,17 +219,29 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
       if (node* n = sh.find(key, clock, dead)) {
         // A cached failure is a hit only for callers that take failures.
         if (n->value) {
-          v.emplace(*n->value);  // V's copy may throw: the lock is released, nothing changed
-          hit = true;
+          if constexpr (nothrow_copy) {
+            v.emplace(*n->value);
+            hit = true;
+          } else {
+            try {
+              v.emplace(*n->value);
+              hit = true;
+            } catch (...) {
+              copy_failed = std::current_exception();
+            }
+          }
         } else if (failure) {
           *failure = n->error;
           hit = true;
         }
       }
       if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
-    } catch (...) {
-      bury(dead);
-      throw;
+    }
+    if constexpr (!nothrow_copy) {
+      if (copy_failed) {  // V's copy threw: nothing changed but reclaimed entries
+        bury(dead);
+        std::rethrow_exception(copy_failed);
+      }
     }
     if (count && opts_.on_event) emit_kind(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
     if (!dead.empty()) bury(dead);
@@ -1029,10 +1043,14 @@ class cache {
       }
       std::exception_ptr failure;
       std::optional<V> v;
-      try {
+      if constexpr (std::is_nothrow_copy_constructible_v<V>) {
         v = st->lookup(key, 2, &failure, !counted);
-      } catch (...) {
-        failure = std::current_exception();  // V's copy threw
+      } else {
+        try {
+          v = st->lookup(key, 2, &failure, !counted);
+        } catch (...) {
+          failure = std::current_exception();  // V's copy threw
+        }
       }
       if (v) {
         detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*v));
