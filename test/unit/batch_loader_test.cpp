@@ -35,6 +35,21 @@ class BatchLoader : public ::testing::Test {
     };
   }
 
+  // A batch function that records its calls and holds each batch until its
+  // timer in `held` is cancelled; then answers "x" for every key.
+  auto holding() {
+    return [this](std::vector<int> keys) -> asio::awaitable<map_t> {
+      calls.push_back(keys);
+      auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+      held.push_back(t);
+      boost::system::error_code ec;
+      co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      map_t m;
+      for (int k : keys) m[k] = "x";
+      co_return m;
+    };
+  }
+
   std::vector<std::size_t> sizes() const {
     std::vector<std::size_t> s;
     for (auto& c : calls) s.push_back(c.size());
@@ -43,6 +58,7 @@ class BatchLoader : public ::testing::Test {
 
   asio::io_context io;
   std::vector<std::vector<int>> calls;
+  std::vector<std::shared_ptr<asio::steady_timer>> held;
 };
 
 TEST_F(BatchLoader, KeysWithinAWindowMakeOneCall) {
@@ -314,19 +330,7 @@ TEST_F(BatchLoader, DistinctFloatingPointKeysNeverShareALoad) {
 }
 
 TEST_F(BatchLoader, AKeyCancelledWhileItsBatchWaitsForATurnIsNeverSent) {
-  std::vector<std::shared_ptr<asio::steady_timer>> held;
-  loader_t l{io,
-             [&](std::vector<int> keys) -> asio::awaitable<map_t> {
-               calls.push_back(keys);
-               auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
-               held.push_back(t);
-               boost::system::error_code ec;
-               co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-               map_t m;
-               for (int k : keys) m[k] = "x";
-               co_return m;
-             },
-             cf::batch_options{.window = 1ms, .max_batch = 1, .max_concurrent_batches = 1}};
+  loader_t l{io, holding(), cf::batch_options{.window = 1ms, .max_batch = 1, .max_concurrent_batches = 1}};
   asio::cancellation_signal sig;
   outcome<std::string> first, queued, third;
   l.async_load(1, first.handler());
@@ -367,19 +371,9 @@ TEST_F(BatchLoader, AcceptsEveryKeyACacheInFrontOfItAccepts) {
 }
 
 TEST_F(BatchLoader, DestroyingTheLoaderCancelsItsCallersAndSendsNothingMore) {
-  std::vector<std::shared_ptr<asio::steady_timer>> held;
   outcome<std::string> running, queued, open;
   {
-    loader_t l{io,
-               [&](std::vector<int> keys) -> asio::awaitable<map_t> {
-                 calls.push_back(keys);
-                 auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
-                 held.push_back(t);
-                 boost::system::error_code ec;
-                 co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-                 co_return map_t{};
-               },
-               cf::batch_options{.window = 1ms, .max_batch = 2, .max_concurrent_batches = 1}};
+    loader_t l{io, holding(), cf::batch_options{.window = 1ms, .max_batch = 2, .max_concurrent_batches = 1}};
     l.async_load(1, running.handler());
     l.async_load(2, running.handler());
     l.async_load(3, queued.handler());

@@ -371,11 +371,10 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   bool forget_locked(shard& sh, std::string_view key) {
     auto it = sh.map.find(key);
     if (it == sh.map.end()) return false;
-    entry_ptr p = std::move(it->second);
+    entry& e = *it->second;
+    sh.forgotten.emplace(&e, it->second);  // may throw: nothing changed yet
+    e.in_map = false;
     sh.map.erase(it);
-    p->in_map = false;
-    const entry* raw = p.get();
-    sh.forgotten.emplace(raw, std::move(p));
     return true;
   }
 
