@@ -2,6 +2,7 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/client.hpp>
 
+#include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
@@ -102,8 +103,9 @@ struct client::impl : std::enable_shared_from_this<impl> {
     if (!conn || !conn->is_open()) {
       // Possibly inside the initiating call: posted, never run inside it.
       auto ex = asio::get_associated_executor(h, strand);
-      asio::post(strand, [ex, h = std::move(h)]() mutable {
-        asio::dispatch(ex, [h = std::move(h)]() mutable {
+      auto work = asio::prefer(asio::any_completion_executor(ex), asio::execution::outstanding_work.tracked);
+      asio::post(strand, [ex, work, h = std::move(h)]() mutable {
+        asio::dispatch(ex, [h = std::move(h), work = std::move(work)]() mutable {
           asio::get_associated_cancellation_slot(h).clear();
           std::move(h)(make_error_code(error::not_connected), reply{});
         });

@@ -4,6 +4,7 @@
 
 #include "shutdown_registry.hpp"
 
+#include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -30,12 +31,23 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-// Completes `h` on its associated executor. Called on the connection's strand,
-// never inside an initiating function.
+// Outstanding work on a handler's associated executor, held while the handler
+// waits (as Asio's own operations do), so that its context does not run out
+// of work and return from run() before the result arrives.
+template <class Handler>
+asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio::any_io_executor>& strand) {
+  return asio::prefer(asio::any_completion_executor(asio::get_associated_executor(h, strand)),
+                      asio::execution::outstanding_work.tracked);
+}
+
+// Completes `h` on its associated executor; `work` (from `tracked`) is released
+// after the upcall. Called on the connection's strand, never inside an
+// initiating function.
 template <class Handler, class... Args>
-void complete(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
+void complete(Handler h, asio::any_completion_executor work, const asio::strand<asio::any_io_executor>& strand,
+              Args... args) {
   auto ex = asio::get_associated_executor(h, strand);
-  asio::dispatch(ex, [h = std::move(h), ... a = std::move(args)]() mutable {
+  asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(std::move(a)...);
   });
@@ -46,8 +58,9 @@ void complete(Handler h, const asio::strand<asio::any_io_executor>& strand, Args
 template <class Handler, class... Args>
 void complete_later(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
   auto ex = asio::get_associated_executor(h, strand);
-  asio::post(strand, [ex, h = std::move(h), ... a = std::move(args)]() mutable {
-    asio::dispatch(ex, [h = std::move(h), ... a = std::move(a)]() mutable {
+  auto work = tracked(h, strand);
+  asio::post(strand, [ex, w = std::move(work), h = std::move(h), ... a = std::move(args)]() mutable {
+    asio::dispatch(ex, [h = std::move(h), w = std::move(w), ... a = std::move(a)]() mutable {
       asio::get_associated_cancellation_slot(h).clear();
       std::move(h)(std::move(a)...);
     });
@@ -86,6 +99,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     std::uint64_t id = 0;
     std::string bytes;
     std::optional<exec_handler> handler;  // empty once abandoned (timed out or cancelled)
+    asio::any_completion_executor work;    // outstanding work on the handler's executor
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
     clock_type::time_point deadline;
@@ -109,6 +123,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   state st = state::idle;
   std::atomic<bool> open_flag{false};
   std::optional<connect_handler> connecting;
+  asio::any_completion_executor connecting_work;
   bool armed = false;                  // the deadline timer has a wait pending
   clock_type::time_point armed_for{};
   std::function<void()> lost;          // run on the strand when an open connection is lost
@@ -116,10 +131,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // --- connecting ------------------------------------------------------------
   void connect(connect_handler h) {
     if (st != state::idle) {
-      complete(std::move(h), strand, error_code(asio::error::already_started));
+      complete_later(std::move(h), strand, error_code(asio::error::already_started));
       return;
     }
     st = state::connecting;
+    connecting_work = tracked(h, strand);
     connecting.emplace(std::move(h));
     connect_timer.expires_after(opts.connect_timeout);
     connect_timer.async_wait([self = shared_from_this()](error_code ec) {
@@ -178,7 +194,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (connecting) {
       auto h = std::move(*connecting);
       connecting.reset();
-      complete(std::move(h), strand, error_code{});
+      complete(std::move(h), std::move(connecting_work), strand, error_code{});
     }
   }
 
@@ -208,6 +224,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       };
       cancel->id = c.id;
     }
+    c.work = tracked(h, strand);
     c.handler.emplace(std::move(h));
     pending.push_back(std::move(c));
     ++live;
@@ -240,7 +257,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
           exec_handler h(std::move(*c.handler));
           c.handler.reset();
           --live;
-          complete(std::move(h), strand, ec, reply{});
+          complete(std::move(h), std::move(c.work), strand, ec, reply{});
           return;
         }
   }
@@ -280,7 +297,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
           self->handshake_reply(c, *r);
         else if (c.handler) {
           --self->live;
-          complete(std::move(*c.handler), self->strand, error_code{}, std::move(*r));
+          complete(std::move(*c.handler), std::move(c.work), self->strand, error_code{}, std::move(*r));
         }
         if (self->st == state::closed) return;
       }
@@ -351,12 +368,12 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (connecting) {
       auto h = std::move(*connecting);
       connecting.reset();
-      complete(std::move(h), strand, ec);
+      complete(std::move(h), std::move(connecting_work), strand, ec);
     }
     live = 0;
     for (auto* q : {&inflight, &pending}) {
       for (auto& c : *q)
-        if (c.handler) complete(std::move(*c.handler), strand, ec, reply{});
+        if (c.handler) complete(std::move(*c.handler), std::move(c.work), strand, ec, reply{});
       q->clear();
     }
   }

@@ -68,6 +68,20 @@ TEST_F(RedisClient, ACancellationEmittedAsSoonAsExecReturnsIsHonoured) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 300ms);
 }
 
+TEST_F(RedisClient, AWaitingCommandHoldsWorkOnItsHandlersExecutor) {
+  redis::client c{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  asio::io_context other;
+  std::optional<std::string> got;
+  c.async_exec({"PING"}, asio::bind_executor(other, [&](error_code, redis::reply r) { got = r.str; }));
+  // The handler's context has nothing to run yet, but must not run out of work.
+  EXPECT_EQ(other.poll(), 0u);
+  EXPECT_FALSE(other.stopped());
+  run_until([&] { return false; }, 100ms);  // the reply arrives; the handler is queued on `other`
+  other.run();                              // returns once it ran
+  EXPECT_EQ(got, "PONG");
+}
+
 TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
   auto opts = client_options();
   opts.health_check_interval = 60s;  // the loss must not wait for a health check
