@@ -99,12 +99,12 @@ struct client::impl : std::enable_shared_from_this<impl> {
     }));
   }
 
-  void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel) {
+  void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
+            asio::any_completion_executor work) {
     if (!conn || !conn->is_open()) {
       // Possibly inside the initiating call: posted, never run inside it.
       auto ex = asio::get_associated_executor(h, strand);
-      auto work = asio::prefer(asio::any_completion_executor(ex), asio::execution::outstanding_work.tracked);
-      asio::post(strand, [ex, work, h = std::move(h)]() mutable {
+      asio::post(strand, [ex, work = std::move(work), h = std::move(h)]() mutable {
         asio::dispatch(ex, [h = std::move(h), work = std::move(work)]() mutable {
           asio::get_associated_cancellation_slot(h).clear();
           std::move(h)(make_error_code(error::not_connected), reply{});
@@ -112,7 +112,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
       });
       return;
     }
-    conn->exec_on_strand(std::move(args), std::move(h), std::move(cancel));
+    conn->exec_on_strand(std::move(args), std::move(h), std::move(cancel), std::move(work));
   }
 
   void stop() {
@@ -147,10 +147,15 @@ error_code client::last_error() const {
 void client::start_exec(std::vector<std::string> args, exec_handler h) {
   // The caller's cancellation slot is hooked here, in the initiating function.
   auto cancel = connection::watch_cancel(h, impl_->strand);
+  // Outstanding work on the handler's executor, from now until it has run.
+  auto work = asio::prefer(asio::any_completion_executor(asio::get_associated_executor(h, impl_->strand)),
+                           asio::execution::outstanding_work.tracked);
   // Already on the strand (a completion issuing the next command): no hop.
-  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h), std::move(cancel));
-  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel)]() mutable {
-    self->exec(std::move(args), std::move(h), std::move(cancel));
+  if (impl_->strand.running_in_this_thread())
+    return impl_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
+  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
+                             work = std::move(work)]() mutable {
+    self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
   });
 }
 

@@ -56,9 +56,9 @@ void complete(Handler h, asio::any_completion_executor work, const asio::strand<
 // As `complete`, for a result known inside an initiating function: posted, so
 // the handler never runs inside the call.
 template <class Handler, class... Args>
-void complete_later(Handler h, const asio::strand<asio::any_io_executor>& strand, Args... args) {
+void complete_later(Handler h, asio::any_completion_executor work, const asio::strand<asio::any_io_executor>& strand,
+                    Args... args) {
   auto ex = asio::get_associated_executor(h, strand);
-  auto work = tracked(h, strand);
   asio::post(strand, [ex, w = std::move(work), h = std::move(h), ... a = std::move(args)]() mutable {
     asio::dispatch(ex, [h = std::move(h), w = std::move(w), ... a = std::move(a)]() mutable {
       asio::get_associated_cancellation_slot(h).clear();
@@ -131,7 +131,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // --- connecting ------------------------------------------------------------
   void connect(connect_handler h) {
     if (st != state::idle) {
-      complete_later(std::move(h), strand, error_code(asio::error::already_started));
+      auto work = tracked(h, strand);
+      complete_later(std::move(h), std::move(work), strand, error_code(asio::error::already_started));
       return;
     }
     st = state::connecting;
@@ -209,13 +210,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   // On the strand. `cancel` is the command's cancellation hook, if its caller
   // has a slot (see watch_cancel).
-  void exec(std::vector<std::string> args, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel) {
-    if (cancel && cancel->requested.load(std::memory_order_acquire))
-      return complete_later(std::move(h), strand, error_code(asio::error::operation_aborted), reply{});
-    if (st != state::open) return complete_later(std::move(h), strand, make_error_code(error::not_connected), reply{});
-    if (args.empty()) return complete_later(std::move(h), strand, error_code(asio::error::invalid_argument), reply{});
-    if (live >= opts.max_pending)
-      return complete_later(std::move(h), strand, make_error_code(error::queue_full), reply{});
+  void exec(std::vector<std::string> args, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel,
+            asio::any_completion_executor work) {
+    auto early = [&](error_code ec) { complete_later(std::move(h), std::move(work), strand, ec, reply{}); };
+    if (cancel && cancel->requested.load(std::memory_order_acquire)) return early(asio::error::operation_aborted);
+    if (st != state::open) return early(make_error_code(error::not_connected));
+    if (args.empty()) return early(asio::error::invalid_argument);
+    if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
     command c = make_command(args);
     if (cancel) {
       cancel->conn = shared_from_this();
@@ -224,7 +225,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       };
       cancel->id = c.id;
     }
-    c.work = tracked(h, strand);
+    c.work = std::move(work);
     c.handler.emplace(std::move(h));
     pending.push_back(std::move(c));
     ++live;
@@ -417,15 +418,18 @@ std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h, c
 
 void connection::start_exec(std::vector<std::string> args, exec_handler h) {
   auto cancel = watch_cancel(h, impl_->strand);
-  exec_on_strand(std::move(args), std::move(h), std::move(cancel));
+  auto work = tracked(h, impl_->strand);
+  exec_on_strand(std::move(args), std::move(h), std::move(cancel), std::move(work));
 }
 
 void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
-                                std::shared_ptr<detail::exec_cancel> cancel) {
+                                std::shared_ptr<detail::exec_cancel> cancel, asio::any_completion_executor work) {
   // Already on the strand (a client's, or a completion's): no hop needed.
-  if (impl_->strand.running_in_this_thread()) return impl_->exec(std::move(args), std::move(h), cancel);
-  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel)]() mutable {
-    self->exec(std::move(args), std::move(h), cancel);
+  if (impl_->strand.running_in_this_thread())
+    return impl_->exec(std::move(args), std::move(h), cancel, std::move(work));
+  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
+                             work = std::move(work)]() mutable {
+    self->exec(std::move(args), std::move(h), cancel, std::move(work));
   });
 }
 

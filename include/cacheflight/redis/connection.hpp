@@ -4,6 +4,7 @@
 
 #include <cacheflight/redis/resp.hpp>
 
+#include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -119,7 +120,9 @@ class connection {
   // cancellation was hooked in its initiating function (`watch_cancel`), and
   // a callback run on the strand when an open connection is lost.
   static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h, const executor_type& strand);
-  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c);
+  // `work`: outstanding work on the handler's executor, taken in the initiating function.
+  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
+                      boost::asio::any_completion_executor work);
   void on_lost(std::function<void()> f);
 
   struct impl;
