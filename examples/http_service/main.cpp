@@ -5,6 +5,9 @@
 //                            [--db-latency-ms 50] [--ttl-ms 60000]
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
 //
+// `--help` lists every option with its default; a malformed or out-of-range
+// value is an error (exit status 2).
+//
 // With --redis, the cache has a Redis L2 behind memory: instances started with
 // the same server and prefix share what any of them loaded.
 //
@@ -25,12 +28,14 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <boost/program_options.hpp>
 
 #include <atomic>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -234,33 +239,59 @@ asio::awaitable<void> listen(service& svc, tcp::acceptor& acceptor, std::vector<
   }
 }
 
-bool parse(int argc, char** argv, config& cfg) {
-  for (int i = 1; i < argc; ++i) {
-    std::string_view a = argv[i];
-    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    const char* v = nullptr;
-    if (a == "--address" && (v = value())) cfg.address = v;
-    else if (a == "--port" && (v = value())) cfg.port = static_cast<unsigned short>(std::atoi(v));
-    else if (a == "--threads" && (v = value())) cfg.threads = static_cast<unsigned>(std::max(1, std::atoi(v)));
-    else if (a == "--db-latency-ms" && (v = value())) cfg.db_latency = std::chrono::milliseconds(std::atoi(v));
-    else if (a == "--ttl-ms" && (v = value())) cfg.ttl = std::chrono::milliseconds(std::max(1, std::atoi(v)));
-    else if (a == "--redis" && (v = value())) cfg.redis = v;
-    else if (a == "--redis-prefix" && (v = value()) && *v) cfg.redis_prefix = v;
-    else {
-      std::cerr << "usage: " << argv[0]
-                << " [--address A] [--port P (0: any)] [--threads N] [--db-latency-ms MS] [--ttl-ms MS]"
-                   " [--redis HOST:PORT] [--redis-prefix P]\n";
-      return false;
-    }
+// Reads the command line into `cfg`. Returns an exit status when the program
+// should stop at once: 0 after --help, 2 for a malformed or out-of-range value.
+std::optional<int> parse(int argc, char** argv, config& cfg) {
+  namespace po = boost::program_options;
+  long port = cfg.port, threads = cfg.threads, db_latency = cfg.db_latency.count(), ttl = cfg.ttl.count();
+  po::options_description desc(
+      "cacheflight_http_service: an HTTP service whose endpoints hit one cache in front of a slow database\n\n"
+      "Options", 100, 50);
+  desc.add_options()                                                       //
+      ("help,h", "print this help and exit")                               //
+      ("address", po::value(&cfg.address)->default_value(cfg.address), "address to listen on")  //
+      ("port", po::value(&port)->default_value(port), "TCP port to listen on, 0 to 65535 (0: any free port)")  //
+      ("threads", po::value(&threads)->default_value(threads),
+       "threads, each running its own io_context (1 to 256)")  //
+      ("db-latency-ms", po::value(&db_latency)->default_value(db_latency),
+       "latency of one call to the simulated database, in ms (0 or more)")  //
+      ("ttl-ms", po::value(&ttl)->default_value(ttl), "lifetime of a cached user, in ms (1 or more)")  //
+      ("redis", po::value(&cfg.redis)->value_name("HOST:PORT")->default_value("", "none: memory only"),
+       "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
+      ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
+       "prefix of this cache's keys in Redis (not empty)");
+  po::variables_map vm;
+  auto fail = [&](const std::string& why) {
+    std::cerr << argv[0] << ": " << why << " (--help lists the options)\n";
+    return 2;
+  };
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    return fail(e.what());
   }
-  return true;
+  if (vm.count("help")) {
+    std::cout << desc << "\n";
+    return 0;
+  }
+  if (port < 0 || port > 65535) return fail("--port must be in [0, 65535]");
+  if (threads < 1 || threads > 256) return fail("--threads must be in [1, 256]");
+  if (db_latency < 0) return fail("--db-latency-ms must not be negative");
+  if (ttl < 1) return fail("--ttl-ms must be at least 1");
+  if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
+  cfg.port = static_cast<unsigned short>(port);
+  cfg.threads = static_cast<unsigned>(threads);
+  cfg.db_latency = std::chrono::milliseconds(db_latency);
+  cfg.ttl = std::chrono::milliseconds(ttl);
+  return std::nullopt;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   config cfg;
-  if (!parse(argc, argv, cfg)) return 2;
+  if (auto status = parse(argc, argv, cfg)) return *status;
 
   // One io_context per thread, each run by exactly one thread.
   std::vector<std::unique_ptr<asio::io_context>> ios;

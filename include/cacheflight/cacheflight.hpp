@@ -9,6 +9,7 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 #include <cacheflight/flight.hpp>
+#include <cacheflight/options.hpp>
 #include <cacheflight/stats.hpp>
 
 #endif

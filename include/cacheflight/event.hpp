@@ -2,14 +2,18 @@
 #ifndef CACHEFLIGHT_EVENT_HPP
 #define CACHEFLIGHT_EVENT_HPP
 
-#include <cacheflight/detail/l1_store.hpp>
-
 #include <chrono>
 #include <exception>
 #include <functional>
 #include <string_view>
 
 namespace cacheflight {
+
+/// Why an entry left the memory tier (see `cache_event_kind::eviction`).
+enum class eviction_cause {
+  capacity,   ///< evicted to respect `max_entries` / `max_weight`
+  oversized,  ///< never stored: its weight alone exceeds the tier's share of `max_weight`
+};
 
 /// What happened, as reported to an `on_event` sink.
 enum class event_kind {

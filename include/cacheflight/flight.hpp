@@ -5,6 +5,7 @@
 #include <cacheflight/detail/flight_impl.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
+#include <cacheflight/options.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>

@@ -7,7 +7,7 @@ CF_JOBS=${CF_JOBS:-$(nproc)}
 # The Debian 12 packages the build and tests need. Boost is pinned to 1.81:
 # never libboost-dev or libboost-all-dev, which pull 1.74 beside it.
 CF_PACKAGES=(g++ cmake ninja-build pkg-config
-  libboost1.81-dev libboost-json1.81-dev
+  libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libgtest-dev libbenchmark-dev
   libhiredis-dev curl)
 

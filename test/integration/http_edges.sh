@@ -7,12 +7,31 @@
 set -euo pipefail
 server=$1
 source "$(dirname "$0")/../../scripts/lib/service.sh"
-start_service "$server" --db-latency-ms 5
-base="http://127.0.0.1:$port"
 failures=0
 expect() {  # expect NAME WANT GOT
   if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
 }
+
+# The command line: --help lists every flag with its default; malformed or
+# out-of-range values are errors with exit status 2, never a silent start.
+status() { set +e; "$server" "$@" >/dev/null 2>&1; echo $?; set -e; }
+help=$("$server" --help)
+expect "--help exits 0" 0 "$(status --help)"
+for flag in --address --port --threads --db-latency-ms --ttl-ms --redis --redis-prefix; do
+  expect "--help lists $flag" 1 "$(grep -c -- "^ *$flag " <<<"$help")"
+done
+expect "--help shows the port's default" 1 "$(grep -c -- '--port arg (=8080)' <<<"$help")"
+expect "--port abc is an error" 2 "$(status --port abc)"
+expect "--port 70000 is an error" 2 "$(status --port 70000)"
+expect "--threads -1 is an error" 2 "$(status --threads -1)"
+expect "--threads 0 is an error" 2 "$(status --threads 0)"
+expect "--ttl-ms 0 is an error" 2 "$(status --ttl-ms 0)"
+expect "an unknown flag is an error" 2 "$(status --bogus 1)"
+expect "a flag without its value is an error" 2 "$(status --port)"
+expect "the error names the flag" 1 "$("$server" --port abc 2>&1 >/dev/null | grep -c -- 'port')"
+
+start_service "$server" --db-latency-ms 5
+base="http://127.0.0.1:$port"
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 
 expect "GET /healthz" 200 "$(code "$base/healthz")"

@@ -6,6 +6,7 @@
 #include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
+#include <cacheflight/options.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_allocator.hpp>
@@ -40,18 +41,6 @@
 #include <vector>
 
 namespace cacheflight {
-
-/// A timeout value meaning "wait for as long as the work takes".
-inline constexpr std::chrono::nanoseconds no_timeout = std::chrono::nanoseconds::max();
-
-/// What a flight does with work whose waiters have all left (by their own
-/// cancellation slot or timeout).
-enum class abandon_policy {
-  /// Cancel the work (its cancellation slot receives `terminal`) and free the key.
-  cancel,
-  /// Let the work run to completion; the key stays in flight and new callers join it.
-  finish,
-};
 
 namespace detail {
 
@@ -159,32 +148,6 @@ template <class Fn, class V>
 concept coroutine_work = std::invocable<Fn&> && is_awaitable_of<std::invoke_result_t<Fn&>, V>;
 
 }  // namespace detail
-
-/// Options for one `flight`. An aggregate: use designated initializers.
-struct flight_options {
-  /// Cap on keys in flight at once. A call for a new key beyond it completes
-  /// with `error::max_keys_exceeded`; joining a key already in flight is allowed.
-  std::size_t max_keys = 100'000;
-  /// Each caller's wait bound when `run_options::timeout` is unset; `no_timeout` for none.
-  std::chrono::nanoseconds default_timeout = no_timeout;
-  /// Receives every event (see `event_kind`); may be empty. An exception thrown
-  /// by the sink is caught and discarded; the flight's state is unaffected.
-  event_sink on_event{};
-  /// What happens to work when its last waiter leaves.
-  abandon_policy on_abandon = abandon_policy::cancel;
-  /// Longest accepted key, in bytes. Longer (or empty) keys get `error::invalid_key`.
-  std::size_t max_key_length = 1024;
-  /// Number of independently locked partitions of the key space (1 to 1024).
-  /// More shards reduce lock contention when many threads call into one flight.
-  std::size_t shards = 1;
-};
-
-/// Per-call options of `flight::async_run`.
-struct run_options {
-  /// This caller's wait bound. Unset: `flight_options::default_timeout`.
-  /// Must be positive; zero or negative gets `error::invalid_timeout`.
-  std::optional<std::chrono::nanoseconds> timeout;
-};
 
 namespace detail {
 

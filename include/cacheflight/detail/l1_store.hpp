@@ -4,6 +4,7 @@
 
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
+#include <cacheflight/options.hpp>
 
 #include <boost/container_hash/hash.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
@@ -22,22 +23,6 @@
 #include <vector>
 
 namespace cacheflight {
-
-/// How the memory tier chooses what to evict when it is full.
-enum class eviction_policy {
-  /// S3-FIFO (Yang et al., SOSP 2023): a small probationary FIFO, a main FIFO
-  /// with 2-bit access counts and a ghost FIFO of recently evicted keys. Scan
-  /// resistant and frequency aware, with a hit that only bumps a counter.
-  s3fifo,
-  /// Least recently used, exactly.
-  lru,
-};
-
-/// Why an entry left the memory tier (see `cache_event_kind::eviction`).
-enum class eviction_cause {
-  capacity,   ///< evicted to respect `max_entries` / `max_weight`
-  oversized,  ///< never stored: its weight alone exceeds the tier's share of `max_weight`
-};
 
 namespace detail {
 

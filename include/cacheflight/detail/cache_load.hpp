@@ -1,0 +1,149 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_CACHE_LOAD_HPP
+#define CACHEFLIGHT_DETAIL_CACHE_LOAD_HPP
+
+#include <cacheflight/detail/cache_events.hpp>
+#include <cacheflight/detail/flight_impl.hpp>
+#include <cacheflight/stats.hpp>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace cacheflight::detail {
+
+// How a cache's loads went, for `cache_stats`.
+struct load_counters {
+  std::atomic<std::uint64_t> loads{0}, failures{0}, time_ns{0}, coalesced{0};
+
+  void add_stats(cache_stats& s) const {
+    s.loads = loads.load(std::memory_order_relaxed);
+    s.load_failures = failures.load(std::memory_order_relaxed);
+    s.load_time = std::chrono::nanoseconds(time_ns.load(std::memory_order_relaxed));
+    s.coalesced = coalesced.load(std::memory_order_relaxed);
+  }
+};
+
+// A load's right to store its result: a token registered in memory when the
+// load's flight entry is created, so that an invalidation from then on voids
+// it. Released when the load ends without storing, however it ends (thrown,
+// cancelled before it started, destroyed unrun at shutdown).
+//
+// `State` is the cache's state (cache_state.hpp): `memory()` gives its memory tier.
+template <class State>
+class load_ticket {
+ public:
+  load_ticket(std::shared_ptr<State> st, std::string key) : st_(std::move(st)), key_(std::move(key)) {}
+  load_ticket(load_ticket&& o) noexcept : st_(std::move(o.st_)), key_(std::move(o.key_)), token_(std::exchange(o.token_, 0)) {}
+  load_ticket& operator=(load_ticket&&) = delete;
+  ~load_ticket() {
+    if (token_) st_->memory().end_load(key_, token_);
+  }
+
+  void issue() { token_ = st_->memory().begin_load(key_); }
+  State& state() const noexcept { return *st_; }
+  const std::string& key() const noexcept { return key_; }
+  std::uint64_t& token() noexcept { return token_; }
+
+ private:
+  std::shared_ptr<State> st_;
+  std::string key_;
+  std::uint64_t token_ = 0;
+};
+
+template <class State, class Loader>
+boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
+                                                                 std::chrono::nanoseconds ttl);
+
+// The work of a coalesced miss, given to the flight: the ticket is issued as
+// the flight inserts the load's entry (under its lock), and the flight calls
+// it once.
+template <class State, class Loader>
+struct load_work {
+  load_ticket<State> ticket;
+  Loader loader;
+  std::chrono::nanoseconds ttl;
+
+  void on_entry_created(entry_created_tag) { ticket.issue(); }
+  boost::asio::awaitable<typename State::value_type> operator()() {
+    return load_and_fill(std::move(ticket), std::move(loader), ttl);
+  }
+};
+
+// A load that failed: counted, reported and, with negative caching, stored as
+// a failure, unless it was cancelled (its callers left, or cancel/clear): that
+// is not the loader's failure, whatever it threw.
+template <class State>
+void load_failed(State& st, const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
+                 std::chrono::nanoseconds took, bool cancelled) {
+  if (cancelled) {
+    st.memory().end_load(key, token);
+    return;
+  }
+  st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
+  st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
+  if (const auto& negative = st.options().negative_ttl)
+    st.memory().store(key, nullptr, failure, *negative, token, nullptr, nullptr);
+  else
+    st.memory().end_load(key, token);
+}
+
+// The tiers, then the loader, then the fill and the write-behind, all under
+// the ticket: an invalidation since the load's entry was created keeps its
+// value out of memory and out of the tiers (its callers still get it).
+template <class State, class Loader>
+boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
+                                                                 std::chrono::nanoseconds ttl) {
+  namespace asio = boost::asio;
+  using V = typename State::value_type;
+  using Clock = typename State::clock_type;
+  State& st = ticket.state();
+  const std::string& key = ticket.key();
+  if (st.has_tiers()) {
+    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory());
+    if (found) co_return std::move(*found);
+  }
+  st.events().emit(cache_event_kind::load_started, key);
+  const auto t0 = Clock::now();
+  std::optional<V> value;
+  std::exception_ptr failure;
+  try {
+    if constexpr (coroutine_work<Loader, V>)
+      value.emplace(co_await loader());
+    else
+      value.emplace(co_await loader(asio::use_awaitable));
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
+  st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
+  if (failure) {
+    // Asked of the load itself: a loader failing with operation_aborted of
+    // its own accord (a socket closed under it) is a failure like any other.
+    asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+    load_failed(st, key, std::exchange(ticket.token(), 0), failure, took,
+                cs.cancelled() != asio::cancellation_type::none);
+    std::rethrow_exception(failure);
+  }
+  st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
+  st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
+  std::uint64_t epoch = 0;
+  if (st.memory().store(key, &*value, nullptr, ttl, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
+                        &epoch) &&
+      st.has_tiers())
+    st.tiers().write(key, *value, ttl, epoch, false);
+  co_return std::move(*value);
+}
+
+}  // namespace cacheflight::detail
+
+#endif

@@ -1,0 +1,256 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_MEMORY_TIER_HPP
+#define CACHEFLIGHT_DETAIL_MEMORY_TIER_HPP
+
+#include <cacheflight/detail/cache_events.hpp>
+#include <cacheflight/detail/l1_store.hpp>
+#include <cacheflight/options.hpp>
+#include <cacheflight/stats.hpp>
+
+#include <boost/container_hash/hash.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace cacheflight::detail {
+
+// The cache's memory (L1): its shards of entries, and the tokens of the loads
+// that may still store into it. Every function is thread-safe; each takes one
+// shard's lock for constant-time bookkeeping, and runs user code (weigher,
+// V's copy, event sink) outside it.
+//
+// A key's epoch (`std::atomic<std::uint64_t>*`, null without tiers) belongs to
+// the tier pipeline: it is bumped by every invalidation and read by every
+// store, under the key's shard lock, so that a write to the tiers can tell
+// whether an invalidation came after the value it writes (see tier_pipeline).
+template <class V, class Clock>
+class memory_tier {
+ public:
+  using shard = l1_shard<V>;
+  using node = l1_node<V>;
+  using weigher_type = std::function<std::size_t(std::string_view, const V&)>;
+  using epoch_counter = std::atomic<std::uint64_t>;
+
+  memory_tier(eviction_policy policy, std::size_t shards, std::size_t max_entries, std::size_t max_weight,
+              weigher_type weigher, const cache_events& events)
+      : nshards_(shards), weigher_(std::move(weigher)), events_(events), shards_(std::make_unique<shard[]>(shards)) {
+    auto split = [&](std::size_t total) {
+      if (total == unlimited || total == 0) return total;
+      return std::max<std::size_t>(1, (total + shards - 1) / shards);
+    };
+    for (std::size_t i = 0; i < shards; ++i) shards_[i].configure(policy, split(max_entries), split(max_weight));
+  }
+
+  static std::int64_t now() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  }
+
+  static std::int64_t deadline(std::int64_t now, std::chrono::nanoseconds ttl) noexcept {
+    if (ttl == no_expiry || ttl.count() > std::numeric_limits<std::int64_t>::max() - now)
+      return std::numeric_limits<std::int64_t>::max();
+    return now + ttl.count();
+  }
+
+  // Looks `key` up, counting a hit or a miss (unless `count` is false). A
+  // cached failure (negative entry) yields no value and, when `failure` is
+  // given, sets it. `purge` bounds the expired entries reclaimed on the way (0
+  // on the allocation-free peek path).
+  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true) {
+    shard& sh = shard_for(key);
+    typename shard::graveyard dead;
+    std::optional<V> v;
+    bool hit = false;
+    constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
+    [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
+    {
+      std::lock_guard lk(sh.mu);
+      std::int64_t t = -1;  // the clock is read at most once, and only if needed
+      auto clock = [&t] { return t < 0 ? (t = now()) : t; };
+      if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
+      if (node* n = sh.find(key, clock, dead)) {
+        // A cached failure is a hit only for callers that take failures.
+        if (n->value) {
+          if constexpr (nothrow_copy) {
+            v.emplace(*n->value);
+            hit = true;
+          } else {
+            try {
+              v.emplace(*n->value);
+              hit = true;
+            } catch (...) {
+              copy_failed = std::current_exception();
+            }
+          }
+        } else if (failure) {
+          *failure = n->error;
+          hit = true;
+        }
+      }
+      if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
+    }
+    if constexpr (!nothrow_copy) {
+      if (copy_failed) {  // V's copy threw: nothing changed but reclaimed entries
+        bury(dead);
+        std::rethrow_exception(copy_failed);
+      }
+    }
+    if (count && events_) events_.emit(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
+    if (!dead.empty()) bury(dead);
+    return v;
+  }
+
+  // Stores a value (or a failure, for negative caching). With a load token,
+  // only if the load was not invalidated meanwhile; without one (an explicit
+  // set), it voids the load in flight and bumps `epoch`. Returns false when
+  // the load was invalidated (nothing stored); true otherwise, even when the
+  // value was refused for its weight. `*seen` receives `epoch` as of the
+  // store. The weigher and V's copy run first, outside the lock: if either
+  // throws, nothing changed and the exception propagates.
+  bool store(const std::string& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
+             std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen) {
+    shard& sh = shard_for(key);
+    std::size_t w = 1;
+    if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
+    std::optional<V> copy;
+    if (v && !sh.stores_nothing()) copy.emplace(*v);
+    typename shard::graveyard dead;
+    bool oversized = false;
+    std::string k = key;
+    {
+      std::lock_guard lk(sh.mu);
+      if (token) {
+        if (!sh.end_load(key, *token)) return false;  // erased, cleared or set meanwhile
+      } else {
+        sh.invalidate_load(key);  // an explicit set is newer than any load in flight
+        if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
+      }
+      if (epoch && seen) *seen = epoch->load(std::memory_order_relaxed);
+      const std::int64_t t = now();
+      sh.purge(t, 8, dead);
+      oversized = !sh.put(std::move(k), deadline(t, ttl), w,
+                          [&](node& n) {
+                            if (v) {
+                              n.value.swap(copy);  // the old value, if any, is destroyed after the lock
+                              n.error = nullptr;
+                            } else {
+                              n.value.reset();
+                              n.error = error;
+                            }
+                          },
+                          dead);
+    }
+    if (oversized) events_.emit(cache_event{cache_event_kind::eviction, key, {}, {}, eviction_cause::oversized});
+    bury(dead);
+    return true;
+  }
+
+  // Removes `key` and voids its load in flight; bumps `epoch`. Returns whether
+  // a fresh value was removed (an expired one is reclaimed as an expiration).
+  bool erase(const std::string& key, epoch_counter* epoch) {
+    shard& sh = shard_for(key);
+    typename shard::graveyard dead;
+    bool erased;
+    {
+      std::lock_guard lk(sh.mu);
+      sh.invalidate_load(key);
+      if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
+      erased = sh.erase(key, [] { return now(); }, dead);
+    }
+    bury(dead);
+    return erased;
+  }
+
+  // Removes everything and voids every load in flight, shard by shard;
+  // `locked()` runs under each shard's lock (the pipeline bumps every epoch).
+  template <class Locked>
+  void clear(Locked&& locked) {
+    for (std::size_t i = 0; i < nshards_; ++i) {
+      typename shard::graveyard dead;
+      {
+        std::lock_guard lk(shards_[i].mu);
+        shards_[i].invalidate_loads();
+        locked();
+        shards_[i].clear(dead);
+      }
+      bury(dead);
+    }
+  }
+
+  // Load tokens: a load stores its result only while its token is registered
+  // (no erase, clear or set of the key meanwhile).
+  std::uint64_t begin_load(const std::string& key) {
+    const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    sh.begin_load(key, token);
+    return token;
+  }
+
+  void end_load(const std::string& key, std::uint64_t token) {
+    if (!token) return;
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    sh.end_load(key, token);
+  }
+
+  // Adds the memory's counters to `s`, reclaiming expired entries first.
+  void add_stats(cache_stats& s) {
+    for (std::size_t i = 0; i < nshards_; ++i) {
+      typename shard::graveyard dead;
+      {
+        std::lock_guard lk(shards_[i].mu);
+        shards_[i].purge(now(), unlimited, dead);  // expired entries do not count
+        const l1_counters& c = shards_[i].counters;
+        s.hits += c.hits;
+        s.misses += c.misses;
+        s.evictions_capacity += c.evictions_capacity;
+        s.evictions_oversized += c.evictions_oversized;
+        s.expirations += c.expirations;
+        s.size += shards_[i].count();
+        s.weight += shards_[i].weight();
+      }
+      bury(dead);
+    }
+    s.evictions = s.evictions_capacity + s.evictions_oversized;
+    s.hit_rate = s.hits + s.misses == 0 ? 0.0 : double(s.hits) / double(s.hits + s.misses);
+  }
+
+ private:
+  shard& shard_for(std::string_view key) const noexcept {
+    if (nshards_ == 1) return shards_[0];
+    return shards_[boost::hash<std::string_view>{}(key) % nshards_];
+  }
+
+  // Emits the events of removed entries and frees them, outside any lock.
+  void bury(typename shard::graveyard& dead) {
+    while (node* n = dead.pop_front()) {
+      if (n->why == removal::capacity)
+        events_.emit(cache_event{cache_event_kind::eviction, n->key, {}, {}, eviction_cause::capacity});
+      else if (n->why == removal::expired)
+        events_.emit(cache_event_kind::expiration, n->key);
+      delete n;
+    }
+  }
+
+  const std::size_t nshards_;
+  weigher_type weigher_;
+  const cache_events& events_;
+  std::unique_ptr<shard[]> shards_;
+  std::atomic<std::uint64_t> next_token_{0};
+};
+
+}  // namespace cacheflight::detail
+
+#endif

@@ -1,0 +1,43 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_POST_RESULT_HPP
+#define CACHEFLIGHT_DETAIL_POST_RESULT_HPP
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+namespace cacheflight::detail {
+
+// Completes a handler with an immediate result: posted straight to the
+// handler's associated executor (`fallback` when it has none), so a caller on
+// another context is not routed through the cache's, and the handler never
+// runs inside the initiating function.
+template <class Handler, class... Args>
+void post_result(const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
+  namespace asio = boost::asio;
+  auto ex = asio::get_associated_executor(h, fallback);
+  if constexpr (std::is_same_v<decltype(ex), asio::any_io_executor> &&
+                std::is_same_v<asio::associated_allocator_t<std::decay_t<Handler>>, std::allocator<void>>) {
+    // The handler's executor is an io_context's: post the call to that context
+    // directly, skipping the type-erased executor and its work dispatcher. The
+    // handler still runs on (a thread running) its associated executor.
+    if (auto* io = ex.template target<asio::io_context::executor_type>()) {
+      asio::post(*io, [h = std::forward<Handler>(h), ... a = std::forward<Args>(args)]() mutable {
+        std::move(h)(std::move(a)...);
+      });
+      return;
+    }
+  }
+  asio::post(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
+}
+
+}  // namespace cacheflight::detail
+
+#endif
