@@ -1,0 +1,213 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_FLIGHT_WAITER_HPP
+#define CACHEFLIGHT_DETAIL_FLIGHT_WAITER_HPP
+
+// One caller of `flight::async_run`: its completion handler, allocated with
+// the handler's allocator, completed on the handler's executor (with
+// outstanding work held there meanwhile), and the two ways it may leave before
+// the work completes: its cancellation slot and its timeout timer. Included by
+// flight_impl.hpp, after `flight_state`.
+
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace cacheflight::detail {
+
+// The concrete waiter: holds the caller's completion handler, allocated with
+// the handler's associated allocator.
+template <class V, class Clock, class Handler>
+class waiter_op final : public flight_waiter<V> {
+ public:
+  using state_type = flight_state<V, Clock>;
+  struct no_executor {};
+  using timer_type = typename state_type::timer_type;
+  using allocator_type = asio::associated_allocator_t<Handler>;
+  using handler_executor = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  // Whether the handler names an executor of its own.
+  static constexpr bool own_executor =
+      !requires { typename asio::associated_executor<Handler, asio::any_io_executor>::asio_associated_executor_is_unspecialised; };
+  using work_type = std::decay_t<decltype(asio::prefer(std::declval<const handler_executor&>(),
+                                                       asio::execution::outstanding_work.tracked))>;
+
+  template <class H>
+  static waiter_op* create(H&& h, const asio::any_io_executor& io_ex) {
+    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+    alloc_t a(asio::get_associated_allocator(h));
+    waiter_op* p = std::allocator_traits<alloc_t>::allocate(a, 1);
+    try {
+      return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
+    } catch (...) {
+      std::allocator_traits<alloc_t>::deallocate(a, p, 1);
+      throw;
+    }
+  }
+
+  Handler& handler() noexcept { return *handler_; }
+
+  // Called in the initiating function, before the waiter is visible to others.
+  void prepare(state_type& st, std::chrono::nanoseconds timeout, const asio::any_io_executor& io_ex) {
+    auto slot = asio::get_associated_cancellation_slot(*handler_);
+    if (slot.is_connected() || timeout != no_timeout) {
+      st_ = st.shared_from_this();
+      this->can_leave = true;
+    }
+    if (slot.is_connected()) {
+      slot_ = slot;
+      slot.template emplace<cancel_handler>(this);
+    }
+    if (timeout != no_timeout) {
+      using talloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<timer_type>;
+      talloc_t a(alloc_);
+      timer_type* t = std::allocator_traits<talloc_t>::allocate(a, 1);
+      timer_ = ::new (static_cast<void*>(t)) timer_type(io_ex);
+      timer_->expires_after(std::chrono::duration_cast<typename Clock::duration>(timeout));
+    }
+  }
+
+  // Called under the shard lock, once the waiter is linked, so that the
+  // timer is armed before anyone else can complete the waiter.
+  void arm_timer_locked() {
+    if (!timer_) return;
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    auto on_wait = [this](const boost::system::error_code& ec) {
+      if (!ec) st_->leave(this, leave_reason::timed_out);
+      release();
+    };
+    // The timer's wait is bookkeeping of this waiter too: the handler's allocator.
+    if constexpr (std::is_same_v<allocator_type, std::allocator<void>>)
+      timer_->async_wait(std::move(on_wait));
+    else
+      timer_->async_wait(asio::bind_allocator(alloc_, std::move(on_wait)));
+  }
+
+ private:
+  struct cancel_handler {
+    waiter_op* self;
+    void operator()(asio::cancellation_type_t t) {
+      if ((t & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
+                asio::cancellation_type::total)) != asio::cancellation_type::none)
+        self->st_->leave(self, leave_reason::cancelled);
+    }
+  };
+
+  template <class H>
+  waiter_op(H&& h, const asio::any_io_executor& io_ex)
+      : flight_waiter<V>(&waiter_op::do_complete),
+        alloc_(asio::get_associated_allocator(h)),
+        ex_(handler_executor_of(h, io_ex)) {
+    if constexpr (own_executor) {
+      if constexpr (std::is_same_v<handler_executor, asio::any_io_executor>) {
+        same_executor_ = ex_ == io_ex;
+      } else {
+        auto* t = io_ex.template target<handler_executor>();
+        same_executor_ = t && *t == ex_;
+      }
+      // The flight's own context is kept busy by the work: track only foreign executors.
+      if (!same_executor_) work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
+    }
+    handler_.emplace(std::forward<H>(h));
+  }
+
+  template <class H>
+  static auto handler_executor_of(const H& h, const asio::any_io_executor& io_ex) {
+    if constexpr (own_executor)
+      return asio::get_associated_executor(h, io_ex);
+    else
+      return no_executor{};
+  }
+
+  static void do_complete(flight_waiter<V>* base, const std::exception_ptr& ep, const std::shared_ptr<const V>& v,
+                          const asio::any_io_executor& io_ex, delivery d) {
+    auto* self = static_cast<waiter_op*>(base);
+    if (self->timer_) self->timer_->cancel();
+    if (d == delivery::direct && self->same_executor_) {
+      self->finish(ep, v.get());
+      return;
+    }
+    auto fn = [self, ep, v]() mutable { self->finish(ep, v.get()); };
+    if constexpr (own_executor) {
+      if (!self->same_executor_) return submit(self->ex_, std::move(fn), self->alloc_, d);
+    }
+    submit(io_ex, std::move(fn), self->alloc_, d);
+  }
+
+  template <class Ex, class Fn>
+  static void submit(const Ex& ex, Fn&& fn, const allocator_type& alloc, delivery d) {
+    if constexpr (std::is_same_v<allocator_type, std::allocator<void>>) {
+      if (d == delivery::post) asio::post(ex, std::forward<Fn>(fn)); else asio::dispatch(ex, std::forward<Fn>(fn));
+    } else {
+      auto bound = asio::bind_allocator(alloc, std::forward<Fn>(fn));
+      if (d == delivery::post) asio::post(ex, std::move(bound)); else asio::dispatch(ex, std::move(bound));
+    }
+  }
+
+  // Runs on the handler's executor.
+  void finish(const std::exception_ptr& ep, const V* v) {
+    if (slot_.is_connected()) slot_.clear();
+    Handler h(std::move(*handler_));
+    if constexpr (own_executor) {
+      if (work_) {
+        work_type work(std::move(*work_));  // released after the upcall
+        release_and_invoke(std::move(h), ep, v);
+        return;
+      }
+    }
+    release_and_invoke(std::move(h), ep, v);
+  }
+
+  void release_and_invoke(Handler&& h, const std::exception_ptr& ep, const V* v) {
+    if (ep) {
+      std::exception_ptr e = ep;
+      release();  // free the node before the upcall, as Asio operations do
+      std::move(h)(std::move(e), V{});
+    } else {
+      V value(*v);
+      release();
+      std::move(h)(std::exception_ptr{}, std::move(value));
+    }
+  }
+
+  void release() noexcept {
+    // Only an armed timer shares the node; without one the count is always 1.
+    if (timer_ && refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+    alloc_t a(alloc_);
+    if (timer_) {
+      using talloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<timer_type>;
+      talloc_t ta(alloc_);
+      timer_->~timer_type();
+      std::allocator_traits<talloc_t>::deallocate(ta, timer_, 1);
+    }
+    this->~waiter_op();
+    std::allocator_traits<alloc_t>::deallocate(a, this, 1);
+  }
+
+  [[no_unique_address]] allocator_type alloc_;
+  // The handler's own executor, unless it has none (then it is the flight's).
+  [[no_unique_address]] std::conditional_t<own_executor, handler_executor, no_executor> ex_;
+  // Outstanding work on a foreign handler executor.
+  [[no_unique_address]] std::conditional_t<own_executor, std::optional<work_type>, no_executor> work_;
+  std::optional<Handler> handler_;
+  asio::cancellation_slot slot_;
+  std::shared_ptr<state_type> st_;  // set only when a slot or timer can call back
+  timer_type* timer_ = nullptr;
+  std::atomic<unsigned> refs_{1};
+  bool same_executor_ = true;
+};
+
+}  // namespace cacheflight::detail
+
+#endif
