@@ -52,6 +52,15 @@ class client {
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: those of `connection::async_exec`; `error::not_connected` while
   /// (re)connecting.
+  /// @par Executor
+  /// The handler runs on its associated executor, never inside this call;
+  /// outstanding work is held on that executor until it has run.
+  /// @par Per-Operation Cancellation
+  /// `terminal`, `partial` and `total`, honoured from the moment this function
+  /// returns: the command completes with `operation_aborted`; one not sent yet
+  /// is never sent, and the reply of one already sent is dropped when it comes.
+  /// @par Thread safety
+  /// Any thread.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
@@ -66,7 +75,9 @@ class client {
   /// initiated on it is queued without a hop; `redis::tier` shares it.
   boost::asio::strand<executor_type> get_strand() const noexcept;
 
-  /// Whether a connection is open now.
+  /// Whether a connection is open now: false from the moment the client's
+  /// strand sees the connection lost (a reconnect is then scheduled at once),
+  /// so a command issued after it turned false fails with `not_connected`.
   bool is_connected() const noexcept;
 
   /// How many connections were opened so far (1 after the first connect).

@@ -90,7 +90,8 @@ class connection {
   /// yet is never sent; if it was written already, its reply is read and
   /// dropped when it comes, and the connection stays usable (as after a timeout).
   /// @par Executor
-  /// The handler runs on its associated executor, never inside this call.
+  /// The handler runs on its associated executor, never inside this call;
+  /// outstanding work is held on that executor until it has run.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
