@@ -186,11 +186,28 @@ class batch_loader {
 
   /// A loader for `cache::async_get`: an asynchronous operation that loads `key`
   /// through this batch loader, so concurrent cache misses share batches.
+  ///
+  /// Unlike `async_load`, it never joins a request of `key` already in flight:
+  /// the cache coalesces its own misses, and a load it starts after an
+  /// invalidation must not receive what a batch sent before it read. Its key
+  /// goes into the next batch (a batch may then hold a key twice, when a
+  /// direct `async_load` of it is in the same batch). Cancelling the load
+  /// drops the key from its batch if that batch was not sent yet. The batch
+  /// loader must outlive the operation.
   auto bind(K key) {
-    return [this, key = std::move(key)](auto&& token) { return async_load(key, std::forward<decltype(token)>(token)); };
+    return [this, key = std::move(key)](auto&& token) {
+      return async_load_unshared(key, std::forward<decltype(token)>(token));
+    };
   }
 
  private:
+  // Queues `key` into the open batch on its own, without the per-key flight.
+  template <boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
+  auto async_load_unshared(K key, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
+        [st = st_](auto handler, K key) { fetch{st, std::move(key)}(std::move(handler)); }, token, std::move(key));
+  }
+
   using batch_fn = std::function<boost::asio::awaitable<result_map>(std::vector<K>)>;
   using key_handler = boost::asio::any_completion_handler<void(std::exception_ptr, V)>;
 

@@ -92,6 +92,8 @@ struct client::impl : std::enable_shared_from_this<impl> {
     conn->async_exec({"PING"}, asio::bind_executor(strand, [self = shared_from_this(), c = conn](error_code ec, reply r) {
       if (self->stopped || c != self->conn) return;
       if (ec || r.is_error()) {
+        // A lost connection was seen by its hook, which scheduled the reconnect.
+        if (!c->is_open()) return;
         self->connected = false;
         return self->connect();
       }

@@ -78,6 +78,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // set or erase of each key.
   op_list queue;
   std::unordered_map<std::string_view, op_list::iterator> index;
+  std::size_t queued_sets = 0;    // sets in `queue`: the bound applies to them
   std::size_t queued_clears = 0;  // clears in `queue`
   bool writing = false;
   bool clearing = false;          // the batch being written is a clear
@@ -217,14 +218,21 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::string k = full(key);
     if (auto it = index.find(k); it != index.end()) {  // the last write wins, in the older one's place
       write_op& op = *it->second;
+      if (op.what == write_op::kind::erase) {
+        // A set taking an erase's place is one more queued set: bounded too.
+        // Refused, the erase stays: Redis holds nothing for the key.
+        if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
+        ++queued_sets;
+      }
       op.what = write_op::kind::set;
       op.bytes = std::move(bytes);
       op.ttl = ttl;
       op.waiters.push_back(std::move(h));
       return;
     }
-    if (queue.size() >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
+    if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
     enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}}, std::move(h));
+    ++queued_sets;
   }
 
   void erase(std::string key, done_handler h) {
@@ -233,12 +241,15 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::string k = full(key);
     if (auto it = index.find(k); it != index.end()) {  // replaces the unsent set, in its place
       write_op& op = *it->second;
+      if (op.what == write_op::kind::set) --queued_sets;
       op.what = write_op::kind::erase;
       op.bytes.clear();
       op.waiters.push_back(std::move(h));
       return;
     }
-    if (queue.size() >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
+    // Erases are not refused: each has a caller waiting for it, or repairs a
+    // write that an invalidation overtook; refusing one would leave Redis
+    // holding a value memory dropped.
     enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}}, std::move(h));
   }
 
@@ -251,6 +262,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       for (done_handler& w : op.waiters) c.waiters.emplace_back(std::move(w));
     queue.clear();
     index.clear();
+    queued_sets = 0;
     queued_clears = 1;
     enqueue(std::move(c), std::move(h));
   }
@@ -270,6 +282,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     queue.clear();
     index.clear();
+    queued_sets = 0;
     queued_clears = 0;
     publish_queue();
   }
@@ -291,6 +304,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     while (!queue.empty() && batch->size() < opts.write_batch && queue.front().what != write_op::kind::clear) {
       index.erase(queue.front().key);
+      if (queue.front().what == write_op::kind::set) --queued_sets;
       batch->splice(batch->end(), queue, queue.begin());
     }
     publish_queue();
@@ -384,6 +398,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     op_list doomed = std::move(queue);
     queue.clear();
     index.clear();
+    queued_sets = 0;
     queued_clears = 0;
   }
 };

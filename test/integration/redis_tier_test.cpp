@@ -136,20 +136,20 @@ TEST_F(RedisTier, GarbageUnderAKeyIsAMissWithAnEventAndTheLoaderRuns) {
 }
 
 TEST_F(RedisTier, WritesKeepTheirOrderPerKeyAndTheLastOneWins) {
-  auto t = make_tier(redis::tier_options{.max_queued_writes = 4});
+  auto t = make_tier(redis::tier_options{.max_queued_writes = 3});
   std::vector<std::string> results;
   auto done = [&](const char* what) {
     return [&results, what](error_code ec) { results.push_back(std::string(what) + (ec ? ":" + ec.message() : "")); };
   };
   // Back to back: the first write is sent at once; the rest queue behind it.
   t->async_put("k", "1", 60s, done("put1"));
-  t->async_put("k", "2", 60s, done("put2"));  // queued: 1
-  t->async_erase("k", done("erase"));          // replaces it in its place: 1
+  t->async_put("k", "2", 60s, done("put2"));  // queued sets: 1
+  t->async_erase("k", done("erase"));          // replaces it: 0
   t->async_put("k", "3", 60s, done("put3"));  // replaces the erase: 1
   t->async_put("j", "a", 60s, done("putj"));  // 2
   t->async_put("e", "x", 60s, done("pute"));  // 3
-  t->async_erase("e", done("erasee"));         // replaces the set of e: 3 (erases count too)
-  t->async_put("i", "b", 60s, done("puti"));  // 4
+  t->async_erase("e", done("erasee"));         // replaces the set of e: 2
+  t->async_put("i", "b", 60s, done("puti"));  // 3
   t->async_put("h", "c", 60s, done("puth"));  // over the bound: dropped
   ASSERT_TRUE(run_until([&] { return results.size() == 9; }));
   EXPECT_EQ(exec(*raw, {"GET", prefix + "k"}).second.str, "3");
@@ -162,6 +162,26 @@ TEST_F(RedisTier, WritesKeepTheirOrderPerKeyAndTheLastOneWins) {
             1);
   EXPECT_EQ(t->health().writes_dropped, 1u);
   EXPECT_EQ(t->health().queued_writes, 0u);
+}
+
+TEST_F(RedisTier, ASetTakingAQueuedErasesPlaceCountsAgainstTheBound) {
+  auto t = make_tier(redis::tier_options{.max_queued_writes = 1});
+  std::vector<std::string> results;
+  auto done = [&](const char* what) {
+    return [&results, what](error_code ec) { results.push_back(std::string(what) + (ec ? ":" + ec.message() : "")); };
+  };
+  exec(*raw, {"SET", prefix + "k", "old"});
+  t->async_put("x", "1", 60s, done("putx"));  // sent at once
+  t->async_put("k", "1", 60s, done("putk"));  // queued sets: 1
+  t->async_erase("k", done("erasek"));         // replaces it: 0
+  t->async_put("m", "1", 60s, done("putm"));  // 1
+  t->async_put("k", "2", 60s, done("putk2")); // would take the erase's place: over the bound, refused
+  t->async_erase("j", done("erasej"));         // erases are never refused
+  ASSERT_TRUE(run_until([&] { return results.size() == 6; }));
+  EXPECT_EQ(results[0], "putk2:" + make_error_code(cf::error::queue_full).message());
+  EXPECT_EQ(exec(*raw, {"EXISTS", prefix + "k"}).second.integer, 0);  // the erase stayed
+  EXPECT_EQ(exec(*raw, {"GET", prefix + "m"}).second.str, "1");
+  EXPECT_EQ(t->health().writes_dropped, 1u);
 }
 
 TEST_F(RedisTier, ClearRemovesThisPrefixOnly) {

@@ -408,3 +408,39 @@ TEST_F(BatchLoader, LoadManyHoldsWorkOnTheHandlersExecutorUntilItRuns) {
   ASSERT_TRUE(got);
   EXPECT_EQ((*got)[1], "v2");
 }
+
+TEST_F(BatchLoader, ACacheLoadAfterAnEraseDoesNotJoinABatchSentBeforeIt) {
+  std::string db = "old";
+  using sloader = cf::batch_loader<std::string, std::string, std::hash<std::string>, cf::manual_clock>;
+  sloader l{io,
+            [&](std::vector<std::string> keys) -> asio::awaitable<std::unordered_map<std::string, std::string>> {
+              std::unordered_map<std::string, std::string> m;
+              for (auto& k : keys) m[k] = db;  // read when the batch is sent
+              auto t = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+              held.push_back(t);
+              boost::system::error_code ec;
+              co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+              co_return m;
+            },
+            cf::batch_options{.window = 1ms}};
+  cf::cache<std::string, cf::manual_clock> c{io};
+  outcome<std::string> before, after;
+  c.async_get("k", l, before.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return held.size() == 1; });  // the batch read "old" and is in flight
+  db = "new";
+  bool erased = false;
+  c.async_erase("k", [&](std::exception_ptr, bool) { erased = true; });
+  run_until(io, [&] { return erased; });
+  c.async_get("k", l, after.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return held.size() == 2; });  // a batch of its own
+  held[0]->cancel();
+  held[1]->cancel();
+  drain(io);
+  EXPECT_EQ(before.value, "old");
+  EXPECT_EQ(after.value, "new");
+  EXPECT_EQ(c.peek("k"), "new");
+}

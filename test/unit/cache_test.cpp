@@ -735,3 +735,22 @@ TEST_F(Cache, AMoveOnlyLoaderIsAccepted) {
   drain(io);
   EXPECT_EQ(o.value, 12);
 }
+
+TEST_F(Cache, AStoreRefusedByAThrowingWeigherReleasesTheLoadsToken) {
+  cf::detail::cache_events events{{}};
+  cf::detail::memory_tier<int, cf::manual_clock> memory{
+      cf::eviction_policy::s3fifo, 1, 100, 100,
+      [](std::string_view, const int& v) -> std::size_t {
+        if (v < 0) throw cftest::test_error("cannot weigh");
+        return 1;
+      },
+      events};
+  const std::uint64_t token = memory.begin_load("k");
+  EXPECT_THROW(memory.store("k", std::make_unique<int>(-1).get(), nullptr, std::chrono::seconds(1), token, nullptr,
+                            nullptr),
+               cftest::test_error);
+  // Released: the same token no longer entitles anyone to store.
+  int v = 1;
+  EXPECT_FALSE(memory.store("k", &v, nullptr, std::chrono::seconds(1), token, nullptr, nullptr));
+  EXPECT_EQ(memory.lookup("k", 0, nullptr), std::nullopt);
+}

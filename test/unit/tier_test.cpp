@@ -31,6 +31,8 @@ class memory_tier final : public cf::tier {
   std::vector<std::string> log;  // "get k", "put k", "erase k", "clear"
   bool fail = false;
   bool hold_gets = false;
+  // Run once each, inside do_put: right before and right after the put is applied.
+  std::function<void()> before_put, after_put;
 
  protected:
   void do_get(std::string key, get_handler h) override {
@@ -54,8 +56,10 @@ class memory_tier final : public cf::tier {
   void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler h) override {
     log.push_back("put " + key);
     if (fail) return complete(std::move(h), make_error_code(cf::error::not_connected));
+    if (before_put) std::exchange(before_put, nullptr)();
     puts.push_back({key, bytes, ttl});
     data[key] = std::move(bytes);
+    if (after_put) std::exchange(after_put, nullptr)();
     complete(std::move(h), error_code{});
   }
   void do_erase(std::string key, done_handler h) override {
@@ -431,3 +435,35 @@ TEST_F(Tier, StatsAndPrometheusCarryTheTiers) {
 }
 
 }  // namespace
+
+TEST_F(Tier, ALoadAfterACompletedEraseNeverReadsAnOlderLoadsLateWrite) {
+  // An older load stored its value, then an erase completed before that
+  // load's write reached the tier; a caller after the erase starts a fresh
+  // load, which must not pick the older value up from the tier.
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  tcache c{io, with({t})};
+  outcome<> first, fresh;
+  bool erased = false;
+  t->before_put = [&] {
+    // The older load is between its store and its write: the erase overtakes it.
+    c.async_erase("k", [&](std::exception_ptr, bool) { erased = true; });
+    run_until(io, [&] { return erased; });
+  };
+  t->after_put = [&] {
+    // The older value reached the tier after the erase; its load has not
+    // rechecked yet. A caller after the erase:
+    c.async_get("k", loader(2), fresh.handler());
+    run_until(io, [&] { return fresh.done; });
+  };
+  c.async_get("k", loader(1), first.handler());
+  drain(io);
+  EXPECT_EQ(first.value, 1);
+  EXPECT_EQ(fresh.value, 2);    // loaded, not the older value from the tier
+  EXPECT_EQ(loads, 2);
+  EXPECT_EQ(c.peek("k"), 2);
+  // The tier holds the fresh value or nothing (the older load's recheck may
+  // erase the key once more), never the older value.
+  if (t->data.count("k")) {
+    EXPECT_EQ(cf::detail::decode_stored<int>(t->data["k"], cf::detail::envelope::now_ms(), nullptr), 2);
+  }
+}

@@ -137,6 +137,9 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
   st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
   std::uint64_t epoch = 0;
+  // Loads of this key skip the tiers from before the store until the write and
+  // its recheck are initiated (see tier_pipeline.hpp).
+  auto writing = st.tiers().invalidate_key(key);
   if (st.memory().store(key, &*value, nullptr, ttl, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
                         &epoch) &&
       st.has_tiers())

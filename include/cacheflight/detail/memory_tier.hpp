@@ -117,14 +117,20 @@ class memory_tier {
   // the load was invalidated (nothing stored); true otherwise, even when the
   // value was refused for its weight. `*seen` receives `epoch` as of the
   // store. The weigher and V's copy run first, outside the lock: if either
-  // throws, nothing changed and the exception propagates.
+  // throws, nothing is stored, the load's token is released, and the
+  // exception propagates.
   bool store(const std::string& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
              std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen) {
     shard& sh = shard_for(key);
     std::size_t w = 1;
-    if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
     std::optional<V> copy;
-    if (v && !sh.stores_nothing()) copy.emplace(*v);
+    try {
+      if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
+      if (v && !sh.stores_nothing()) copy.emplace(*v);
+    } catch (...) {
+      if (token) end_load(key, *token);
+      throw;
+    }
     typename shard::graveyard dead;
     bool oversized = false;
     std::string k = key;

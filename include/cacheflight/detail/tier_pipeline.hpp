@@ -50,10 +50,14 @@ concept has_codec = requires(const V& v, std::string_view bytes) {
 //   tier first, so the key is erased again. No tier keeps a value memory
 //   dropped, at the price of an occasional extra miss (keys share stripes).
 // - the pending count (`invalidation`), held by a set, erase or clear from
-//   before it changes memory until its tier operations are initiated. Loads
-//   skip the tiers while it is held: a tier may still answer with what the
-//   invalidation replaces. After that, tiers read their own writes (the
-//   `cf::tier` contract), so a later read sees the invalidation.
+//   before it changes memory until its tier operations are initiated, and by
+//   a load from before it stores its value until its writes to the tiers (and
+//   their recheck) are initiated. Loads skip the tiers while it is held: a
+//   tier may still answer with what an invalidation replaces, or with the
+//   value of an older load that an invalidation overtook between its store and
+//   its write. After that, tiers read their own writes (the `cf::tier`
+//   contract), so a later read sees the invalidation or the recheck's erase.
+//   A write whose value an invalidation already overtook is not made at all.
 //
 // Owned through a shared_ptr: the tiers' completions refer to it weakly.
 template <class V>
@@ -167,6 +171,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
                                                  : std::min(std::chrono::milliseconds(env->expires_ms - now_ms), century);
         std::uint64_t epoch = 0;
+        auto writing = i > 0 ? invalidate_key(key) : invalidation();  // until the fills and their recheck
         const bool kept = memory.store(
             key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
             std::exchange(token, 0), epoch_of(key), &epoch);
@@ -187,6 +192,9 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   void write(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch, bool rethrow) {
     if constexpr (has_codec<V>) {
       if (empty()) return;
+      // An invalidation overtook this value since it was stored: its own tier
+      // operation stands, and this older value must not follow it there.
+      if (epochs_[stripe_of(key)].load(std::memory_order_relaxed) != epoch) return;
       std::chrono::milliseconds left = std::chrono::milliseconds::max();
       std::int64_t expires_ms = 0;
       if (ttl != no_expiry) {

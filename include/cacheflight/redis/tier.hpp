@@ -20,10 +20,11 @@ struct tier_options {
   /// Prepended to every key; `async_clear` removes only keys with it. Must not
   /// be empty. Give each cache its own prefix when several share one server.
   std::string prefix = "cacheflight:";
-  /// Writes (sets and erases) accepted and not yet sent at most; beyond it a
-  /// write of a key not already queued fails with `error::queue_full` (a write
-  /// of a queued key replaces that one in its place, and a clear replaces
-  /// every queued write, so neither can be refused).
+  /// Sets accepted and not yet sent at most; beyond it a set fails with
+  /// `error::queue_full` (so does a set that would take the place of a queued
+  /// erase of its key: the erase then stays). A set replacing a queued set of
+  /// its key is always accepted. Erases and clears are never refused: each has
+  /// a caller waiting for it, or repairs a write an invalidation overtook.
   std::size_t max_queued_writes = 10'000;
   /// Writes sent together in one pipelined batch at most.
   std::size_t write_batch = 64;
