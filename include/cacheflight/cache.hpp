@@ -199,8 +199,10 @@ class cache {
   /// call started a load (even before the load's first step ran) does not stop
   /// the load: the callers already waiting for it still receive its value, but
   /// the value is stored nowhere, and callers arriving after the invalidation
-  /// do not join it: they start a fresh load. While an invalidation is being
-  /// handed to the tiers, loads of its key skip the tiers and run the loader.
+  /// do not join it: they start a fresh load. Loads of a key skip the tiers and
+  /// run the loader while an invalidation of it is being handed to the tiers,
+  /// or while a loaded value of it is being written to them (keys share these
+  /// marks by stripes of 256, so another key's load may skip the tiers then too).
   ///
   /// @par Thread safety
   /// Any thread, concurrently with every other member.
