@@ -150,8 +150,7 @@ void client::start_exec(std::vector<std::string> args, exec_handler h) {
   // The caller's cancellation slot is hooked here, in the initiating function.
   auto cancel = connection::watch_cancel(h, impl_->strand);
   // Outstanding work on the handler's executor, from now until it has run.
-  auto work = asio::prefer(asio::any_completion_executor(asio::get_associated_executor(h, impl_->strand)),
-                           asio::execution::outstanding_work.tracked);
+  auto work = connection::track_work(h, impl_->strand);
   // Already on the strand (a completion issuing the next command): no hop.
   if (impl_->strand.running_in_this_thread())
     return impl_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));

@@ -34,10 +34,13 @@ namespace {
 // Outstanding work on a handler's associated executor, held while the handler
 // waits (as Asio's own operations do), so that its context does not run out
 // of work and return from run() before the result arrives.
+// A handler bound to the connection's own strand needs none: the connection's
+// pending I/O keeps that context busy.
 template <class Handler>
 asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio::any_io_executor>& strand) {
-  return asio::prefer(asio::any_completion_executor(asio::get_associated_executor(h, strand)),
-                      asio::execution::outstanding_work.tracked);
+  asio::any_completion_executor ex = asio::get_associated_executor(h, strand);
+  if (auto* s = ex.target<asio::strand<asio::any_io_executor>>(); s && *s == strand) return {};
+  return asio::prefer(ex, asio::execution::outstanding_work.tracked);
 }
 
 // Completes `h` on its associated executor; `work` (from `tracked`) is released
@@ -398,6 +401,10 @@ connection::executor_type connection::get_executor() const noexcept { return imp
 
 void connection::start_connect(connect_handler h) {
   asio::post(impl_->strand, [self = impl_, h = std::move(h)]() mutable { self->connect(std::move(h)); });
+}
+
+asio::any_completion_executor connection::track_work(exec_handler& h, const asio::strand<executor_type>& strand) {
+  return tracked(h, strand);
 }
 
 std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h, const executor_type& strand) {

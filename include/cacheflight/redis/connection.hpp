@@ -8,6 +8,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -121,6 +122,10 @@ class connection {
   // cancellation was hooked in its initiating function (`watch_cancel`), and
   // a callback run on the strand when an open connection is lost.
   static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h, const executor_type& strand);
+  // Outstanding work on the handler's executor, held until it has run (none
+  // when it is `strand`, the connection's own).
+  static boost::asio::any_completion_executor track_work(exec_handler& h,
+                                                        const boost::asio::strand<executor_type>& strand);
   // `work`: outstanding work on the handler's executor, taken in the initiating function.
   void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
                       boost::asio::any_completion_executor work);
