@@ -10,10 +10,10 @@
 include(CMakePackageConfigHelpers)
 
 set(CACHEFLIGHT_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/cacheflight)
-set(CACHEFLIGHT_COMPONENTS redis)
+set(CACHEFLIGHT_COMPONENTS redis disk)
 
 install(DIRECTORY include/cacheflight DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-        PATTERN "redis" EXCLUDE)
+        PATTERN "redis" EXCLUDE PATTERN "disk" EXCLUDE)
 install(TARGETS cacheflight EXPORT cacheflight-targets)
 install(EXPORT cacheflight-targets NAMESPACE cacheflight:: FILE cacheflight-targets.cmake
         DESTINATION ${CACHEFLIGHT_CMAKE_DIR})

@@ -40,6 +40,12 @@ enum class error {
   auth_failed,
   /// A tier is being skipped: its circuit breaker is open after failures.
   tier_unavailable,
+  /// A value is larger than the tier can store (see `disk::tier_options::max_bytes`).
+  value_too_large,
+  /// The store's directory is already open in this process (by any spelling of its path).
+  already_open,
+  /// The store's files are not a store of this library, or are damaged (truncated, corrupt).
+  corrupt_store,
 };
 
 namespace detail {
@@ -67,6 +73,9 @@ class error_category final : public boost::system::error_category {
       case error::queue_full: return "too many commands queued on the connection";
       case error::auth_failed: return "the server refused the credentials or the database";
       case error::tier_unavailable: return "the tier is skipped after failures (circuit breaker open)";
+      case error::value_too_large: return "the value is larger than the tier can store";
+      case error::already_open: return "the store's directory is already open in this process";
+      case error::corrupt_store: return "the store's files are not a cacheflight store or are damaged";
     }
     return "unknown cacheflight error";
   }

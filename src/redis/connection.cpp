@@ -2,7 +2,7 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/connection.hpp>
 
-#include "shutdown_registry.hpp"
+#include "../common/shutdown_registry.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -386,7 +386,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
 connection::connection(executor_type ex, connection_options opts)
     : impl_(std::make_shared<impl>(ex, std::move(opts))) {
-  detail::drop_handlers_at_shutdown(ex, impl_);
+  cacheflight::detail::drop_handlers_at_shutdown(ex, impl_);
 }
 
 connection::~connection() { close(); }

@@ -2,7 +2,7 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/tier.hpp>
 
-#include "shutdown_registry.hpp"
+#include "../common/shutdown_registry.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -393,7 +393,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     fail_queue(asio::error::operation_aborted);
   }
 
-  // The execution context is shutting down (see shutdown_registry.hpp).
+  // The execution context is shutting down (see src/common/shutdown_registry.hpp).
   void drop_handlers() {
     op_list doomed = std::move(queue);
     queue.clear();
@@ -412,7 +412,7 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
   if (opts.breaker_min <= milliseconds::zero() || opts.breaker_max < opts.breaker_min)
     cacheflight::detail::throw_invalid_option("redis::tier_options: need 0 < breaker_min <= breaker_max");
   impl_ = std::make_shared<impl>(std::move(c), std::move(opts));
-  detail::drop_handlers_at_shutdown(impl_->strand, impl_);
+  cacheflight::detail::drop_handlers_at_shutdown(impl_->strand, impl_);
 }
 
 tier::tier(executor_type ex, client_options copts, tier_options opts)

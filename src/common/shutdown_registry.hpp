@@ -1,6 +1,6 @@
 // Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
-#ifndef CACHEFLIGHT_SRC_REDIS_SHUTDOWN_REGISTRY_HPP
-#define CACHEFLIGHT_SRC_REDIS_SHUTDOWN_REGISTRY_HPP
+#ifndef CACHEFLIGHT_SRC_COMMON_SHUTDOWN_REGISTRY_HPP
+#define CACHEFLIGHT_SRC_COMMON_SHUTDOWN_REGISTRY_HPP
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/execution/context.hpp>
@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-namespace cacheflight::redis::detail {
+namespace cacheflight::detail {
 
 // Objects that keep completion handlers of their own (queues of commands or
 // writes) register here. When their execution context shuts down, no handler
@@ -57,6 +57,6 @@ void drop_handlers_at_shutdown(const boost::asio::any_io_executor& ex, const std
   boost::asio::use_service<shutdown_registry<T>>(boost::asio::query(ex, boost::asio::execution::context)).add(p);
 }
 
-}  // namespace cacheflight::redis::detail
+}  // namespace cacheflight::detail
 
 #endif

@@ -1,0 +1,199 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DISK_TIER_HPP
+#define CACHEFLIGHT_DISK_TIER_HPP
+
+#include <cacheflight/tier.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace cacheflight::disk {
+
+/// When a completed write is on disk.
+enum class durability {
+  /// A put or erase completes once its transaction is committed and synced
+  /// (`fdatasync` of the data, then of the meta page): a machine crash or power
+  /// loss right after the completion keeps it.
+  durable,
+  /// A put or erase completes once its transaction is committed and its data
+  /// pages are synced; the meta page that makes it current is synced with the
+  /// next commit or `async_flush`. A process crash (`kill -9`, OOM) loses
+  /// nothing that completed. A machine crash or power loss may undo the last
+  /// committed transaction (every write that completed in it, which may be the
+  /// writes of the last few milliseconds), and never corrupts the store: it
+  /// reopens at the transaction before, whole. One sync a commit instead of two.
+  relaxed,
+};
+
+/// Options of a disk `tier`. An aggregate: use designated initializers.
+struct tier_options {
+  /// The directory of the store, created (with its parents) if missing. It holds
+  /// LMDB's `data.mdb` and `lock.mdb`. Must be on a local file system.
+  std::filesystem::path path;
+  /// The budget: the store's file never grows past it (it is LMDB's map size,
+  /// at least 1 MiB). Live entries are kept under three quarters of it, the
+  /// rest being room for LMDB's copy-on-write pages; when a commit would pass
+  /// that mark, expired entries, then the oldest written, are dropped first.
+  /// One entry (key and value) larger than `max_bytes / 16` is refused with
+  /// `error::value_too_large` (see `tier::max_value_bytes`).
+  std::uint64_t max_bytes = std::uint64_t{1} << 30;
+  /// See `durability`.
+  disk::durability durability = disk::durability::durable;
+  /// Puts accepted and not yet taken by the writer at most; beyond it a put
+  /// fails with `error::queue_full`. Erases, clears and flushes are never refused.
+  std::size_t max_queued_writes = 10'000;
+  /// Writes committed in one transaction at most (group commit: the writer takes
+  /// every queued write up to this count, and up to `max_bytes / 16` bytes).
+  std::size_t max_write_batch = 4096;
+  /// Reader threads (1 to 64). Each serves the reads queued at the moment in
+  /// one LMDB read transaction.
+  std::size_t readers = 2;
+  /// How often an idle writer looks for expired entries to remove.
+  std::chrono::milliseconds sweep_interval{1000};
+  /// Expired entries removed by one transaction at most (every commit sweeps).
+  std::size_t sweep_batch = 1000;
+};
+
+/// What a disk tier reports of its store (see `tier::stats`).
+struct tier_stats {
+  std::uint64_t entries = 0;        ///< entries in the store (expired ones not yet swept included)
+  std::uint64_t used_bytes = 0;     ///< bytes of the pages that hold them
+  std::uint64_t map_bytes = 0;      ///< the store's budget (LMDB's map size)
+  std::uint64_t commits = 0;        ///< write transactions committed by this tier
+  std::uint64_t evicted = 0;        ///< entries dropped to stay within the budget
+  std::uint64_t expired = 0;        ///< expired entries removed by the sweeps
+  std::uint64_t too_large = 0;      ///< puts refused with `error::value_too_large`
+  std::uint64_t queue_full = 0;     ///< puts refused with `error::queue_full`
+  std::uint64_t write_errors = 0;   ///< writes failed by the file system (disk full, I/O error)
+};
+
+/// A cache tier on the local disk, in an LMDB environment: what it holds
+/// survives restarts and crashes of the process, and opening it reads nothing
+/// in advance (a copy-on-write B+tree needs no recovery).
+///
+/// - Values are the cache's encoded bytes, stored with their absolute expiry
+///   (wall-clock time, as in Redis); an expired value is never returned, and
+///   the writer removes expired entries in bounded passes (every commit, and
+///   every `sweep_interval` while idle). Reads never write.
+/// - Keys of any length: a key longer than 510 bytes is stored under a 128-bit
+///   digest with the whole key kept beside its value and compared on every
+///   read, so two keys never share a value (two long keys with one digest
+///   replace each other, like a cache eviction).
+/// - Writes: one writer thread takes every queued put, erase, clear and flush,
+///   applies them in order in one transaction, commits it (see `durability`),
+///   then completes them all.
+/// - Reads: `readers` threads; each takes the reads queued at that moment and
+///   answers them in one read transaction. Reads see the writes initiated
+///   before them: a key with a write not yet committed is answered from the
+///   queue, and every key reads as absent while a clear is queued.
+/// - Several processes on one host may open one directory (with the same
+///   `max_bytes`): each reads what the others committed. Within a process, a
+///   directory is open once: a second tier on it, by any path that names it
+///   (symbolic links included), is refused with `error::already_open`. Do not
+///   use a tier in a child process after `fork()`.
+///
+/// @par Errors
+/// The constructor throws `boost::system::system_error`: `error::invalid_option`
+/// for options out of range; the file system's error for a directory that
+/// cannot be created or opened for writing (`errc::permission_denied`,
+/// `errc::read_only_file_system`, ...); `error::corrupt_store` for files that
+/// are not a store of this library (another LMDB database, any other file) or
+/// are truncated; `error::already_open`. Operations complete with
+/// `error::value_too_large`, `error::queue_full`, the file system's error for
+/// a failed commit (`errc::no_space_on_device`, `errc::file_too_large`, an
+/// I/O error; the writes of that transaction are not stored, and the store
+/// keeps what it had), `error::corrupt_store` for a record whose header is
+/// damaged, or `operation_aborted`. LMDB does not checksum pages: bytes
+/// damaged inside the file are found only where a record's header or the
+/// cache's envelope is checked.
+///
+/// @par Threads
+/// Every member may be called from any thread, concurrently. Completion
+/// handlers run on their associated executor (the tier's when they have none),
+/// never on the tier's threads and never inside an initiating function; until
+/// then the operation counts as outstanding work of that executor.
+///
+/// @par Cancellation
+/// `async_get` honours its cancellation slot (every cancellation type) while
+/// the read is queued: it then completes with `operation_aborted`. A read
+/// already taken by a reader thread completes normally. Writes are not
+/// cancellable.
+///
+/// @par Lifetime
+/// The destructor commits the writes already accepted, completes the queued
+/// reads with `operation_aborted`, and joins the tier's threads (unless the
+/// tier is destroyed on one of them, by a handler the tier released; the
+/// threads then finish on their own). When the tier's execution context shuts
+/// down, the handlers it still holds are destroyed without being invoked.
+class tier final : public cacheflight::tier {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+  /// Completion signature of `async_flush`.
+  using flush_signature = void(boost::system::error_code);
+
+  /// Opens (or creates) the store in `opts.path`. Opening reads LMDB's meta
+  /// pages and checks the file's size; it reads no entry.
+  /// @throws boost::system::system_error as listed under Errors.
+  tier(executor_type ex, tier_options opts);
+  ~tier() override;
+
+  tier(const tier&) = delete;
+  tier& operator=(const tier&) = delete;
+
+  std::string_view name() const noexcept override { return "disk"; }
+
+  /// Never an open breaker: the disk does not go away. `queued_writes` counts
+  /// writes accepted and not yet committed; `writes` the committed ones;
+  /// `writes_dropped` those refused or failed.
+  tier_health health() const override;
+
+  /// The store's figures, as of this tier's last commit (or its opening);
+  /// thread-safe, reads no file.
+  tier_stats stats() const;
+
+  /// The largest entry (key and value bytes) a put accepts: `max_bytes / 16`.
+  std::uint64_t max_value_bytes() const noexcept;
+
+  /// The store's directory, as given.
+  const std::filesystem::path& path() const noexcept;
+
+  /// The executor given at construction.
+  executor_type get_executor() const noexcept;
+
+  /// Completes when every write initiated before it is committed and synced
+  /// to disk, in both durability modes.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  /// `ec` is the error of the commit or sync that failed, if any did.
+  /// @par Cancellation
+  /// Not cancellable.
+  template <boost::asio::completion_token_for<flush_signature> CompletionToken>
+  auto async_flush(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, flush_signature>(
+        [this](auto handler) { do_flush(done_handler(std::move(handler))); }, token);
+  }
+
+ protected:
+  void do_get(std::string key, get_handler handler) override;
+  void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) override;
+  void do_erase(std::string key, done_handler handler) override;
+  void do_clear(done_handler handler) override;
+
+ private:
+  void do_flush(done_handler handler);
+
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace cacheflight::disk
+
+#endif

@@ -1,0 +1,926 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#include <cacheflight/disk/tier.hpp>
+#include <cacheflight/error.hpp>
+
+#include "../common/shutdown_registry.hpp"
+#include "format.hpp"
+
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <lmdb.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace cacheflight::disk {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using std::chrono::milliseconds;
+
+namespace {
+
+// LMDB's own error codes, with its messages.
+class lmdb_category_impl final : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "lmdb"; }
+  std::string message(int ev) const override { return ::mdb_strerror(ev); }
+};
+
+const boost::system::error_category& lmdb_category() {
+  static const lmdb_category_impl instance;
+  return instance;
+}
+
+error_code mdb_error(int rc) {
+  switch (rc) {
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INCOMPATIBLE:
+      return make_error_code(error::corrupt_store);
+    default:
+      if (rc > 0) return {rc, boost::system::system_category()};
+      return {rc, lmdb_category()};
+  }
+}
+
+[[noreturn]] void throw_error(error_code ec, const std::string& what) { throw boost::system::system_error(ec, what); }
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Directories open in this process, by device and inode.
+std::mutex open_dirs_mu;
+std::set<std::pair<dev_t, ino_t>> open_dirs;
+
+MDB_val val(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
+std::string_view view(const MDB_val& v) { return {static_cast<const char*>(v.mv_data), v.mv_size}; }
+
+// An executor that counts the operation as outstanding work until released.
+template <class Handler>
+asio::any_completion_executor tracked(const Handler& h, const asio::any_io_executor& fallback) {
+  return asio::prefer(asio::get_associated_executor(h, fallback), asio::execution::outstanding_work.tracked);
+}
+
+// Aborts a transaction unless it was handed on.
+struct txn_guard {
+  MDB_txn* t = nullptr;
+  txn_guard() = default;
+  txn_guard(const txn_guard&) = delete;
+  txn_guard& operator=(const txn_guard&) = delete;
+  ~txn_guard() {
+    if (t) ::mdb_txn_abort(t);
+  }
+  MDB_txn* release() { return std::exchange(t, nullptr); }
+};
+
+}  // namespace
+
+struct tier::impl : std::enable_shared_from_this<impl> {
+  using get_handler = asio::any_completion_handler<cacheflight::tier::get_signature>;
+  using done_handler = asio::any_completion_handler<cacheflight::tier::done_signature>;
+
+  enum class kind { put, erase, clear, flush };
+
+  struct write_op {
+    kind what;
+    std::string key;
+    std::shared_ptr<const std::string> bytes;
+    std::int64_t expires_ms = 0;
+    std::uint64_t id = 0;
+    done_handler h;
+    asio::any_completion_executor work;
+  };
+
+  // A read waiting for a reader thread. `state`: 0 queued, 1 taken by a
+  // reader, 2 cancelled; whoever moves it from 0 owns the handler.
+  struct read_op {
+    std::string key;
+    get_handler h;
+    asio::any_completion_executor work;
+    std::atomic<int> state{0};
+  };
+
+  // The latest write of a key not committed yet: its bytes (null: erased).
+  struct pending_write {
+    std::uint64_t id;
+    std::shared_ptr<const std::string> bytes;
+    std::int64_t expires_ms;
+  };
+
+  executor_type ex;
+  tier_options opts;
+  MDB_env* env = nullptr;
+  MDB_dbi dbi_data = 0, dbi_order = 0, dbi_expiry = 0, dbi_meta = 0;
+  std::uint64_t psize = 4096;
+  std::uint64_t map_bytes = 0;
+  std::uint64_t high_bytes = 0;  // live data is kept under it
+  std::uint64_t low_bytes = 0;   // eviction brings it down to this
+  std::uint64_t max_value = 0;
+  std::uint64_t batch_bytes = 0;
+  std::pair<dev_t, ino_t> dir_id{};
+  bool registered = false;
+  std::vector<MDB_txn*> reader_txns;
+
+  std::mutex mu;  // the queues, the pending writes
+  std::condition_variable writer_cv, reader_cv;
+  bool stopping = false;
+  std::deque<write_op> wq;
+  std::size_t queued_puts = 0;
+  std::uint64_t next_id = 0;
+  std::unordered_map<std::string, pending_write> pending;
+  std::size_t clears_pending = 0;
+  std::deque<std::shared_ptr<read_op>> rq;
+
+  // Completions are posted under this lock, and not at all once the tier's
+  // execution context shut down.
+  std::mutex post_mu;
+  bool shut = false;
+
+  std::thread writer;
+  std::vector<std::thread> readers;
+
+  std::atomic<std::size_t> unfinished_writes{0};
+  std::atomic<std::uint64_t> writes{0}, dropped{0}, commits{0}, evicted{0}, expired{0}, too_large{0}, queue_full{0},
+      write_errors{0}, entries{0}, used{0};
+
+  impl(executor_type e, tier_options o) : ex(std::move(e)), opts(std::move(o)) {}
+
+  ~impl() {
+    for (MDB_txn* t : reader_txns) ::mdb_txn_abort(t);
+    if (env) ::mdb_env_close(env);
+    if (registered) {
+      std::lock_guard lk(open_dirs_mu);
+      open_dirs.erase(dir_id);
+    }
+  }
+
+  // --- opening ---------------------------------------------------------------
+
+  void open() {
+    const std::string where = "cacheflight::disk::tier(" + opts.path.string() + ")";
+    std::error_code fec;
+    std::filesystem::create_directories(opts.path, fec);
+    if (fec) throw_error(error_code(fec.value(), boost::system::system_category()), where + ": cannot create the directory");
+    struct ::stat st {};
+    if (::stat(opts.path.c_str(), &st) != 0) throw_error(error_code(errno, boost::system::system_category()), where);
+    if (!S_ISDIR(st.st_mode)) throw_error(error_code(ENOTDIR, boost::system::system_category()), where);
+    {
+      std::lock_guard lk(open_dirs_mu);
+      dir_id = {st.st_dev, st.st_ino};
+      if (!open_dirs.insert(dir_id).second)
+        throw_error(make_error_code(error::already_open), where);
+      registered = true;
+    }
+
+    int rc = ::mdb_env_create(&env);
+    if (rc) {
+      env = nullptr;
+      throw_error(mdb_error(rc), where);
+    }
+    ::mdb_env_set_maxdbs(env, 4);
+    ::mdb_env_set_maxreaders(env, static_cast<unsigned>(126 + opts.readers));
+    if ((rc = ::mdb_env_set_mapsize(env, static_cast<std::size_t>(opts.max_bytes)))) throw_error(mdb_error(rc), where);
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (opts.durability == durability::relaxed) flags |= MDB_NOMETASYNC;
+    if ((rc = ::mdb_env_open(env, opts.path.c_str(), flags, 0644))) {
+      ::mdb_env_close(env);
+      env = nullptr;
+      throw_error(mdb_error(rc), where + ": cannot open the store");
+    }
+
+    // A truncated file would fault on the first read of a page past its end:
+    // refuse it here.
+    MDB_envinfo info{};
+    MDB_stat est{};
+    ::mdb_env_info(env, &info);
+    ::mdb_env_stat(env, &est);
+    psize = est.ms_psize;
+    struct ::stat dst {};
+    const std::filesystem::path data_file = opts.path / "data.mdb";
+    if (::stat(data_file.c_str(), &dst) != 0) throw_error(error_code(errno, boost::system::system_category()), where);
+    if (static_cast<std::uint64_t>(dst.st_size) < (static_cast<std::uint64_t>(info.me_last_pgno) + 1) * psize)
+      throw_error(make_error_code(error::corrupt_store), where + ": data.mdb is truncated");
+    int dead = 0;
+    ::mdb_reader_check(env, &dead);
+
+    // The map may be larger than asked, when the store was made with a larger budget.
+    ::mdb_env_info(env, &info);
+    const std::uint64_t map = std::max<std::uint64_t>(info.me_mapsize, opts.max_bytes);
+    map_bytes = map;
+    high_bytes = map / 4 * 3;
+    low_bytes = high_bytes - map / 32;
+    max_value = opts.max_bytes / 16;
+    batch_bytes = opts.max_bytes / 16;
+
+    open_databases(where);
+
+    reader_txns.resize(opts.readers, nullptr);
+    for (MDB_txn*& t : reader_txns) {
+      if ((rc = ::mdb_txn_begin(env, nullptr, MDB_RDONLY, &t))) {
+        t = nullptr;
+        throw_error(mdb_error(rc), where + ": cannot begin a read transaction");
+      }
+      ::mdb_txn_reset(t);
+    }
+  }
+
+  void open_databases(const std::string& where) {
+    txn_guard g;
+    int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
+    if (rc) throw_error(mdb_error(rc), where + ": cannot begin a write transaction");
+    rc = ::mdb_dbi_open(g.t, "meta", 0, &dbi_meta);
+    if (rc == MDB_NOTFOUND) {
+      // A new store, or someone else's database: only an empty one becomes ours.
+      MDB_dbi main = 0;
+      MDB_stat ms{};
+      if ((rc = ::mdb_dbi_open(g.t, nullptr, 0, &main)) || (rc = ::mdb_stat(g.t, main, &ms)))
+        throw_error(mdb_error(rc), where);
+      if (ms.ms_entries != 0) throw_error(make_error_code(error::corrupt_store), where + ": not a cacheflight store");
+      if ((rc = ::mdb_dbi_open(g.t, "meta", MDB_CREATE, &dbi_meta))) throw_error(mdb_error(rc), where);
+      MDB_val k = val("format"), v = val(detail::format_name);
+      if ((rc = ::mdb_put(g.t, dbi_meta, &k, &v, 0))) throw_error(mdb_error(rc), where);
+    } else if (rc) {
+      throw_error(mdb_error(rc), where + ": not a cacheflight store");
+    } else {
+      MDB_val k = val("format"), v{};
+      rc = ::mdb_get(g.t, dbi_meta, &k, &v);
+      if (rc == MDB_NOTFOUND || (rc == 0 && view(v) != detail::format_name))
+        throw_error(make_error_code(error::corrupt_store), where + ": not a store of this format");
+      if (rc) throw_error(mdb_error(rc), where);
+    }
+    for (auto [name, dbi] : {std::pair{"data", &dbi_data}, {"order", &dbi_order}, {"expiry", &dbi_expiry}})
+      if ((rc = ::mdb_dbi_open(g.t, name, MDB_CREATE, dbi))) throw_error(mdb_error(rc), where);
+    publish(g.t);
+    if ((rc = ::mdb_txn_commit(g.release()))) throw_error(mdb_error(rc), where);
+  }
+
+  void start() {
+    auto self = shared_from_this();
+    writer = std::thread([self] { self->write_loop(); });
+    for (std::size_t i = 0; i < opts.readers; ++i)
+      readers.emplace_back([self, t = reader_txns[i]] { self->read_loop(t); });
+  }
+
+  bool on_own_thread() const {
+    const auto me = std::this_thread::get_id();
+    if (writer.get_id() == me) return true;
+    return std::any_of(readers.begin(), readers.end(), [me](const std::thread& t) { return t.get_id() == me; });
+  }
+
+  void stop() {
+    std::deque<std::shared_ptr<read_op>> reads;
+    {
+      std::lock_guard lk(mu);
+      stopping = true;
+      reads.swap(rq);
+    }
+    writer_cv.notify_all();
+    reader_cv.notify_all();
+    std::vector<std::pair<std::shared_ptr<read_op>, error_code>> aborted;
+    for (auto& op : reads) {
+      int expected = 0;
+      if (op->state.compare_exchange_strong(expected, 1)) aborted.emplace_back(std::move(op), asio::error::operation_aborted);
+    }
+    complete_reads(aborted, {});
+    const bool detach = on_own_thread();
+    auto finish = [detach](std::thread& t) {
+      if (!t.joinable()) return;
+      if (detach) t.detach();
+      else t.join();
+    };
+    finish(writer);
+    for (std::thread& t : readers) finish(t);
+  }
+
+  // The execution context shut down: destroy every handler held (see
+  // src/common/shutdown_registry.hpp); queued writes are still written.
+  void drop_handlers() {
+    std::vector<done_handler> doomed;
+    std::vector<get_handler> doomed_reads;
+    std::vector<asio::any_completion_executor> works;
+    {
+      std::lock_guard plk(post_mu);
+      shut = true;
+    }
+    {
+      std::lock_guard lk(mu);
+      for (write_op& op : wq) {
+        if (op.h) doomed.emplace_back(std::move(op.h));
+        works.emplace_back(std::move(op.work));
+      }
+      for (auto& op : rq) {
+        int expected = 0;
+        if (op->state.compare_exchange_strong(expected, 2)) {
+          doomed_reads.emplace_back(std::move(op->h));
+          works.emplace_back(std::move(op->work));
+        }
+      }
+      rq.clear();
+    }
+  }
+
+  // --- completing --------------------------------------------------------------
+
+  // Completes `h` through its associated executor, from a tier thread (where
+  // a dispatch to an io_context's or a strand's executor is a post).
+  template <class Handler, class... Args>
+  static void post_one(Handler& h, asio::any_completion_executor& work, const executor_type& fallback, Args... args) {
+    auto e = asio::get_associated_executor(h, fallback);
+    asio::dispatch(e, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
+      asio::get_associated_cancellation_slot(h).clear();
+      std::move(h)(std::move(a)...);
+    });
+  }
+
+  // Completes `h` later, from an initiating function or a cancellation
+  // handler: through the tier's executor, which never runs it inline.
+  template <class Handler, class... Args>
+  static void post_later(Handler& h, asio::any_completion_executor& work, const executor_type& ex, Args... args) {
+    asio::post(ex, [ex, h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
+      post_one(h, w, ex, std::move(a)...);
+    });
+  }
+
+  void complete_now(done_handler h, asio::any_completion_executor work, error_code ec) {
+    std::lock_guard lk(post_mu);
+    if (shut) return;
+    post_later(h, work, ex, ec);
+  }
+
+  void complete_writes(std::vector<write_op>& batch, const std::vector<error_code>& results) {
+    std::vector<done_handler> doomed;
+    {
+      std::lock_guard lk(post_mu);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        write_op& op = batch[i];
+        if (!op.h) continue;
+        if (shut) doomed.emplace_back(std::move(op.h));
+        else post_one(op.h, op.work, ex, results[i]);
+      }
+    }
+  }
+
+  void complete_reads(std::vector<std::pair<std::shared_ptr<read_op>, error_code>>& done,
+                      std::vector<std::optional<std::string>> values) {
+    std::vector<get_handler> doomed;
+    std::lock_guard lk(post_mu);
+    for (std::size_t i = 0; i < done.size(); ++i) {
+      read_op& op = *done[i].first;
+      if (shut) {
+        doomed.emplace_back(std::move(op.h));
+        continue;
+      }
+      std::optional<std::string> v;
+      if (i < values.size()) v = std::move(values[i]);
+      post_one(op.h, op.work, ex, done[i].second, std::move(v));
+    }
+  }
+
+  // --- reads -------------------------------------------------------------------
+
+  void read_loop(MDB_txn* txn) {
+    std::vector<std::shared_ptr<read_op>> batch;
+    std::vector<std::pair<std::shared_ptr<read_op>, error_code>> done;
+    std::vector<std::optional<std::string>> values;
+    for (;;) {
+      batch.clear();
+      {
+        std::unique_lock lk(mu);
+        reader_cv.wait(lk, [&] { return !rq.empty() || stopping; });
+        if (stopping) return;
+        while (!rq.empty() && batch.size() < 256) {
+          batch.push_back(std::move(rq.front()));
+          rq.pop_front();
+        }
+        if (!rq.empty()) reader_cv.notify_one();
+      }
+      done.clear();
+      values.clear();
+      const int rc = ::mdb_txn_renew(txn);
+      const std::int64_t now = now_ms();
+      for (auto& op : batch) {
+        int expected = 0;
+        if (!op->state.compare_exchange_strong(expected, 1)) continue;  // cancelled
+        error_code ec = rc ? mdb_error(rc) : error_code{};
+        std::optional<std::string> v;
+        if (!rc) ec = lookup(txn, op->key, now, v);
+        done.emplace_back(std::move(op), ec);
+        values.push_back(std::move(v));
+      }
+      if (!rc) ::mdb_txn_reset(txn);
+      complete_reads(done, std::move(values));
+    }
+  }
+
+  error_code lookup(MDB_txn* txn, std::string_view key, std::int64_t now, std::optional<std::string>& out) {
+    const std::string dk = detail::data_key(key);
+    MDB_val k = val(dk), v{};
+    const int rc = ::mdb_get(txn, dbi_data, &k, &v);
+    if (rc == MDB_NOTFOUND) return {};
+    if (rc) return mdb_error(rc);
+    const auto r = detail::parse_record(view(v));
+    if (!r) return make_error_code(error::corrupt_store);
+    if (detail::is_digest_key(key) && r->full_key != key) return {};  // another key with the same digest
+    if (r->expires_ms != 0 && r->expires_ms <= now) return {};
+    out.emplace(r->bytes);
+    return {};
+  }
+
+  // --- writes ------------------------------------------------------------------
+
+  void publish(MDB_txn* t) {
+    MDB_stat st{};
+    if (::mdb_stat(t, dbi_data, &st) == 0) entries.store(st.ms_entries, std::memory_order_relaxed);
+    used.store(used_bytes(t), std::memory_order_relaxed);
+  }
+
+  std::uint64_t used_bytes(MDB_txn* t) const {
+    std::uint64_t pages = 0;
+    for (MDB_dbi d : {dbi_data, dbi_order, dbi_expiry, dbi_meta}) {
+      MDB_stat st{};
+      if (::mdb_stat(t, d, &st) == 0) pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+    }
+    return pages * psize;
+  }
+
+  std::uint64_t last_seq(MDB_txn* t, int& rc) const {
+    MDB_cursor* c = nullptr;
+    if ((rc = ::mdb_cursor_open(t, dbi_order, &c))) return 0;
+    MDB_val k{}, v{};
+    rc = ::mdb_cursor_get(c, &k, &v, MDB_LAST);
+    ::mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) {
+      rc = 0;
+      return 0;
+    }
+    if (rc) return 0;
+    return k.mv_size == 8 ? detail::load_be64(static_cast<const char*>(k.mv_data)) : 0;
+  }
+
+  // Removes the entry under data key `dk` and its index entries.
+  int remove_entry(MDB_txn* t, std::string_view dk) {
+    MDB_val k = val(dk), v{};
+    int rc = ::mdb_get(t, dbi_data, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (auto r = detail::parse_record(view(v))) {
+      char seqk[8];
+      detail::store_be64(seqk, r->seq);
+      MDB_val ok{8, seqk};
+      rc = ::mdb_del(t, dbi_order, &ok, nullptr);
+      if (rc && rc != MDB_NOTFOUND) return rc;
+      if (r->expires_ms != 0) {
+        auto ek = detail::expiry_key(r->expires_ms, r->seq);
+        MDB_val ekv{ek.size(), ek.data()};
+        rc = ::mdb_del(t, dbi_expiry, &ekv, nullptr);
+        if (rc && rc != MDB_NOTFOUND) return rc;
+      }
+    }
+    k = val(dk);
+    rc = ::mdb_del(t, dbi_data, &k, nullptr);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  }
+
+  int apply_put(MDB_txn* t, write_op& op, std::uint64_t seq) {
+    const std::string dk = detail::data_key(op.key);
+    if (int rc = remove_entry(t, dk)) return rc;
+    const std::string_view bytes = *op.bytes;
+    MDB_val k = val(dk), v{detail::record_size(op.key, bytes.size()), nullptr};
+    if (int rc = ::mdb_put(t, dbi_data, &k, &v, MDB_RESERVE)) return rc;
+    detail::write_record(static_cast<char*>(v.mv_data), seq, op.expires_ms, op.key, bytes);
+    char seqk[8];
+    detail::store_be64(seqk, seq);
+    MDB_val ok{8, seqk}, ov = val(dk);
+    if (int rc = ::mdb_put(t, dbi_order, &ok, &ov, MDB_APPEND)) return rc;
+    if (op.expires_ms != 0) {
+      auto ek = detail::expiry_key(op.expires_ms, seq);
+      MDB_val ekv{ek.size(), ek.data()}, ev = val(dk);
+      if (int rc = ::mdb_put(t, dbi_expiry, &ekv, &ev, 0)) return rc;
+    }
+    return 0;
+  }
+
+  int apply_erase(MDB_txn* t, const write_op& op) {
+    const std::string dk = detail::data_key(op.key);
+    if (detail::is_digest_key(op.key)) {
+      // Only this key's own record: another key with the same digest stays.
+      MDB_val k = val(dk), v{};
+      const int rc = ::mdb_get(t, dbi_data, &k, &v);
+      if (rc == MDB_NOTFOUND) return 0;
+      if (rc) return rc;
+      const auto r = detail::parse_record(view(v));
+      if (r && r->full_key != op.key) return 0;
+    }
+    return remove_entry(t, dk);
+  }
+
+  int apply_clear(MDB_txn* t) {
+    for (MDB_dbi d : {dbi_data, dbi_order, dbi_expiry})
+      if (int rc = ::mdb_drop(t, d, 0)) return rc;
+    return 0;
+  }
+
+  // Removes up to `limit` entries whose expiry passed, stopping early once
+  // the live data is at most `until` bytes (0: no such stop).
+  int sweep(MDB_txn* t, std::int64_t now, std::size_t limit, std::uint64_t until, std::uint64_t& removed) {
+    MDB_cursor* c = nullptr;
+    if (int rc = ::mdb_cursor_open(t, dbi_expiry, &c)) return rc;
+    int rc = 0;
+    for (std::size_t n = 0; n < limit; ++n) {
+      if (until != 0 && used_bytes(t) <= until) break;
+      MDB_val k{}, v{};
+      rc = ::mdb_cursor_get(c, &k, &v, MDB_FIRST);
+      if (rc == MDB_NOTFOUND) {
+        rc = 0;
+        break;
+      }
+      if (rc) break;
+      if (k.mv_size != 16) {  // not an index entry of ours: drop it
+        if ((rc = ::mdb_cursor_del(c, 0))) break;
+        continue;
+      }
+      const auto exp = static_cast<std::int64_t>(detail::load_be64(static_cast<const char*>(k.mv_data)));
+      if (exp > now) break;
+      const std::string dk(view(v));
+      const std::uint64_t seq = detail::load_be64(static_cast<const char*>(k.mv_data) + 8);
+      if ((rc = ::mdb_cursor_del(c, 0))) break;
+      // The record, if it is still the one indexed.
+      MDB_val dkv = val(dk), rv{};
+      rc = ::mdb_get(t, dbi_data, &dkv, &rv);
+      if (rc == MDB_NOTFOUND) {
+        rc = 0;
+        continue;
+      }
+      if (rc) break;
+      const auto r = detail::parse_record(view(rv));
+      if (r && r->seq != seq) continue;
+      if ((rc = remove_entry(t, dk))) break;
+      ++removed;
+    }
+    ::mdb_cursor_close(c);
+    return rc;
+  }
+
+  // Drops the oldest written entries until the live data is at most `until` bytes.
+  int evict_oldest(MDB_txn* t, std::uint64_t until, std::uint64_t& removed) {
+    MDB_cursor* c = nullptr;
+    if (int rc = ::mdb_cursor_open(t, dbi_order, &c)) return rc;
+    int rc = 0;
+    while (used_bytes(t) > until) {
+      MDB_val k{}, v{};
+      rc = ::mdb_cursor_get(c, &k, &v, MDB_FIRST);
+      if (rc == MDB_NOTFOUND) {
+        rc = 0;
+        break;
+      }
+      if (rc) break;
+      const std::string dk(view(v));
+      if ((rc = ::mdb_cursor_del(c, 0))) break;
+      if ((rc = remove_entry(t, dk))) break;
+      ++removed;
+    }
+    ::mdb_cursor_close(c);
+    return rc;
+  }
+
+  // Makes the live data at most `until` bytes: expired entries first, then the oldest.
+  int make_room(MDB_txn* t, std::uint64_t until) {
+    if (used_bytes(t) <= until) return 0;
+    std::uint64_t swept = 0, dropped_now = 0;
+    int rc = sweep(t, now_ms(), std::numeric_limits<std::size_t>::max(), until, swept);
+    if (!rc) rc = evict_oldest(t, until, dropped_now);
+    expired.fetch_add(swept, std::memory_order_relaxed);
+    evicted.fetch_add(dropped_now, std::memory_order_relaxed);
+    return rc;
+  }
+
+  // One transaction: the batch, a sweep, and room for the next one.
+  int commit_batch(std::vector<write_op>& batch, bool& sync) {
+    txn_guard g;
+    int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
+    if (rc) return rc;
+    std::uint64_t seq = last_seq(g.t, rc) + 1;
+    if (rc) return rc;
+    for (write_op& op : batch) {
+      switch (op.what) {
+        case kind::put: rc = apply_put(g.t, op, seq++); break;
+        case kind::erase: rc = apply_erase(g.t, op); break;
+        case kind::clear: rc = apply_clear(g.t); break;
+        case kind::flush: sync = true; break;
+      }
+      if (rc) return rc;
+    }
+    std::uint64_t swept = 0;
+    if ((rc = sweep(g.t, now_ms(), opts.sweep_batch, 0, swept))) return rc;
+    expired.fetch_add(swept, std::memory_order_relaxed);
+    if (used_bytes(g.t) > high_bytes && (rc = make_room(g.t, low_bytes))) return rc;
+    publish(g.t);
+    if ((rc = ::mdb_txn_commit(g.release()))) return rc;
+    commits.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+
+  // A transaction that only makes room.
+  int evict_to(std::uint64_t until) {
+    txn_guard g;
+    int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
+    if (rc) return rc;
+    if ((rc = make_room(g.t, until))) return rc;
+    publish(g.t);
+    if ((rc = ::mdb_txn_commit(g.release()))) return rc;
+    commits.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+
+  void write_batch(std::vector<write_op>& batch) {
+    bool sync = false;
+    int rc = commit_batch(batch, sync);
+    // The map filled up inside the transaction (pages freed by this very
+    // transaction are not reusable before it commits): make room in one of
+    // its own, deeper each time, and try again.
+    const std::uint64_t map = map_bytes;
+    for (std::uint64_t until : {map / 2, map / 4, std::uint64_t{0}}) {
+      if (rc != MDB_MAP_FULL) break;
+      sync = false;
+      if (int erc = evict_to(until); erc && erc != MDB_MAP_FULL) {
+        rc = erc;
+        break;
+      }
+      rc = commit_batch(batch, sync);
+    }
+    error_code ec;
+    if (rc == MDB_MAP_FULL)  // what remains is held by other processes' read transactions
+      ec = make_error_code(boost::system::errc::no_space_on_device);
+    else if (rc)
+      ec = mdb_error(rc);
+    if (!rc && sync && opts.durability == durability::relaxed) {
+      if (int src = ::mdb_env_sync(env, 1)) ec = mdb_error(src);
+    }
+    if (rc) write_errors.fetch_add(1, std::memory_order_relaxed);
+
+    std::size_t counted = 0;
+    {
+      std::lock_guard lk(mu);
+      for (write_op& op : batch) {
+        if (op.what == kind::put || op.what == kind::erase) {
+          auto it = pending.find(op.key);
+          if (it != pending.end() && it->second.id == op.id) pending.erase(it);
+        } else if (op.what == kind::clear) {
+          --clears_pending;
+        }
+        if (op.what != kind::flush) ++counted;
+      }
+    }
+    unfinished_writes.fetch_sub(counted, std::memory_order_relaxed);
+    (rc ? dropped : writes).fetch_add(counted, std::memory_order_relaxed);
+    std::vector<error_code> results(batch.size(), ec);
+    complete_writes(batch, results);
+  }
+
+  void idle_sweep() {
+    txn_guard g;
+    if (::mdb_txn_begin(env, nullptr, 0, &g.t)) return;
+    std::uint64_t swept = 0;
+    if (sweep(g.t, now_ms(), opts.sweep_batch, 0, swept) || swept == 0) return;
+    publish(g.t);
+    if (::mdb_txn_commit(g.release()) == 0) {
+      commits.fetch_add(1, std::memory_order_relaxed);
+      expired.fetch_add(swept, std::memory_order_relaxed);
+    }
+  }
+
+  void write_loop() {
+    std::vector<write_op> batch;
+    for (;;) {
+      batch.clear();
+      {
+        std::unique_lock lk(mu);
+        if (wq.empty() && !stopping) writer_cv.wait_for(lk, opts.sweep_interval, [&] { return !wq.empty() || stopping; });
+        if (wq.empty()) {
+          if (stopping) return;
+          lk.unlock();
+          idle_sweep();
+          continue;
+        }
+        std::uint64_t bytes = 0;
+        while (!wq.empty() && batch.size() < opts.max_write_batch) {
+          write_op& op = wq.front();
+          const std::uint64_t sz = op.bytes ? op.bytes->size() + op.key.size() : op.key.size();
+          if (!batch.empty() && bytes + sz > batch_bytes) break;
+          bytes += sz;
+          if (op.what == kind::put) --queued_puts;
+          batch.push_back(std::move(op));
+          wq.pop_front();
+        }
+      }
+      write_batch(batch);
+    }
+  }
+};
+
+tier::tier(executor_type ex, tier_options opts) {
+  using cacheflight::detail::throw_invalid_option;
+  if (opts.path.empty()) throw_invalid_option("disk::tier_options::path must not be empty");
+  if (opts.max_bytes < (std::uint64_t{1} << 20)) throw_invalid_option("disk::tier_options::max_bytes must be at least 1 MiB");
+  if (opts.max_bytes > std::numeric_limits<std::size_t>::max() / 2)
+    throw_invalid_option("disk::tier_options::max_bytes is larger than the address space");
+  if (opts.durability != durability::durable && opts.durability != durability::relaxed)
+    throw_invalid_option("disk::tier_options::durability is not durable or relaxed");
+  if (opts.max_queued_writes == 0) throw_invalid_option("disk::tier_options::max_queued_writes must be positive");
+  if (opts.max_write_batch == 0) throw_invalid_option("disk::tier_options::max_write_batch must be positive");
+  if (opts.readers == 0 || opts.readers > 64) throw_invalid_option("disk::tier_options::readers must be 1 to 64");
+  if (opts.sweep_interval <= milliseconds::zero()) throw_invalid_option("disk::tier_options::sweep_interval must be positive");
+  if (opts.sweep_batch == 0) throw_invalid_option("disk::tier_options::sweep_batch must be positive");
+  impl_ = std::make_shared<impl>(std::move(ex), std::move(opts));
+  impl_->open();
+  impl_->start();
+  cacheflight::detail::drop_handlers_at_shutdown(impl_->ex, impl_);
+}
+
+tier::~tier() { impl_->stop(); }
+
+tier_health tier::health() const {
+  return tier_health{breaker_state::closed, impl_->unfinished_writes.load(std::memory_order_relaxed),
+                     impl_->writes.load(std::memory_order_relaxed), impl_->dropped.load(std::memory_order_relaxed)};
+}
+
+tier_stats tier::stats() const {
+  const impl& s = *impl_;
+  constexpr auto r = std::memory_order_relaxed;
+  return tier_stats{s.entries.load(r),   s.used.load(r),      s.map_bytes, s.commits.load(r),
+                    s.evicted.load(r),   s.expired.load(r),   s.too_large.load(r),  s.queue_full.load(r),
+                    s.write_errors.load(r)};
+}
+
+std::uint64_t tier::max_value_bytes() const noexcept { return impl_->max_value; }
+
+const std::filesystem::path& tier::path() const noexcept { return impl_->opts.path; }
+
+tier::executor_type tier::get_executor() const noexcept { return impl_->ex; }
+
+void tier::do_get(std::string key, get_handler handler) {
+  impl& s = *impl_;
+  auto work = tracked(handler, s.ex);
+  std::unique_lock lk(s.mu);
+  if (s.stopping) {
+    lk.unlock();
+    std::lock_guard plk(s.post_mu);
+    if (!s.shut) impl::post_later(handler, work, s.ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    return;
+  }
+  // Read your writes: a write not committed yet is what the store will hold.
+  std::shared_ptr<const std::string> bytes;
+  std::int64_t expires_ms = 0;
+  bool answered = false;
+  if (auto it = s.pending.find(key); it != s.pending.end()) {
+    bytes = it->second.bytes;
+    expires_ms = it->second.expires_ms;
+    answered = true;
+  } else if (s.clears_pending != 0) {
+    answered = true;
+  }
+  if (answered) {
+    lk.unlock();
+    std::optional<std::string> v;
+    if (bytes && (expires_ms == 0 || expires_ms > now_ms())) v.emplace(*bytes);
+    std::lock_guard plk(s.post_mu);
+    if (!s.shut) impl::post_later(handler, work, s.ex, error_code{}, std::move(v));
+    return;
+  }
+  auto op = std::make_shared<impl::read_op>();
+  op->key = std::move(key);
+  // Assigned before the read is visible to a reader thread, in the caller's
+  // context, which is where the slot is emitted and (on completion) cleared.
+  if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
+    slot.assign([w = std::weak_ptr<impl::read_op>(op), ws = std::weak_ptr<impl>(impl_)](asio::cancellation_type_t) {
+      auto op = w.lock();
+      auto self = ws.lock();
+      if (!op || !self) return;
+      int expected = 0;
+      if (!op->state.compare_exchange_strong(expected, 2)) return;
+      std::lock_guard plk(self->post_mu);
+      if (!self->shut)
+        impl::post_later(op->h, op->work, self->ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    });
+  }
+  op->h = std::move(handler);
+  op->work = std::move(work);
+  s.rq.push_back(std::move(op));
+  lk.unlock();
+  s.reader_cv.notify_one();
+}
+
+void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
+  impl& s = *impl_;
+  auto work = tracked(handler, s.ex);
+  if (detail::record_size(key, bytes.size()) > s.max_value) {
+    s.too_large.fetch_add(1, std::memory_order_relaxed);
+    s.dropped.fetch_add(1, std::memory_order_relaxed);
+    return s.complete_now(std::move(handler), std::move(work), make_error_code(error::value_too_large));
+  }
+  std::int64_t expires_ms = 0;
+  if (ttl != milliseconds::max()) {
+    const std::int64_t now = now_ms();
+    const std::int64_t t = std::max<std::int64_t>(ttl.count(), 1);
+    expires_ms = t > std::numeric_limits<std::int64_t>::max() - now ? 0 : now + t;
+  }
+  {
+    std::unique_lock lk(s.mu);
+    if (!s.stopping && s.queued_puts >= s.opts.max_queued_writes) {
+      lk.unlock();
+      s.queue_full.fetch_add(1, std::memory_order_relaxed);
+      s.dropped.fetch_add(1, std::memory_order_relaxed);
+      return s.complete_now(std::move(handler), std::move(work), make_error_code(error::queue_full));
+    }
+    if (!s.stopping) {
+      auto b = std::make_shared<const std::string>(std::move(bytes));
+      const std::uint64_t id = ++s.next_id;
+      s.pending.insert_or_assign(key, impl::pending_write{id, b, expires_ms});
+      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
+      ++s.queued_puts;
+      s.wq.push_back(impl::write_op{impl::kind::put, std::move(key), std::move(b), expires_ms, id, std::move(handler),
+                                    std::move(work)});
+      lk.unlock();
+      s.writer_cv.notify_one();
+      return;
+    }
+  }
+  s.dropped.fetch_add(1, std::memory_order_relaxed);
+  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+}
+
+void tier::do_erase(std::string key, done_handler handler) {
+  impl& s = *impl_;
+  auto work = tracked(handler, s.ex);
+  {
+    std::unique_lock lk(s.mu);
+    if (!s.stopping) {
+      const std::uint64_t id = ++s.next_id;
+      s.pending.insert_or_assign(key, impl::pending_write{id, nullptr, 0});
+      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
+      s.wq.push_back(impl::write_op{impl::kind::erase, std::move(key), nullptr, 0, id, std::move(handler), std::move(work)});
+      lk.unlock();
+      s.writer_cv.notify_one();
+      return;
+    }
+  }
+  s.dropped.fetch_add(1, std::memory_order_relaxed);
+  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+}
+
+void tier::do_clear(done_handler handler) {
+  impl& s = *impl_;
+  auto work = tracked(handler, s.ex);
+  {
+    std::unique_lock lk(s.mu);
+    if (!s.stopping) {
+      s.pending.clear();
+      ++s.clears_pending;
+      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
+      s.wq.push_back(impl::write_op{impl::kind::clear, {}, nullptr, 0, ++s.next_id, std::move(handler), std::move(work)});
+      lk.unlock();
+      s.writer_cv.notify_one();
+      return;
+    }
+  }
+  s.dropped.fetch_add(1, std::memory_order_relaxed);
+  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+}
+
+void tier::do_flush(done_handler handler) {
+  impl& s = *impl_;
+  auto work = tracked(handler, s.ex);
+  {
+    std::unique_lock lk(s.mu);
+    if (!s.stopping) {
+      s.wq.push_back(impl::write_op{impl::kind::flush, {}, nullptr, 0, ++s.next_id, std::move(handler), std::move(work)});
+      lk.unlock();
+      s.writer_cv.notify_one();
+      return;
+    }
+  }
+  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+}
+
+}  // namespace cacheflight::disk
