@@ -115,6 +115,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // A read waiting for a reader thread. `state`: 0 queued, 1 taken by a
   // reader, 2 cancelled; whoever moves it from 0 owns the handler.
   struct read_op {
+    // Built with its handler: in Boost 1.81, move-assigning an
+    // any_completion_handler recurses without end.
+    read_op(std::string k, get_handler&& handler, asio::any_completion_executor w)
+        : key(std::move(k)), h(std::move(handler)), work(std::move(w)) {}
     std::string key;
     get_handler h;
     asio::any_completion_executor work;
@@ -808,11 +812,12 @@ void tier::do_get(std::string key, get_handler handler) {
     if (!s.shut) impl::post_later(handler, work, s.ex, error_code{}, std::move(v));
     return;
   }
-  auto op = std::make_shared<impl::read_op>();
-  op->key = std::move(key);
-  // Assigned before the read is visible to a reader thread, in the caller's
-  // context, which is where the slot is emitted and (on completion) cleared.
-  if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
+  // The slot is assigned before the read is visible to a reader thread, in
+  // the caller's context, which is where it is emitted and (on completion)
+  // cleared.
+  auto slot = asio::get_associated_cancellation_slot(handler);
+  auto op = std::make_shared<impl::read_op>(std::move(key), std::move(handler), std::move(work));
+  if (slot.is_connected()) {
     slot.assign([w = std::weak_ptr<impl::read_op>(op), ws = std::weak_ptr<impl>(impl_)](asio::cancellation_type_t) {
       auto op = w.lock();
       auto self = ws.lock();
@@ -824,8 +829,6 @@ void tier::do_get(std::string key, get_handler handler) {
         impl::post_later(op->h, op->work, self->ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
     });
   }
-  op->h = std::move(handler);
-  op->work = std::move(work);
   s.rq.push_back(std::move(op));
   lk.unlock();
   s.reader_cv.notify_one();
