@@ -14,17 +14,19 @@ class CacheflightConan(ConanFile):
     version = "0.1.0"
     license = "BSL-1.0"
     description = "Stops duplicate expensive work under concurrent load: request coalescing and a read-through cache on Boost.Asio"
-    topics = ("asio", "cache", "singleflight", "coalescing", "redis")
+    topics = ("asio", "cache", "singleflight", "coalescing", "redis", "lmdb")
     settings = "os", "arch", "compiler", "build_type"
     # One option per compiled component.
-    options = {"redis": [True, False]}
-    default_options = {"redis": True}
+    options = {"redis": [True, False], "disk": [True, False]}
+    default_options = {"redis": True, "disk": True}
     exports_sources = "CMakeLists.txt", "LICENSE*", "cmake/*", "include/*", "src/*"
 
     def requirements(self):
         self.requires("boost/1.81.0", transitive_headers=True)
         if self.options.redis:
             self.requires("hiredis/0.14.1")
+        if self.options.disk:
+            self.requires("lmdb/0.9.24")
 
     def layout(self):
         cmake_layout(self)
@@ -32,6 +34,7 @@ class CacheflightConan(ConanFile):
     def generate(self):
         tc = CMakeToolchain(self)
         tc.cache_variables["CACHEFLIGHT_WITH_REDIS"] = bool(self.options.redis)
+        tc.cache_variables["CACHEFLIGHT_WITH_DISK"] = bool(self.options.disk)
         tc.cache_variables["CACHEFLIGHT_BUILD_TESTS"] = False
         tc.cache_variables["CACHEFLIGHT_BUILD_EXAMPLES"] = False
         tc.cache_variables["CACHEFLIGHT_INSTALL"] = True
@@ -51,9 +54,10 @@ class CacheflightConan(ConanFile):
 
     def package_info(self):
         # Consumers use the package's own CMake config (find_package(cacheflight
-        # CONFIG COMPONENTS redis)): it finds Boost and hiredis the way the
+        # CONFIG COMPONENTS redis disk)): it finds Boost, hiredis and LMDB the way the
         # library was built against them.
         self.cpp_info.set_property("cmake_find_mode", "none")
         self.cpp_info.builddirs.append(os.path.join("lib", "cmake", "cacheflight"))
         self.cpp_info.includedirs = ["include"]
-        self.cpp_info.libs = ["cacheflight_redis"] if self.options.redis else []
+        self.cpp_info.libs = (["cacheflight_redis"] if self.options.redis else []) + (
+            ["cacheflight_disk"] if self.options.disk else [])

@@ -1,6 +1,7 @@
-// A flight coalescing three callers into one run, and the Redis component
-// linked: the RESP writer encodes a command.
+// A flight coalescing three callers into one run, and the compiled components
+// linked: the RESP writer encodes a command; a disk tier refuses impossible options.
 #include <cacheflight/cacheflight.hpp>
+#include <cacheflight/disk/tier.hpp>
 #include <cacheflight/redis/resp.hpp>
 
 #include <boost/asio.hpp>
@@ -21,6 +22,13 @@ int main() {
 
   std::string cmd;
   cacheflight::redis::append_command(cmd, {"GET", "answer"});
-  std::cout << "runs: " << runs << ", answers: " << answers << ", command bytes: " << cmd.size() << "\n";
-  return runs == 1 && answers == 3 && cmd == "*2\r\n$3\r\nGET\r\n$6\r\nanswer\r\n" ? 0 : 1;
+  bool refused = false;
+  try {
+    cacheflight::disk::tier t(io.get_executor(), cacheflight::disk::tier_options{.path = "unused", .max_bytes = 1});
+  } catch (const boost::system::system_error& e) {
+    refused = e.code() == cacheflight::error::invalid_option;
+  }
+  std::cout << "runs: " << runs << ", answers: " << answers << ", command bytes: " << cmd.size()
+            << ", disk options refused: " << refused << "\n";
+  return runs == 1 && answers == 3 && refused && cmd == "*2\r\n$3\r\nGET\r\n$6\r\nanswer\r\n" ? 0 : 1;
 }

@@ -4,12 +4,15 @@
 //   cacheflight_http_service [--address 127.0.0.1] [--port 8080] [--threads 1]
 //                            [--db-latency-ms 50] [--ttl-ms 60000]
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
+//                            [--disk PATH] [--disk-max-mb 1024] [--disk-durability durable]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
 // value is an error (exit status 2).
 //
 // With --redis, the cache has a Redis L2 behind memory: instances started with
-// the same server and prefix share what any of them loaded.
+// the same server and prefix share what any of them loaded. With --disk, a
+// disk tier (LMDB) keeps what was loaded across restarts and crashes: memory,
+// then Redis, then the disk, then the database.
 //
 // GET /user/{id}  the user, through the cache (JSON)
 // GET /stats      database calls and cache figures (JSON)
@@ -22,6 +25,9 @@
 #include <cacheflight/cacheflight.hpp>
 #ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
 #include <cacheflight/redis/tier.hpp>
+#endif
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_DISK
+#include <cacheflight/disk/tier.hpp>
 #endif
 
 #include <boost/asio.hpp>
@@ -58,21 +64,51 @@ struct config {
   std::chrono::milliseconds ttl{60'000};
   std::string redis;  // host:port; empty: memory only
   std::string redis_prefix = "demo:users:";
+  std::string disk;  // a directory; empty: no disk tier
+  std::uint64_t disk_max_mb = 1024;
+  bool disk_relaxed = false;
 };
 
-// The tiers behind the cache: a Redis L2 when asked for.
-std::vector<std::shared_ptr<cf::tier>> make_tiers(asio::io_context& io, const config& cfg) {
-  if (cfg.redis.empty()) return {};
+// A Redis L2 when asked for.
+std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
+  if (cfg.redis.empty()) return nullptr;
 #ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
   const auto colon = cfg.redis.rfind(':');
   cf::redis::client_options c;
   c.connection.host = cfg.redis.substr(0, colon);
   c.connection.port = colon == std::string::npos ? "6379" : cfg.redis.substr(colon + 1);
-  return {std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix})};
+  return std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix});
 #else
   (void)io;
   throw std::runtime_error("--redis: this build has no Redis component (CACHEFLIGHT_WITH_REDIS=OFF)");
 #endif
+}
+
+// A disk tier when asked for.
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_DISK
+using disk_tier = cf::disk::tier;
+#else
+using disk_tier = cf::tier;
+#endif
+std::shared_ptr<disk_tier> make_disk(asio::io_context& io, const config& cfg) {
+  if (cfg.disk.empty()) return nullptr;
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_DISK
+  return std::make_shared<cf::disk::tier>(
+      io.get_executor(),
+      cf::disk::tier_options{.path = cfg.disk,
+                             .max_bytes = cfg.disk_max_mb << 20,
+                             .durability = cfg.disk_relaxed ? cf::disk::durability::relaxed : cf::disk::durability::durable});
+#else
+  (void)io;
+  throw std::runtime_error("--disk: this build has no disk component (CACHEFLIGHT_WITH_DISK=OFF)");
+#endif
+}
+
+std::vector<std::shared_ptr<cf::tier>> tiers_of(std::shared_ptr<cf::tier> redis, std::shared_ptr<cf::tier> disk) {
+  std::vector<std::shared_ptr<cf::tier>> out;
+  if (redis) out.push_back(std::move(redis));
+  if (disk) out.push_back(std::move(disk));
+  return out;
 }
 
 // The service's shared state: one cache in front of a slow "database". The
@@ -80,8 +116,11 @@ std::vector<std::shared_ptr<cf::tier>> make_tiers(asio::io_context& io, const co
 struct service {
   explicit service(asio::io_context& io, const config& cfg)
       : cfg(cfg),
-        users(io, cf::cache_options{
-                      .max_entries = 100'000, .default_ttl = cfg.ttl, .shards = 16, .tiers = make_tiers(io, cfg)}) {}
+        disk(make_disk(io, cfg)),
+        users(io, cf::cache_options{.max_entries = 100'000,
+                                    .default_ttl = cfg.ttl,
+                                    .shards = 16,
+                                    .tiers = tiers_of(make_redis(io, cfg), disk)}) {}
 
   // The database: a timer stands in for the query's latency.
   asio::awaitable<std::string> load_user(long id) {
@@ -93,7 +132,7 @@ struct service {
 
   json::object stats_json() const {
     cf::cache_stats s = users.stats();
-    return json::object{
+    json::object out{
         {"requests", requests.load()},
         {"db_calls", db_calls.load()},
         {"in_flight", s.loads_in_flight},
@@ -112,6 +151,36 @@ struct service {
                       {"l2_errors", s.l2_errors},
                       {"l2_breaker", s.tiers.empty() ? "none" : to_string(s.tiers[0].breaker)}}},
     };
+    if (disk) out["disk"] = disk_json(s);
+    return out;
+  }
+
+  // The disk tier's figures: the cache's view of it, and the store's.
+  json::object disk_json(const cf::cache_stats& s) const {
+    json::object d;
+    for (const cf::tier_stats& t : s.tiers)
+      if (t.name == "disk") {
+        d["hits"] = t.hits;
+        d["misses"] = t.misses;
+        d["errors"] = t.errors;
+        d["corrupt"] = t.corrupt;
+        d["queued_writes"] = t.queued_writes;
+        d["writes"] = t.writes;
+        d["writes_dropped"] = t.writes_dropped;
+      }
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_DISK
+    const cf::disk::store_stats st = disk->stats();
+    d["path"] = disk->path().string();
+    d["entries"] = st.entries;
+    d["used_bytes"] = st.used_bytes;
+    d["max_bytes"] = st.map_bytes;
+    d["commits"] = st.commits;
+    d["evicted"] = st.evicted;
+    d["expired"] = st.expired;
+    d["too_large"] = st.too_large;
+    d["write_errors"] = st.write_errors;
+#endif
+    return d;
   }
 
   std::string metrics_text() const {
@@ -124,6 +193,7 @@ struct service {
   }
 
   const config cfg;
+  std::shared_ptr<disk_tier> disk;
   cf::cache<std::string> users;
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> db_calls{0};
@@ -244,6 +314,8 @@ asio::awaitable<void> listen(service& svc, tcp::acceptor& acceptor, std::vector<
 std::optional<int> parse(int argc, char** argv, config& cfg) {
   namespace po = boost::program_options;
   long port = cfg.port, threads = cfg.threads, db_latency = cfg.db_latency.count(), ttl = cfg.ttl.count();
+  long disk_max_mb = static_cast<long>(cfg.disk_max_mb);
+  std::string disk_durability = "durable";
   po::options_description desc(
       "cacheflight_http_service: an HTTP service whose endpoints hit one cache in front of a slow database\n\n"
       "Options", 100, 50);
@@ -259,7 +331,13 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("redis", po::value(&cfg.redis)->value_name("HOST:PORT")->default_value("", "none: memory only"),
        "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
       ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
-       "prefix of this cache's keys in Redis (not empty)");
+       "prefix of this cache's keys in Redis (not empty)")  //
+      ("disk", po::value(&cfg.disk)->value_name("PATH")->default_value("", "none"),
+       "a disk tier (LMDB) in this directory, created if missing: what was loaded survives restarts and crashes")  //
+      ("disk-max-mb", po::value(&disk_max_mb)->default_value(disk_max_mb),
+       "the disk tier's budget in MiB (1 or more)")  //
+      ("disk-durability", po::value(&disk_durability)->default_value(disk_durability),
+       "durable (a completed write survives a power loss) or relaxed (one sync a commit)");
   po::variables_map vm;
   auto fail = [&](const std::string& why) {
     std::cerr << argv[0] << ": " << why << " (--help lists the options)\n";
@@ -280,6 +358,11 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (db_latency < 0) return fail("--db-latency-ms must not be negative");
   if (ttl < 1) return fail("--ttl-ms must be at least 1");
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
+  if (disk_max_mb < 1 || disk_max_mb > (1L << 24)) return fail("--disk-max-mb must be in [1, 16777216]");
+  if (disk_durability != "durable" && disk_durability != "relaxed")
+    return fail("--disk-durability must be durable or relaxed");
+  cfg.disk_max_mb = static_cast<std::uint64_t>(disk_max_mb);
+  cfg.disk_relaxed = disk_durability == "relaxed";
   cfg.port = static_cast<unsigned short>(port);
   cfg.threads = static_cast<unsigned>(threads);
   cfg.db_latency = std::chrono::milliseconds(db_latency);
@@ -298,10 +381,18 @@ int main(int argc, char** argv) {
   for (unsigned i = 0; i < cfg.threads; ++i) ios.push_back(std::make_unique<asio::io_context>(1));
   asio::io_context& main_io = *ios[0];
 
-  service svc(main_io, cfg);
+  std::optional<service> svc_storage;
+  try {
+    svc_storage.emplace(main_io, cfg);
+  } catch (const std::exception& e) {  // a disk directory that cannot be used, for instance
+    std::cerr << argv[0] << ": " << e.what() << "\n";
+    return 1;
+  }
+  service& svc = *svc_storage;
   tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
   if (!cfg.redis.empty()) std::cout << "L2: redis at " << cfg.redis << ", prefix " << cfg.redis_prefix << std::endl;
+  if (!cfg.disk.empty()) std::cout << "disk tier: " << cfg.disk << std::endl;
 
   asio::co_spawn(main_io, listen(svc, acceptor, ios), asio::detached);
 

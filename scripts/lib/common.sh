@@ -9,7 +9,7 @@ CF_JOBS=${CF_JOBS:-$(nproc)}
 CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libgtest-dev libbenchmark-dev
-  libhiredis-dev curl)
+  libhiredis-dev liblmdb-dev curl)
 
 # What only the tests need: a browser for the dashboard test, Redis, and
 # Python's venv for installing Conan with pip.

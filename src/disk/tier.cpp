@@ -159,7 +159,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // Completions are posted under this lock, and not at all once the tier's
   // execution context shut down.
   std::mutex post_mu;
-  bool shut = false;
+  std::atomic<bool> shut{false};
+  // Threads between taking a batch and completing it (under `mu`): the
+  // context's shutdown waits for them, so that no handler or work count of
+  // that context outlives it.
+  std::size_t busy = 0;
+  std::condition_variable idle_cv;
 
   std::thread writer;
   std::vector<std::thread> readers;
@@ -321,27 +326,23 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // src/common/shutdown_registry.hpp); queued writes are still written.
   void drop_handlers() {
     std::vector<done_handler> doomed;
-    std::vector<get_handler> doomed_reads;
+    std::vector<std::shared_ptr<read_op>> doomed_reads;
     std::vector<asio::any_completion_executor> works;
     {
       std::lock_guard plk(post_mu);
       shut = true;
     }
-    {
-      std::lock_guard lk(mu);
-      for (write_op& op : wq) {
-        if (op.h) doomed.emplace_back(std::move(op.h));
-        works.emplace_back(std::move(op.work));
-      }
-      for (auto& op : rq) {
-        int expected = 0;
-        if (op->state.compare_exchange_strong(expected, 2)) {
-          doomed_reads.emplace_back(std::move(op->h));
-          works.emplace_back(std::move(op->work));
-        }
-      }
-      rq.clear();
+    std::unique_lock lk(mu);
+    for (write_op& op : wq) {
+      if (op.h) doomed.emplace_back(std::move(op.h));
+      works.emplace_back(std::move(op.work));
     }
+    for (auto& op : rq) {
+      int expected = 0;
+      if (op->state.compare_exchange_strong(expected, 2)) doomed_reads.push_back(std::move(op));
+    }
+    rq.clear();
+    idle_cv.wait(lk, [&] { return busy == 0; });
   }
 
   // --- completing --------------------------------------------------------------
@@ -374,25 +375,39 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void complete_writes(std::vector<write_op>& batch, const std::vector<error_code>& results) {
     std::vector<done_handler> doomed;
-    {
-      std::lock_guard lk(post_mu);
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        write_op& op = batch[i];
-        if (!op.h) continue;
-        if (shut) doomed.emplace_back(std::move(op.h));
-        else post_one(op.h, op.work, ex, results[i]);
+    std::vector<asio::any_completion_executor> works;
+    std::lock_guard lk(post_mu);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      write_op& op = batch[i];
+      if (!op.h) continue;
+      if (shut) {
+        doomed.emplace_back(std::move(op.h));
+        works.emplace_back(std::move(op.work));
+      } else {
+        post_one(op.h, op.work, ex, results[i]);
       }
     }
+  }
+
+  // A thread is done with its batch.
+  void finished_batch() {
+    {
+      std::lock_guard lk(mu);
+      --busy;
+    }
+    idle_cv.notify_all();
   }
 
   void complete_reads(std::vector<std::pair<std::shared_ptr<read_op>, error_code>>& done,
                       std::vector<std::optional<std::string>> values) {
     std::vector<get_handler> doomed;
+    std::vector<asio::any_completion_executor> works;
     std::lock_guard lk(post_mu);
     for (std::size_t i = 0; i < done.size(); ++i) {
       read_op& op = *done[i].first;
       if (shut) {
         doomed.emplace_back(std::move(op.h));
+        works.emplace_back(std::move(op.work));
         continue;
       }
       std::optional<std::string> v;
@@ -418,6 +433,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           rq.pop_front();
         }
         if (!rq.empty()) reader_cv.notify_one();
+        ++busy;
       }
       done.clear();
       values.clear();
@@ -434,6 +450,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       }
       if (!rc) ::mdb_txn_reset(txn);
       complete_reads(done, std::move(values));
+      done.clear();
+      batch.clear();
+      finished_batch();
     }
   }
 
@@ -737,8 +756,11 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           batch.push_back(std::move(op));
           wq.pop_front();
         }
+        ++busy;
       }
       write_batch(batch);
+      batch.clear();
+      finished_batch();
     }
   }
 };
@@ -769,10 +791,10 @@ tier_health tier::health() const {
                      impl_->writes.load(std::memory_order_relaxed), impl_->dropped.load(std::memory_order_relaxed)};
 }
 
-tier_stats tier::stats() const {
+store_stats tier::stats() const {
   const impl& s = *impl_;
   constexpr auto r = std::memory_order_relaxed;
-  return tier_stats{s.entries.load(r),   s.used.load(r),      s.map_bytes, s.commits.load(r),
+  return store_stats{s.entries.load(r),   s.used.load(r),      s.map_bytes, s.commits.load(r),
                     s.evicted.load(r),   s.expired.load(r),   s.too_large.load(r),  s.queue_full.load(r),
                     s.write_errors.load(r)};
 }
@@ -786,6 +808,7 @@ tier::executor_type tier::get_executor() const noexcept { return impl_->ex; }
 void tier::do_get(std::string key, get_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
+  if (s.shut) return;  // the context is gone: the handler is destroyed, never invoked
   std::unique_lock lk(s.mu);
   if (s.stopping) {
     lk.unlock();
@@ -837,6 +860,7 @@ void tier::do_get(std::string key, get_handler handler) {
 void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
+  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
   if (detail::record_size(key, bytes.size()) > s.max_value) {
     s.too_large.fetch_add(1, std::memory_order_relaxed);
     s.dropped.fetch_add(1, std::memory_order_relaxed);
@@ -876,6 +900,7 @@ void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_han
 void tier::do_erase(std::string key, done_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
+  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
   {
     std::unique_lock lk(s.mu);
     if (!s.stopping) {
@@ -895,6 +920,7 @@ void tier::do_erase(std::string key, done_handler handler) {
 void tier::do_clear(done_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
+  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
   {
     std::unique_lock lk(s.mu);
     if (!s.stopping) {
@@ -914,6 +940,7 @@ void tier::do_clear(done_handler handler) {
 void tier::do_flush(done_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
+  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
   {
     std::unique_lock lk(s.mu);
     if (!s.stopping) {

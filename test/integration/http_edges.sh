@@ -17,7 +17,8 @@ expect() {  # expect NAME WANT GOT
 status() { set +e; "$server" "$@" >/dev/null 2>&1; echo $?; set -e; }
 help=$("$server" --help)
 expect "--help exits 0" 0 "$(status --help)"
-for flag in --address --port --threads --db-latency-ms --ttl-ms --redis --redis-prefix; do
+for flag in --address --port --threads --db-latency-ms --ttl-ms --redis --redis-prefix --disk --disk-max-mb \
+  --disk-durability; do
   expect "--help lists $flag" 1 "$(grep -c -- "^ *$flag " <<<"$help")"
 done
 expect "--help shows the port's default" 1 "$(grep -c -- '--port arg (=8080)' <<<"$help")"
@@ -26,6 +27,9 @@ expect "--port 70000 is an error" 2 "$(status --port 70000)"
 expect "--threads -1 is an error" 2 "$(status --threads -1)"
 expect "--threads 0 is an error" 2 "$(status --threads 0)"
 expect "--ttl-ms 0 is an error" 2 "$(status --ttl-ms 0)"
+expect "--disk-durability sometimes is an error" 2 "$(status --disk-durability sometimes)"
+expect "--disk-max-mb 0 is an error" 2 "$(status --disk-max-mb 0)"
+expect "an unusable --disk directory stops the service" 1 "$(status --port 0 --disk /proc/self/cacheflight)"
 expect "an unknown flag is an error" 2 "$(status --bogus 1)"
 expect "a flag without its value is an error" 2 "$(status --port)"
 expect "the error names the flag" 1 "$("$server" --port abc 2>&1 >/dev/null | grep -c -- 'port')"

@@ -63,7 +63,7 @@ struct tier_options {
 };
 
 /// What a disk tier reports of its store (see `tier::stats`).
-struct tier_stats {
+struct store_stats {
   std::uint64_t entries = 0;        ///< entries in the store (expired ones not yet swept included)
   std::uint64_t used_bytes = 0;     ///< bytes of the pages that hold them
   std::uint64_t map_bytes = 0;      ///< the store's budget (LMDB's map size)
@@ -157,7 +157,7 @@ class tier final : public cacheflight::tier {
 
   /// The store's figures, as of this tier's last commit (or its opening);
   /// thread-safe, reads no file.
-  tier_stats stats() const;
+  store_stats stats() const;
 
   /// The largest entry (key and value bytes) a put accepts: `max_bytes / 16`.
   std::uint64_t max_value_bytes() const noexcept;
