@@ -155,6 +155,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::unordered_map<std::string, pending_write> pending;
   std::size_t clears_pending = 0;
   std::deque<std::shared_ptr<read_op>> rq;
+  std::size_t readers_waiting = 0;  // blocked on reader_cv
+  std::atomic<std::size_t> rq_size{0};  // rq.size(), written under `mu`
+  std::atomic<bool> spinning{false};    // a reader polls rq_size before it blocks
 
   // Completions are posted under this lock, and not at all once the tier's
   // execution context shut down.
@@ -303,6 +306,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       std::lock_guard lk(mu);
       stopping = true;
       reads.swap(rq);
+      rq_size.store(0, std::memory_order_relaxed);
     }
     writer_cv.notify_all();
     reader_cv.notify_all();
@@ -342,6 +346,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (op->state.compare_exchange_strong(expected, 2)) doomed_reads.push_back(std::move(op));
     }
     rq.clear();
+    rq_size.store(0, std::memory_order_relaxed);
     idle_cv.wait(lk, [&] { return busy == 0; });
   }
 
@@ -398,25 +403,82 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     idle_cv.notify_all();
   }
 
+  // A completed read, on its way to its handler.
+  struct read_result {
+    get_handler h;
+    asio::any_completion_executor work;
+    error_code ec;
+    std::optional<std::string> value;
+  };
+
+  // Runs the handlers of `group`, which share one executor, in order. Should
+  // one throw, the rest are handed back to that executor before the exception
+  // goes on.
+  static void run_group(std::vector<read_result>& group, std::size_t from, const executor_type& fallback) {
+    for (std::size_t i = from; i < group.size(); ++i) {
+      read_result& r = group[i];
+      asio::get_associated_cancellation_slot(r.h).clear();
+      try {
+        std::move(r.h)(r.ec, std::move(r.value));
+      } catch (...) {
+        if (i + 1 < group.size()) {
+          asio::post(fallback, [g = std::move(group), next = i + 1, fallback]() mutable {
+            const auto e = asio::get_associated_executor(g[next].h, fallback);
+            asio::dispatch(e, [g = std::move(g), next, fallback]() mutable { run_group(g, next, fallback); });
+          });
+        }
+        throw;
+      }
+      r.work = {};
+    }
+  }
+
+  // Completes reads; consecutive ones bound to one executor with one dispatch.
   void complete_reads(std::vector<std::pair<std::shared_ptr<read_op>, error_code>>& done,
                       std::vector<std::optional<std::string>> values) {
     std::vector<get_handler> doomed;
     std::vector<asio::any_completion_executor> works;
     std::lock_guard lk(post_mu);
-    for (std::size_t i = 0; i < done.size(); ++i) {
-      read_op& op = *done[i].first;
+    std::size_t i = 0;
+    while (i < done.size()) {
       if (shut) {
+        read_op& op = *done[i++].first;
         doomed.emplace_back(std::move(op.h));
         works.emplace_back(std::move(op.work));
         continue;
       }
-      std::optional<std::string> v;
-      if (i < values.size()) v = std::move(values[i]);
-      post_one(op.h, op.work, ex, done[i].second, std::move(v));
+      const auto e = asio::get_associated_executor(done[i].first->h, ex);
+      std::vector<read_result> group;
+      for (; i < done.size(); ++i) {
+        read_op& op = *done[i].first;
+        if (!group.empty() && asio::get_associated_executor(op.h, ex) != e) break;
+        std::optional<std::string> v;
+        if (i < values.size()) v = std::move(values[i]);
+        group.push_back(read_result{std::move(op.h), std::move(op.work), done[i].second, std::move(v)});
+      }
+      asio::dispatch(e, [g = std::move(group), fallback = ex]() mutable { run_group(g, 0, fallback); });
     }
   }
 
   // --- reads -------------------------------------------------------------------
+
+  // One reader at a time polls the queue for a short while before it blocks:
+  // under a steady stream of reads, callers then queue work without waking a
+  // thread (a futex wake per read would cost more than the read).
+  void spin_for_reads() {
+    bool expected = false;
+    if (!spinning.compare_exchange_strong(expected, true, std::memory_order_acquire)) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    for (unsigned n = 1; rq_size.load(std::memory_order_relaxed) == 0; ++n) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
+      if (n % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+    }
+    spinning.store(false, std::memory_order_release);
+  }
 
   void read_loop(MDB_txn* txn) {
     std::vector<std::shared_ptr<read_op>> batch;
@@ -424,14 +486,18 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::vector<std::optional<std::string>> values;
     for (;;) {
       batch.clear();
+      spin_for_reads();
       {
         std::unique_lock lk(mu);
+        ++readers_waiting;
         reader_cv.wait(lk, [&] { return !rq.empty() || stopping; });
+        --readers_waiting;
         if (stopping) return;
         while (!rq.empty() && batch.size() < 256) {
           batch.push_back(std::move(rq.front()));
           rq.pop_front();
         }
+        rq_size.store(rq.size(), std::memory_order_relaxed);
         if (!rq.empty()) reader_cv.notify_one();
         ++busy;
       }
@@ -852,9 +918,13 @@ void tier::do_get(std::string key, get_handler handler) {
         impl::post_later(op->h, op->work, self->ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
     });
   }
+  // A reader that is not blocked (busy, or polling) looks at the queue before
+  // it blocks again.
+  const bool wake = s.rq.empty() && s.readers_waiting != 0 && !s.spinning.load(std::memory_order_acquire);
   s.rq.push_back(std::move(op));
+  s.rq_size.store(s.rq.size(), std::memory_order_relaxed);
   lk.unlock();
-  s.reader_cv.notify_one();
+  if (wake) s.reader_cv.notify_one();
 }
 
 void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
