@@ -7,6 +7,11 @@
 #include <cacheflight/cacheflight.hpp>
 #include <cacheflight/manual_clock.hpp>
 #include <cacheflight/redis/tier.hpp>
+#ifdef CACHEFLIGHT_TEST_WITH_DISK
+#include <cacheflight/disk/tier.hpp>
+
+#include <filesystem>
+#endif
 
 #include <atomic>
 #include <functional>
@@ -450,3 +455,67 @@ TEST_F(RedisTier, AfterRacingSetsErasesClearsAndLoadsRedisHoldsMemorysValueOrNot
 }
 
 }  // namespace
+
+#ifdef CACHEFLIGHT_TEST_WITH_DISK
+// Memory -> Redis -> disk -> loader, and memory -> disk -> Redis -> loader: a
+// value is found in whichever tier has it, fills the tiers before it, and an
+// erase through the cache reaches both.
+TEST_F(RedisTier, RedisAndDiskTiersWorkInEitherOrder) {
+  std::string dir = (std::filesystem::temp_directory_path() / "cf-redis-disk-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  for (bool redis_first : {true, false}) {
+    SCOPED_TRACE(redis_first ? "redis, disk" : "disk, redis");
+    auto rt = make_tier();
+    auto dt = std::make_shared<cf::disk::tier>(
+        io.get_executor(), cf::disk::tier_options{.path = dir + (redis_first ? "/a" : "/b"), .max_bytes = 1 << 24});
+    std::vector<std::shared_ptr<cf::tier>> order{rt, dt};
+    if (!redis_first) std::swap(order[0], order[1]);
+    auto opts = [&] {
+      cf::cache_options o{.max_entries = 10'000, .default_ttl = 60s, .tiers = order};
+      return o;
+    };
+    std::atomic<int> calls{0};
+    {
+      mcache a{io, opts()};
+      EXPECT_EQ(get(a, "k", loader(7, calls)), 7);
+      EXPECT_TRUE(written(*rt, 1));
+      std::optional<error_code> flushed;
+      dt->async_flush([&](error_code ec) { flushed = ec; });
+      EXPECT_TRUE(run_until([&] { return flushed.has_value(); }));
+    }
+    {  // a new instance finds it in the first tier
+      mcache b{io, opts()};
+      EXPECT_EQ(get(b, "k", loader(8, calls)), 7);
+      EXPECT_EQ(b.stats().tiers.at(0).hits, 1u);
+    }
+    // Only the second tier has it now: found there, and the first refilled.
+    std::optional<error_code> erased;
+    order[0]->async_erase("k", [&](error_code ec) { erased = ec; });
+    EXPECT_TRUE(run_until([&] { return erased.has_value(); }));
+    {
+      mcache c{io, opts()};
+      EXPECT_EQ(get(c, "k", loader(9, calls)), 7);
+      const auto s = c.stats();
+      EXPECT_EQ(s.tiers.at(0).misses, 1u);
+      EXPECT_EQ(s.tiers.at(1).hits, 1u);
+      std::optional<std::optional<std::string>> back;
+      EXPECT_TRUE(run_until([&] {
+        if (back && *back) return true;
+        back.reset();
+        order[0]->async_get("k", [&](error_code, std::optional<std::string> v) { back = std::move(v); });
+        return run_until([&] { return back.has_value(); }) && back->has_value();
+      }));
+      // An erase through the cache reaches both tiers.
+      std::optional<std::exception_ptr> done;
+      c.async_erase("k", [&](std::exception_ptr e, bool) { done = e; });
+      EXPECT_TRUE(run_until([&] { return done.has_value(); }));
+    }
+    {
+      mcache d{io, opts()};
+      EXPECT_EQ(get(d, "k", loader(10, calls)), 10);
+    }
+    EXPECT_EQ(calls.load(), 2);  // the first load and the one after the erase
+  }
+  std::filesystem::remove_all(dir);
+}
+#endif

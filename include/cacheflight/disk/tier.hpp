@@ -54,7 +54,9 @@ struct tier_options {
   /// every queued write up to this count, and up to `max_bytes / 16` bytes).
   std::size_t max_write_batch = 4096;
   /// Reader threads (1 to 64). Each serves the reads queued at the moment in
-  /// one LMDB read transaction.
+  /// one LMDB read transaction; one of them polls the queue for up to 50 µs
+  /// before it blocks. A store created by this tier has 126 + `readers` slots
+  /// in LMDB's reader table, shared by every process that opens it.
   std::size_t readers = 2;
   /// How often an idle writer looks for expired entries to remove.
   std::chrono::milliseconds sweep_interval{1000};
@@ -116,10 +118,16 @@ struct store_stats {
 /// cache's envelope is checked.
 ///
 /// @par Threads
-/// Every member may be called from any thread, concurrently. Completion
-/// handlers run on their associated executor (the tier's when they have none),
-/// never on the tier's threads and never inside an initiating function; until
-/// then the operation counts as outstanding work of that executor.
+/// Every member may be called from any thread, concurrently. The tier owns
+/// 1 + `readers` threads. A completion handler runs through its associated
+/// executor (the tier's when it has none) and is never invoked inside its
+/// initiating function: results known at once are posted to the tier's
+/// executor first; results from the tier's threads are dispatched, which for an
+/// `io_context`'s executor or a strand is a post. (An executor that runs work
+/// inline when dispatched to, such as `system_executor`, would run the handler
+/// on a tier thread: bind handlers to an `io_context` or a strand.) Until it
+/// completes, an operation counts as outstanding work of that executor. Reads
+/// bound to one executor and answered together complete with one dispatch.
 ///
 /// @par Cancellation
 /// `async_get` honours its cancellation slot (every cancellation type) while
