@@ -177,16 +177,7 @@ int main(int argc, char** argv) {
     raw_lmdb raw(dir / "raw", false);
     raw.fill(keys);
     cf::disk::tier t(io.get_executor(), options(dir / "tier"));
-    {
-      long remaining = keys;
-      std::function<void()> next = [&] {
-        if (remaining == 0) return;
-        const long i = --remaining;
-        t.async_put(key(i), value, forever, asio::bind_executor(io, [&](error_code) { next(); }));
-      };
-      for (int c = 0; c < 256; ++c) next();
-      io.run();
-    }
+    tier_puts(t, io, keys, 256, 0);
     const long n = 400'000;
     for (int chains : {1, 64}) {
       std::vector<double> raw_r, tier_r;
@@ -258,17 +249,7 @@ int main(int argc, char** argv) {
   std::printf("\n== get-hit latency while 64 durable writers run (%.0f s)\n", secs);
   {
     cf::disk::tier t(io.get_executor(), options(dir / "mixed"));
-    {
-      long remaining = keys;
-      std::function<void()> next = [&] {
-        if (remaining == 0) return;
-        const long i = --remaining;
-        t.async_put(key(i), value, forever, asio::bind_executor(io, [&](error_code) { next(); }));
-      };
-      for (int c = 0; c < 256; ++c) next();
-      io.restart();
-      io.run();
-    }
+    tier_puts(t, io, keys, 256, 0);
     std::atomic<bool> stop{false};
     long written = 0;
     std::thread writers([&] {

@@ -159,15 +159,17 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::size_t> rq_size{0};  // rq.size(), written under `mu`
   std::atomic<bool> spinning{false};    // a reader polls rq_size before it blocks
 
-  // Completions are posted under this lock, and not at all once the tier's
-  // execution context shut down.
-  std::mutex post_mu;
+  // Completions are dispatched outside every lock. `busy` (under `mu`) counts
+  // the threads between deciding to complete operations and having done so:
+  // tier threads with a batch, callers completing at once, cancellations. When
+  // the tier's execution context shuts down, `shut` is set and the shutdown
+  // waits for `busy` to fall to zero, so no handler, and no work count, of
+  // that context outlives it; from then on handlers are destroyed instead.
   std::atomic<bool> shut{false};
-  // Threads between taking a batch and completing it (under `mu`): the
-  // context's shutdown waits for them, so that no handler or work count of
-  // that context outlives it.
   std::size_t busy = 0;
   std::condition_variable idle_cv;
+  // The first write failure since the last flush, reported by the next flush.
+  error_code unflushed_error;
 
   std::thread writer;
   std::vector<std::thread> readers;
@@ -283,8 +285,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     for (auto [name, dbi] : {std::pair{"data", &dbi_data}, {"order", &dbi_order}, {"expiry", &dbi_expiry}})
       if ((rc = ::mdb_dbi_open(g.t, name, MDB_CREATE, dbi))) throw_error(mdb_error(rc), where);
-    publish(g.t);
+    txn_counts c;
+    snapshot(g.t, c);
     if ((rc = ::mdb_txn_commit(g.release()))) throw_error(mdb_error(rc), where);
+    publish(c, false);
   }
 
   void start() {
@@ -310,12 +314,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     writer_cv.notify_all();
     reader_cv.notify_all();
-    std::vector<std::pair<std::shared_ptr<read_op>, error_code>> aborted;
     for (auto& op : reads) {
       int expected = 0;
-      if (op->state.compare_exchange_strong(expected, 1)) aborted.emplace_back(std::move(op), asio::error::operation_aborted);
+      if (op->state.compare_exchange_strong(expected, 1))
+        complete_later(std::move(op->h), std::move(op->work), error_code(asio::error::operation_aborted),
+                       std::optional<std::string>{});
     }
-    complete_reads(aborted, {});
     const bool detach = on_own_thread();
     auto finish = [detach](std::thread& t) {
       if (!t.joinable()) return;
@@ -332,10 +336,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::vector<done_handler> doomed;
     std::vector<std::shared_ptr<read_op>> doomed_reads;
     std::vector<asio::any_completion_executor> works;
-    {
-      std::lock_guard plk(post_mu);
-      shut = true;
-    }
+    shut.store(true);
     std::unique_lock lk(mu);
     for (write_op& op : wq) {
       if (op.h) doomed.emplace_back(std::move(op.h));
@@ -372,35 +373,46 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     });
   }
 
-  void complete_now(done_handler h, asio::any_completion_executor work, error_code ec) {
-    std::lock_guard lk(post_mu);
-    if (shut) return;
-    post_later(h, work, ex, ec);
+  void enter() {
+    std::lock_guard lk(mu);
+    ++busy;
+  }
+
+  void leave() {
+    {
+      std::lock_guard lk(mu);
+      --busy;
+    }
+    idle_cv.notify_all();
+  }
+
+  // Completes an operation at once, from an initiating function, a
+  // cancellation handler or the destructor: through the tier's executor,
+  // never inline. After the context's shutdown, destroys the handler instead.
+  template <class Handler, class... Args>
+  void complete_later(Handler h, asio::any_completion_executor work, Args... args) {
+    enter();
+    if (!shut.load()) post_later(h, work, ex, std::move(args)...);
+    {
+      Handler gone(std::move(h));
+      asio::any_completion_executor w(std::move(work));
+    }
+    leave();
   }
 
   void complete_writes(std::vector<write_op>& batch, const std::vector<error_code>& results) {
     std::vector<done_handler> doomed;
     std::vector<asio::any_completion_executor> works;
-    std::lock_guard lk(post_mu);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       write_op& op = batch[i];
       if (!op.h) continue;
-      if (shut) {
+      if (shut.load()) {
         doomed.emplace_back(std::move(op.h));
         works.emplace_back(std::move(op.work));
       } else {
         post_one(op.h, op.work, ex, results[i]);
       }
     }
-  }
-
-  // A thread is done with its batch.
-  void finished_batch() {
-    {
-      std::lock_guard lk(mu);
-      --busy;
-    }
-    idle_cv.notify_all();
   }
 
   // A completed read, on its way to its handler.
@@ -438,10 +450,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                       std::vector<std::optional<std::string>> values) {
     std::vector<get_handler> doomed;
     std::vector<asio::any_completion_executor> works;
-    std::lock_guard lk(post_mu);
     std::size_t i = 0;
     while (i < done.size()) {
-      if (shut) {
+      if (shut.load()) {
         read_op& op = *done[i++].first;
         doomed.emplace_back(std::move(op.h));
         works.emplace_back(std::move(op.work));
@@ -518,7 +529,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       complete_reads(done, std::move(values));
       done.clear();
       batch.clear();
-      finished_batch();
+      leave();
     }
   }
 
@@ -538,10 +549,23 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // --- writes ------------------------------------------------------------------
 
-  void publish(MDB_txn* t) {
+  // What a write transaction changed in the figures; published once it committed.
+  struct txn_counts {
+    std::uint64_t entries = 0, used = 0, expired = 0, evicted = 0;
+  };
+
+  void snapshot(MDB_txn* t, txn_counts& c) const {
     MDB_stat st{};
-    if (::mdb_stat(t, dbi_data, &st) == 0) entries.store(st.ms_entries, std::memory_order_relaxed);
-    used.store(used_bytes(t), std::memory_order_relaxed);
+    if (::mdb_stat(t, dbi_data, &st) == 0) c.entries = st.ms_entries;
+    c.used = used_bytes(t);
+  }
+
+  void publish(const txn_counts& c, bool committed) {
+    entries.store(c.entries, std::memory_order_relaxed);
+    used.store(c.used, std::memory_order_relaxed);
+    expired.fetch_add(c.expired, std::memory_order_relaxed);
+    evicted.fetch_add(c.evicted, std::memory_order_relaxed);
+    if (committed) commits.fetch_add(1, std::memory_order_relaxed);
   }
 
   std::uint64_t used_bytes(MDB_txn* t) const {
@@ -630,6 +654,22 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return 0;
   }
 
+  // After the removal of an index entry for data key `dk` and write sequence
+  // `seq`: removes the entry it pointed to if that is still the one indexed
+  // (an index entry left behind by a damaged record points to nothing, or to
+  // a newer record of the key, which stays).
+  int remove_indexed(MDB_txn* t, const std::string& dk, std::uint64_t seq, std::uint64_t& removed) {
+    MDB_val dkv = val(dk), rv{};
+    int rc = ::mdb_get(t, dbi_data, &dkv, &rv);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    const auto r = detail::parse_record(view(rv));
+    if (r && r->seq != seq) return 0;
+    if ((rc = remove_entry(t, dk))) return rc;
+    ++removed;
+    return 0;
+  }
+
   // Removes up to `limit` entries whose expiry passed, stopping early once
   // the live data is at most `until` bytes (0: no such stop).
   int sweep(MDB_txn* t, std::int64_t now, std::size_t limit, std::uint64_t until, std::uint64_t& removed) {
@@ -653,19 +693,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (exp > now) break;
       const std::string dk(view(v));
       const std::uint64_t seq = detail::load_be64(static_cast<const char*>(k.mv_data) + 8);
-      if ((rc = ::mdb_cursor_del(c, 0))) break;
-      // The record, if it is still the one indexed.
-      MDB_val dkv = val(dk), rv{};
-      rc = ::mdb_get(t, dbi_data, &dkv, &rv);
-      if (rc == MDB_NOTFOUND) {
-        rc = 0;
-        continue;
-      }
-      if (rc) break;
-      const auto r = detail::parse_record(view(rv));
-      if (r && r->seq != seq) continue;
-      if ((rc = remove_entry(t, dk))) break;
-      ++removed;
+      if ((rc = ::mdb_cursor_del(c, 0)) || (rc = remove_indexed(t, dk, seq, removed))) break;
     }
     ::mdb_cursor_close(c);
     return rc;
@@ -685,22 +713,18 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       }
       if (rc) break;
       const std::string dk(view(v));
-      if ((rc = ::mdb_cursor_del(c, 0))) break;
-      if ((rc = remove_entry(t, dk))) break;
-      ++removed;
+      const std::uint64_t seq = k.mv_size == 8 ? detail::load_be64(static_cast<const char*>(k.mv_data)) : 0;
+      if ((rc = ::mdb_cursor_del(c, 0)) || (rc = remove_indexed(t, dk, seq, removed))) break;
     }
     ::mdb_cursor_close(c);
     return rc;
   }
 
   // Makes the live data at most `until` bytes: expired entries first, then the oldest.
-  int make_room(MDB_txn* t, std::uint64_t until) {
+  int make_room(MDB_txn* t, std::uint64_t until, txn_counts& c) {
     if (used_bytes(t) <= until) return 0;
-    std::uint64_t swept = 0, dropped_now = 0;
-    int rc = sweep(t, now_ms(), std::numeric_limits<std::size_t>::max(), until, swept);
-    if (!rc) rc = evict_oldest(t, until, dropped_now);
-    expired.fetch_add(swept, std::memory_order_relaxed);
-    evicted.fetch_add(dropped_now, std::memory_order_relaxed);
+    int rc = sweep(t, now_ms(), std::numeric_limits<std::size_t>::max(), until, c.expired);
+    if (!rc) rc = evict_oldest(t, until, c.evicted);
     return rc;
   }
 
@@ -720,13 +744,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       }
       if (rc) return rc;
     }
-    std::uint64_t swept = 0;
-    if ((rc = sweep(g.t, now_ms(), opts.sweep_batch, 0, swept))) return rc;
-    expired.fetch_add(swept, std::memory_order_relaxed);
-    if (used_bytes(g.t) > high_bytes && (rc = make_room(g.t, low_bytes))) return rc;
-    publish(g.t);
+    txn_counts c;
+    if ((rc = sweep(g.t, now_ms(), opts.sweep_batch, 0, c.expired))) return rc;
+    if (used_bytes(g.t) > high_bytes && (rc = make_room(g.t, low_bytes, c))) return rc;
+    snapshot(g.t, c);
     if ((rc = ::mdb_txn_commit(g.release()))) return rc;
-    commits.fetch_add(1, std::memory_order_relaxed);
+    publish(c, true);
     return 0;
   }
 
@@ -735,22 +758,30 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     txn_guard g;
     int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
     if (rc) return rc;
-    if ((rc = make_room(g.t, until))) return rc;
-    publish(g.t);
+    txn_counts c;
+    if ((rc = make_room(g.t, until, c))) return rc;
+    snapshot(g.t, c);
     if ((rc = ::mdb_txn_commit(g.release()))) return rc;
-    commits.fetch_add(1, std::memory_order_relaxed);
+    publish(c, true);
     return 0;
   }
 
   void write_batch(std::vector<write_op>& batch) {
     bool sync = false;
     int rc = commit_batch(batch, sync);
-    // The map filled up inside the transaction (pages freed by this very
-    // transaction are not reusable before it commits): make room in one of
-    // its own, deeper each time, and try again.
-    const std::uint64_t map = map_bytes;
-    for (std::uint64_t until : {map / 2, map / 4, std::uint64_t{0}}) {
-      if (rc != MDB_MAP_FULL) break;
+    // The map filled up inside the transaction. Free pages may be pinned by
+    // the reader slots of dead processes: clear them and try again. Else make
+    // room in a transaction of its own (pages freed by this very transaction
+    // are not reusable before it commits), deeper once, and try again; no
+    // deeper than a quarter of the map, where what fills it is pages that live
+    // readers of other processes still see, which evicting would not free.
+    if (rc == MDB_MAP_FULL) {
+      int dead = 0;
+      ::mdb_reader_check(env, &dead);
+      if (dead > 0) rc = commit_batch(batch, sync = false);
+    }
+    for (std::uint64_t until : {map_bytes / 2, map_bytes / 4}) {
+      if (rc != MDB_MAP_FULL || used.load(std::memory_order_relaxed) <= until) continue;
       sync = false;
       if (int erc = evict_to(until); erc && erc != MDB_MAP_FULL) {
         rc = erc;
@@ -759,7 +790,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       rc = commit_batch(batch, sync);
     }
     error_code ec;
-    if (rc == MDB_MAP_FULL)  // what remains is held by other processes' read transactions
+    if (rc == MDB_MAP_FULL)
       ec = make_error_code(boost::system::errc::no_space_on_device);
     else if (rc)
       ec = mdb_error(rc);
@@ -769,8 +800,14 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (rc) write_errors.fetch_add(1, std::memory_order_relaxed);
 
     std::size_t counted = 0;
+    error_code flush_ec;
     {
       std::lock_guard lk(mu);
+      if (ec && !unflushed_error) unflushed_error = ec;
+      if (std::any_of(batch.begin(), batch.end(), [](const write_op& op) { return op.what == kind::flush; })) {
+        flush_ec = unflushed_error;
+        unflushed_error = {};
+      }
       for (write_op& op : batch) {
         if (op.what == kind::put || op.what == kind::erase) {
           auto it = pending.find(op.key);
@@ -783,20 +820,43 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     unfinished_writes.fetch_sub(counted, std::memory_order_relaxed);
     (rc ? dropped : writes).fetch_add(counted, std::memory_order_relaxed);
-    std::vector<error_code> results(batch.size(), ec);
+    std::vector<error_code> results;
+    results.reserve(batch.size());
+    for (const write_op& op : batch) results.push_back(op.what == kind::flush ? flush_ec : ec);
     complete_writes(batch, results);
   }
 
   void idle_sweep() {
+    int dead = 0;
+    ::mdb_reader_check(env, &dead);  // slots of processes that died reading
     txn_guard g;
     if (::mdb_txn_begin(env, nullptr, 0, &g.t)) return;
-    std::uint64_t swept = 0;
-    if (sweep(g.t, now_ms(), opts.sweep_batch, 0, swept) || swept == 0) return;
-    publish(g.t);
-    if (::mdb_txn_commit(g.release()) == 0) {
-      commits.fetch_add(1, std::memory_order_relaxed);
-      expired.fetch_add(swept, std::memory_order_relaxed);
+    txn_counts c;
+    if (sweep(g.t, now_ms(), opts.sweep_batch, 0, c.expired) || c.expired == 0) return;
+    snapshot(g.t, c);
+    if (::mdb_txn_commit(g.release()) == 0) publish(c, true);
+  }
+
+  // Queues an erase, a clear or a flush: never refused while the tier runs.
+  void enqueue(kind what, std::string key, done_handler h) {
+    auto work = tracked(h, ex);
+    std::unique_lock lk(mu);
+    if (stopping || shut.load()) {
+      lk.unlock();
+      if (what != kind::flush) dropped.fetch_add(1, std::memory_order_relaxed);
+      return complete_later(std::move(h), std::move(work), error_code(asio::error::operation_aborted));
     }
+    const std::uint64_t id = ++next_id;
+    if (what == kind::erase) {
+      pending.insert_or_assign(key, pending_write{id, nullptr, 0});
+    } else if (what == kind::clear) {
+      pending.clear();
+      ++clears_pending;
+    }
+    if (what != kind::flush) unfinished_writes.fetch_add(1, std::memory_order_relaxed);
+    wq.push_back(write_op{what, std::move(key), nullptr, 0, id, std::move(h), std::move(work)});
+    lk.unlock();
+    writer_cv.notify_one();
   }
 
   void write_loop() {
@@ -805,7 +865,8 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       batch.clear();
       {
         std::unique_lock lk(mu);
-        if (wq.empty() && !stopping) writer_cv.wait_for(lk, opts.sweep_interval, [&] { return !wq.empty() || stopping; });
+        const auto idle = std::min<milliseconds>(opts.sweep_interval, std::chrono::hours(24));
+        if (wq.empty() && !stopping) writer_cv.wait_for(lk, idle, [&] { return !wq.empty() || stopping; });
         if (wq.empty()) {
           if (stopping) return;
           lk.unlock();
@@ -826,7 +887,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       }
       write_batch(batch);
       batch.clear();
-      finished_batch();
+      leave();
     }
   }
 };
@@ -874,32 +935,27 @@ tier::executor_type tier::get_executor() const noexcept { return impl_->ex; }
 void tier::do_get(std::string key, get_handler handler) {
   impl& s = *impl_;
   auto work = tracked(handler, s.ex);
-  if (s.shut) return;  // the context is gone: the handler is destroyed, never invoked
+  if (key.empty())
+    return s.complete_later(std::move(handler), std::move(work), make_error_code(error::invalid_key),
+                            std::optional<std::string>{});
   std::unique_lock lk(s.mu);
-  if (s.stopping) {
+  if (s.stopping || s.shut.load()) {
     lk.unlock();
-    std::lock_guard plk(s.post_mu);
-    if (!s.shut) impl::post_later(handler, work, s.ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
-    return;
+    return s.complete_later(std::move(handler), std::move(work), error_code(asio::error::operation_aborted),
+                            std::optional<std::string>{});
   }
   // Read your writes: a write not committed yet is what the store will hold.
-  std::shared_ptr<const std::string> bytes;
-  std::int64_t expires_ms = 0;
-  bool answered = false;
-  if (auto it = s.pending.find(key); it != s.pending.end()) {
-    bytes = it->second.bytes;
-    expires_ms = it->second.expires_ms;
-    answered = true;
-  } else if (s.clears_pending != 0) {
-    answered = true;
-  }
-  if (answered) {
+  if (auto it = s.pending.find(key); it != s.pending.end() || s.clears_pending != 0) {
+    std::shared_ptr<const std::string> bytes;
+    std::int64_t expires_ms = 0;
+    if (it != s.pending.end()) {
+      bytes = it->second.bytes;
+      expires_ms = it->second.expires_ms;
+    }
     lk.unlock();
     std::optional<std::string> v;
     if (bytes && (expires_ms == 0 || expires_ms > now_ms())) v.emplace(*bytes);
-    std::lock_guard plk(s.post_mu);
-    if (!s.shut) impl::post_later(handler, work, s.ex, error_code{}, std::move(v));
-    return;
+    return s.complete_later(std::move(handler), std::move(work), error_code{}, std::move(v));
   }
   // The slot is assigned before the read is visible to a reader thread, in
   // the caller's context, which is where it is emitted and (on completion)
@@ -913,9 +969,8 @@ void tier::do_get(std::string key, get_handler handler) {
       if (!op || !self) return;
       int expected = 0;
       if (!op->state.compare_exchange_strong(expected, 2)) return;
-      std::lock_guard plk(self->post_mu);
-      if (!self->shut)
-        impl::post_later(op->h, op->work, self->ex, error_code(asio::error::operation_aborted), std::optional<std::string>{});
+      self->complete_later(std::move(op->h), std::move(op->work), error_code(asio::error::operation_aborted),
+                           std::optional<std::string>{});
     });
   }
   // A reader that is not blocked (busy, or polling) looks at the queue before
@@ -929,98 +984,54 @@ void tier::do_get(std::string key, get_handler handler) {
 
 void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
   impl& s = *impl_;
+  if (ttl <= milliseconds::zero()) return do_erase(std::move(key), std::move(handler));  // nothing to keep
   auto work = tracked(handler, s.ex);
-  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-  if (detail::record_size(key, bytes.size()) > s.max_value) {
-    s.too_large.fetch_add(1, std::memory_order_relaxed);
+  auto refuse = [&](error_code ec) {
     s.dropped.fetch_add(1, std::memory_order_relaxed);
-    return s.complete_now(std::move(handler), std::move(work), make_error_code(error::value_too_large));
+    s.complete_later(std::move(handler), std::move(work), ec);
+  };
+  if (key.empty()) return refuse(make_error_code(error::invalid_key));
+  if (key.size() + bytes.size() > s.max_value) {
+    s.too_large.fetch_add(1, std::memory_order_relaxed);
+    return refuse(make_error_code(error::value_too_large));
   }
   std::int64_t expires_ms = 0;
   if (ttl != milliseconds::max()) {
     const std::int64_t now = now_ms();
-    const std::int64_t t = std::max<std::int64_t>(ttl.count(), 1);
-    expires_ms = t > std::numeric_limits<std::int64_t>::max() - now ? 0 : now + t;
+    expires_ms = ttl.count() > std::numeric_limits<std::int64_t>::max() - now ? 0 : now + ttl.count();
   }
-  {
-    std::unique_lock lk(s.mu);
-    if (!s.stopping && s.queued_puts >= s.opts.max_queued_writes) {
-      lk.unlock();
-      s.queue_full.fetch_add(1, std::memory_order_relaxed);
-      s.dropped.fetch_add(1, std::memory_order_relaxed);
-      return s.complete_now(std::move(handler), std::move(work), make_error_code(error::queue_full));
-    }
-    if (!s.stopping) {
-      auto b = std::make_shared<const std::string>(std::move(bytes));
-      const std::uint64_t id = ++s.next_id;
-      s.pending.insert_or_assign(key, impl::pending_write{id, b, expires_ms});
-      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
-      ++s.queued_puts;
-      s.wq.push_back(impl::write_op{impl::kind::put, std::move(key), std::move(b), expires_ms, id, std::move(handler),
-                                    std::move(work)});
-      lk.unlock();
-      s.writer_cv.notify_one();
-      return;
-    }
+  std::unique_lock lk(s.mu);
+  if (s.stopping || s.shut.load()) {
+    lk.unlock();
+    return refuse(asio::error::operation_aborted);
   }
-  s.dropped.fetch_add(1, std::memory_order_relaxed);
-  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+  if (s.queued_puts >= s.opts.max_queued_writes) {
+    lk.unlock();
+    s.queue_full.fetch_add(1, std::memory_order_relaxed);
+    return refuse(make_error_code(error::queue_full));
+  }
+  auto b = std::make_shared<const std::string>(std::move(bytes));
+  const std::uint64_t id = ++s.next_id;
+  s.pending.insert_or_assign(key, impl::pending_write{id, b, expires_ms});
+  s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
+  ++s.queued_puts;
+  s.wq.push_back(
+      impl::write_op{impl::kind::put, std::move(key), std::move(b), expires_ms, id, std::move(handler), std::move(work)});
+  lk.unlock();
+  s.writer_cv.notify_one();
 }
 
 void tier::do_erase(std::string key, done_handler handler) {
-  impl& s = *impl_;
-  auto work = tracked(handler, s.ex);
-  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-  {
-    std::unique_lock lk(s.mu);
-    if (!s.stopping) {
-      const std::uint64_t id = ++s.next_id;
-      s.pending.insert_or_assign(key, impl::pending_write{id, nullptr, 0});
-      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
-      s.wq.push_back(impl::write_op{impl::kind::erase, std::move(key), nullptr, 0, id, std::move(handler), std::move(work)});
-      lk.unlock();
-      s.writer_cv.notify_one();
-      return;
-    }
+  if (key.empty()) {
+    auto work = tracked(handler, impl_->ex);
+    impl_->dropped.fetch_add(1, std::memory_order_relaxed);
+    return impl_->complete_later(std::move(handler), std::move(work), make_error_code(error::invalid_key));
   }
-  s.dropped.fetch_add(1, std::memory_order_relaxed);
-  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
+  impl_->enqueue(impl::kind::erase, std::move(key), std::move(handler));
 }
 
-void tier::do_clear(done_handler handler) {
-  impl& s = *impl_;
-  auto work = tracked(handler, s.ex);
-  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-  {
-    std::unique_lock lk(s.mu);
-    if (!s.stopping) {
-      s.pending.clear();
-      ++s.clears_pending;
-      s.unfinished_writes.fetch_add(1, std::memory_order_relaxed);
-      s.wq.push_back(impl::write_op{impl::kind::clear, {}, nullptr, 0, ++s.next_id, std::move(handler), std::move(work)});
-      lk.unlock();
-      s.writer_cv.notify_one();
-      return;
-    }
-  }
-  s.dropped.fetch_add(1, std::memory_order_relaxed);
-  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-}
+void tier::do_clear(done_handler handler) { impl_->enqueue(impl::kind::clear, {}, std::move(handler)); }
 
-void tier::do_flush(done_handler handler) {
-  impl& s = *impl_;
-  auto work = tracked(handler, s.ex);
-  if (s.shut) return s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-  {
-    std::unique_lock lk(s.mu);
-    if (!s.stopping) {
-      s.wq.push_back(impl::write_op{impl::kind::flush, {}, nullptr, 0, ++s.next_id, std::move(handler), std::move(work)});
-      lk.unlock();
-      s.writer_cv.notify_one();
-      return;
-    }
-  }
-  s.complete_now(std::move(handler), std::move(work), asio::error::operation_aborted);
-}
+void tier::do_flush(done_handler handler) { impl_->enqueue(impl::kind::flush, {}, std::move(handler)); }
 
 }  // namespace cacheflight::disk

@@ -7,7 +7,8 @@
 //   disk_tool get DIR KEY                    prints "value:<bytes>", "absent" or "error: ..."
 //   disk_tool open DIR                       prints "ok" or "error:<category>:<value>:<message>"
 //   disk_tool fill DIR FSIZE_LIMIT           under RLIMIT_FSIZE, puts 64 KiB values until one fails,
-//                                            then reads the first back; prints both outcomes
+//                                            then reads the first back, then flushes twice; prints
+//                                            each outcome
 //   disk_tool forge DIR KEY RECORDED VALUE   writes, with LMDB directly, a record under KEY's slot
 //                                            whose full key is RECORDED (a digest collision)
 //   disk_tool foreign DIR                    makes an LMDB environment that is not a cacheflight store
@@ -132,6 +133,11 @@ int fill(const char* dir, const char* limit) {
   });
   io.restart();
   io.run();
+  for (const char* what : {"flush:", "flush-again:"}) {
+    t.async_flush([what](error_code ec) { say(what + (ec ? ec.message() : std::string("ok"))); });
+    io.restart();
+    io.run();
+  }
   return 0;
 }
 

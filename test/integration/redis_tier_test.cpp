@@ -475,9 +475,10 @@ TEST_F(RedisTier, RedisAndDiskTiersWorkInEitherOrder) {
       return o;
     };
     std::atomic<int> calls{0};
+    const std::string k = redis_first ? "k1" : "k2";
     {
       mcache a{io, opts()};
-      EXPECT_EQ(get(a, "k", loader(7, calls)), 7);
+      EXPECT_EQ(get(a, k, loader(7, calls)), 7);
       EXPECT_TRUE(written(*rt, 1));
       std::optional<error_code> flushed;
       dt->async_flush([&](error_code ec) { flushed = ec; });
@@ -485,16 +486,16 @@ TEST_F(RedisTier, RedisAndDiskTiersWorkInEitherOrder) {
     }
     {  // a new instance finds it in the first tier
       mcache b{io, opts()};
-      EXPECT_EQ(get(b, "k", loader(8, calls)), 7);
+      EXPECT_EQ(get(b, k, loader(8, calls)), 7);
       EXPECT_EQ(b.stats().tiers.at(0).hits, 1u);
     }
     // Only the second tier has it now: found there, and the first refilled.
     std::optional<error_code> erased;
-    order[0]->async_erase("k", [&](error_code ec) { erased = ec; });
+    order[0]->async_erase(k, [&](error_code ec) { erased = ec; });
     EXPECT_TRUE(run_until([&] { return erased.has_value(); }));
     {
       mcache c{io, opts()};
-      EXPECT_EQ(get(c, "k", loader(9, calls)), 7);
+      EXPECT_EQ(get(c, k, loader(9, calls)), 7);
       const auto s = c.stats();
       EXPECT_EQ(s.tiers.at(0).misses, 1u);
       EXPECT_EQ(s.tiers.at(1).hits, 1u);
@@ -502,17 +503,17 @@ TEST_F(RedisTier, RedisAndDiskTiersWorkInEitherOrder) {
       EXPECT_TRUE(run_until([&] {
         if (back && *back) return true;
         back.reset();
-        order[0]->async_get("k", [&](error_code, std::optional<std::string> v) { back = std::move(v); });
+        order[0]->async_get(k, [&](error_code, std::optional<std::string> v) { back = std::move(v); });
         return run_until([&] { return back.has_value(); }) && back->has_value();
       }));
       // An erase through the cache reaches both tiers.
       std::optional<std::exception_ptr> done;
-      c.async_erase("k", [&](std::exception_ptr e, bool) { done = e; });
+      c.async_erase(k, [&](std::exception_ptr e, bool) { done = e; });
       EXPECT_TRUE(run_until([&] { return done.has_value(); }));
     }
     {
       mcache d{io, opts()};
-      EXPECT_EQ(get(d, "k", loader(10, calls)), 10);
+      EXPECT_EQ(get(d, k, loader(10, calls)), 10);
     }
     EXPECT_EQ(calls.load(), 2);  // the first load and the one after the erase
   }

@@ -58,7 +58,8 @@ struct tier_options {
   /// before it blocks. A store created by this tier has 126 + `readers` slots
   /// in LMDB's reader table, shared by every process that opens it.
   std::size_t readers = 2;
-  /// How often an idle writer looks for expired entries to remove.
+  /// How often an idle writer looks for expired entries to remove (and clears
+  /// the reader slots of dead processes); values above a day count as a day.
   std::chrono::milliseconds sweep_interval{1000};
   /// Expired entries removed by one transaction at most (every commit sweeps).
   std::size_t sweep_batch = 1000;
@@ -85,7 +86,8 @@ struct store_stats {
 ///   (wall-clock time, as in Redis); an expired value is never returned, and
 ///   the writer removes expired entries in bounded passes (every commit, and
 ///   every `sweep_interval` while idle). Reads never write.
-/// - Keys of any length: a key longer than 510 bytes is stored under a 128-bit
+/// - A put with a TTL of zero or less stores nothing: it erases the key.
+/// - Keys of any length but zero: a key longer than 510 bytes is stored under a 128-bit
 ///   digest with the whole key kept beside its value and compared on every
 ///   read, so two keys never share a value (two long keys with one digest
 ///   replace each other, like a cache eviction).
@@ -109,11 +111,14 @@ struct store_stats {
 /// `errc::read_only_file_system`, ...); `error::corrupt_store` for files that
 /// are not a store of this library (another LMDB database, any other file) or
 /// are truncated; `error::already_open`. Operations complete with
-/// `error::value_too_large`, `error::queue_full`, the file system's error for
-/// a failed commit (`errc::no_space_on_device`, `errc::file_too_large`, an
-/// I/O error; the writes of that transaction are not stored, and the store
-/// keeps what it had), `error::corrupt_store` for a record whose header is
-/// damaged, or `operation_aborted`. LMDB does not checksum pages: bytes
+/// `error::invalid_key` (an empty key), `error::value_too_large`,
+/// `error::queue_full`, the file system's error for a failed commit
+/// (`errc::no_space_on_device`, `errc::file_too_large`, an I/O error; the
+/// writes of that transaction are not stored), `errc::no_space_on_device` too
+/// when the budget is full of pages that read transactions of other processes
+/// still see (the tier first clears the slots of dead processes, then drops
+/// entries down to a quarter of the budget, no further), `error::corrupt_store`
+/// for a record whose header is damaged, or `operation_aborted`. LMDB does not checksum pages: bytes
 /// damaged inside the file are found only where a record's header or the
 /// cache's envelope is checked.
 ///
@@ -137,7 +142,7 @@ struct store_stats {
 ///
 /// @par Lifetime
 /// The destructor commits the writes already accepted, completes the queued
-/// reads with `operation_aborted`, and joins the tier's threads (unless the
+/// reads with `operation_aborted` (posted through the tier's executor), and joins the tier's threads (unless the
 /// tier is destroyed on one of them, by a handler the tier released; the
 /// threads then finish on their own). When the tier's execution context shuts
 /// down, the handlers it still holds are destroyed without being invoked.
@@ -180,7 +185,8 @@ class tier final : public cacheflight::tier {
   /// to disk, in both durability modes.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec) @endcode
-  /// `ec` is the error of the commit or sync that failed, if any did.
+  /// `ec` is the first write failure (a commit or a sync) since the previous
+  /// flush, if any: a flush that succeeds means every write before it is on disk.
   /// @par Cancellation
   /// Not cancellable.
   template <boost::asio::completion_token_for<flush_signature> CompletionToken>
