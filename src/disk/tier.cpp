@@ -358,6 +358,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   template <class Handler, class... Args>
   static void post_one(Handler& h, asio::any_completion_executor& work, const executor_type& fallback, Args... args) {
     auto e = asio::get_associated_executor(h, fallback);
+    // The handler may run, and its context's run() return, before the
+    // dispatch does: the context is kept busy until it has returned.
+    const asio::any_completion_executor hold = work;
     asio::dispatch(e, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
       asio::get_associated_cancellation_slot(h).clear();
       std::move(h)(std::move(a)...);
@@ -467,6 +470,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         if (i < values.size()) v = std::move(values[i]);
         group.push_back(read_result{std::move(op.h), std::move(op.work), done[i].second, std::move(v)});
       }
+      const asio::any_completion_executor hold = group.front().work;  // see post_one
       asio::dispatch(e, [g = std::move(group), fallback = ex]() mutable { run_group(g, 0, fallback); });
     }
   }
