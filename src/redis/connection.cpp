@@ -12,6 +12,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
@@ -91,10 +92,37 @@ struct exec_cancel {
 };
 }  // namespace detail
 
+namespace {
+
+// The TLS context for these options. Files that cannot be read leave `ec` set:
+// the connect then fails with it.
+std::shared_ptr<asio::ssl::context> make_tls_context(const tls_options& t, error_code& ec) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1, ec);
+  if (!ec && t.ca_file.empty() && t.ca_path.empty()) ctx->set_default_verify_paths(ec);
+  if (!ec && !t.ca_file.empty()) ctx->load_verify_file(t.ca_file, ec);
+  if (!ec && !t.ca_path.empty()) ctx->add_verify_path(t.ca_path, ec);
+  if (!ec && !t.cert_file.empty()) ctx->use_certificate_chain_file(t.cert_file, ec);
+  if (!ec && !t.key_file.empty()) ctx->use_private_key_file(t.key_file, asio::ssl::context::pem, ec);
+  if (!ec) ctx->set_verify_mode(t.verify_peer ? asio::ssl::verify_peer : asio::ssl::verify_none, ec);
+  return ctx;
+}
+
+bool is_ip_address(const std::string& s) {
+  error_code ec;
+  asio::ip::make_address(s, ec);
+  return !ec;
+}
+
+}  // namespace
+
 struct connection::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, connection_options o)
       : strand(strand_of(ex)), opts(std::move(o)), socket(strand), resolver(strand), connect_timer(strand),
-        deadline_timer(strand) {}
+        deadline_timer(strand) {
+    if (opts.tls.enabled) tls_ctx = make_tls_context(opts.tls, tls_error);
+  }
 
   enum class state { idle, connecting, open, closed };
 
@@ -111,6 +139,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   asio::strand<asio::any_io_executor> strand;
   connection_options opts;
   asio::generic::stream_protocol::socket socket;
+  std::shared_ptr<asio::ssl::context> tls_ctx;  // with TLS
+  error_code tls_error;                         // the context could not be made
+  std::optional<asio::ssl::stream<asio::generic::stream_protocol::socket&>> tls;
   asio::ip::tcp::resolver resolver;
   asio::steady_timer connect_timer;
   asio::steady_timer deadline_timer;
@@ -141,6 +172,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     st = state::connecting;
     connecting_work = tracked(h, strand);
     connecting.emplace(std::move(h));
+    if (tls_error) {  // failed here, on the strand: never inside the initiating function
+      asio::post(strand, [self = shared_from_this()] { self->fail(self->tls_error); });
+      return;
+    }
     connect_timer.expires_after(opts.connect_timeout);
     connect_timer.async_wait([self = shared_from_this()](error_code ec) {
       if (!ec && self->st == state::connecting) self->fail(make_error_code(error::timed_out));
@@ -169,6 +204,24 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       error_code ignored;
       socket.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
+    if (tls_ctx) return start_tls();
+    start_protocol();
+  }
+
+  // The TLS handshake, before anything else is said.
+  void start_tls() {
+    tls.emplace(socket, *tls_ctx);
+    const std::string& name = opts.tls.server_name.empty() ? opts.host : opts.tls.server_name;
+    if (!is_ip_address(name)) ::SSL_set_tlsext_host_name(tls->native_handle(), name.c_str());
+    if (opts.tls.verify_peer) tls->set_verify_callback(asio::ssl::host_name_verification(name));
+    tls->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](error_code ec) {
+      if (self->st != state::connecting) return;
+      if (ec) return self->fail(ec);
+      self->start_protocol();
+    });
+  }
+
+  void start_protocol() {
     read();
     // The handshake goes through the pipeline like any command.
     std::vector<std::vector<std::string>> steps;
@@ -278,15 +331,19 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     if (write_buf.empty()) return;
     writing = true;
-    asio::async_write(socket, asio::buffer(write_buf), [self = shared_from_this()](error_code ec, std::size_t) {
+    auto done = [self = shared_from_this()](error_code ec, std::size_t) {
       self->writing = false;
       if (ec) return self->fail(ec);
       self->write();
-    });
+    };
+    if (tls)
+      asio::async_write(*tls, asio::buffer(write_buf), std::move(done));
+    else
+      asio::async_write(socket, asio::buffer(write_buf), std::move(done));
   }
 
   void read() {
-    socket.async_read_some(asio::buffer(read_buf), [self = shared_from_this()](error_code ec, std::size_t n) {
+    auto on_read = [self = shared_from_this()](error_code ec, std::size_t n) {
       if (ec) return self->fail(ec);
       self->reader.feed(std::string_view(self->read_buf.data(), n));
       for (;;) {
@@ -306,7 +363,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         if (self->st == state::closed) return;
       }
       self->read();
-    });
+    };
+    if (tls)
+      tls->async_read_some(asio::buffer(read_buf), std::move(on_read));
+    else
+      socket.async_read_some(asio::buffer(read_buf), std::move(on_read));
   }
 
   // One timer for every command's deadline. All commands share one timeout, so

@@ -6,6 +6,10 @@
 #   redis_server.sh stop DIR
 #   redis_server.sh kill DIR                 stops it, keeping its port for a restart
 #   redis_server.sh restart DIR [PASSWORD]   starts it again on the same port
+#
+# With REDIS_TLS_DIR set (certificates made by tls_certs.sh), the port is a TLS
+# port and plain TCP is off; REDIS_TLS_AUTH_CLIENTS (no, optional or yes) says
+# whether clients must present a certificate.
 set -euo pipefail
 cmd=$1
 dir=$2
@@ -37,6 +41,12 @@ case "$cmd" in
       args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
             --pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir")
       [ -n "${3:-}" ] && args+=(--requirepass "$3")
+      if [ -n "${REDIS_TLS_DIR:-}" ]; then
+        args[1]=0
+        args+=(--tls-port "$port" --tls-cert-file "$REDIS_TLS_DIR/server.crt"
+               --tls-key-file "$REDIS_TLS_DIR/server.key" --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt"
+               --tls-auth-clients "${REDIS_TLS_AUTH_CLIENTS:-no}")
+      fi
       : >"$dir/log"
       redis-server "${args[@]}"
       for _ in $(seq 1 100); do

@@ -25,6 +25,39 @@ struct exec_cancel;
 }
 
 /// Where and how to connect.
+/// TLS for a connection (`connection_options::tls`), over OpenSSL through
+/// `boost::asio::ssl`. An aggregate: use designated initializers.
+///
+/// With `enabled`, the connection performs a TLS handshake after TCP connects
+/// and before anything else (AUTH, SELECT); it never falls back to plain TCP.
+/// The server's certificate is verified against `ca_file` and `ca_path` (the
+/// system's default trust store when both are empty), and its name against
+/// `server_name` (or `host`): a DNS name or an IP address, matched against the
+/// certificate's subject alternative names. A handshake that fails (a
+/// certificate that does not verify, a name that does not match, a client
+/// certificate the server requires and was not given) fails the connect with
+/// the TLS error (category `asio.ssl`, e.g. "certificate verify failed"),
+/// which `client::last_error()` reports. So do files that cannot be read.
+struct tls_options {
+  /// Connect with TLS.
+  bool enabled = false;
+  /// A PEM file of CA certificates to verify the server with.
+  std::string ca_file{};
+  /// A directory of CA certificates (OpenSSL's hashed names, `c_rehash`).
+  std::string ca_path{};
+  /// A PEM client certificate, for servers that require one (mutual TLS).
+  std::string cert_file{};
+  /// The PEM private key of `cert_file`.
+  std::string key_file{};
+  /// The name sent with SNI (when it is not an IP address) and verified in
+  /// the server's certificate; empty: `connection_options::host`.
+  std::string server_name{};
+  /// Verify the server's certificate and name. Turning it off is UNSAFE: any
+  /// server, or anyone between, is accepted; for tests against throwaway
+  /// certificates only.
+  bool verify_peer = true;
+};
+
 struct connection_options {
   std::string host = "127.0.0.1";
   std::string port = "6379";
@@ -42,10 +75,12 @@ struct connection_options {
   /// Commands whose callers wait (queued or written; cancelled and timed-out
   /// ones excluded) at most; beyond it `error::queue_full`.
   std::size_t max_pending = 10'000;
+  /// TLS; off by default.
+  tls_options tls{};
 };
 
-/// One connection to a Redis server over TCP or a unix-domain socket, with
-/// pipelining: concurrent commands share the connection, are written together,
+/// One connection to a Redis server over TCP (optionally TLS, see
+/// `tls_options`) or a unix-domain socket, with pipelining: concurrent commands share the connection, are written together,
 /// and complete in order. Asio owns the socket; replies are parsed by hiredis.
 ///
 /// A connection is opened once. When it is lost (an I/O or protocol error, or

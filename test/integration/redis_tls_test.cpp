@@ -1,0 +1,143 @@
+// TLS to a real redis-server (its TLS port, certificates made by the test):
+// the right CA connects, a wrong CA or name is a clear error and never plain
+// TCP, verification can be turned off explicitly, mutual TLS with and without
+// a client certificate, and a tier shared over TLS.
+#include "redis_fixture.hpp"
+
+#include <cacheflight/cacheflight.hpp>
+#include <cacheflight/redis/tier.hpp>
+
+#include <boost/asio/ssl/error.hpp>
+
+#include <atomic>
+
+namespace {
+
+using namespace cftest;
+
+class RedisTls : public redis_fixture {
+ protected:
+  void SetUp() override {
+    use_server("redis-tls");
+    certs = std::string(std::getenv("CACHEFLIGHT_REDIS_ROOT")) + "/tls-certs/";
+  }
+
+  redis::client_options tls_client(redis::tls_options t) {
+    redis::client_options o = client_options();
+    t.enabled = true;
+    o.connection.tls = std::move(t);
+    return o;
+  }
+
+  // Waits for the client to connect, or for it to report why it cannot.
+  bool connects(redis::client& c) {
+    run_until([&] { return c.is_connected() || c.last_error(); }, 3s);
+    return c.is_connected();
+  }
+
+  std::string certs;
+};
+
+TEST_F(RedisTls, TheRightCaConnectsAndCommandsWork) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "ca.crt"}));
+  ASSERT_TRUE(connects(c)) << c.last_error().message();
+  EXPECT_FALSE(exec(c, {"SET", "tls:k", "v"}).first);
+  auto [ec, r] = exec(c, {"GET", "tls:k"});
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(r.str, "v");
+  EXPECT_FALSE(c.last_error());
+}
+
+TEST_F(RedisTls, TheCaAsADirectoryWorksToo) {
+  // OpenSSL looks a CA up in a directory by its subject hash.
+  const std::string dir = certs + "ca-dir";
+  ASSERT_EQ(std::system(("mkdir -p " + dir + " && cp " + certs + "ca.crt " + dir + "/$(openssl x509 -hash -noout -in " +
+                         certs + "ca.crt).0")
+                            .c_str()),
+            0);
+  redis::client c(io.get_executor(), tls_client({.ca_path = dir}));
+  EXPECT_TRUE(connects(c)) << c.last_error().message();
+}
+
+TEST_F(RedisTls, ACertificateFromAnotherCaIsAClearErrorNeverPlainTcp) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "other-ca.crt"}));
+  EXPECT_FALSE(connects(c));
+  const error_code ec = c.last_error();
+  EXPECT_EQ(ec.category(), asio::error::get_ssl_category()) << ec.message();
+  EXPECT_NE(ec.message().find("certificate verify failed"), std::string::npos) << ec.message();
+  auto [xec, r] = exec(c, {"PING"});
+  EXPECT_TRUE(xec);
+}
+
+TEST_F(RedisTls, ANameTheCertificateDoesNotCarryIsRefused) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "ca.crt", .server_name = "redis.example.org"}));
+  EXPECT_FALSE(connects(c));
+  EXPECT_NE(c.last_error().message().find("certificate verify failed"), std::string::npos) << c.last_error().message();
+  // The certificate's own name works.
+  redis::client named(io.get_executor(), tls_client({.ca_file = certs + "ca.crt", .server_name = "localhost"}));
+  EXPECT_TRUE(connects(named)) << named.last_error().message();
+}
+
+TEST_F(RedisTls, VerificationTurnedOffAcceptsAnyCertificate) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "other-ca.crt", .verify_peer = false}));
+  EXPECT_TRUE(connects(c)) << c.last_error().message();
+}
+
+TEST_F(RedisTls, PlainTcpToATlsPortNeverConnects) {
+  redis::client c(io.get_executor(), client_options());
+  EXPECT_FALSE(connects(c));
+  EXPECT_TRUE(c.last_error());
+}
+
+TEST_F(RedisTls, ACaFileThatCannotBeReadIsAClearError) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "missing.crt"}));
+  EXPECT_FALSE(connects(c));
+  EXPECT_TRUE(c.last_error());
+}
+
+TEST_F(RedisTls, ATierOverTlsSharesValuesBetweenCaches) {
+  auto opts = tls_client({.ca_file = certs + "ca.crt"});
+  auto ta = std::make_shared<redis::tier>(io.get_executor(), opts, redis::tier_options{.prefix = "tls-tier:"});
+  auto tb = std::make_shared<redis::tier>(io.get_executor(), opts, redis::tier_options{.prefix = "tls-tier:"});
+  ASSERT_TRUE(run_until([&] { return ta->get_client().is_connected() && tb->get_client().is_connected(); }));
+  std::atomic<int> loads{0};
+  auto load = [&]() -> asio::awaitable<std::string> {
+    ++loads;
+    co_return "Ada";
+  };
+  cf::cache<std::string> a{io, cf::cache_options{.tiers = {ta}}};
+  cf::cache<std::string> b{io, cf::cache_options{.tiers = {tb}}};
+  std::string va, vb;
+  a.async_get("user:1", load, [&](std::exception_ptr, std::string v) { va = std::move(v); });
+  ASSERT_TRUE(run_until([&] { return !va.empty() && ta->health().writes >= 1; }));
+  b.async_get("user:1", load, [&](std::exception_ptr, std::string v) { vb = std::move(v); });
+  ASSERT_TRUE(run_until([&] { return !vb.empty(); }));
+  EXPECT_EQ(vb, "Ada");
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_EQ(b.stats().l2_hits, 1u);
+}
+
+class RedisTlsMutual : public RedisTls {
+ protected:
+  void SetUp() override {
+    RedisTls::SetUp();
+    use_server("redis-tls-mutual");
+  }
+};
+
+TEST_F(RedisTlsMutual, AServerThatRequiresAClientCertificateRefusesOneWithout) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "ca.crt"}));
+  EXPECT_FALSE(connects(c));
+  EXPECT_TRUE(c.last_error());
+}
+
+TEST_F(RedisTlsMutual, AndAcceptsOneWithItsCertificate) {
+  redis::client c(io.get_executor(), tls_client({.ca_file = certs + "ca.crt",
+                                                 .cert_file = certs + "client.crt",
+                                                 .key_file = certs + "client.key"}));
+  ASSERT_TRUE(connects(c)) << c.last_error().message();
+  auto [ec, r] = exec(c, {"PING"});
+  EXPECT_FALSE(ec);
+}
+
+}  // namespace
