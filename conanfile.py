@@ -25,6 +25,7 @@ class CacheflightConan(ConanFile):
         self.requires("boost/1.81.0", transitive_headers=True)
         if self.options.redis:
             self.requires("hiredis/0.14.1")
+            self.requires("openssl/[>=1.1.1 <4]")
         if self.options.disk:
             self.requires("lmdb/0.9.24")
 
@@ -54,7 +55,7 @@ class CacheflightConan(ConanFile):
 
     def package_info(self):
         # Consumers use the package's own CMake config (find_package(cacheflight
-        # CONFIG COMPONENTS redis disk)): it finds Boost, hiredis and LMDB the way the
+        # CONFIG COMPONENTS redis disk)): it finds Boost, hiredis, OpenSSL and LMDB the way the
         # library was built against them.
         self.cpp_info.set_property("cmake_find_mode", "none")
         self.cpp_info.builddirs.append(os.path.join("lib", "cmake", "cacheflight"))

@@ -4,6 +4,7 @@
 //   cacheflight_http_service [--address 127.0.0.1] [--port 8080] [--threads 1]
 //                            [--db-latency-ms 50] [--ttl-ms 60000]
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
+//                            [--redis-tls] [--redis-tls-ca FILE] [--redis-tls-cert FILE --redis-tls-key FILE]
 //                            [--disk PATH] [--disk-max-mb 1024] [--disk-durability durable]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
@@ -64,6 +65,8 @@ struct config {
   std::chrono::milliseconds ttl{60'000};
   std::string redis;  // host:port; empty: memory only
   std::string redis_prefix = "demo:users:";
+  bool redis_tls = false;  // set by any --redis-tls* flag
+  std::string redis_tls_ca, redis_tls_cert, redis_tls_key;
   std::string disk;  // a directory; empty: no disk tier
   std::uint64_t disk_max_mb = 1024;
   bool disk_relaxed = false;
@@ -77,6 +80,10 @@ std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
   cf::redis::client_options c;
   c.connection.host = cfg.redis.substr(0, colon);
   c.connection.port = colon == std::string::npos ? "6379" : cfg.redis.substr(colon + 1);
+  c.connection.tls = cf::redis::tls_options{.enabled = cfg.redis_tls,
+                                            .ca_file = cfg.redis_tls_ca,
+                                            .cert_file = cfg.redis_tls_cert,
+                                            .key_file = cfg.redis_tls_key};
   return std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix});
 #else
   (void)io;
@@ -332,6 +339,12 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
        "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
       ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
        "prefix of this cache's keys in Redis (not empty)")  //
+      ("redis-tls", po::bool_switch(&cfg.redis_tls), "connect to Redis with TLS, verifying it with the system's CAs")  //
+      ("redis-tls-ca", po::value(&cfg.redis_tls_ca)->value_name("FILE"),
+       "TLS to Redis, verifying it with the CA certificates in FILE (PEM)")  //
+      ("redis-tls-cert", po::value(&cfg.redis_tls_cert)->value_name("FILE"),
+       "TLS client certificate (PEM) for servers that require one; with --redis-tls-key")  //
+      ("redis-tls-key", po::value(&cfg.redis_tls_key)->value_name("FILE"), "the private key (PEM) of --redis-tls-cert")  //
       ("disk", po::value(&cfg.disk)->value_name("PATH")->default_value("", "none"),
        "a disk tier (LMDB) in this directory, created if missing: what was loaded survives restarts and crashes")  //
       ("disk-max-mb", po::value(&disk_max_mb)->default_value(disk_max_mb),
@@ -358,6 +371,9 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (db_latency < 0) return fail("--db-latency-ms must not be negative");
   if (ttl < 1) return fail("--ttl-ms must be at least 1");
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
+  if (cfg.redis_tls_cert.empty() != cfg.redis_tls_key.empty())
+    return fail("--redis-tls-cert and --redis-tls-key go together");
+  cfg.redis_tls = cfg.redis_tls || !cfg.redis_tls_ca.empty() || !cfg.redis_tls_cert.empty();
   if (disk_max_mb < 1 || disk_max_mb > (1L << 24)) return fail("--disk-max-mb must be in [1, 16777216]");
   if (disk_durability != "durable" && disk_durability != "relaxed")
     return fail("--disk-durability must be durable or relaxed");
@@ -391,7 +407,9 @@ int main(int argc, char** argv) {
   service& svc = *svc_storage;
   tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
-  if (!cfg.redis.empty()) std::cout << "L2: redis at " << cfg.redis << ", prefix " << cfg.redis_prefix << std::endl;
+  if (!cfg.redis.empty())
+    std::cout << "L2: redis at " << cfg.redis << (cfg.redis_tls ? " (TLS)" : "") << ", prefix " << cfg.redis_prefix
+              << std::endl;
   if (!cfg.disk.empty()) std::cout << "disk tier: " << cfg.disk << std::endl;
 
   asio::co_spawn(main_io, listen(svc, acceptor, ios), asio::detached);

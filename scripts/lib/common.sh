@@ -9,11 +9,12 @@ CF_JOBS=${CF_JOBS:-$(nproc)}
 CF_PACKAGES=(g++ cmake ninja-build pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libgtest-dev libbenchmark-dev
-  libhiredis-dev liblmdb-dev curl)
+  libhiredis-dev libssl-dev liblmdb-dev curl)
 
-# What only the tests need: a browser for the dashboard test, Redis, and
-# Python's venv for installing Conan with pip.
-CF_TEST_PACKAGES=(chromium redis-server python3-venv)
+# What only the tests need: a browser for the dashboard test, Redis, the
+# openssl tool (throwaway certificates for the TLS tests), and Python's venv
+# for installing Conan with pip.
+CF_TEST_PACKAGES=(chromium redis-server openssl python3-venv)
 
 cf_log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
