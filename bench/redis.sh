@@ -2,7 +2,9 @@
 # redis::client against redis-benchmark, on one throwaway redis-server on a
 # free loopback port: GET throughput at 1 and 50 connections, pipeline 1 and
 # 16, both single-threaded, in alternating rounds (the best round of each is
-# kept); then the cost of an L2 hit through cache::async_get.
+# kept); then the cost of an L2 hit through cache::async_get; then
+# redis::client over TLS against itself over plain TCP, on a second server
+# with a TLS port (throwaway certificates).
 #
 #   bench/redis.sh PATH/TO/cacheflight_redis_bench [SECONDS per round] [ROUNDS]
 set -euo pipefail
@@ -11,7 +13,7 @@ seconds=${2:-2}
 rounds=${3:-3}
 here=$(dirname "${BASH_SOURCE[0]}")
 dir=$(mktemp -d)
-trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; rm -rf "$dir"' EXIT
+trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; bash "$here/../test/integration/redis_server.sh" stop "$dir/tls"; rm -rf "$dir"' EXIT
 bash "$here/../test/integration/redis_server.sh" start "$dir"
 port=$(cat "$dir/port")
 # The key both clients read. Without -r, `redis-benchmark -t get` reads the
@@ -41,3 +43,23 @@ for conns in 1 50; do
 done
 echo
 for c in 1 50; do "$bench" l2 "$port" "$c" "$seconds"; done
+
+echo
+bash "$here/../test/integration/tls_certs.sh" "$dir/certs"
+REDIS_TLS_DIR=$dir/certs bash "$here/../test/integration/redis_server.sh" start "$dir/tls"
+tls_port=$(cat "$dir/tls/port")
+redis-cli --tls --cacert "$dir/certs/ca.crt" -p "$tls_port" set 'key:__rand_int__' xxx >/dev/null
+printf '%-24s %18s %18s %8s\n' "connections x pipeline" "plain TCP/s" "TLS/s" "ratio"
+for conns in 1 50; do
+  for pipeline in 1 16; do
+    plain=() tls=()
+    for _ in $(seq 1 "$rounds"); do
+      plain+=("$("$bench" client "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+      tls+=("$(CACHEFLIGHT_BENCH_TLS_CA=$dir/certs/ca.crt "$bench" client "$tls_port" "$conns" "$pipeline" "$seconds" |
+        sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+    done
+    p=$(printf '%s\n' "${plain[@]}" | best)
+    t=$(printf '%s\n' "${tls[@]}" | best)
+    printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline" "$p" "$t" "$(awk -v a="$t" -v b="$p" 'BEGIN { print a / b }')"
+  done
+done

@@ -6,6 +6,9 @@
 //     each), each keeping PIPELINE GETs of one key outstanding; one thread, as
 //     redis-benchmark runs by default. Prints "client GET: <n> requests per second".
 //
+//   With CACHEFLIGHT_BENCH_TLS_CA=FILE in the environment, the clients connect
+//   with TLS and verify the server with the CA in FILE.
+//
 //   cacheflight_redis_bench l2 PORT CONCURRENCY SECONDS
 //     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
 //     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
@@ -40,6 +43,7 @@ redis::client_options options(const std::string& port) {
   o.connection.port = port;
   o.connection.command_timeout = 5s;
   o.connection.max_pending = 100'000;
+  if (const char* ca = std::getenv("CACHEFLIGHT_BENCH_TLS_CA")) o.connection.tls = {.enabled = true, .ca_file = ca};
   return o;
 }
 
