@@ -5,6 +5,7 @@
 //                            [--db-latency-ms 50] [--ttl-ms 60000]
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
 //                            [--redis-tls] [--redis-tls-ca FILE] [--redis-tls-cert FILE --redis-tls-key FILE]
+//                            [--redis-sentinel HOST:PORT[,HOST:PORT...] --redis-master NAME]
 //                            [--disk PATH] [--disk-max-mb 1024] [--disk-durability durable]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
@@ -67,6 +68,9 @@ struct config {
   std::string redis_prefix = "demo:users:";
   bool redis_tls = false;  // set by any --redis-tls* flag
   std::string redis_tls_ca, redis_tls_cert, redis_tls_key;
+  std::string redis_sentinel;  // host:port,...; with redis_master
+  std::string redis_master;
+  std::string redis_password, redis_sentinel_password;
   std::string disk;  // a directory; empty: no disk tier
   std::uint64_t disk_max_mb = 1024;
   bool disk_relaxed = false;
@@ -74,16 +78,26 @@ struct config {
 
 // A Redis L2 when asked for.
 std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
-  if (cfg.redis.empty()) return nullptr;
+  if (cfg.redis.empty() && cfg.redis_sentinel.empty()) return nullptr;
 #ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
   const auto colon = cfg.redis.rfind(':');
   cf::redis::client_options c;
   c.connection.host = cfg.redis.substr(0, colon);
   c.connection.port = colon == std::string::npos ? "6379" : cfg.redis.substr(colon + 1);
+  c.connection.password = cfg.redis_password;
   c.connection.tls = cf::redis::tls_options{.enabled = cfg.redis_tls,
                                             .ca_file = cfg.redis_tls_ca,
                                             .cert_file = cfg.redis_tls_cert,
                                             .key_file = cfg.redis_tls_key};
+  if (!cfg.redis_sentinel.empty()) {
+    std::string list = cfg.redis_sentinel;
+    for (std::size_t at; (at = list.find(',')) != std::string::npos; list = list.substr(at + 1))
+      c.sentinel.sentinels.push_back(list.substr(0, at));
+    c.sentinel.sentinels.push_back(list);
+    c.sentinel.master_name = cfg.redis_master;
+    c.sentinel.tls = c.connection.tls;
+    c.sentinel.password = cfg.redis_sentinel_password;
+  }
   return std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix});
 #else
   (void)io;
@@ -339,6 +353,12 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
        "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
       ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
        "prefix of this cache's keys in Redis (not empty)")  //
+      ("redis-sentinel", po::value(&cfg.redis_sentinel)->value_name("HOST:PORT[,...]"),
+       "find the Redis master through these sentinels (with --redis-master), following failovers")  //
+      ("redis-master", po::value(&cfg.redis_master)->value_name("NAME"), "the sentinels' name of the master set")  //
+      ("redis-password", po::value(&cfg.redis_password)->value_name("PASSWORD"), "AUTH to the Redis server")  //
+      ("redis-sentinel-password", po::value(&cfg.redis_sentinel_password)->value_name("PASSWORD"),
+       "AUTH to the sentinels")  //
       ("redis-tls", po::bool_switch(&cfg.redis_tls), "connect to Redis with TLS, verifying it with the system's CAs")  //
       ("redis-tls-ca", po::value(&cfg.redis_tls_ca)->value_name("FILE"),
        "TLS to Redis, verifying it with the CA certificates in FILE (PEM)")  //
@@ -371,6 +391,8 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (db_latency < 0) return fail("--db-latency-ms must not be negative");
   if (ttl < 1) return fail("--ttl-ms must be at least 1");
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
+  if (cfg.redis_sentinel.empty() != cfg.redis_master.empty())
+    return fail("--redis-sentinel and --redis-master go together");
   if (cfg.redis_tls_cert.empty() != cfg.redis_tls_key.empty())
     return fail("--redis-tls-cert and --redis-tls-key go together");
   cfg.redis_tls = cfg.redis_tls || !cfg.redis_tls_ca.empty() || !cfg.redis_tls_cert.empty();
@@ -407,7 +429,10 @@ int main(int argc, char** argv) {
   service& svc = *svc_storage;
   tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
-  if (!cfg.redis.empty())
+  if (!cfg.redis_sentinel.empty())
+    std::cout << "L2: redis master " << cfg.redis_master << " from sentinels " << cfg.redis_sentinel
+              << (cfg.redis_tls ? " (TLS)" : "") << ", prefix " << cfg.redis_prefix << std::endl;
+  else if (!cfg.redis.empty())
     std::cout << "L2: redis at " << cfg.redis << (cfg.redis_tls ? " (TLS)" : "") << ", prefix " << cfg.redis_prefix
               << std::endl;
   if (!cfg.disk.empty()) std::cout << "disk tier: " << cfg.disk << std::endl;

@@ -46,6 +46,10 @@ enum class error {
   already_open,
   /// The store's files are not a store of this library, or are damaged (truncated, corrupt).
   corrupt_store,
+  /// No sentinel named a master for the set (see `redis::sentinel_options`).
+  master_not_found,
+  /// The server named as master does not report itself one (`ROLE`).
+  not_master,
 };
 
 namespace detail {
@@ -76,6 +80,8 @@ class error_category final : public boost::system::error_category {
       case error::value_too_large: return "the value is larger than the tier can store";
       case error::already_open: return "the store's directory is already open in this process";
       case error::corrupt_store: return "the store's files are not a cacheflight store or are damaged";
+      case error::master_not_found: return "no sentinel named a master for the set";
+      case error::not_master: return "the server named as master is not a master";
     }
     return "unknown cacheflight error";
   }

@@ -20,6 +20,25 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using std::chrono::milliseconds;
 
+namespace {
+
+// "host:port", "[v6]:port" -> host and port.
+std::pair<std::string, std::string> split_address(const std::string& a) {
+  const auto colon = a.rfind(':');
+  if (colon == std::string::npos) return {a, "26379"};
+  std::string host = a.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return {host, a.substr(colon + 1)};
+}
+
+// A ROLE reply of a master: an array whose first element is "master".
+bool is_master(const reply& r) {
+  return r.type == reply::kind::array && !r.elements.empty() && r.elements[0].type == reply::kind::bulk &&
+         r.elements[0].str == "master";
+}
+
+}  // namespace
+
 struct client::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, client_options o)
       : strand(asio::make_strand(ex)), opts(std::move(o)), timer(strand), backoff(opts.reconnect_min),
@@ -36,6 +55,11 @@ struct client::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::size_t> opened{0};
   mutable std::mutex error_mu;
   error_code last_error;  // guarded by error_mu: read from any thread
+  std::string server;     // guarded by error_mu
+  std::shared_ptr<connection> sentinel_conn;  // the sentinel being asked, on the strand
+  std::size_t first_sentinel = 0;             // the last one that answered
+
+  bool with_sentinel() const { return !opts.sentinel.master_name.empty(); }
 
   void set_last_error(error_code ec) {
     std::lock_guard lk(error_mu);
@@ -44,8 +68,64 @@ struct client::impl : std::enable_shared_from_this<impl> {
 
   void connect() {
     if (stopped) return;
-    if (conn) conn->close();
-    conn = std::make_shared<connection>(strand, opts.connection);
+    connected = false;
+    if (conn) std::exchange(conn, nullptr)->close();
+    if (!with_sentinel()) return open(opts.connection, false);
+    ask_sentinel(0, make_error_code(error::master_not_found));
+  }
+
+  // Asks the sentinels in turn, from the last one that answered, for the
+  // master's address; `failure` is what to report if none gives one.
+  void ask_sentinel(std::size_t tried, error_code failure) {
+    if (stopped) return;
+    const auto& sentinels = opts.sentinel.sentinels;
+    if (tried >= sentinels.size()) {
+      set_last_error(failure);
+      return schedule(next_backoff());
+    }
+    const std::size_t idx = (first_sentinel + tried) % sentinels.size();
+    auto [host, port] = split_address(sentinels[idx]);
+    connection_options so;
+    so.host = std::move(host);
+    so.port = std::move(port);
+    so.username = opts.sentinel.username;
+    so.password = opts.sentinel.password;
+    so.tls = opts.sentinel.tls;
+    so.connect_timeout = opts.connection.connect_timeout;
+    so.command_timeout = opts.connection.command_timeout;
+    auto sc = std::make_shared<connection>(strand, std::move(so));
+    sentinel_conn = sc;
+    sc->async_connect(asio::bind_executor(strand, [self = shared_from_this(), sc, tried, idx](error_code ec) {
+      if (self->stopped || sc != self->sentinel_conn) return sc->close();
+      if (ec) {
+        sc->close();
+        return self->ask_sentinel(tried + 1, ec);
+      }
+      sc->async_exec({"SENTINEL", "get-master-addr-by-name", self->opts.sentinel.master_name},
+                     asio::bind_executor(self->strand, [self, sc, tried, idx](error_code ec, reply r) {
+                       sc->close();
+                       if (self->stopped || sc != self->sentinel_conn) return;
+                       self->sentinel_conn.reset();
+                       if (!ec && r.type == reply::kind::array && r.elements.size() == 2 &&
+                           r.elements[0].type == reply::kind::bulk && r.elements[1].type == reply::kind::bulk) {
+                         self->first_sentinel = idx;
+                         connection_options co = self->opts.connection;
+                         co.host = std::move(r.elements[0].str);
+                         co.port = std::move(r.elements[1].str);
+                         return self->open(co, true);
+                       }
+                       self->ask_sentinel(tried + 1, ec ? ec : make_error_code(error::master_not_found));
+                     }));
+    }));
+  }
+
+  // Opens the data connection; with `check_role`, only to a master.
+  void open(const connection_options& co, bool check_role) {
+    {
+      std::lock_guard lk(error_mu);
+      server = co.host + ":" + co.port;
+    }
+    conn = std::make_shared<connection>(strand, co);
     // A lost connection is noticed at once (not at the next health check):
     // is_connected() turns false and a reconnect is scheduled.
     conn->on_lost([w = weak_from_this(), c = conn.get()] {
@@ -54,19 +134,32 @@ struct client::impl : std::enable_shared_from_this<impl> {
       self->connected = false;
       self->schedule(self->next_backoff());
     });
-    conn->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c = conn](error_code ec) {
+    conn->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c = conn, check_role](error_code ec) {
       if (self->stopped || c != self->conn) return;
-      if (ec) {
-        self->connected = false;
-        self->set_last_error(ec);
-        return self->schedule(self->next_backoff());
-      }
-      self->set_last_error({});
-      self->backoff = self->opts.reconnect_min;
-      self->connected = true;
-      ++self->opened;
-      self->schedule(self->opts.health_check_interval);
+      if (ec) return self->open_failed(ec);
+      if (!check_role) return self->opened_ok();
+      c->async_exec({"ROLE"}, asio::bind_executor(self->strand, [self, c](error_code ec, reply r) {
+        if (self->stopped || c != self->conn) return;
+        if (!ec && !is_master(r)) ec = make_error_code(error::not_master);
+        if (ec) return self->open_failed(ec);
+        self->opened_ok();
+      }));
     }));
+  }
+
+  void open_failed(error_code ec) {
+    connected = false;
+    if (conn) std::exchange(conn, nullptr)->close();
+    set_last_error(ec);
+    schedule(next_backoff());
+  }
+
+  void opened_ok() {
+    set_last_error({});
+    backoff = opts.reconnect_min;
+    connected = true;
+    ++opened;
+    schedule(opts.health_check_interval);
   }
 
   milliseconds next_backoff() {
@@ -83,14 +176,21 @@ struct client::impl : std::enable_shared_from_this<impl> {
     }));
   }
 
-  // Reopens a lost connection; checks an open one with PING.
+  // Reopens a lost connection; checks an open one with PING (with Sentinel,
+  // ROLE: a master demoted in a failover is left for the new one).
   void tick() {
     if (!conn || !conn->is_open()) {
       connected = false;
       return connect();
     }
-    conn->async_exec({"PING"}, asio::bind_executor(strand, [self = shared_from_this(), c = conn](error_code ec, reply r) {
+    const bool role = with_sentinel();
+    conn->async_exec({role ? "ROLE" : "PING"}, asio::bind_executor(strand, [self = shared_from_this(), c = conn, role](
+                                                                               error_code ec, reply r) {
       if (self->stopped || c != self->conn) return;
+      if (!ec && role && !is_master(r)) {
+        self->set_last_error(make_error_code(error::not_master));
+        return self->connect();
+      }
       if (ec || r.is_error()) {
         // A lost connection was seen by its hook, which scheduled the reconnect.
         if (!c->is_open()) return;
@@ -122,6 +222,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     connected = false;
     timer.cancel();
     if (conn) conn->close();
+    if (sentinel_conn) sentinel_conn->close();
   }
 };
 
@@ -158,6 +259,11 @@ void client::start_exec(std::vector<std::string> args, exec_handler h) {
                              work = std::move(work)]() mutable {
     self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
   });
+}
+
+std::string client::server() const {
+  std::lock_guard lk(impl_->error_mu);
+  return impl_->server;
 }
 
 }  // namespace cacheflight::redis

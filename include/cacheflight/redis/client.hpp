@@ -17,6 +17,33 @@
 namespace cacheflight::redis {
 
 /// Options of a `client`: the connection's, and how to keep it alive.
+/// Redis Sentinel: where the client finds the master of a replicated set
+/// (`client_options::sentinel`). An aggregate: use designated initializers.
+///
+/// With `master_name` set, every connect (the first and each reconnect) asks
+/// the sentinels in turn, starting with the last one that answered,
+/// `SENTINEL get-master-addr-by-name <master_name>`, connects to the address
+/// given with `client_options::connection` (its host and port replaced), and
+/// checks with `ROLE` that the server is a master. The health check asks
+/// `ROLE` instead of `PING`, so a master demoted in a failover is left at the
+/// next check even if its connection stays up; a lost connection reconnects at
+/// once, to whatever master the sentinels name then. While no master is
+/// found, commands fail with `error::not_connected`, and `client::last_error()`
+/// says why: `error::master_not_found` (no sentinel answered with an address:
+/// the last sentinel's error, when none could be reached), `error::not_master`
+/// (the named server is not a master, yet), or the data connection's error.
+struct sentinel_options {
+  /// The sentinels, "host:port" each (IPv6: "[::1]:26379").
+  std::vector<std::string> sentinels{};
+  /// The name of the master set, as in the sentinels' `sentinel monitor`.
+  std::string master_name{};
+  /// ACL user and password of the sentinels (Redis 6.2 and later), if any.
+  std::string username{};
+  std::string password{};
+  /// TLS to the sentinels (the data nodes use `connection.tls`).
+  tls_options tls{};
+};
+
 struct client_options {
   connection_options connection{};
   /// First delay before reconnecting; it doubles on each failure up to `reconnect_max`,
@@ -26,6 +53,9 @@ struct client_options {
   /// How often the connection is checked: a lost connection is reopened, an idle
   /// one is sent a PING, and a PING that fails closes it for reopening.
   std::chrono::milliseconds health_check_interval{1000};
+  /// Find the server through Redis Sentinel (see `sentinel_options`); off
+  /// while `sentinel.master_name` is empty.
+  sentinel_options sentinel{};
 };
 
 /// A Redis client that keeps one pipelined `connection` open: it connects in
@@ -84,8 +114,14 @@ class client {
   std::size_t connections_opened() const noexcept;
 
   /// Why the last attempt to connect failed (for instance `error::auth_failed`
-  /// for refused credentials, or `connection_refused`); cleared by a success.
+  /// for refused credentials, `connection_refused`, a TLS error, or with
+  /// Sentinel `error::master_not_found` or `error::not_master`); cleared by a
+  /// success.
   boost::system::error_code last_error() const;
+
+  /// The address ("host:port") of the server the client is connected to, or
+  /// last tried; with Sentinel, the master the sentinels named.
+  std::string server() const;
 
  private:
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A replicated Redis set behind Sentinel on 127.0.0.1, for the Sentinel tests:
+# a master, one replica and three sentinels on free ports. Data nodes require
+# the password "data-pw", sentinels "sentinel-pw"; the set is named
+# "cfmaster", and a master unreachable for 400 ms is failed over.
+#
+#   redis_sentinel.sh start DIR        writes DIR/master_port, DIR/replica_port and
+#                                      DIR/sentinels ("127.0.0.1:P,127.0.0.1:Q,...")
+#   redis_sentinel.sh kill-master DIR  SIGKILL to the master
+#   redis_sentinel.sh stop DIR
+set -euo pipefail
+cmd=$1
+dir=$2
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+}
+wait_until() {  # wait_until SECONDS COMMAND...
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.1
+  done
+}
+cli() { redis-cli --no-auth-warning "$@"; }
+stop_all() {
+  for f in "$dir"/*/pid; do
+    [ -f "$f" ] || continue
+    kill -KILL "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
+case "$cmd" in
+  start)
+    mkdir -p "$dir"
+    stop_all
+    mport=$(free_port)
+    rport=$(free_port)
+    for node in master replica; do
+      mkdir -p "$dir/$node"
+      port=$([ $node = master ] && echo "$mport" || echo "$rport")
+      args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --requirepass data-pw
+            --masterauth data-pw --pidfile "$dir/$node/pid" --logfile "$dir/$node/log" --dir "$dir/$node")
+      [ $node = replica ] && args+=(--replicaof 127.0.0.1 "$mport")
+      redis-server "${args[@]}"
+      wait_until 5 cli -p "$port" -a data-pw ping || { cat "$dir/$node/log"; exit 1; }
+    done
+    wait_until 10 bash -c "redis-cli --no-auth-warning -p $rport -a data-pw info replication | grep -q master_link_status:up" ||
+      { echo "the replica did not sync"; exit 1; }
+    sentinels=()
+    for i in 1 2 3; do
+      mkdir -p "$dir/s$i"
+      port=$(free_port)
+      cat >"$dir/s$i/sentinel.conf" <<CONF
+port $port
+bind 127.0.0.1
+daemonize yes
+pidfile $dir/s$i/pid
+logfile $dir/s$i/log
+dir $dir/s$i
+requirepass sentinel-pw
+sentinel monitor cfmaster 127.0.0.1 $mport 2
+sentinel auth-pass cfmaster data-pw
+sentinel down-after-milliseconds cfmaster 400
+sentinel failover-timeout cfmaster 2000
+sentinel parallel-syncs cfmaster 1
+CONF
+      redis-server "$dir/s$i/sentinel.conf" --sentinel
+      sentinels+=("127.0.0.1:$port")
+    done
+    # Every sentinel must know the replica and the other two before a failover can happen.
+    for s in "${sentinels[@]}"; do
+      p=${s##*:}
+      wait_until 20 bash -c "redis-cli --no-auth-warning -p $p -a sentinel-pw sentinel ckquorum cfmaster | grep -q '3 usable'" ||
+        { echo "sentinel $s has no quorum"; cat "$dir"/s*/log; exit 1; }
+      wait_until 20 bash -c "redis-cli --no-auth-warning -p $p -a sentinel-pw sentinel replicas cfmaster | grep -q $rport" ||
+        { echo "sentinel $s does not know the replica"; exit 1; }
+    done
+    echo "$mport" >"$dir/master_port"
+    echo "$rport" >"$dir/replica_port"
+    (IFS=,; echo "${sentinels[*]}") >"$dir/sentinels"
+    ;;
+  kill-master)
+    kill -KILL "$(cat "$dir/master/pid")"
+    rm -f "$dir/master/pid"
+    ;;
+  stop)
+    stop_all
+    ;;
+  *)
+    echo "usage: $0 start|kill-master|stop DIR"; exit 2
+    ;;
+esac
