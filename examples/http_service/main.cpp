@@ -67,7 +67,7 @@ struct config {
   std::string redis;  // host:port; empty: memory only
   std::string redis_prefix = "demo:users:";
   bool redis_tls = false;  // set by any --redis-tls* flag
-  std::string redis_tls_ca, redis_tls_cert, redis_tls_key;
+  std::string redis_tls_ca, redis_tls_cert, redis_tls_key, redis_tls_server_name;
   std::string redis_sentinel;  // host:port,...; with redis_master
   std::string redis_master;
   std::string redis_password, redis_sentinel_password;
@@ -88,14 +88,21 @@ std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
   c.connection.tls = cf::redis::tls_options{.enabled = cfg.redis_tls,
                                             .ca_file = cfg.redis_tls_ca,
                                             .cert_file = cfg.redis_tls_cert,
-                                            .key_file = cfg.redis_tls_key};
+                                            .key_file = cfg.redis_tls_key,
+                                            .server_name = cfg.redis_tls_server_name};
   if (!cfg.redis_sentinel.empty()) {
     std::string list = cfg.redis_sentinel;
+    auto trimmed = [](std::string s) {
+      while (!s.empty() && s.front() == ' ') s.erase(0, 1);
+      while (!s.empty() && s.back() == ' ') s.pop_back();
+      return s;
+    };
     for (std::size_t at; (at = list.find(',')) != std::string::npos; list = list.substr(at + 1))
-      c.sentinel.sentinels.push_back(list.substr(0, at));
-    c.sentinel.sentinels.push_back(list);
+      c.sentinel.sentinels.push_back(trimmed(list.substr(0, at)));
+    c.sentinel.sentinels.push_back(trimmed(list));
     c.sentinel.master_name = cfg.redis_master;
     c.sentinel.tls = c.connection.tls;
+    c.sentinel.tls.server_name.clear();  // the sentinels' own addresses
     c.sentinel.password = cfg.redis_sentinel_password;
   }
   return std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix});
@@ -365,6 +372,8 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("redis-tls-cert", po::value(&cfg.redis_tls_cert)->value_name("FILE"),
        "TLS client certificate (PEM) for servers that require one; with --redis-tls-key")  //
       ("redis-tls-key", po::value(&cfg.redis_tls_key)->value_name("FILE"), "the private key (PEM) of --redis-tls-cert")  //
+      ("redis-tls-server-name", po::value(&cfg.redis_tls_server_name)->value_name("NAME"),
+       "the name to expect in the Redis server's certificate (default: the host it is reached at)")  //
       ("disk", po::value(&cfg.disk)->value_name("PATH")->default_value("", "none"),
        "a disk tier (LMDB) in this directory, created if missing: what was loaded survives restarts and crashes")  //
       ("disk-max-mb", po::value(&disk_max_mb)->default_value(disk_max_mb),
@@ -393,9 +402,11 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
   if (cfg.redis_sentinel.empty() != cfg.redis_master.empty())
     return fail("--redis-sentinel and --redis-master go together");
+  if (!cfg.redis_sentinel.empty() && !cfg.redis.empty()) return fail("give --redis or --redis-sentinel, not both");
   if (cfg.redis_tls_cert.empty() != cfg.redis_tls_key.empty())
     return fail("--redis-tls-cert and --redis-tls-key go together");
-  cfg.redis_tls = cfg.redis_tls || !cfg.redis_tls_ca.empty() || !cfg.redis_tls_cert.empty();
+  cfg.redis_tls = cfg.redis_tls || !cfg.redis_tls_ca.empty() || !cfg.redis_tls_cert.empty() ||
+                  !cfg.redis_tls_server_name.empty();
   if (disk_max_mb < 1 || disk_max_mb > (1L << 24)) return fail("--disk-max-mb must be in [1, 16777216]");
   if (disk_durability != "durable" && disk_durability != "relaxed")
     return fail("--disk-durability must be durable or relaxed");

@@ -2,6 +2,8 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/client.hpp>
 
+#include "options_check.hpp"
+
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -10,6 +12,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
+#include <optional>
 #include <atomic>
 #include <mutex>
 #include <random>
@@ -22,13 +25,26 @@ using std::chrono::milliseconds;
 
 namespace {
 
-// "host:port", "[v6]:port" -> host and port.
-std::pair<std::string, std::string> split_address(const std::string& a) {
-  const auto colon = a.rfind(':');
-  if (colon == std::string::npos) return {a, "26379"};
-  std::string host = a.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return {host, a.substr(colon + 1)};
+// "host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> host
+// and port (26379 when absent); nullopt for an empty host or port.
+std::optional<std::pair<std::string, std::string>> split_address(const std::string& a) {
+  std::string host, port = "26379";
+  if (!a.empty() && a.front() == '[') {
+    const auto close = a.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    host = a.substr(1, close - 1);
+    if (close + 1 < a.size()) {
+      if (a[close + 1] != ':') return std::nullopt;
+      port = a.substr(close + 2);
+    }
+  } else if (const auto colon = a.find(':'); colon != std::string::npos && a.find(':', colon + 1) == std::string::npos) {
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+  } else {
+    host = a;  // no port, or a bare IPv6 address
+  }
+  if (host.empty() || port.empty()) return std::nullopt;
+  return std::pair{std::move(host), std::move(port)};
 }
 
 // A ROLE reply of a master: an array whose first element is "master".
@@ -51,6 +67,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   milliseconds backoff;
   std::minstd_rand rng;
   bool stopped = false;
+  bool connecting = false;  // from connect() until opened_ok() or a failure, on the strand
   std::atomic<bool> connected{false};
   std::atomic<std::size_t> opened{0};
   mutable std::mutex error_mu;
@@ -69,22 +86,26 @@ struct client::impl : std::enable_shared_from_this<impl> {
   void connect() {
     if (stopped) return;
     connected = false;
+    connecting = true;
     if (conn) std::exchange(conn, nullptr)->close();
+    if (sentinel_conn) std::exchange(sentinel_conn, nullptr)->close();
     if (!with_sentinel()) return open(opts.connection, false);
-    ask_sentinel(0, make_error_code(error::master_not_found));
+    ask_sentinel(0, make_error_code(error::master_not_found), false);
   }
 
   // Asks the sentinels in turn, from the last one that answered, for the
-  // master's address; `failure` is what to report if none gives one.
-  void ask_sentinel(std::size_t tried, error_code failure) {
+  // master's address. What is reported if none gives one: `master_not_found`
+  // once one of them was reached, else the last one's error.
+  void ask_sentinel(std::size_t tried, error_code failure, bool reached) {
     if (stopped) return;
     const auto& sentinels = opts.sentinel.sentinels;
     if (tried >= sentinels.size()) {
+      connecting = false;
       set_last_error(failure);
       return schedule(next_backoff());
     }
     const std::size_t idx = (first_sentinel + tried) % sentinels.size();
-    auto [host, port] = split_address(sentinels[idx]);
+    auto [host, port] = *split_address(sentinels[idx]);  // checked by the constructor
     connection_options so;
     so.host = std::move(host);
     so.port = std::move(port);
@@ -95,14 +116,16 @@ struct client::impl : std::enable_shared_from_this<impl> {
     so.command_timeout = opts.connection.command_timeout;
     auto sc = std::make_shared<connection>(strand, std::move(so));
     sentinel_conn = sc;
-    sc->async_connect(asio::bind_executor(strand, [self = shared_from_this(), sc, tried, idx](error_code ec) {
+    sc->async_connect(asio::bind_executor(strand, [self = shared_from_this(), sc, tried, idx, failure,
+                                                   reached](error_code ec) {
       if (self->stopped || sc != self->sentinel_conn) return sc->close();
       if (ec) {
         sc->close();
-        return self->ask_sentinel(tried + 1, ec);
+        return self->ask_sentinel(tried + 1, reached ? failure : ec, reached);
       }
       sc->async_exec({"SENTINEL", "get-master-addr-by-name", self->opts.sentinel.master_name},
-                     asio::bind_executor(self->strand, [self, sc, tried, idx](error_code ec, reply r) {
+                     asio::bind_executor(self->strand, [self, sc, tried, idx, failure, reached](error_code ec,
+                                                                                                   reply r) {
                        sc->close();
                        if (self->stopped || sc != self->sentinel_conn) return;
                        self->sentinel_conn.reset();
@@ -114,7 +137,8 @@ struct client::impl : std::enable_shared_from_this<impl> {
                          co.port = std::move(r.elements[1].str);
                          return self->open(co, true);
                        }
-                       self->ask_sentinel(tried + 1, ec ? ec : make_error_code(error::master_not_found));
+                       if (!ec) return self->ask_sentinel(tried + 1, make_error_code(error::master_not_found), true);
+                       self->ask_sentinel(tried + 1, reached ? failure : ec, reached);
                      }));
     }));
   }
@@ -130,7 +154,8 @@ struct client::impl : std::enable_shared_from_this<impl> {
     // is_connected() turns false and a reconnect is scheduled.
     conn->on_lost([w = weak_from_this(), c = conn.get()] {
       auto self = w.lock();
-      if (!self || self->stopped || c != self->conn.get()) return;
+      // Lost while still being checked (ROLE): that check's failure reconnects.
+      if (!self || self->stopped || c != self->conn.get() || self->connecting) return;
       self->connected = false;
       self->schedule(self->next_backoff());
     });
@@ -140,14 +165,23 @@ struct client::impl : std::enable_shared_from_this<impl> {
       if (!check_role) return self->opened_ok();
       c->async_exec({"ROLE"}, asio::bind_executor(self->strand, [self, c](error_code ec, reply r) {
         if (self->stopped || c != self->conn) return;
-        if (!ec && !is_master(r)) ec = make_error_code(error::not_master);
+        if (!ec) ec = role_error(r);
         if (ec) return self->open_failed(ec);
         self->opened_ok();
       }));
     }));
   }
 
+  // Why a ROLE reply does not let the client use the server: an ACL refusal
+  // is `auth_failed`, another error reply (LOADING, ...) `protocol_error`, a
+  // replica `not_master`.
+  static error_code role_error(const reply& r) {
+    if (r.is_error()) return make_error_code(r.str.starts_with("NOPERM") ? error::auth_failed : error::protocol_error);
+    return is_master(r) ? error_code{} : make_error_code(error::not_master);
+  }
+
   void open_failed(error_code ec) {
+    connecting = false;
     connected = false;
     if (conn) std::exchange(conn, nullptr)->close();
     set_last_error(ec);
@@ -155,6 +189,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   }
 
   void opened_ok() {
+    connecting = false;
     set_last_error({});
     backoff = opts.reconnect_min;
     connected = true;
@@ -177,8 +212,10 @@ struct client::impl : std::enable_shared_from_this<impl> {
   }
 
   // Reopens a lost connection; checks an open one with PING (with Sentinel,
-  // ROLE: a master demoted in a failover is left for the new one).
+  // ROLE: a master demoted in a failover is left for the new one). Nothing
+  // to do while a connect is in progress: it schedules what follows.
   void tick() {
+    if (connecting) return;
     if (!conn || !conn->is_open()) {
       connected = false;
       return connect();
@@ -187,8 +224,8 @@ struct client::impl : std::enable_shared_from_this<impl> {
     conn->async_exec({role ? "ROLE" : "PING"}, asio::bind_executor(strand, [self = shared_from_this(), c = conn, role](
                                                                                error_code ec, reply r) {
       if (self->stopped || c != self->conn) return;
-      if (!ec && role && !is_master(r)) {
-        self->set_last_error(make_error_code(error::not_master));
+      if (!ec && role && role_error(r)) {
+        self->set_last_error(role_error(r));
         return self->connect();
       }
       if (ec || r.is_error()) {
@@ -203,7 +240,8 @@ struct client::impl : std::enable_shared_from_this<impl> {
 
   void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
             asio::any_completion_executor work) {
-    if (!conn || !conn->is_open()) {
+    // Not before the connection was checked (with Sentinel: ROLE).
+    if (!connected.load() || !conn || !conn->is_open()) {
       // Possibly inside the initiating call: posted, never run inside it.
       auto ex = asio::get_associated_executor(h, strand);
       asio::post(strand, [ex, work = std::move(work), h = std::move(h)]() mutable {
@@ -226,7 +264,18 @@ struct client::impl : std::enable_shared_from_this<impl> {
   }
 };
 
-client::client(executor_type ex, client_options opts) : impl_(std::make_shared<impl>(std::move(ex), std::move(opts))) {
+client::client(executor_type ex, client_options opts) {
+  using cacheflight::detail::throw_invalid_option;
+  const sentinel_options& so = opts.sentinel;
+  if (so.master_name.empty() != so.sentinels.empty())
+    throw_invalid_option("redis::sentinel_options: sentinels and master_name go together");
+  for (const std::string& a : so.sentinels)
+    if (!split_address(a)) throw_invalid_option(("redis::sentinel_options::sentinels: not HOST:PORT: " + a).c_str());
+  if (!so.master_name.empty() && !opts.connection.unix_socket.empty())
+    throw_invalid_option("redis: a unix socket cannot be combined with Sentinel");
+  detail::check_tls_options(so.tls, "redis::sentinel_options::tls");
+  detail::check_connection_options(opts.connection);
+  impl_ = std::make_shared<impl>(std::move(ex), std::move(opts));
   asio::post(impl_->strand, [self = impl_] { self->connect(); });
 }
 

@@ -3,6 +3,7 @@
 #include <cacheflight/redis/connection.hpp>
 
 #include "../common/shutdown_registry.hpp"
+#include "options_check.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -445,8 +446,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 };
 
 
-connection::connection(executor_type ex, connection_options opts)
-    : impl_(std::make_shared<impl>(ex, std::move(opts))) {
+connection::connection(executor_type ex, connection_options opts) {
+  detail::check_connection_options(opts);
+  impl_ = std::make_shared<impl>(ex, std::move(opts));
   cacheflight::detail::drop_handlers_at_shutdown(ex, impl_);
 }
 

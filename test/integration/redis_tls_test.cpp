@@ -141,3 +141,52 @@ TEST_F(RedisTlsMutual, AndAcceptsOneWithItsCertificate) {
 }
 
 }  // namespace
+
+namespace {
+
+cftest::error_code construction_error(cftest::redis::client_options o) {
+  cftest::asio::io_context io;
+  try {
+    cftest::redis::client c(io.get_executor(), std::move(o));
+  } catch (const boost::system::system_error& e) {
+    return e.code();
+  }
+  return {};
+}
+
+TEST(RedisOptions, ImpossibleTlsAndSentinelOptionsAreRefusedAtConstruction) {
+  namespace redis = cftest::redis;
+  namespace cf = cftest::cf;
+  auto with = [](auto change) {
+    redis::client_options o;
+    change(o);
+    return construction_error(std::move(o));
+  };
+  EXPECT_EQ(with([](auto& o) { o.connection.tls = {.enabled = true, .cert_file = "c.pem"}; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.connection.tls = {.enabled = true, .key_file = "k.pem"}; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) {
+              o.connection.unix_socket = "/tmp/redis.sock";
+              o.connection.tls.enabled = true;
+            }),
+            cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.sentinel.master_name = "m"; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.sentinel.sentinels = {"127.0.0.1:26379"}; }), cf::error::invalid_option);
+  for (const char* bad : {"", ":26379", "host:", "[::1", "[::1]26379", "[]:1"})
+    EXPECT_EQ(with([&](auto& o) {
+                o.sentinel = {.sentinels = {bad}, .master_name = "m"};
+              }),
+              cf::error::invalid_option)
+        << bad;
+  EXPECT_EQ(with([](auto& o) {
+              o.sentinel = {.sentinels = {"127.0.0.1:26379"}, .master_name = "m"};
+              o.connection.unix_socket = "/tmp/redis.sock";
+            }),
+            cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.sentinel.tls = {.enabled = true, .cert_file = "c.pem"}; }), cf::error::invalid_option);
+  for (const char* good : {"10.0.0.1:26379", "sentinel-a", "[::1]:26379", "[::1]", "::1"})
+    EXPECT_FALSE(with([&](auto& o) {
+      o.sentinel = {.sentinels = {good}, .master_name = "m"};
+    })) << good;
+}
+
+}  // namespace

@@ -26,12 +26,18 @@ namespace cacheflight::redis {
 /// given with `client_options::connection` (its host and port replaced), and
 /// checks with `ROLE` that the server is a master. The health check asks
 /// `ROLE` instead of `PING`, so a master demoted in a failover is left at the
-/// next check even if its connection stays up; a lost connection reconnects at
-/// once, to whatever master the sentinels name then. While no master is
-/// found, commands fail with `error::not_connected`, and `client::last_error()`
-/// says why: `error::master_not_found` (no sentinel answered with an address:
-/// the last sentinel's error, when none could be reached), `error::not_master`
-/// (the named server is not a master, yet), or the data connection's error.
+/// next check even if its connection stays up; a lost connection reconnects
+/// after the client's backoff, to whatever master the sentinels name then.
+/// Until a master is found and checked, commands fail with
+/// `error::not_connected`, and `client::last_error()` says why:
+/// `error::master_not_found` (a sentinel was reached and none named a master;
+/// when none could be reached, the last one's error), `error::not_master` (the
+/// named server is not a master, yet), `error::auth_failed` (a refused AUTH,
+/// or an ACL user that may not run ROLE), or the data connection's error.
+///
+/// With TLS to the data nodes, their certificates are checked against the
+/// address the sentinels give (usually an IP address) unless
+/// `connection.tls.server_name` names what the certificates carry.
 struct sentinel_options {
   /// The sentinels, "host:port" each (IPv6: "[::1]:26379").
   std::vector<std::string> sentinels{};
@@ -71,6 +77,11 @@ class client {
   using executor_type = boost::asio::any_io_executor;
 
   /// Starts connecting at once.
+  /// @throws boost::system::system_error with `error::invalid_option` for
+  /// options that cannot work: those `connection` refuses; sentinels without a
+  /// master name or a master name without sentinels; a sentinel address that
+  /// is not `host:port`, `[v6]:port`, `host` or `[v6]` (port 26379); Sentinel
+  /// with a unix socket.
   client(executor_type ex, client_options opts);
   /// Stops reconnecting and closes the connection.
   ~client();

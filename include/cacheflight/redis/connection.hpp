@@ -95,6 +95,9 @@ class connection {
  public:
   using executor_type = boost::asio::any_io_executor;
 
+  /// @throws boost::system::system_error with `error::invalid_option` for
+  /// options that cannot work: TLS over a unix socket, a client certificate
+  /// without its key or a key without its certificate.
   connection(executor_type ex, connection_options opts);
   /// Closes the connection: waiting commands fail with `operation_aborted`.
   ~connection();
