@@ -16,7 +16,7 @@ namespace {
 
 using namespace cftest;
 
-class RedisSentinel : public ::testing::Test {
+class RedisSentinel : public redis_fixture {
  protected:
   void SetUp() override {
     std::string tmpl = (std::filesystem::temp_directory_path() / "cf-sentinel-XXXXXX").string();
@@ -59,25 +59,7 @@ class RedisSentinel : public ::testing::Test {
     return o;
   }
 
-  template <class Pred>
-  bool run_until(Pred pred, std::chrono::milliseconds limit) {
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (!pred() && std::chrono::steady_clock::now() < end) {
-      io.restart();
-      io.run_for(5ms);
-    }
-    return pred();
-  }
-
-  std::pair<error_code, redis::reply> exec(redis::client& c, std::vector<std::string> args) {
-    std::optional<std::pair<error_code, redis::reply>> r;
-    c.async_exec(std::move(args), [&](error_code ec, redis::reply rep) { r.emplace(ec, std::move(rep)); });
-    EXPECT_TRUE(run_until([&] { return r.has_value(); }, 5s));
-    return r.value_or(std::pair<error_code, redis::reply>{asio::error::timed_out, {}});
-  }
-
-  asio::io_context io;
-  std::string dir, sentinels, master_port, replica_port;
+  std::string sentinels, master_port, replica_port;
 };
 
 TEST_F(RedisSentinel, TheClientFindsTheMasterAndFollowsAFailover) {
