@@ -108,6 +108,24 @@ TEST_F(RedisSentinel, TheClientFindsTheMasterAndFollowsAFailover) {
   EXPECT_FALSE(wr.is_error()) << wr.str;
 }
 
+// A failover the sentinels are told to make while the master keeps running:
+// the old master is demoted (its connections may stay up) and the client
+// moves to the new one, seen by its ROLE health check if nothing else.
+TEST_F(RedisSentinel, TheClientLeavesAMasterDemotedInAForcedFailover) {
+  redis::client c(io.get_executor(), options());
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 5s)) << c.last_error().message();
+  EXPECT_EQ(c.server(), "127.0.0.1:" + master_port);
+  const std::string first = sentinels.substr(0, sentinels.find(','));
+  const std::string cmd = "redis-cli --no-auth-warning -p " + first.substr(first.rfind(':') + 1) +
+                          " -a sentinel-pw sentinel failover cfmaster >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  EXPECT_TRUE(run_until([&] { return c.is_connected() && c.server() == "127.0.0.1:" + replica_port; }, 20s))
+      << "still on " << c.server() << ": " << c.last_error().message();
+  auto [ec, r] = exec(c, {"SET", "sentinel:forced", "yes"});
+  EXPECT_FALSE(ec);
+  EXPECT_FALSE(r.is_error()) << r.str;
+}
+
 // One topology for the error cases: setting one up takes seconds.
 TEST_F(RedisSentinel, UnknownSetsWrongPasswordsAndUnreachableSentinelsAreClearErrors) {
   {
