@@ -2,7 +2,10 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/client.hpp>
 
+#include "cluster.hpp"
+#include "exec_cancel.hpp"
 #include "options_check.hpp"
+#include "../common/shutdown_registry.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -25,26 +28,8 @@ using std::chrono::milliseconds;
 
 namespace {
 
-// "host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> host
-// and port (26379 when absent); nullopt for an empty host or port.
 std::optional<std::pair<std::string, std::string>> split_address(const std::string& a) {
-  std::string host, port = "26379";
-  if (!a.empty() && a.front() == '[') {
-    const auto close = a.find(']');
-    if (close == std::string::npos) return std::nullopt;
-    host = a.substr(1, close - 1);
-    if (close + 1 < a.size()) {
-      if (a[close + 1] != ':') return std::nullopt;
-      port = a.substr(close + 2);
-    }
-  } else if (const auto colon = a.find(':'); colon != std::string::npos && a.find(':', colon + 1) == std::string::npos) {
-    host = a.substr(0, colon);
-    port = a.substr(colon + 1);
-  } else {
-    host = a;  // no port, or a bare IPv6 address
-  }
-  if (host.empty() || port.empty()) return std::nullopt;
-  return std::pair{std::move(host), std::move(port)};
+  return detail::split_address(a, "26379");
 }
 
 // A ROLE reply of a master: an array whose first element is "master".
@@ -275,44 +260,106 @@ client::client(executor_type ex, client_options opts) {
     throw_invalid_option("redis: a unix socket cannot be combined with Sentinel");
   detail::check_tls_options(so.tls, "redis::sentinel_options::tls");
   detail::check_connection_options(opts.connection);
+  const cluster_options& co = opts.cluster;
+  if (!co.nodes.empty()) {
+    if (!so.master_name.empty()) throw_invalid_option("redis: Cluster and Sentinel cannot be combined");
+    if (!opts.connection.unix_socket.empty()) throw_invalid_option("redis: a unix socket cannot be combined with Cluster");
+    if (opts.connection.database != 0) throw_invalid_option("redis: Cluster has database 0 only");
+    for (const std::string& a : co.nodes)
+      if (!detail::split_address(a, "6379"))
+        throw_invalid_option(("redis::cluster_options::nodes: not HOST:PORT: " + a).c_str());
+    if (co.max_redirects == 0 || co.node_failures == 0)
+      throw_invalid_option("redis::cluster_options: max_redirects and node_failures must be positive");
+    if (co.refresh_interval <= milliseconds::zero() || co.retry_delay <= milliseconds::zero())
+      throw_invalid_option("redis::cluster_options: refresh_interval and retry_delay must be positive");
+    cluster_ = std::make_shared<cluster>(ex, std::move(opts));
+    cacheflight::detail::drop_handlers_at_shutdown(ex, cluster_);
+    asio::post(cluster_->strand, [self = cluster_] { self->start(); });
+    return;
+  }
   impl_ = std::make_shared<impl>(std::move(ex), std::move(opts));
   asio::post(impl_->strand, [self = impl_] { self->connect(); });
 }
 
 client::~client() {
-  asio::post(impl_->strand, [self = impl_] { self->stop(); });
+  if (cluster_)
+    asio::post(cluster_->strand, [self = cluster_] { self->stop(); });
+  else
+    asio::post(impl_->strand, [self = impl_] { self->stop(); });
 }
 
-client::executor_type client::get_executor() const noexcept { return impl_->strand.get_inner_executor(); }
+client::executor_type client::get_executor() const noexcept {
+  return cluster_ ? cluster_->strand.get_inner_executor() : impl_->strand.get_inner_executor();
+}
 
-asio::strand<client::executor_type> client::get_strand() const noexcept { return impl_->strand; }
+asio::strand<client::executor_type> client::get_strand() const noexcept {
+  return cluster_ ? cluster_->strand : impl_->strand;
+}
 
-bool client::is_connected() const noexcept { return impl_->connected.load(); }
+bool client::is_connected() const noexcept { return cluster_ ? cluster_->connected.load() : impl_->connected.load(); }
 
-std::size_t client::connections_opened() const noexcept { return impl_->opened.load(); }
+std::size_t client::connections_opened() const noexcept {
+  return cluster_ ? cluster_->opened.load() : impl_->opened.load();
+}
 
 error_code client::last_error() const {
+  if (cluster_) {
+    std::lock_guard lk(cluster_->mu);
+    return cluster_->last_error;
+  }
   std::lock_guard lk(impl_->error_mu);
   return impl_->last_error;
 }
 
-void client::start_exec(std::vector<std::string> args, exec_handler h) {
-  // The caller's cancellation slot is hooked here, in the initiating function.
-  auto cancel = connection::watch_cancel(h, impl_->strand);
-  // Outstanding work on the handler's executor, from now until it has run.
-  auto work = connection::track_work(h, impl_->strand);
-  // Already on the strand (a completion issuing the next command): no hop.
-  if (impl_->strand.running_in_this_thread())
-    return impl_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
-  asio::post(impl_->strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
-                             work = std::move(work)]() mutable {
-    self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
-  });
-}
-
 std::string client::server() const {
+  if (cluster_) {
+    std::lock_guard lk(cluster_->mu);
+    return cluster_->server;
+  }
   std::lock_guard lk(impl_->error_mu);
   return impl_->server;
+}
+
+std::vector<std::string> client::masters() const {
+  if (cluster_) {
+    std::lock_guard lk(cluster_->mu);
+    return cluster_->master_list;
+  }
+  return {server()};
+}
+
+cluster_stats client::cluster_info() const noexcept {
+  if (!cluster_) return {};
+  return cluster_stats{cluster_->refreshes.load(), cluster_->moved.load(), cluster_->asked.load(),
+                       cluster_->retried.load()};
+}
+
+const client_options& client::options() const noexcept { return cluster_ ? cluster_->opts : impl_->opts; }
+
+void client::start_exec(std::vector<std::string> args, exec_handler h) { start_exec_at({}, std::move(args), std::move(h)); }
+
+void client::start_exec_at(std::string node, std::vector<std::string> args, exec_handler h) {
+  const auto strand = get_strand();
+  // The caller's cancellation slot is hooked here, in the initiating function.
+  auto cancel = connection::watch_cancel(h, strand);
+  // Outstanding work on the handler's executor, from now until it has run.
+  auto work = connection::track_work(h, strand);
+  if (cluster_) {
+    if (strand.running_in_this_thread())
+      return cluster_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work), std::move(node));
+    asio::post(strand, [self = cluster_, node = std::move(node), args = std::move(args), h = std::move(h),
+                        cancel = std::move(cancel), work = std::move(work)]() mutable {
+      self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work), std::move(node));
+    });
+    return;
+  }
+  // Already on the strand (a completion issuing the next command): no hop.
+  if (strand.running_in_this_thread())
+    return impl_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
+  asio::post(strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
+                      work = std::move(work)]() mutable {
+    self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
+  });
 }
 
 }  // namespace cacheflight::redis

@@ -3,6 +3,7 @@
 #include <cacheflight/redis/connection.hpp>
 
 #include "../common/shutdown_registry.hpp"
+#include "exec_cancel.hpp"
 #include "options_check.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
@@ -81,17 +82,6 @@ asio::strand<asio::any_io_executor> strand_of(const asio::any_io_executor& ex) {
 
 }  // namespace
 
-namespace detail {
-// A command's cancellation, hooked to the caller's slot in the initiating
-// function (where the slot is used), and handed to the strand from there.
-struct exec_cancel {
-  std::atomic<bool> requested{false};
-  // Set on the strand once the command is queued.
-  std::weak_ptr<void> conn;
-  void (*abandon)(const std::shared_ptr<void>& conn, std::uint64_t id) = nullptr;
-  std::uint64_t id = 0;
-};
-}  // namespace detail
 
 namespace {
 

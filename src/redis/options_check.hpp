@@ -5,7 +5,9 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/connection.hpp>
 
+#include <optional>
 #include <string>
+#include <utility>
 
 namespace cacheflight::redis::detail {
 
@@ -20,6 +22,29 @@ inline void check_connection_options(const connection_options& o) {
   check_tls_options(o.tls, "redis::connection_options::tls");
   if (o.tls.enabled && !o.unix_socket.empty())
     cacheflight::detail::throw_invalid_option("redis::connection_options: TLS over a unix socket is not supported");
+}
+
+// "host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> host
+// and port (`default_port` when absent); nullopt for an empty host or port.
+inline std::optional<std::pair<std::string, std::string>> split_address(const std::string& a,
+                                                                       const char* default_port) {
+  std::string host, port = default_port;
+  if (!a.empty() && a.front() == '[') {
+    const auto close = a.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    host = a.substr(1, close - 1);
+    if (close + 1 < a.size()) {
+      if (a[close + 1] != ':') return std::nullopt;
+      port = a.substr(close + 2);
+    }
+  } else if (const auto colon = a.find(':'); colon != std::string::npos && a.find(':', colon + 1) == std::string::npos) {
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+  } else {
+    host = a;  // no port, or a bare IPv6 address
+  }
+  if (host.empty() || port.empty()) return std::nullopt;
+  return std::pair{std::move(host), std::move(port)};
 }
 
 }  // namespace cacheflight::redis::detail

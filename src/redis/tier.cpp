@@ -46,7 +46,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   using done_handler = asio::any_completion_handler<cacheflight::tier::done_signature>;
 
   impl(std::shared_ptr<client> c, tier_options o)
-      : cl(std::move(c)), strand(cl->get_strand()), opts(std::move(o)),
+      : cl(std::move(c)), strand(cl->get_strand()), opts(std::move(o)), cluster(!cl->options().cluster.nodes.empty()),
         open_for(opts.breaker_min) {}
 
   // A write waiting in the queue: the latest for its key (set or erase), or a
@@ -63,6 +63,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::shared_ptr<client> cl;
   asio::strand<asio::any_io_executor> strand;
   tier_options opts;
+  // With Cluster, the breaker is per master, in the client (a master that
+  // cannot be reached fails its slots at once): the tier's own stays closed.
+  const bool cluster;
   bool stopped = false;
 
   // The breaker, on the strand. `gen` changes with every state change: an
@@ -161,6 +164,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // cancellation by its caller says nothing of the server.
   void outcome(const error_code& ec, std::uint64_t g) {
     if (g != gen) return;
+    if (ec && cluster) return;
     if (ec == asio::error::operation_aborted)
       probing = false;
     else if (ec)
@@ -300,7 +304,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       --queued_clears;
       clearing = true;
       publish_queue();
-      return scan(batch, "0", *g);
+      return scan_all(batch, *g);
     }
     while (!queue.empty() && batch->size() < opts.write_batch && queue.front().what != write_op::kind::clear) {
       index.erase(queue.front().key);
@@ -354,29 +358,53 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     pump();
   }
 
-  // Removes the prefix's keys: SCAN with MATCH, UNLINK each page.
-  void scan(std::shared_ptr<op_list> batch, std::string cursor, std::uint64_t g) {
-    cl->async_exec({"SCAN", std::move(cursor), "MATCH", prefix_pattern(opts.prefix), "COUNT", "1000"},
-                   asio::bind_executor(strand, [self = shared_from_this(), batch, g](error_code ec, reply r) {
-                     if (!ec && (r.type != reply::kind::array || r.elements.size() != 2 ||
-                                 r.elements[0].type != reply::kind::bulk || r.elements[1].type != reply::kind::array))
-                       ec = make_error_code(error::protocol_error);
-                     if (ec) return self->clear_done(*batch, ec, g);
-                     std::string next = std::move(r.elements[0].str);
-                     std::vector<std::string> args{"UNLINK"};
-                     for (reply& k : r.elements[1].elements)
-                       if (k.type == reply::kind::bulk) args.push_back(std::move(k.str));
-                     if (args.size() == 1) {
-                       if (next == "0") return self->clear_done(*batch, {}, g);
-                       return self->scan(batch, std::move(next), g);
-                     }
-                     self->cl->async_exec(std::move(args), asio::bind_executor(self->strand, [self, batch, next, g](
-                                                                                                 error_code ec, reply r) {
-                                            if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
-                                            if (ec || next == "0") return self->clear_done(*batch, ec, g);
-                                            self->scan(batch, next, g);
-                                          }));
-                   }));
+  // Removes the prefix's keys: SCAN with MATCH, UNLINK each page; with
+  // Cluster, on every master of the map in turn, each key unlinked on its own
+  // (a page's keys are in different slots), pipelined.
+  void scan_all(std::shared_ptr<op_list> batch, std::uint64_t g) {
+    auto nodes = std::make_shared<std::vector<std::string>>();
+    if (cluster)
+      *nodes = cl->masters();
+    else
+      nodes->emplace_back();
+    if (nodes->empty()) return clear_done(*batch, make_error_code(error::not_connected), g);
+    scan(std::move(batch), std::move(nodes), 0, "0", g);
+  }
+
+  void scan(std::shared_ptr<op_list> batch, std::shared_ptr<std::vector<std::string>> nodes, std::size_t i,
+            std::string cursor, std::uint64_t g) {
+    cl->async_exec_at(
+        (*nodes)[i], {"SCAN", std::move(cursor), "MATCH", prefix_pattern(opts.prefix), "COUNT", "1000"},
+        asio::bind_executor(strand, [self = shared_from_this(), batch, nodes, i, g](error_code ec, reply r) {
+          if (!ec && (r.type != reply::kind::array || r.elements.size() != 2 ||
+                      r.elements[0].type != reply::kind::bulk || r.elements[1].type != reply::kind::array))
+            ec = make_error_code(error::protocol_error);
+          if (ec) return self->clear_done(*batch, ec, g);
+          std::string next = std::move(r.elements[0].str);
+          // After this page: the next page, the next node, or done.
+          auto then = [self, batch, nodes, i, g, next](error_code ec) {
+            if (ec) return self->clear_done(*batch, ec, g);
+            if (next != "0") return self->scan(batch, nodes, i, next, g);
+            if (i + 1 < nodes->size()) return self->scan(batch, nodes, i + 1, "0", g);
+            self->clear_done(*batch, {}, g);
+          };
+          std::vector<std::vector<std::string>> commands;
+          for (reply& k : r.elements[1].elements) {
+            if (k.type != reply::kind::bulk) continue;
+            if (self->cluster || commands.empty()) commands.push_back({"UNLINK"});
+            commands.back().push_back(std::move(k.str));
+          }
+          if (commands.empty()) return then({});
+          auto remaining = std::make_shared<std::size_t>(commands.size());
+          auto first = std::make_shared<error_code>();
+          for (auto& args : commands)
+            self->cl->async_exec(std::move(args), asio::bind_executor(self->strand, [remaining, first, then](
+                                                                                      error_code ec, reply r) {
+                                   if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
+                                   if (ec && !*first) *first = ec;
+                                   if (--*remaining == 0) then(*first);
+                                 }));
+        }));
   }
 
   void clear_done(op_list& batch, error_code ec, std::uint64_t g) {

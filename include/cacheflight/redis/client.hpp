@@ -11,7 +11,9 @@
 
 #include <chrono>
 #include <memory>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace cacheflight::redis {
@@ -50,6 +52,61 @@ struct sentinel_options {
   tls_options tls{};
 };
 
+/// Redis Cluster: the seed nodes the client learns the cluster from
+/// (`client_options::cluster`). An aggregate: use designated initializers.
+///
+/// With `nodes` set, the client asks the seeds (then any master it knows)
+/// `CLUSTER SLOTS`, keeps one pipelined connection to each master (all of
+/// them on the client's strand), and sends each command to the master of its
+/// key's slot (`key_slot`): the key is `args[1]`, or for `EVAL`, `EVALSHA`,
+/// `EVAL_RO`, `EVALSHA_RO`, `FCALL` and `FCALL_RO` with keys, `args[3]`.
+/// Commands without a key (a one-element command, or one of `PING`, `ECHO`,
+/// `INFO`, `TIME`, `ROLE`, `DBSIZE`, `SCAN`, `KEYS`, `RANDOMKEY`, `CLUSTER`,
+/// `CLIENT`, `CONFIG`, `COMMAND`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`,
+/// `FUNCTION`, `PUBLISH`, `WAIT`) go to the master of slot 0 (while it is
+/// down, another master that is up); send them to a given master with `client::async_exec_at`. A command with several keys
+/// (`MGET`, `DEL a b`, a script) must keep them in one slot, with hash tags
+/// (`{user:42}:name` and `{user:42}:mail` share the slot of `user:42`);
+/// otherwise the server answers with a `CROSSSLOT` error reply.
+///
+/// - `MOVED`: the slot's new master is recorded, the command re-sent there,
+///   and the whole map refreshed in the background.
+/// - `ASK` (a slot being migrated): the command is re-sent once to the named
+///   node, preceded by `ASKING`; the map is left as it is.
+/// - `TRYAGAIN` and `CLUSTERDOWN`: re-sent after `retry_delay`, doubling each
+///   time, at most `max_retries` times; then the error reply is the result.
+/// - More than `max_redirects` redirections of one command: the last
+///   redirection's error reply is the result.
+/// - A master that cannot be reached fails the commands for its slots at once
+///   with `error::not_connected` (the other slots are not affected) and is
+///   reconnected with the client's backoff; `node_failures` consecutive
+///   timeouts on one master close its connection as if it were lost. Either
+///   makes the client refresh the map, which picks up a replica promoted in
+///   its place. The map is also refreshed every `refresh_interval`.
+/// - A command that fails on its connection (an I/O error or a timeout) is
+///   not re-sent: it may have been executed.
+///
+/// Every node is reached with `client_options::connection` (its host and
+/// port replaced): the same credentials and TLS options; with TLS, node
+/// certificates are checked against the addresses the cluster announces unless
+/// `connection.tls.server_name` is set. Cluster has no databases: `database`
+/// must be 0.
+struct cluster_options {
+  /// Seed nodes, "host:port" each (IPv6: "[::1]:6379"); any node of the
+  /// cluster will do, several guard against one being down.
+  std::vector<std::string> nodes{};
+  /// How often the slot map is refreshed when nothing else asks for it.
+  std::chrono::milliseconds refresh_interval{10'000};
+  /// Redirections (`MOVED`, `ASK`) followed for one command at most.
+  unsigned max_redirects = 5;
+  /// `TRYAGAIN` / `CLUSTERDOWN` replies retried for one command at most, the
+  /// first after `retry_delay`, each next one after twice the previous delay.
+  unsigned max_retries = 5;
+  std::chrono::milliseconds retry_delay{20};
+  /// Consecutive command timeouts on one master that close its connection.
+  unsigned node_failures = 3;
+};
+
 struct client_options {
   connection_options connection{};
   /// First delay before reconnecting; it doubles on each failure up to `reconnect_max`,
@@ -62,13 +119,31 @@ struct client_options {
   /// Find the server through Redis Sentinel (see `sentinel_options`); off
   /// while `sentinel.master_name` is empty.
   sentinel_options sentinel{};
+  /// Talk to a Redis Cluster (see `cluster_options`); off while
+  /// `cluster.nodes` is empty. Not combined with Sentinel.
+  cluster_options cluster{};
 };
+
+/// Counters of a Cluster client (`client::cluster_info()`).
+struct cluster_stats {
+  std::size_t map_refreshes = 0;  ///< slot maps read and applied
+  std::size_t moved = 0;          ///< MOVED replies seen
+  std::size_t ask = 0;            ///< ASK replies seen
+  std::size_t retries = 0;        ///< TRYAGAIN / CLUSTERDOWN replies retried
+};
+
+/// The cluster hash slot of a key (0 to 16383): CRC16 (XMODEM) of the key, or
+/// of its hash tag (the part between the first `{` and the next `}`, when not
+/// empty), modulo 16384, as Redis Cluster computes it.
+std::uint16_t key_slot(std::string_view key) noexcept;
 
 /// A Redis client that keeps one pipelined `connection` open: it connects in
 /// the background, reconnects with capped exponential backoff and jitter when
 /// the connection is lost, and checks it with PING when idle. While it is not
 /// connected, commands fail at once with `error::not_connected`: nothing is
-/// queued without bound.
+/// queued without bound. The same client talks to one server, to the master
+/// of a set behind Sentinel (`sentinel_options`), or to a Redis Cluster
+/// (`cluster_options`, one pipelined connection per master).
 ///
 /// @par Threads
 /// Every member may be called from any thread.
@@ -81,7 +156,10 @@ class client {
   /// options that cannot work: those `connection` refuses; sentinels without a
   /// master name or a master name without sentinels; a sentinel address that
   /// is not `host:port`, `[v6]:port`, `host` or `[v6]` (port 26379); Sentinel
-  /// with a unix socket.
+  /// with a unix socket. Cluster: Sentinel too, a unix socket, a database
+  /// other than 0, a seed that is not `host:port` or `[v6]:port` (port 6379
+  /// when absent), zero `max_redirects` or `node_failures`, a refresh
+  /// interval or retry delay that is not positive.
   client(executor_type ex, client_options opts);
   /// Stops reconnecting and closes the connection.
   ~client();
@@ -92,7 +170,9 @@ class client {
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: those of `connection::async_exec`; `error::not_connected` while
-  /// (re)connecting.
+  /// (re)connecting (with Cluster: while no slot map is known, or the master
+  /// of the command's slot cannot be reached). With Cluster, redirections and
+  /// retries are followed before the handler runs (see `cluster_options`).
   /// @par Executor
   /// The handler runs on its associated executor, never inside this call;
   /// outstanding work is held on that executor until it has run.
@@ -109,6 +189,25 @@ class client {
         token, std::move(args));
   }
 
+  /// As `async_exec`, sent to one node: with Cluster, the node `node`
+  /// ("host:port", as `masters()` gives it) whatever the command's key, and
+  /// redirections are not followed (`MOVED` and `ASK` are the result); without
+  /// Cluster, `node` is ignored and the command goes to the one server.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec, redis::reply r) @endcode
+  /// Errors: as `async_exec`; with Cluster, `error::not_connected` for a node
+  /// that is not a master of the current map or cannot be reached.
+  /// @par Executor, cancellation and thread safety
+  /// As `async_exec`.
+  template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
+  auto async_exec_at(std::string node, std::vector<std::string> args, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+        [this](auto handler, std::string node, std::vector<std::string> args) {
+          start_exec_at(std::move(node), std::move(args), std::move(handler));
+        },
+        token, std::move(node), std::move(args));
+  }
+
   /// The executor given at construction.
   executor_type get_executor() const noexcept;
 
@@ -119,10 +218,23 @@ class client {
   /// Whether a connection is open now: false from the moment the client's
   /// strand sees the connection lost (a reconnect is then scheduled at once),
   /// so a command issued after it turned false fails with `not_connected`.
+  /// With Cluster: whether every one of the 16384 slots has a master in the
+  /// map whose connection is open.
   bool is_connected() const noexcept;
 
-  /// How many connections were opened so far (1 after the first connect).
+  /// How many connections were opened so far (1 after the first connect);
+  /// with Cluster, to every master together.
   std::size_t connections_opened() const noexcept;
+
+  /// The masters of the current slot map ("host:port" each, sorted), with
+  /// Cluster; otherwise `server()` alone.
+  std::vector<std::string> masters() const;
+
+  /// What the Cluster side did so far (all 0 without Cluster).
+  cluster_stats cluster_info() const noexcept;
+
+  /// The options the client was made with.
+  const client_options& options() const noexcept;
 
   /// Why the last attempt to connect failed (for instance `error::auth_failed`
   /// for refused credentials, `connection_refused`, a TLS error, or with
@@ -131,15 +243,19 @@ class client {
   boost::system::error_code last_error() const;
 
   /// The address ("host:port") of the server the client is connected to, or
-  /// last tried; with Sentinel, the master the sentinels named.
+  /// last tried; with Sentinel, the master the sentinels named; with Cluster,
+  /// the node that gave the last slot map.
   std::string server() const;
 
  private:
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
   void start_exec(std::vector<std::string> args, exec_handler h);
+  void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h);
 
   struct impl;
-  std::shared_ptr<impl> impl_;
+  struct cluster;
+  std::shared_ptr<impl> impl_;          // one server, or Sentinel
+  std::shared_ptr<cluster> cluster_;    // Cluster
 };
 
 }  // namespace cacheflight::redis

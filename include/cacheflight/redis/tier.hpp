@@ -62,8 +62,18 @@ struct tier_options {
 ///   the cache's `async_erase` and `async_clear` report that to their callers:
 ///   Redis still holds what it held, so retry them once Redis is back (or give
 ///   values a TTL, which bounds how long a missed erase lasts).
+///   With Redis Cluster (`client_options::cluster`) the breaker is per master
+///   and lives in the client: a master that cannot be reached fails the
+///   operations on its slots at once (`error::not_connected`) while the other
+///   slots are served, and the tier's own breaker stays closed.
 /// - `async_clear` removes the prefix's keys with `SCAN` and `UNLINK`, never
-///   the whole database.
+///   the whole database; with Cluster, on every master of the slot map in
+///   turn (each key unlinked on its own, pipelined, since a page's keys lie in
+///   different slots). A master that fails mid-way fails the clear.
+/// - With Cluster, each key lives in its own slot; values are single keys, so
+///   no command of the tier spans slots. Keys that must share a slot (for
+///   commands of your own over several of them) share a hash tag: the prefix
+///   is part of the key, so put the tag in the cache key (`{user:42}:name`).
 ///
 /// @par Threads
 /// Every member may be called from any thread; the state lives on a strand.

@@ -1,0 +1,582 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#include "cluster.hpp"
+
+#include <cacheflight/error.hpp>
+
+#include "exec_cancel.hpp"
+#include "options_check.hpp"
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <set>
+
+namespace cacheflight::redis {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using std::chrono::milliseconds;
+
+namespace {
+
+// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), Redis Cluster's key hash.
+constexpr std::array<std::uint16_t, 256> crc16_table = [] {
+  std::array<std::uint16_t, 256> t{};
+  for (unsigned i = 0; i < 256; ++i) {
+    std::uint16_t c = static_cast<std::uint16_t>(i << 8);
+    for (int b = 0; b < 8; ++b) c = static_cast<std::uint16_t>((c & 0x8000) ? (c << 1) ^ 0x1021 : c << 1);
+    t[i] = c;
+  }
+  return t;
+}();
+
+std::uint16_t crc16(std::string_view s) noexcept {
+  std::uint16_t crc = 0;
+  for (unsigned char ch : s) crc = static_cast<std::uint16_t>((crc << 8) ^ crc16_table[((crc >> 8) ^ ch) & 0xff]);
+  return crc;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::toupper(static_cast<unsigned char>(x)) == y;
+         });
+}
+
+// Commands that carry no key (`b` is upper case).
+bool keyless(std::string_view name) {
+  static constexpr std::string_view names[] = {"PING",     "ECHO",    "INFO",    "TIME",    "ROLE",    "DBSIZE",
+                                               "SCAN",     "KEYS",    "RANDOMKEY", "CLUSTER", "CLIENT", "CONFIG",
+                                               "COMMAND",  "FLUSHALL", "FLUSHDB", "SCRIPT",  "FUNCTION", "PUBLISH",
+                                               "WAIT"};
+  for (std::string_view n : names)
+    if (iequals(name, n)) return true;
+  return false;
+}
+
+// The slot a command is routed by, or -1 for none (see `cluster_options`).
+int command_slot(const std::vector<std::string>& a) {
+  if (a.size() < 2 || keyless(a[0])) return -1;
+  for (std::string_view s : {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+    if (iequals(a[0], s)) {
+      if (a.size() < 4 || a[2] == "0") return -1;
+      return key_slot(a[3]);
+    }
+  return key_slot(a[1]);
+}
+
+// "host:port" of a redirection; an IPv6 host comes without brackets, so the
+// port is after the last colon.
+std::optional<std::pair<std::string, std::string>> split_node(std::string_view a) {
+  const auto colon = a.rfind(':');
+  if (colon == std::string_view::npos || colon + 1 == a.size()) return std::nullopt;
+  std::string host(a.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return std::pair{std::move(host), std::string(a.substr(colon + 1))};
+}
+
+std::string join_node(const std::string& host, const std::string& port) {
+  if (host.find(':') != std::string::npos) return "[" + host + "]:" + port;
+  return host + ":" + port;
+}
+
+// "MOVED 3999 127.0.0.1:6381" / "ASK 3999 127.0.0.1:6381" -> slot and address.
+std::optional<std::pair<int, std::string_view>> parse_redirect(std::string_view msg, std::string_view kind) {
+  if (!msg.starts_with(kind) || msg.size() <= kind.size() || msg[kind.size()] != ' ') return std::nullopt;
+  msg.remove_prefix(kind.size() + 1);
+  const auto sp = msg.find(' ');
+  if (sp == std::string_view::npos) return std::nullopt;
+  int slot = -1;
+  auto [p, ec] = std::from_chars(msg.data(), msg.data() + sp, slot);
+  if (ec != std::errc{} || p != msg.data() + sp || slot < 0 || slot >= 16384) return std::nullopt;
+  return std::pair{slot, msg.substr(sp + 1)};
+}
+
+}  // namespace
+
+std::uint16_t key_slot(std::string_view key) noexcept {
+  if (const auto open = key.find('{'); open != std::string_view::npos) {
+    const auto close = key.find('}', open + 1);
+    if (close != std::string_view::npos && close != open + 1) key = key.substr(open + 1, close - open - 1);
+  }
+  return static_cast<std::uint16_t>(crc16(key) & 16383);
+}
+
+client::cluster::cluster(asio::any_io_executor ex, client_options o)
+    : strand(asio::make_strand(ex)), opts(std::move(o)), slots(slot_count, nullptr), map_backoff(opts.reconnect_min),
+      refresh_timer(strand), periodic_timer(strand), rng(std::random_device{}()) {}
+
+void client::cluster::start() {
+  schedule_periodic();
+  start_refresh();
+}
+
+void client::cluster::stop() {
+  stopped = true;
+  connected = false;
+  refresh_timer.cancel();
+  periodic_timer.cancel();
+  for (auto& [addr, n] : nodes) {
+    n->reconnect.cancel();
+    if (n->conn) n->conn->close();
+    fail_waiting(n.get());
+  }
+}
+
+void client::cluster::drop_handlers() {
+  for (auto& [addr, n] : nodes) {
+    auto doomed = std::move(n->waiting);
+    n->waiting.clear();
+  }
+}
+
+void client::cluster::set_last_error(error_code ec) {
+  std::lock_guard lk(mu);
+  last_error = ec;
+}
+
+milliseconds client::cluster::jittered(milliseconds& backoff) {
+  const milliseconds d = backoff;
+  backoff = std::min(backoff * 2, opts.reconnect_max);
+  std::uniform_int_distribution<long long> jitter(d.count() / 2, std::max<long long>(d.count(), 1));
+  return milliseconds(jitter(rng));
+}
+
+// --- commands ----------------------------------------------------------------
+
+void client::cluster::exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
+                           asio::any_completion_executor work, std::string at) {
+  auto o = std::make_shared<op>();
+  o->slot = at.empty() ? command_slot(args) : -1;
+  o->args = std::move(args);
+  o->handler.emplace(std::move(h));
+  o->cancel = std::move(cancel);
+  o->work = std::move(work);
+  o->owner = weak_from_this();
+  o->at = std::move(at);
+  o->in_call = true;
+  if (o->args.empty())
+    finish(o, asio::error::invalid_argument);
+  else if (stopped)
+    finish(o, asio::error::operation_aborted);
+  else
+    route(o);
+  o->in_call = false;
+}
+
+client::cluster::node* client::cluster::any_master() {
+  // The master of slot 0 when it is up, else the first one up.
+  if (slots[0] && slots[0]->up) return slots[0];
+  for (auto& [addr, n] : nodes)
+    if (n->master && n->up) return n.get();
+  return slots[0];
+}
+
+void client::cluster::route(const std::shared_ptr<op>& o, node* n, bool asking) {
+  if (!o->handler) return;
+  if (stopped || (o->cancel && o->cancel->requested.load(std::memory_order_acquire)))
+    return finish(o, asio::error::operation_aborted);
+  if (!n) {
+    if (!o->at.empty()) {
+      n = find_node(o->at);
+      if (n && !n->master) n = nullptr;
+    } else if (o->slot >= 0) {
+      n = slots[static_cast<std::size_t>(o->slot)];
+    } else {
+      n = any_master();
+    }
+  }
+  if (!n) return finish(o, make_error_code(error::not_connected));
+  if (n->up) return send(o, n, asking);
+  if (n->connecting) {
+    // A node being connected (new in the map, or named by a redirection):
+    // the command waits for it, at most the connect timeout.
+    n->waiting.emplace_back(o, asking);
+    return wait_for_cancel(o);
+  }
+  // A node that cannot be reached: its slots fail at once until it is back.
+  finish(o, make_error_code(error::not_connected));
+}
+
+// While a command waits (for a node, or before a retry), a cancellation
+// completes it at once.
+void client::cluster::wait_for_cancel(const std::shared_ptr<op>& o) {
+  if (!o->cancel) return;
+  o->cancel->conn = std::shared_ptr<void>(o);
+  o->cancel->id = 0;
+  o->cancel->abandon = [](const std::shared_ptr<void>& p, std::uint64_t) {
+    auto w = std::static_pointer_cast<op>(p);
+    if (auto self = w->owner.lock()) self->finish(w, asio::error::operation_aborted);
+  };
+  if (o->cancel->requested.load(std::memory_order_acquire)) finish(o, asio::error::operation_aborted);
+}
+
+void client::cluster::send(const std::shared_ptr<op>& o, node* n, bool asking) {
+  if (asking)
+    n->conn->exec_on_strand({"ASKING"}, exec_handler(asio::bind_executor(strand, [](error_code, reply) {})), nullptr,
+                            {});
+  // The arguments are kept for a redirection: the connection gets a copy.
+  n->conn->exec_on_strand(o->args,
+                          exec_handler(asio::bind_executor(strand, [self = shared_from_this(), o, n](error_code ec,
+                                                                                                       reply r) {
+                            self->on_reply(o, n, ec, std::move(r));
+                          })),
+                          o->cancel, {});
+}
+
+void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code ec, reply r) {
+  if (!o->handler || stopped) return finish(o, ec ? ec : error_code(asio::error::operation_aborted), std::move(r));
+  if (ec == asio::error::operation_aborted && !(o->cancel && o->cancel->requested.load(std::memory_order_acquire))) {
+    // Not the caller's cancellation: the node's connection was closed under
+    // the command (the node left the map). Its slot has another master now.
+    if (o->at.empty() && ++o->redirects <= opts.cluster.max_redirects) return route(o);
+    return finish(o, make_error_code(error::not_connected));
+  }
+  if (ec) {
+    if (ec == error::timed_out && ++n->timeouts >= opts.cluster.node_failures && n->conn) {
+      n->timeouts = 0;
+      n->conn->close();  // lost: node_down() follows on the strand
+    }
+    return finish(o, ec, std::move(r));
+  }
+  n->timeouts = 0;
+  if (!r.is_error() || !o->at.empty()) return finish(o, {}, std::move(r));
+  const std::string_view msg = r.str;
+  if (auto m = parse_redirect(msg, "MOVED")) {
+    ++moved;
+    request_refresh();
+    if (++o->redirects > opts.cluster.max_redirects) return finish(o, {}, std::move(r));
+    node* t = redirect_node(std::string(m->second), n->host);
+    if (!t) return finish(o, {}, std::move(r));
+    // Until the refresh: the slot's new master, so that the next command goes there at once.
+    slots[static_cast<std::size_t>(m->first)] = t;
+    if (!t->master) {
+      t->master = true;
+      connect_node(t);
+    }
+    return route(o, t);
+  }
+  if (auto a = parse_redirect(msg, "ASK")) {
+    ++asked;
+    if (++o->redirects > opts.cluster.max_redirects) return finish(o, {}, std::move(r));
+    node* t = redirect_node(std::string(a->second), n->host);
+    if (!t) return finish(o, {}, std::move(r));
+    if (!t->up) connect_node(t);
+    return route(o, t, true);
+  }
+  const bool down = msg.starts_with("CLUSTERDOWN");
+  if (msg.starts_with("TRYAGAIN") || down) {
+    if (down) request_refresh();
+    if (o->retries >= opts.cluster.max_retries) return finish(o, {}, std::move(r));
+    const auto delay = opts.cluster.retry_delay * (1LL << std::min(o->retries, 20u));
+    ++o->retries;
+    ++retried;
+    o->retry_timer.emplace(strand);
+    o->retry_timer->expires_after(delay);
+    o->retry_timer->async_wait([self = shared_from_this(), o](error_code ec) {
+      if (ec) return;  // completed meanwhile (cancelled)
+      if (self->stopped) return self->finish(o, asio::error::operation_aborted);
+      self->route(o);
+    });
+    return wait_for_cancel(o);
+  }
+  finish(o, {}, std::move(r));
+}
+
+void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply r) {
+  if (!o->handler) return;
+  exec_handler h(std::move(*o->handler));
+  o->handler.reset();
+  if (o->retry_timer) o->retry_timer->cancel();
+  auto ex = asio::get_associated_executor(h, strand);
+  auto upcall = [h = std::move(h), w = std::move(o->work), ec, r = std::move(r)]() mutable {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(ec, std::move(r));
+  };
+  // Inside exec() this may be the initiating function: never run the handler there.
+  if (o->in_call)
+    asio::post(strand, [ex, upcall = std::move(upcall)]() mutable { asio::dispatch(ex, std::move(upcall)); });
+  else
+    asio::dispatch(ex, std::move(upcall));
+}
+
+// --- nodes -------------------------------------------------------------------
+
+client::cluster::node* client::cluster::find_node(const std::string& addr) {
+  auto it = nodes.find(addr);
+  return it == nodes.end() ? nullptr : it->second.get();
+}
+
+client::cluster::node* client::cluster::ensure_node(const std::string& host, const std::string& port) {
+  std::string addr = join_node(host, port);
+  if (node* n = find_node(addr)) return n;
+  auto n = std::make_unique<node>(strand, addr, host, port, opts.reconnect_min);
+  node* p = n.get();
+  nodes.emplace(std::move(addr), std::move(n));
+  return p;
+}
+
+// From a redirection's "host:port"; an empty host is the replying node's.
+client::cluster::node* client::cluster::redirect_node(const std::string& addr, const std::string& default_host) {
+  auto hp = split_node(addr);
+  if (!hp) return nullptr;
+  if (hp->first.empty()) hp->first = default_host;
+  return ensure_node(hp->first, hp->second);
+}
+
+void client::cluster::connect_node(node* n) {
+  if (stopped || n->up || n->connecting) return;
+  n->connecting = true;
+  n->reconnect_pending = false;
+  n->reconnect.cancel();
+  connection_options co = opts.connection;
+  co.host = n->host;
+  co.port = n->port;
+  auto c = std::make_shared<connection>(strand, std::move(co));
+  n->conn = c;
+  c->on_lost([w = weak_from_this(), n, raw = c.get()] {
+    auto self = w.lock();
+    if (!self || self->stopped || n->conn.get() != raw) return;
+    self->node_down(n);
+  });
+  c->async_connect(asio::bind_executor(strand, [self = shared_from_this(), n, c](error_code ec) {
+    if (self->stopped || n->conn != c) return c->close();
+    n->connecting = false;
+    if (ec) {
+      c->close();
+      n->conn.reset();
+      self->set_last_error(ec);
+      self->fail_waiting(n);
+      self->schedule_reconnect(n);
+      self->request_refresh();
+      return self->update_connected();
+    }
+    n->up = true;
+    n->timeouts = 0;
+    n->backoff = self->opts.reconnect_min;
+    ++self->opened;
+    auto waiting = std::move(n->waiting);
+    n->waiting.clear();
+    for (auto& [o, asking] : waiting) self->route(o, n, asking);
+    self->update_connected();
+  }));
+}
+
+void client::cluster::node_down(node* n) {
+  n->up = false;
+  n->connecting = false;
+  n->conn.reset();
+  fail_waiting(n);
+  update_connected();
+  request_refresh();  // a replica may be promoted in its place
+  schedule_reconnect(n);
+}
+
+void client::cluster::fail_waiting(node* n) {
+  auto waiting = std::move(n->waiting);
+  n->waiting.clear();
+  for (auto& [o, asking] : waiting) finish(o, make_error_code(error::not_connected));
+}
+
+void client::cluster::schedule_reconnect(node* n) {
+  if (stopped || !n->master || n->reconnect_pending || n->up || n->connecting) return;
+  n->reconnect_pending = true;
+  n->reconnect.expires_after(jittered(n->backoff));
+  n->reconnect.async_wait([self = shared_from_this(), n](error_code ec) {
+    if (ec || self->stopped || !n->reconnect_pending) return;
+    n->reconnect_pending = false;
+    if (n->master) self->connect_node(n);
+  });
+}
+
+void client::cluster::update_connected() {
+  bool all = covered;
+  for (auto& [addr, n] : nodes)
+    if (n->master && !n->up) all = false;
+  connected = all && !stopped;
+}
+
+// --- the slot map ----------------------------------------------------------------
+
+void client::cluster::schedule_periodic() {
+  periodic_timer.expires_after(opts.cluster.refresh_interval);
+  periodic_timer.async_wait([self = shared_from_this()](error_code ec) {
+    if (ec || self->stopped) return;
+    self->request_refresh();
+    self->schedule_periodic();
+  });
+}
+
+// Refreshes the map soon: at once unless one ran in the last `reconnect_min`
+// (redirections come in bursts), and once more after a refresh in progress.
+void client::cluster::request_refresh() {
+  if (stopped) return;
+  if (refreshing) {
+    refresh_again = true;
+    return;
+  }
+  if (refresh_soon) return;
+  const auto next = last_refresh + opts.reconnect_min;
+  if (std::chrono::steady_clock::now() >= next) return start_refresh();
+  refresh_soon = true;
+  refresh_timer.expires_at(next);
+  refresh_timer.async_wait([self = shared_from_this()](error_code ec) {
+    if (ec || self->stopped) return;
+    self->refresh_soon = false;
+    self->request_refresh();
+  });
+}
+
+void client::cluster::start_refresh() {
+  if (stopped || refreshing) return;
+  refreshing = true;
+  last_refresh = std::chrono::steady_clock::now();
+  // Masters that are up first (no new connection), then the seeds, then the
+  // rest of what the last map named: any of them can answer.
+  auto list = std::make_shared<std::vector<std::string>>();
+  std::set<std::string> seen;
+  auto add = [&](const std::string& a) {
+    if (seen.insert(a).second) list->push_back(a);
+  };
+  for (auto& [addr, n] : nodes)
+    if (n->master && n->up) add(addr);
+  for (const std::string& s : opts.cluster.nodes) {
+    auto hp = detail::split_address(s, "6379");  // checked by the client's constructor
+    add(join_node(hp->first, hp->second));
+  }
+  for (auto& [addr, n] : nodes) add(addr);
+  for (const std::string& r : replicas) add(r);
+  try_candidate(std::move(list), 0, make_error_code(error::not_connected));
+}
+
+void client::cluster::try_candidate(std::shared_ptr<std::vector<std::string>> list, std::size_t i, error_code failure) {
+  if (stopped) return;
+  if (i >= list->size()) {
+    refreshing = false;
+    refresh_again = false;
+    set_last_error(failure);
+    // No node answered: try again after the backoff.
+    refresh_soon = true;
+    refresh_timer.expires_after(jittered(map_backoff));
+    refresh_timer.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec || self->stopped) return;
+      self->refresh_soon = false;
+      self->start_refresh();
+    });
+    return;
+  }
+  const std::string addr = (*list)[i];
+  if (node* n = find_node(addr); n && n->up) {
+    n->conn->exec_on_strand({"CLUSTER", "SLOTS"},
+                            exec_handler(asio::bind_executor(strand, [self = shared_from_this(), list, i, addr](
+                                                                         error_code ec, reply r) {
+                              self->on_slots(list, i, addr, ec, r);
+                            })),
+                            nullptr, {});
+    return;
+  }
+  // A node without an open connection is asked on a connection of its own.
+  auto hp = split_node(addr);
+  connection_options co = opts.connection;
+  co.host = hp->first;
+  co.port = hp->second;
+  auto c = std::make_shared<connection>(strand, std::move(co));
+  c->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c, list, i, addr](error_code ec) {
+    if (ec) {
+      c->close();
+      return self->on_slots(list, i, addr, ec, reply{});
+    }
+    c->async_exec({"CLUSTER", "SLOTS"}, asio::bind_executor(self->strand, [self, c, list, i, addr](error_code ec,
+                                                                                                 reply r) {
+                    c->close();
+                    self->on_slots(list, i, addr, ec, r);
+                  }));
+  }));
+}
+
+void client::cluster::on_slots(std::shared_ptr<std::vector<std::string>> list, std::size_t i, const std::string& addr,
+                               error_code ec, const reply& r) {
+  if (stopped) return;
+  if (!ec && r.is_error())
+    ec = make_error_code(r.str.starts_with("NOPERM") ? error::auth_failed : error::protocol_error);
+  if (!ec && !apply(r, split_node(addr)->first)) ec = make_error_code(error::protocol_error);
+  if (ec) return try_candidate(std::move(list), i + 1, ec);
+  refreshing = false;
+  map_backoff = opts.reconnect_min;
+  ++refreshes;
+  {
+    std::lock_guard lk(mu);
+    server = addr;
+    last_error = {};
+  }
+  if (std::exchange(refresh_again, false)) request_refresh();
+}
+
+// Applies a CLUSTER SLOTS reply: [[start, end, [host, port, id, ...], replicas...], ...].
+bool client::cluster::apply(const reply& r, const std::string& asked_host) {
+  if (r.type != reply::kind::array || r.elements.empty()) return false;
+  std::vector<node*> next(slot_count, nullptr);
+  std::set<node*> masters;
+  std::vector<std::string> reps;
+  auto endpoint = [&](const reply& e) -> std::optional<std::pair<std::string, std::string>> {
+    if (e.type != reply::kind::array || e.elements.size() < 2 || e.elements[0].type != reply::kind::bulk ||
+        e.elements[1].type != reply::kind::integer)
+      return std::nullopt;
+    std::string host = e.elements[0].str;
+    if (host == "?") return std::nullopt;  // an endpoint the node does not know
+    if (host.empty()) host = asked_host;   // the node asked
+    return std::pair{std::move(host), std::to_string(e.elements[1].integer)};
+  };
+  for (const reply& range : r.elements) {
+    if (range.type != reply::kind::array || range.elements.size() < 3 ||
+        range.elements[0].type != reply::kind::integer || range.elements[1].type != reply::kind::integer)
+      return false;
+    const long long from = range.elements[0].integer, to = range.elements[1].integer;
+    if (from < 0 || to < from || to >= static_cast<long long>(slot_count)) return false;
+    auto m = endpoint(range.elements[2]);
+    if (!m) continue;
+    node* n = ensure_node(m->first, m->second);
+    masters.insert(n);
+    for (long long s = from; s <= to; ++s) next[static_cast<std::size_t>(s)] = n;
+    for (std::size_t k = 3; k < range.elements.size(); ++k)
+      if (auto rep = endpoint(range.elements[k])) reps.push_back(join_node(rep->first, rep->second));
+  }
+  if (masters.empty()) return false;
+  slots = std::move(next);
+  replicas = std::move(reps);
+  covered = std::find(slots.begin(), slots.end(), nullptr) == slots.end();
+  std::vector<std::string> list;
+  for (auto& [addr, n] : nodes) {
+    const bool m = masters.count(n.get()) != 0;
+    if (m) list.push_back(addr);
+    if (m == n->master) {
+      if (m && !n->up && !n->reconnect_pending) connect_node(n.get());  // not while it backs off
+      continue;
+    }
+    n->master = m;
+    if (m) {
+      connect_node(n.get());
+    } else {
+      // No longer a master (demoted, or gone): its commands in flight come
+      // back aborted and are routed again by the new map.
+      n->reconnect_pending = false;
+      n->reconnect.cancel();
+      n->up = false;
+      n->connecting = false;
+      if (auto c = std::exchange(n->conn, nullptr)) c->close();
+      fail_waiting(n.get());
+    }
+  }
+  {
+    std::lock_guard lk(mu);
+    master_list = std::move(list);
+  }
+  update_connected();
+  return true;
+}
+
+}  // namespace cacheflight::redis

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# A Redis Cluster on 127.0.0.1 for the Cluster tests: three masters and three
+# replicas (redis-server --cluster-enabled yes, joined by redis-cli --cluster
+# create) on free ports. A master unreachable for 500 ms is failed over to its
+# replica; the cluster keeps serving the slots it still covers meanwhile
+# (cluster-require-full-coverage no).
+#
+#   redis_cluster.sh start DIR        writes DIR/nodes ("127.0.0.1:P,..." all six),
+#                                     DIR/masters (one "127.0.0.1:P" per line)
+#   redis_cluster.sh kill DIR PORT    SIGKILL to the node on PORT
+#   redis_cluster.sh wait-ok DIR      waits until every live node says cluster_state:ok
+#   redis_cluster.sh migrate DIR SLOT FROM TO
+#                                     moves SLOT from the master on port FROM to the
+#                                     one on port TO as redis-cli --cluster reshard
+#                                     does (SETSLOT IMPORTING/MIGRATING, MIGRATE),
+#                                     one key at a time, 5 ms apart, then SETSLOT NODE
+#   redis_cluster.sh stop DIR
+set -euo pipefail
+cmd=$1
+dir=$2
+
+free_port() {  # a port free for the node and for its cluster bus (port + 10000)
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null &&
+       ! grep -qx "$p" "$dir/ports" 2>/dev/null; then
+      echo "$p"
+      return
+    fi
+  done
+}
+wait_until() {  # wait_until SECONDS COMMAND...
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.1
+  done
+}
+stop_all() {
+  for f in "$dir"/*/pid; do
+    [ -f "$f" ] || continue
+    kill -KILL "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+state_ok() {  # every node still running reports cluster_state:ok and all slots
+  for f in "$dir"/*/pid; do
+    [ -f "$f" ] || continue
+    kill -0 "$(cat "$f")" 2>/dev/null || continue
+    local p
+    p=$(basename "$(dirname "$f")")
+    redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || return 1
+    redis-cli -p "$p" cluster info | grep -q 'cluster_slots_assigned:16384' || return 1
+  done
+}
+
+case "$cmd" in
+  start)
+    mkdir -p "$dir"
+    stop_all
+    rm -f "$dir/ports"
+    ports=()
+    for _ in 1 2 3 4 5 6; do
+      p=$(free_port)
+      echo "$p" >>"$dir/ports"
+      ports+=("$p")
+    done
+    for p in "${ports[@]}"; do
+      mkdir -p "$dir/$p"
+      redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+        --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" --cluster-node-timeout 500 \
+        --cluster-require-full-coverage no --cluster-replica-validity-factor 0 \
+        --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" --dir "$dir/$p"
+    done
+    for p in "${ports[@]}"; do
+      wait_until 5 redis-cli -p "$p" ping || { cat "$dir/$p/log"; exit 1; }
+    done
+    addrs=()
+    for p in "${ports[@]}"; do addrs+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
+      { cat "$dir/create.log"; exit 1; }
+    wait_until 20 state_ok || { echo "the cluster did not converge"; redis-cli -p "${ports[0]}" cluster nodes; exit 1; }
+    # Every replica in sync with its master, so that a failover loses nothing.
+    for p in "${ports[@]}"; do
+      if redis-cli -p "$p" role | head -1 | grep -q slave; then
+        wait_until 20 bash -c "redis-cli -p $p info replication | grep -q master_link_status:up" ||
+          { echo "replica $p did not sync"; exit 1; }
+      fi
+    done
+    (IFS=,; echo "${addrs[*]}") >"$dir/nodes"
+    redis-cli -p "${ports[0]}" cluster nodes | awk '$3 ~ /master/ { sub(/@.*/, "", $2); print $2 }' | sort >"$dir/masters"
+    ;;
+  kill)
+    f="$dir/$3/pid"
+    kill -KILL "$(cat "$f")"
+    rm -f "$f"
+    ;;
+  wait-ok)
+    wait_until 20 state_ok
+    ;;
+  migrate)
+    slot=$3 from=$4 to=$5
+    from_id=$(redis-cli -p "$from" cluster myid)
+    to_id=$(redis-cli -p "$to" cluster myid)
+    redis-cli -p "$to" cluster setslot "$slot" importing "$from_id" >/dev/null
+    redis-cli -p "$from" cluster setslot "$slot" migrating "$to_id" >/dev/null
+    while :; do
+      keys=$(redis-cli -p "$from" cluster getkeysinslot "$slot" 1)
+      [ -n "$keys" ] || break
+      redis-cli -p "$from" migrate 127.0.0.1 "$to" "" 0 5000 keys $keys >/dev/null
+      sleep 0.005
+    done
+    for f in "$dir"/*/pid; do
+      [ -f "$f" ] || continue
+      p=$(basename "$(dirname "$f")")
+      redis-cli -p "$p" cluster setslot "$slot" node "$to_id" >/dev/null 2>&1 || true
+    done
+    ;;
+  stop)
+    stop_all
+    ;;
+  *)
+    echo "usage: $0 start|kill|wait-ok|migrate|stop DIR [ARGS]" >&2
+    exit 2
+    ;;
+esac
