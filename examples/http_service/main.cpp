@@ -6,6 +6,7 @@
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
 //                            [--redis-tls] [--redis-tls-ca FILE] [--redis-tls-cert FILE --redis-tls-key FILE]
 //                            [--redis-sentinel HOST:PORT[,HOST:PORT...] --redis-master NAME]
+//                            [--redis-cluster HOST:PORT[,HOST:PORT...]]
 //                            [--disk PATH] [--disk-max-mb 1024] [--disk-durability durable]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
@@ -69,6 +70,7 @@ struct config {
   bool redis_tls = false;  // set by any --redis-tls* flag
   std::string redis_tls_ca, redis_tls_cert, redis_tls_key, redis_tls_server_name;
   std::string redis_sentinel;  // host:port,...; with redis_master
+  std::string redis_cluster;   // host:port,...: seed nodes of a Redis Cluster
   std::string redis_master;
   std::string redis_password, redis_sentinel_password;
   std::string disk;  // a directory; empty: no disk tier
@@ -78,7 +80,7 @@ struct config {
 
 // A Redis L2 when asked for.
 std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
-  if (cfg.redis.empty() && cfg.redis_sentinel.empty()) return nullptr;
+  if (cfg.redis.empty() && cfg.redis_sentinel.empty() && cfg.redis_cluster.empty()) return nullptr;
 #ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
   const auto colon = cfg.redis.rfind(':');
   cf::redis::client_options c;
@@ -90,16 +92,21 @@ std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
                                             .cert_file = cfg.redis_tls_cert,
                                             .key_file = cfg.redis_tls_key,
                                             .server_name = cfg.redis_tls_server_name};
-  if (!cfg.redis_sentinel.empty()) {
-    std::string list = cfg.redis_sentinel;
+  auto split = [](std::string list) {
     auto trimmed = [](std::string s) {
       while (!s.empty() && s.front() == ' ') s.erase(0, 1);
       while (!s.empty() && s.back() == ' ') s.pop_back();
       return s;
     };
+    std::vector<std::string> out;
     for (std::size_t at; (at = list.find(',')) != std::string::npos; list = list.substr(at + 1))
-      c.sentinel.sentinels.push_back(trimmed(list.substr(0, at)));
-    c.sentinel.sentinels.push_back(trimmed(list));
+      out.push_back(trimmed(list.substr(0, at)));
+    out.push_back(trimmed(list));
+    return out;
+  };
+  if (!cfg.redis_cluster.empty()) c.cluster.nodes = split(cfg.redis_cluster);
+  if (!cfg.redis_sentinel.empty()) {
+    c.sentinel.sentinels = split(cfg.redis_sentinel);
     c.sentinel.master_name = cfg.redis_master;
     c.sentinel.tls = c.connection.tls;
     c.sentinel.tls.server_name.clear();  // the sentinels' own addresses
@@ -363,6 +370,8 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("redis-sentinel", po::value(&cfg.redis_sentinel)->value_name("HOST:PORT[,...]"),
        "find the Redis master through these sentinels (with --redis-master), following failovers")  //
       ("redis-master", po::value(&cfg.redis_master)->value_name("NAME"), "the sentinels' name of the master set")  //
+      ("redis-cluster", po::value(&cfg.redis_cluster)->value_name("HOST:PORT[,...]"),
+       "a Redis Cluster as the L2, learnt from these seed nodes (one connection per master)")  //
       ("redis-password", po::value(&cfg.redis_password)->value_name("PASSWORD"), "AUTH to the Redis server")  //
       ("redis-sentinel-password", po::value(&cfg.redis_sentinel_password)->value_name("PASSWORD"),
        "AUTH to the sentinels")  //
@@ -402,9 +411,28 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
   if (cfg.redis_sentinel.empty() != cfg.redis_master.empty())
     return fail("--redis-sentinel and --redis-master go together");
-  if (!cfg.redis_sentinel.empty() && !cfg.redis.empty()) return fail("give --redis or --redis-sentinel, not both");
+  if (!cfg.redis.empty() + !cfg.redis_sentinel.empty() + !cfg.redis_cluster.empty() > 1)
+    return fail("give one of --redis, --redis-sentinel and --redis-cluster");
   if (cfg.redis_tls_cert.empty() != cfg.redis_tls_key.empty())
     return fail("--redis-tls-cert and --redis-tls-key go together");
+  // HOST:PORT[,HOST:PORT...], each port a number.
+  auto address_list = [](const std::string& list) {
+    std::size_t from = 0;
+    for (;;) {
+      const std::size_t to = std::min(list.find(',', from), list.size());
+      const std::string a = list.substr(from, to - from);
+      const auto colon = a.rfind(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == a.size() ||
+          a.find_first_not_of("0123456789", colon + 1) != std::string::npos)
+        return false;
+      if (to == list.size()) return true;
+      from = to + 1;
+    }
+  };
+  if (!cfg.redis_cluster.empty() && !address_list(cfg.redis_cluster))
+    return fail("--redis-cluster takes HOST:PORT[,HOST:PORT...]");
+  if (!cfg.redis_sentinel.empty() && !address_list(cfg.redis_sentinel))
+    return fail("--redis-sentinel takes HOST:PORT[,HOST:PORT...]");
   cfg.redis_tls = cfg.redis_tls || !cfg.redis_tls_ca.empty() || !cfg.redis_tls_cert.empty() ||
                   !cfg.redis_tls_server_name.empty();
   if (disk_max_mb < 1 || disk_max_mb > (1L << 24)) return fail("--disk-max-mb must be in [1, 16777216]");
@@ -440,7 +468,10 @@ int main(int argc, char** argv) {
   service& svc = *svc_storage;
   tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
-  if (!cfg.redis_sentinel.empty())
+  if (!cfg.redis_cluster.empty())
+    std::cout << "L2: redis cluster from " << cfg.redis_cluster << (cfg.redis_tls ? " (TLS)" : "") << ", prefix "
+              << cfg.redis_prefix << std::endl;
+  else if (!cfg.redis_sentinel.empty())
     std::cout << "L2: redis master " << cfg.redis_master << " from sentinels " << cfg.redis_sentinel
               << (cfg.redis_tls ? " (TLS)" : "") << ", prefix " << cfg.redis_prefix << std::endl;
   else if (!cfg.redis.empty())

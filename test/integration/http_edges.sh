@@ -19,7 +19,7 @@ help=$("$server" --help)
 expect "--help exits 0" 0 "$(status --help)"
 for flag in --address --port --threads --db-latency-ms --ttl-ms --redis --redis-prefix --disk --disk-max-mb \
   --disk-durability --redis-tls --redis-tls-ca --redis-tls-cert --redis-tls-key --redis-sentinel --redis-master \
-  --redis-tls-server-name; do
+  --redis-tls-server-name --redis-cluster; do
   expect "--help lists $flag" 1 "$(grep -c -- "^ *$flag " <<<"$help")"
 done
 expect "--help shows the port's default" 1 "$(grep -c -- '--port arg (=8080)' <<<"$help")"
@@ -34,6 +34,9 @@ expect "an unusable --disk directory stops the service" 1 "$(status --port 0 --d
 expect "--redis-tls-cert without --redis-tls-key is an error" 2 "$(status --redis-tls-cert /dev/null)"
 expect "--redis-sentinel without --redis-master is an error" 2 "$(status --redis-sentinel 127.0.0.1:26379)"
 expect "--redis with --redis-sentinel is an error" 2 "$(status --redis 127.0.0.1:6379 --redis-sentinel 127.0.0.1:26379 --redis-master m)"
+expect "--redis with --redis-cluster is an error" 2 "$(status --redis 127.0.0.1:6379 --redis-cluster 127.0.0.1:7000)"
+expect "a --redis-cluster seed without a port is an error" 2 "$(status --redis-cluster 127.0.0.1:7000,127.0.0.1)"
+expect "a --redis-sentinel without a port is an error" 2 "$(status --redis-sentinel 127.0.0.1: --redis-master m)"
 expect "an unknown flag is an error" 2 "$(status --bogus 1)"
 expect "a flag without its value is an error" 2 "$(status --port)"
 expect "the error names the flag" 1 "$("$server" --port abc 2>&1 >/dev/null | grep -c -- 'port')"
