@@ -19,10 +19,10 @@ set -euo pipefail
 cmd=$1
 dir=$2
 
-free_port() {  # a port free for the node and for its cluster bus (port + 10000)
-  local p
+free_port() {  # a port free for the node and for its cluster bus (port + 10000): apart from
+  local p       # the other test servers (20000 and up) and the ephemeral range (32768 and up)
   while :; do
-    p=$((20000 + RANDOM % 10000))
+    p=$((3000 + RANDOM % 7000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null &&
        ! grep -qx "$p" "$dir/ports" 2>/dev/null; then
       echo "$p"
