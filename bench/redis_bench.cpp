@@ -9,6 +9,13 @@
 //   With CACHEFLIGHT_BENCH_TLS_CA=FILE in the environment, the clients connect
 //   with TLS and verify the server with the CA in FILE.
 //
+//   cacheflight_redis_bench cluster SEED_PORT CONNECTIONS PIPELINE SECONDS
+//     GET throughput of redis::client against a Redis Cluster: CONNECTIONS / M
+//     cluster clients (M masters; one connection per master each, so
+//     CONNECTIONS connections in all, as `redis-benchmark --cluster -c
+//     CONNECTIONS` opens), each keeping PIPELINE GETs outstanding per master,
+//     of one key per master (absent, as redis-benchmark's are); one thread.
+//
 //   cacheflight_redis_bench l2 PORT CONCURRENCY SECONDS
 //     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
 //     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
@@ -120,6 +127,57 @@ int client_bench(const std::string& port, std::size_t conns, std::size_t pipelin
   return 0;
 }
 
+int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
+  asio::io_context io(1);
+  redis::client_options o = options(port);
+  o.cluster.nodes = {"127.0.0.1:" + port};
+  auto first = std::make_shared<redis::client>(io.get_executor(), o);
+  wait_connected(io, {first});
+  const std::size_t masters = first->masters().size();
+  if (masters == 0 || conns % masters != 0) {
+    std::fprintf(stderr, "CONNECTIONS must be a multiple of the %zu masters\n", masters);
+    return 2;
+  }
+  std::vector<std::shared_ptr<redis::client>> cs{first};
+  while (cs.size() < conns / masters) cs.push_back(std::make_shared<redis::client>(io.get_executor(), o));
+  wait_connected(io, cs);
+  // One key per master, from the slot map.
+  std::vector<std::string> keys;
+  {
+    bool done = false;
+    redis::reply slots;
+    first->async_exec({"CLUSTER", "SLOTS"}, [&](error_code, redis::reply r) {
+      slots = std::move(r);
+      done = true;
+    });
+    while (!done) io.run_one();
+    for (const auto& range : slots.elements)
+      for (int i = 0;; ++i) {
+        std::string k = "bench:cluster:" + std::to_string(i);
+        const auto s = redis::key_slot(k);
+        if (s >= range.elements[0].integer && s <= range.elements[1].integer) {
+          keys.push_back(std::move(k));
+          break;
+        }
+      }
+  }
+  const std::size_t per_client = keys.size() * pipeline;
+  bool failed = false;
+  const double rate = closed_loop(io, cs.size() * per_client, seconds, [&](std::size_t i, std::function<void()> done) {
+    cs[i / per_client]->async_exec({"GET", keys[i % keys.size()]},
+                                   [&failed, done = std::move(done)](error_code ec, redis::reply r) {
+                                     if (ec || r.is_error()) failed = true;
+                                     done();
+                                   });
+  });
+  if (failed) {
+    std::fprintf(stderr, "a GET failed\n");
+    return 1;
+  }
+  std::printf("cluster GET: %.2f requests per second\n", rate);
+  return 0;
+}
+
 int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
   asio::io_context io(1);
   auto raw = std::make_shared<redis::client>(io.get_executor(), options(port));
@@ -175,7 +233,11 @@ int main(int argc, char** argv) {
   if (mode == "client" && argc == 6)
     return client_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
                         std::atof(argv[5]));
+  if (mode == "cluster" && argc == 6)
+    return cluster_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
+                         std::atof(argv[5]));
   if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
-  std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | l2 PORT CONCURRENCY SECONDS\n", argv[0]);
+  std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | cluster SEED_PORT CONNECTIONS PIPELINE SECONDS | "
+               "l2 PORT CONCURRENCY SECONDS\n", argv[0]);
   return 2;
 }

@@ -339,7 +339,7 @@ const client_options& client::options() const noexcept { return cluster_ ? clust
 void client::start_exec(std::vector<std::string> args, exec_handler h) { start_exec_at({}, std::move(args), std::move(h)); }
 
 void client::start_exec_at(std::string node, std::vector<std::string> args, exec_handler h) {
-  const auto strand = get_strand();
+  const asio::strand<executor_type>& strand = cluster_ ? cluster_->strand : impl_->strand;
   // The caller's cancellation slot is hooked here, in the initiating function.
   auto cancel = connection::watch_cancel(h, strand);
   // Outstanding work on the handler's executor, from now until it has run.

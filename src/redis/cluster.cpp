@@ -216,16 +216,31 @@ void client::cluster::wait_for_cancel(const std::shared_ptr<op>& o) {
 }
 
 void client::cluster::send(const std::shared_ptr<op>& o, node* n, bool asking) {
-  if (asking)
-    n->conn->exec_on_strand({"ASKING"}, exec_handler(asio::bind_executor(strand, [](error_code, reply) {})), nullptr,
-                            {});
-  // The arguments are kept for a redirection: the connection gets a copy.
-  n->conn->exec_on_strand(o->args,
-                          exec_handler(asio::bind_executor(strand, [self = shared_from_this(), o, n](error_code ec,
-                                                                                                       reply r) {
-                            self->on_reply(o, n, ec, std::move(r));
-                          })),
-                          o->cancel, {});
+  if (asking) {
+    std::string b;
+    append_command(b, {"ASKING"});
+    n->conn->exec_direct(std::move(b), +[](const std::shared_ptr<void>&, error_code, reply) {}, nullptr, nullptr);
+  }
+  // Serialized for each attempt: the arguments are kept for a redirection.
+  std::string bytes;
+  append_command(bytes, o->args);
+  o->current = n;
+  n->conn->exec_direct(std::move(bytes), &cluster::on_direct, o, o->cancel);
+}
+
+// A command's completion from its connection, on the strand.
+void client::cluster::on_direct(const std::shared_ptr<void>& p, error_code ec, reply r) {
+  auto o = std::static_pointer_cast<op>(p);
+  if (auto self = o->owner.lock()) return self->on_reply(o, o->current, ec, std::move(r));
+  // The client is gone (its connections are closing): the caller learns it.
+  if (!o->handler) return;
+  exec_handler h(std::move(*o->handler));
+  o->handler.reset();
+  auto ex = asio::get_associated_executor(h);
+  asio::dispatch(ex, [h = std::move(h), w = std::move(o->work)]() mutable {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(asio::error::operation_aborted, reply{});
+  });
 }
 
 void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code ec, reply r) {

@@ -28,6 +28,8 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
   static constexpr std::size_t slot_count = 16384;
 
+  struct node;
+
   // A command on its way: kept until it completes, across redirections.
   struct op {
     std::vector<std::string> args;
@@ -36,6 +38,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
     boost::asio::any_completion_executor work;
     std::weak_ptr<cluster> owner;
     std::string at;  // async_exec_at: this node only
+    node* current = nullptr;  // where it was last sent
     int slot = -1;   // -1: no key
     unsigned redirects = 0;
     unsigned retries = 0;
@@ -70,6 +73,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   void route(const std::shared_ptr<op>& o, node* target = nullptr, bool asking = false);
   void send(const std::shared_ptr<op>& o, node* n, bool asking);
   void on_reply(const std::shared_ptr<op>& o, node* n, boost::system::error_code ec, reply r);
+  static void on_direct(const std::shared_ptr<void>& p, boost::system::error_code ec, reply r);
   void finish(const std::shared_ptr<op>& o, boost::system::error_code ec, reply r = {});
   void wait_for_cancel(const std::shared_ptr<op>& o);
   node* any_master();

@@ -122,6 +122,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     std::string bytes;
     std::optional<exec_handler> handler;  // empty once abandoned (timed out or cancelled)
     asio::any_completion_executor work;    // outstanding work on the handler's executor
+    direct_fn fn = nullptr;                // instead of `handler`: called on the strand
+    std::shared_ptr<void> ctx;             // fn's argument
+    bool waiting() const noexcept { return handler || fn; }
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
     clock_type::time_point deadline;
@@ -280,6 +283,51 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     schedule_write();
   }
 
+  // As exec(), for a command already serialized whose completion is `fn`,
+  // called on the strand (never inside this call).
+  void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+                   const std::shared_ptr<detail::exec_cancel>& cancel) {
+    auto early = [&](error_code ec) {
+      asio::post(strand, [fn, ctx = std::move(ctx), ec] { fn(ctx, ec, reply{}); });
+    };
+    if (cancel && cancel->requested.load(std::memory_order_acquire)) return early(asio::error::operation_aborted);
+    if (st != state::open) return early(make_error_code(error::not_connected));
+    if (bytes.empty()) return early(asio::error::invalid_argument);
+    if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
+    command c;
+    c.id = ++next_id;
+    c.bytes = std::move(bytes);
+    c.deadline = clock_type::now() + opts.command_timeout;
+    if (cancel) {
+      cancel->conn = shared_from_this();
+      cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
+        static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
+      };
+      cancel->id = c.id;
+    }
+    c.fn = fn;
+    c.ctx = std::move(ctx);
+    pending.push_back(std::move(c));
+    ++live;
+    arm_deadline();
+    schedule_write();
+  }
+
+  // Completes a command that still waits: its handler on its executor, or its
+  // direct completion here. Taken out first: completing may queue more commands.
+  void deliver(command& c, error_code ec, reply r) {
+    if (c.fn) {
+      const direct_fn fn = std::exchange(c.fn, nullptr);
+      std::shared_ptr<void> ctx = std::move(c.ctx);
+      c.ctx.reset();
+      fn(ctx, ec, std::move(r));
+    } else if (c.handler) {
+      exec_handler h(std::move(*c.handler));
+      c.handler.reset();
+      complete(std::move(h), std::move(c.work), strand, ec, std::move(r));
+    }
+  }
+
   // Writes what is pending once the current handler returns, so that commands
   // issued together (by the completions of one read, say) share one write.
   void schedule_write() {
@@ -301,11 +349,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     for (auto* q : {&pending, &inflight})
       for (auto& c : *q)
         if (c.id == id) {
-          if (!c.handler) return;
-          exec_handler h(std::move(*c.handler));
-          c.handler.reset();
+          if (!c.waiting()) return;
           --live;
-          complete(std::move(h), std::move(c.work), strand, ec, reply{});
+          deliver(c, ec, reply{});
           return;
         }
   }
@@ -314,7 +360,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
     while (!pending.empty()) {
-      if (pending.front().handler || pending.front().auth) {  // abandoned commands are not sent
+      if (pending.front().waiting() || pending.front().auth) {  // abandoned commands are not sent
         write_buf += pending.front().bytes;
         inflight.push_back(std::move(pending.front()));
       }
@@ -347,9 +393,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         self->inflight.pop_front();
         if (c.auth)
           self->handshake_reply(c, *r);
-        else if (c.handler) {
+        else if (c.waiting()) {
           --self->live;
-          complete(std::move(*c.handler), std::move(c.work), self->strand, error_code{}, std::move(*r));
+          self->deliver(c, error_code{}, std::move(*r));
         }
         if (self->st == state::closed) return;
       }
@@ -366,7 +412,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   const command* first_live() const {
     for (auto* q : {&inflight, &pending})
       for (const auto& c : *q)
-        if (c.handler) return &c;
+        if (c.waiting()) return &c;
     return nullptr;
   }
 
@@ -386,7 +432,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       auto collect = [&] {
         for (auto* q : {&self->inflight, &self->pending})
           for (auto& c : *q) {
-            if (!c.handler) continue;
+            if (!c.waiting()) continue;
             if (c.deadline > now) return;
             late.push_back(c.id);
           }
@@ -427,11 +473,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       complete(std::move(h), std::move(connecting_work), strand, ec);
     }
     live = 0;
-    for (auto* q : {&inflight, &pending}) {
+    // Out of the queues first: a completion may issue commands (they fail at once).
+    std::deque<command> in = std::move(inflight), pe = std::move(pending);
+    inflight.clear();
+    pending.clear();
+    for (auto* q : {&in, &pe})
       for (auto& c : *q)
-        if (c.handler) complete(std::move(*c.handler), std::move(c.work), strand, ec, reply{});
-      q->clear();
-    }
+        if (c.waiting()) deliver(c, ec, reply{});
   }
 };
 
@@ -491,6 +539,11 @@ void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
                              work = std::move(work)]() mutable {
     self->exec(std::move(args), std::move(h), cancel, std::move(work));
   });
+}
+
+void connection::exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+                             const std::shared_ptr<detail::exec_cancel>& cancel) {
+  impl_->exec_direct(std::move(bytes), fn, std::move(ctx), cancel);
 }
 
 void connection::on_lost(std::function<void()> f) {

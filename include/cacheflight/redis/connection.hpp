@@ -168,6 +168,11 @@ class connection {
   void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
                       boost::asio::any_completion_executor work);
   void on_lost(std::function<void()> f);
+  // On the strand only: a command already serialized (RESP), completed by
+  // `fn(ctx, ec, reply)` called on the strand, never inside this call.
+  using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
+  void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+                   const std::shared_ptr<detail::exec_cancel>& cancel);
 
   struct impl;
   std::shared_ptr<impl> impl_;
