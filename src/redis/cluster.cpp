@@ -273,7 +273,7 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
       t->master = true;
       connect_node(t);
     }
-    return route(o, t);
+    return redirect(o, t, false);
   }
   if (auto a = parse_redirect(msg, "ASK")) {
     ++asked;
@@ -281,7 +281,7 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
     node* t = redirect_node(std::string(a->second), n->host);
     if (!t) return finish(o, {}, std::move(r));
     if (!t->up) connect_node(t);
-    return route(o, t, true);
+    return redirect(o, t, true);
   }
   const bool down = msg.starts_with("CLUSTERDOWN");
   if (msg.starts_with("TRYAGAIN") || down) {
@@ -290,16 +290,30 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
     const auto delay = opts.cluster.retry_delay * (1LL << std::min(o->retries, 20u));
     ++o->retries;
     ++retried;
-    o->retry_timer.emplace(strand);
-    o->retry_timer->expires_after(delay);
-    o->retry_timer->async_wait([self = shared_from_this(), o](error_code ec) {
-      if (ec) return;  // completed meanwhile (cancelled)
-      if (self->stopped) return self->finish(o, asio::error::operation_aborted);
-      self->route(o);
-    });
-    return wait_for_cancel(o);
+    return route_after(o, delay, nullptr, false);
   }
   finish(o, {}, std::move(r));
+}
+
+// The first redirection of a command is followed at once; each further one
+// after `retry_delay`, doubling: while the nodes of a migrated slot learn its
+// new owner one after the other, they can send a command back and forth.
+void client::cluster::redirect(const std::shared_ptr<op>& o, node* t, bool asking) {
+  if (o->redirects <= 1) return route(o, t, asking);
+  route_after(o, opts.cluster.retry_delay * (1LL << std::min(o->redirects - 2, 20u)), t, asking);
+}
+
+void client::cluster::route_after(const std::shared_ptr<op>& o, milliseconds delay, node* t, bool asking) {
+  o->retry_timer.emplace(strand);
+  o->retry_timer->expires_after(delay);
+  o->retry_timer->async_wait([self = shared_from_this(), o, t, asking](error_code ec) {
+    if (ec) return;  // completed meanwhile (cancelled)
+    if (self->stopped) return self->finish(o, asio::error::operation_aborted);
+    // A MOVED target is re-read from the map: a refresh may have changed it since.
+    if (t && !asking) return self->route(o);
+    self->route(o, t, asking);
+  });
+  wait_for_cancel(o);
 }
 
 void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply r) {

@@ -75,6 +75,8 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   void on_reply(const std::shared_ptr<op>& o, node* n, boost::system::error_code ec, reply r);
   static void on_direct(const std::shared_ptr<void>& p, boost::system::error_code ec, reply r);
   void finish(const std::shared_ptr<op>& o, boost::system::error_code ec, reply r = {});
+  void redirect(const std::shared_ptr<op>& o, node* t, bool asking);
+  void route_after(const std::shared_ptr<op>& o, std::chrono::milliseconds delay, node* t, bool asking);
   void wait_for_cancel(const std::shared_ptr<op>& o);
   node* any_master();
 

@@ -9,11 +9,15 @@
 #                                     DIR/masters (one "127.0.0.1:P" per line)
 #   redis_cluster.sh kill DIR PORT    SIGKILL to the node on PORT
 #   redis_cluster.sh wait-ok DIR      waits until every live node says cluster_state:ok
-#   redis_cluster.sh migrate DIR SLOT FROM TO
+#   redis_cluster.sh migrate DIR SLOT FROM TO [ORDER]
 #                                     moves SLOT from the master on port FROM to the
 #                                     one on port TO as redis-cli --cluster reshard
 #                                     does (SETSLOT IMPORTING/MIGRATING, MIGRATE),
 #                                     one key at a time, 5 ms apart, then SETSLOT NODE
+#                                     on every master: the new owner first (ORDER
+#                                     new-owner-first, the default, as redis-cli does)
+#                                     or the old one first, 50 ms before the next
+#                                     (old-owner-first)
 #   redis_cluster.sh stop DIR
 set -euo pipefail
 cmd=$1
@@ -101,7 +105,7 @@ case "$cmd" in
     wait_until 20 state_ok
     ;;
   migrate)
-    slot=$3 from=$4 to=$5
+    slot=$3 from=$4 to=$5 order=${6:-new-owner-first}
     from_id=$(redis-cli -p "$from" cluster myid)
     to_id=$(redis-cli -p "$to" cluster myid)
     redis-cli -p "$to" cluster setslot "$slot" importing "$from_id" >/dev/null
@@ -112,9 +116,12 @@ case "$cmd" in
       redis-cli -p "$from" migrate 127.0.0.1 "$to" "" 0 5000 keys $keys >/dev/null
       sleep 0.005
     done
-    for f in "$dir"/*/pid; do
-      [ -f "$f" ] || continue
-      p=$(basename "$(dirname "$f")")
+    # SETSLOT NODE on every master, in the order asked; the cluster bus tells the replicas.
+    if [ "$order" = old-owner-first ]; then
+      redis-cli -p "$from" cluster setslot "$slot" node "$to_id" >/dev/null
+      sleep 0.05
+    fi
+    for p in "$to" "$from" $(sed 's/.*://' "$dir/masters"); do
       redis-cli -p "$p" cluster setslot "$slot" node "$to_id" >/dev/null 2>&1 || true
     done
     ;;

@@ -48,6 +48,19 @@ std::string read_file(const std::string& path) {
 }
 
 class cluster_fixture : public redis_fixture {
+ public:
+  using redis_fixture::run_until;
+  const std::string& cluster_dir() const { return dir; }
+  // The master ("127.0.0.1:P") that owns `slot` according to the server.
+  std::string owner(redis::client& c, int slot) {
+    auto [ec, r] = exec(c, {"CLUSTER", "SLOTS"});
+    EXPECT_FALSE(ec);
+    for (const auto& range : r.elements)
+      if (range.elements[0].integer <= slot && slot <= range.elements[1].integer)
+        return range.elements[2].elements[0].str + ":" + std::to_string(range.elements[2].elements[1].integer);
+    return {};
+  }
+
  protected:
   // The cluster in `dir`: its nodes and masters.
   void use_cluster(const std::string& d) {
@@ -64,16 +77,6 @@ class cluster_fixture : public redis_fixture {
     o.cluster.nodes = {nodes[0]};
     o.cluster.refresh_interval = 500ms;
     return o;
-  }
-
-  // The master ("127.0.0.1:P") that owns `slot` according to the server.
-  std::string owner(redis::client& c, int slot) {
-    auto [ec, r] = exec(c, {"CLUSTER", "SLOTS"});
-    EXPECT_FALSE(ec);
-    for (const auto& range : r.elements)
-      if (range.elements[0].integer <= slot && slot <= range.elements[1].integer)
-        return range.elements[2].elements[0].str + ":" + std::to_string(range.elements[2].elements[1].integer);
-    return {};
   }
 
   std::pair<error_code, redis::reply> exec_at(redis::client& c, std::string node, std::vector<std::string> args) {
@@ -192,26 +195,21 @@ TEST_F(RedisCluster, AStaleMapIsCorrectedByMovedAndTheCommandStillSucceeds) {
   EXPECT_EQ(exec_at(c, "127.0.0.1:1", {"PING"}).first, cf::error::not_connected);
 }
 
-TEST_F(RedisCluster, EveryCallerGetsItsValueWhileASlotIsMigrated) {
-  redis::client c(io.get_executor(), cluster_options());
-  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));
-  // 200 keys in one slot (one hash tag), each written and read back by its
-  // own chain of commands while the slot moves to another master key by key.
-  const std::string tag = "{migrating}";
-  const int slot = redis::key_slot(tag);
-  const std::string from = owner(c, slot);
-  const std::string to = from == masters[0] ? masters[1] : masters[0];
+// 200 keys in one slot (one hash tag), each written and read back by its own
+// chain of commands while the slot moves from `from` to `to` key by key
+// (redis_cluster.sh migrate; `order` is how the nodes learn the new owner at
+// the end). Every GET must read the SET before it.
+void burst_while_migrating(cluster_fixture& f, redis::client& c, const std::string& tag, const std::string& from,
+                           const std::string& to, const std::string& order) {
   constexpr int keys = 200;
-  for (int i = 0; i < keys; ++i)
-    ASSERT_EQ(exec(c, {"SET", tag + std::to_string(i), "0"}).second.str, "OK");
-
   std::atomic<bool> migrated{false};
   int status = -1;
+  const int slot = redis::key_slot(tag);
   std::thread mover([&] {
-    status = cluster_script(dir, "migrate " + std::to_string(slot) + " " + port_of(from) + " " + port_of(to));
+    status = cluster_script(f.cluster_dir(),
+                            "migrate " + std::to_string(slot) + " " + port_of(from) + " " + port_of(to) + " " + order);
     migrated = true;
   });
-  // Each chain: SET key n, GET key -> must read n; again until the slot has moved.
   int rounds = 0, wrong = 0, errors = 0, running = keys;
   std::function<void(int, int)> step = [&](int i, int n) {
     const std::string key = tag + std::to_string(i);
@@ -234,24 +232,43 @@ TEST_F(RedisCluster, EveryCallerGetsItsValueWhileASlotIsMigrated) {
       });
     });
   };
+  const auto before = c.cluster_info();
   for (int i = 0; i < keys; ++i) step(i, 1);
-  const bool finished = run_until([&] { return running == 0; }, 60s);
+  const bool finished = f.run_until([&] { return running == 0; }, 60s);
   mover.join();
   ASSERT_TRUE(finished);
   EXPECT_EQ(status, 0);
   EXPECT_EQ(wrong, 0);
   EXPECT_EQ(errors, 0);
-  const auto info = c.cluster_info();
-  EXPECT_GT(info.ask, 0u) << "no command met the migration half way";
-  EXPECT_GT(info.moved, 0u);
+  const auto after = c.cluster_info();
+  EXPECT_GT(after.ask, before.ask) << "no command met the migration half way";
+  EXPECT_GT(after.moved, before.moved);
   EXPECT_GT(rounds, 3 * keys);
-  // The slot belongs to `to` now, and the client routes there directly.
-  EXPECT_EQ(owner(c, slot), to);
-  ASSERT_TRUE(run_until([&] { return c.cluster_info().map_refreshes >= 2; }));
+  EXPECT_EQ(f.owner(c, slot), to);
+}
+
+TEST_F(RedisCluster, EveryCallerGetsItsValueWhileASlotIsMigrated) {
+  redis::client c(io.get_executor(), cluster_options());
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));
+  const std::string tag = "{migrating}";
+  const int slot = redis::key_slot(tag);
+  const std::string from = owner(c, slot);
+  const std::string to = from == masters[0] ? masters[1] : masters[0];
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(exec(c, {"SET", tag + std::to_string(i), "0"}).second.str, "OK");
+
+  // As redis-cli --cluster reshard finishes: the new owner learns it first.
+  burst_while_migrating(*this, c, tag, from, to, "new-owner-first");
+  // And back, the old owner told first: until the new one learns it, each
+  // sends the slot's commands to the other (MOVED back and forth).
+  burst_while_migrating(*this, c, tag, to, from, "old-owner-first");
+
+  // Once the map is refreshed, the client routes to the owner directly.
+  const auto refreshes = c.cluster_info().map_refreshes;
+  ASSERT_TRUE(run_until([&] { return c.cluster_info().map_refreshes > refreshes; }));
   const auto moved_before = c.cluster_info().moved;
-  EXPECT_EQ(exec(c, {"GET", tag + "0"}).second.str, exec_at(c, to, {"GET", tag + "0"}).second.str);
+  EXPECT_EQ(exec(c, {"GET", tag + "0"}).second.str, exec_at(c, from, {"GET", tag + "0"}).second.str);
   EXPECT_EQ(c.cluster_info().moved, moved_before);
-  for (int i = 0; i < keys; ++i) exec(c, {"DEL", tag + std::to_string(i)});
+  for (int i = 0; i < 200; ++i) exec(c, {"DEL", tag + std::to_string(i)});
 }
 
 TEST_F(RedisCluster, ATierOverTheClusterSharesValuesAndClearsItsPrefixOnEveryMaster) {

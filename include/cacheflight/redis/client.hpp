@@ -75,8 +75,11 @@ struct sentinel_options {
 ///   node, preceded by `ASKING`; the map is left as it is.
 /// - `TRYAGAIN` and `CLUSTERDOWN`: re-sent after `retry_delay`, doubling each
 ///   time, at most `max_retries` times; then the error reply is the result.
-/// - More than `max_redirects` redirections of one command: the last
-///   redirection's error reply is the result.
+/// - The first redirection of a command is followed at once, each further
+///   one after `retry_delay`, doubling (the nodes of a migrated slot learn its
+///   new owner one after the other and can send a command back and forth
+///   meanwhile). More than `max_redirects` redirections of one command: the
+///   last redirection's error reply is the result.
 /// - A master that cannot be reached fails the commands for its slots at once
 ///   with `error::not_connected` (the other slots are not affected) and is
 ///   reconnected with the client's backoff; `node_failures` consecutive
@@ -98,7 +101,7 @@ struct cluster_options {
   /// How often the slot map is refreshed when nothing else asks for it.
   std::chrono::milliseconds refresh_interval{10'000};
   /// Redirections (`MOVED`, `ASK`) followed for one command at most.
-  unsigned max_redirects = 5;
+  unsigned max_redirects = 8;
   /// `TRYAGAIN` / `CLUSTERDOWN` replies retried for one command at most, the
   /// first after `retry_delay`, each next one after twice the previous delay.
   unsigned max_retries = 5;
