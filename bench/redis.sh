@@ -4,7 +4,9 @@
 # 16, both single-threaded, in alternating rounds (the best round of each is
 # kept); then the cost of an L2 hit through cache::async_get; then
 # redis::client over TLS against itself over plain TCP, on a second server
-# with a TLS port (throwaway certificates).
+# with a TLS port (throwaway certificates); then redis::client against
+# `redis-benchmark --cluster` on a cluster of three masters and three replicas
+# (test/integration/redis_cluster.sh), at 3 and 48 connections in all.
 #
 #   bench/redis.sh PATH/TO/cacheflight_redis_bench [SECONDS per round] [ROUNDS]
 set -euo pipefail
@@ -13,7 +15,7 @@ seconds=${2:-2}
 rounds=${3:-3}
 here=$(dirname "${BASH_SOURCE[0]}")
 dir=$(mktemp -d)
-trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; bash "$here/../test/integration/redis_server.sh" stop "$dir/tls"; rm -rf "$dir"' EXIT
+trap 'bash "$here/../test/integration/redis_server.sh" stop "$dir"; bash "$here/../test/integration/redis_server.sh" stop "$dir/tls"; bash "$here/../test/integration/redis_cluster.sh" stop "$dir/cluster"; rm -rf "$dir"' EXIT
 bash "$here/../test/integration/redis_server.sh" start "$dir"
 port=$(cat "$dir/port")
 # The key both clients read. Without -r, `redis-benchmark -t get` reads the
@@ -63,5 +65,28 @@ for conns in 1 50; do
     p=$(printf '%s\n' "${plain[@]}" | best)
     t=$(printf '%s\n' "${tls[@]}" | best)
     printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline" "$p" "$t" "$(awk -v a="$t" -v b="$p" 'BEGIN { print a / b }')"
+  done
+done
+
+echo
+bash "$here/../test/integration/redis_cluster.sh" start "$dir/cluster"
+seed=$(head -n 1 "$dir/cluster/masters")
+seed=${seed##*:}
+# Both read absent keys: redis-benchmark --cluster reads "key:{tag}:__rand_int__"
+# with a tag for each master, which nobody set; the client one absent key per master.
+printf '%-24s %18s %18s %8s\n' "connections x pipeline" "redis-benchmark/s" "redis::client/s" "ratio"
+for conns in 3 48; do
+  for pipeline in 1 16; do
+    probe=$(redis-benchmark --cluster -p "$seed" -t get -n 20000 -c "$conns" -P "$pipeline" -q | rps)
+    n=$(awk -v r="${probe:-0}" -v s="$seconds" 'BEGIN { printf "%d", r * s }')
+    [ "$n" -gt 0 ] || { echo "cannot read redis-benchmark's output"; exit 1; }
+    theirs=() ours=()
+    for _ in $(seq 1 "$rounds"); do
+      theirs+=("$(redis-benchmark --cluster -p "$seed" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
+      ours+=("$("$bench" cluster "$seed" "$conns" "$pipeline" "$seconds" | sed -n 's/^cluster GET: \([0-9.]*\) .*/\1/p')")
+    done
+    t=$(printf '%s\n' "${theirs[@]}" | best)
+    o=$(printf '%s\n' "${ours[@]}" | best)
+    printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline (cluster)" "$t" "$o" "$(awk -v a="$o" -v b="$t" 'BEGIN { print a / b }')"
   done
 done
