@@ -108,10 +108,11 @@ std::uint16_t key_slot(std::string_view key) noexcept {
 
 client::cluster::cluster(asio::any_io_executor ex, client_options o)
     : strand(asio::make_strand(ex)), opts(std::move(o)), slots(slot_count, nullptr), map_backoff(opts.reconnect_min),
-      refresh_timer(strand), periodic_timer(strand), rng(std::random_device{}()) {}
+      refresh_timer(strand), periodic_timer(strand), health_timer(strand), rng(std::random_device{}()) {}
 
 void client::cluster::start() {
   schedule_periodic();
+  schedule_health();
   start_refresh();
 }
 
@@ -120,11 +121,17 @@ void client::cluster::stop() {
   connected = false;
   refresh_timer.cancel();
   periodic_timer.cancel();
+  health_timer.cancel();
+  if (probe) std::exchange(probe, nullptr)->close();
   for (auto& [addr, n] : nodes) {
     n->reconnect.cancel();
     if (n->conn) n->conn->close();
     fail_waiting(n.get());
   }
+  auto waiting = std::move(delayed);
+  delayed.clear();
+  for (auto& [raw, w] : waiting)
+    if (auto o = w.lock()) finish(o, asio::error::operation_aborted);
 }
 
 void client::cluster::drop_handlers() {
@@ -192,13 +199,14 @@ void client::cluster::route(const std::shared_ptr<op>& o, node* n, bool asking) 
   }
   if (!n) return finish(o, make_error_code(error::not_connected));
   if (n->up) return send(o, n, asking);
-  if (n->connecting) {
-    // A node being connected (new in the map, or named by a redirection):
-    // the command waits for it, at most the connect timeout.
+  if (n->connecting && !n->was_up) {
+    // A node connected for the first time (new in the map, or named by a
+    // redirection): the command waits for it, at most the connect timeout.
+    if (n->waiting.size() >= opts.connection.max_pending) return finish(o, make_error_code(error::queue_full));
     n->waiting.emplace_back(o, asking);
     return wait_for_cancel(o);
   }
-  // A node that cannot be reached: its slots fail at once until it is back.
+  // A master that was lost: its slots fail at once until it is back.
   finish(o, make_error_code(error::not_connected));
 }
 
@@ -216,16 +224,13 @@ void client::cluster::wait_for_cancel(const std::shared_ptr<op>& o) {
 }
 
 void client::cluster::send(const std::shared_ptr<op>& o, node* n, bool asking) {
-  if (asking) {
-    std::string b;
-    append_command(b, {"ASKING"});
-    n->conn->exec_direct(std::move(b), +[](const std::shared_ptr<void>&, error_code, reply) {}, nullptr, nullptr);
-  }
   // Serialized for each attempt: the arguments are kept for a redirection.
-  std::string bytes;
+  // ASKING goes in the same entry, so that it is written if and only if the
+  // command is, right before it.
+  std::string bytes = asking ? "*1\r\n$6\r\nASKING\r\n" : "";
   append_command(bytes, o->args);
   o->current = n;
-  n->conn->exec_direct(std::move(bytes), &cluster::on_direct, o, o->cancel);
+  n->conn->exec_direct(std::move(bytes), &cluster::on_direct, o, o->cancel, asking ? 1 : 0);
 }
 
 // A command's completion from its connection, on the strand.
@@ -247,8 +252,8 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
   if (!o->handler || stopped) return finish(o, ec ? ec : error_code(asio::error::operation_aborted), std::move(r));
   if (ec == asio::error::operation_aborted && !(o->cancel && o->cancel->requested.load(std::memory_order_acquire))) {
     // Not the caller's cancellation: the node's connection was closed under
-    // the command (the node left the map). Its slot has another master now.
-    if (o->at.empty() && ++o->redirects <= opts.cluster.max_redirects) return route(o);
+    // the command (too many timeouts, or the client stopping). It may have
+    // been executed: not re-sent.
     return finish(o, make_error_code(error::not_connected));
   }
   if (ec) {
@@ -268,10 +273,24 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
     node* t = redirect_node(std::string(m->second), n->host);
     if (!t) return finish(o, {}, std::move(r));
     // Until the refresh: the slot's new master, so that the next command goes there at once.
+    o->slot = m->first;
     slots[static_cast<std::size_t>(m->first)] = t;
     if (!t->master) {
       t->master = true;
+      t->was_up = t->up;
+      if (t->retiring) {
+        t->retiring = false;
+        t->reconnect.cancel();
+      }
       connect_node(t);
+      {
+        std::lock_guard lk(mu);
+        if (std::find(master_list.begin(), master_list.end(), t->addr) == master_list.end()) {
+          master_list.push_back(t->addr);
+          std::sort(master_list.begin(), master_list.end());
+        }
+      }
+      update_connected();
     }
     return redirect(o, t, false);
   }
@@ -306,7 +325,9 @@ void client::cluster::redirect(const std::shared_ptr<op>& o, node* t, bool askin
 void client::cluster::route_after(const std::shared_ptr<op>& o, milliseconds delay, node* t, bool asking) {
   o->retry_timer.emplace(strand);
   o->retry_timer->expires_after(delay);
+  delayed.emplace(o.get(), o);
   o->retry_timer->async_wait([self = shared_from_this(), o, t, asking](error_code ec) {
+    self->delayed.erase(o.get());
     if (ec) return;  // completed meanwhile (cancelled)
     if (self->stopped) return self->finish(o, asio::error::operation_aborted);
     // A MOVED target is re-read from the map: a refresh may have changed it since.
@@ -385,6 +406,7 @@ void client::cluster::connect_node(node* n) {
       return self->update_connected();
     }
     n->up = true;
+    n->was_up = true;
     n->timeouts = 0;
     n->backoff = self->opts.reconnect_min;
     ++self->opened;
@@ -477,7 +499,8 @@ void client::cluster::start_refresh() {
     auto hp = detail::split_address(s, "6379");  // checked by the client's constructor
     add(join_node(hp->first, hp->second));
   }
-  for (auto& [addr, n] : nodes) add(addr);
+  for (auto& [addr, n] : nodes)
+    if (n->master) add(addr);
   for (const std::string& r : replicas) add(r);
   try_candidate(std::move(list), 0, make_error_code(error::not_connected));
 }
@@ -514,7 +537,9 @@ void client::cluster::try_candidate(std::shared_ptr<std::vector<std::string>> li
   co.host = hp->first;
   co.port = hp->second;
   auto c = std::make_shared<connection>(strand, std::move(co));
+  probe = c;
   c->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c, list, i, addr](error_code ec) {
+    if (self->stopped) return c->close();
     if (ec) {
       c->close();
       return self->on_slots(list, i, addr, ec, reply{});
@@ -522,6 +547,7 @@ void client::cluster::try_candidate(std::shared_ptr<std::vector<std::string>> li
     c->async_exec({"CLUSTER", "SLOTS"}, asio::bind_executor(self->strand, [self, c, list, i, addr](error_code ec,
                                                                                                  reply r) {
                     c->close();
+                    if (self->probe == c) self->probe.reset();
                     self->on_slots(list, i, addr, ec, r);
                   }));
   }));
@@ -579,6 +605,7 @@ bool client::cluster::apply(const reply& r, const std::string& asked_host) {
   replicas = std::move(reps);
   covered = std::find(slots.begin(), slots.end(), nullptr) == slots.end();
   std::vector<std::string> list;
+  std::vector<std::pair<std::shared_ptr<op>, bool>> reroute;
   for (auto& [addr, n] : nodes) {
     const bool m = masters.count(n.get()) != 0;
     if (m) list.push_back(addr);
@@ -588,16 +615,19 @@ bool client::cluster::apply(const reply& r, const std::string& asked_host) {
     }
     n->master = m;
     if (m) {
+      n->was_up = n->up;
+      if (n->retiring) {
+        n->retiring = false;
+        n->reconnect.cancel();
+      }
       connect_node(n.get());
     } else {
-      // No longer a master (demoted, or gone): its commands in flight come
-      // back aborted and are routed again by the new map.
-      n->reconnect_pending = false;
-      n->reconnect.cancel();
-      n->up = false;
-      n->connecting = false;
-      if (auto c = std::exchange(n->conn, nullptr)) c->close();
-      fail_waiting(n.get());
+      // No longer a master (demoted, or gone). Commands waiting for it were
+      // never sent: routed again below. Those written to it complete there
+      // (a MOVED reply is followed); its connection closes after that.
+      for (auto& w : n->waiting) reroute.push_back(std::move(w));
+      n->waiting.clear();
+      retire(n.get());
     }
   }
   {
@@ -605,7 +635,51 @@ bool client::cluster::apply(const reply& r, const std::string& asked_host) {
     master_list = std::move(list);
   }
   update_connected();
+  for (auto& [o, asking] : reroute) route(o, nullptr, false);
   return true;
+}
+
+// A node that left the map: no new command goes to it; its connection is
+// closed once every command written to it has completed or timed out.
+void client::cluster::retire(node* n) {
+  n->reconnect_pending = false;
+  n->retiring = true;
+  n->was_up = false;
+  n->reconnect.cancel();
+  if (!n->conn) {
+    n->up = false;
+    n->connecting = false;
+    n->retiring = false;
+    return;
+  }
+  n->reconnect.expires_after(opts.connection.command_timeout + opts.connection.connect_timeout);
+  n->reconnect.async_wait([self = shared_from_this(), n](error_code ec) {
+    if (ec || self->stopped || !n->retiring) return;
+    n->retiring = false;
+    n->up = false;
+    n->connecting = false;
+    if (auto c = std::exchange(n->conn, nullptr)) c->close();
+    self->fail_waiting(n);
+  });
+}
+
+// Every `health_check_interval`, each master that is up gets a PING; one that
+// fails (an error, a timeout) closes its connection, which makes it lost.
+void client::cluster::schedule_health() {
+  health_timer.expires_after(opts.health_check_interval);
+  health_timer.async_wait([self = shared_from_this()](error_code ec) {
+    if (ec || self->stopped) return;
+    for (auto& [addr, n] : self->nodes) {
+      if (!n->master || !n->up || !n->conn) continue;
+      n->conn->exec_on_strand({"PING"}, exec_handler(asio::bind_executor(self->strand, [self, n = n.get(), c = n->conn](
+                                                                                          error_code ec, reply r) {
+                                if (self->stopped || n->conn != c || (!ec && !r.is_error())) return;
+                                c->close();
+                              })),
+                              nullptr, {});
+    }
+    self->schedule_health();
+  });
 }
 
 }  // namespace cacheflight::redis

@@ -54,6 +54,8 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
     bool master = false;       // serves slots in the current map
     bool up = false;           // its connection is open
     bool connecting = false;
+    bool was_up = false;       // connected since it became a master: commands then never wait for it
+    bool retiring = false;     // no longer a master: its connection closes once its commands are done
     bool reconnect_pending = false;
     unsigned timeouts = 0;     // consecutive
     std::chrono::milliseconds backoff;
@@ -97,6 +99,8 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
                 boost::system::error_code ec, const reply& r);
   bool apply(const reply& r, const std::string& asked_host);
   void schedule_periodic();
+  void schedule_health();
+  void retire(node* n);
   void update_connected();
   std::chrono::milliseconds jittered(std::chrono::milliseconds& backoff);
 
@@ -116,6 +120,9 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   std::chrono::milliseconds map_backoff;
   boost::asio::steady_timer refresh_timer;              // rate limit and retries
   boost::asio::steady_timer periodic_timer;
+  boost::asio::steady_timer health_timer;
+  std::shared_ptr<connection> probe;                    // a refresh's own connection to a node
+  std::map<op*, std::weak_ptr<op>> delayed;             // commands waiting for a retry timer
   std::minstd_rand rng;
 
   // Published.

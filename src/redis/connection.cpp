@@ -124,6 +124,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     asio::any_completion_executor work;    // outstanding work on the handler's executor
     direct_fn fn = nullptr;                // instead of `handler`: called on the strand
     std::shared_ptr<void> ctx;             // fn's argument
+    unsigned skip = 0;                     // replies before its own to drop (a prefix such as ASKING)
     bool waiting() const noexcept { return handler || fn; }
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
@@ -286,7 +287,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // As exec(), for a command already serialized whose completion is `fn`,
   // called on the strand (never inside this call).
   void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
-                   const std::shared_ptr<detail::exec_cancel>& cancel) {
+                   const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip) {
     auto early = [&](error_code ec) {
       asio::post(strand, [fn, ctx = std::move(ctx), ec] { fn(ctx, ec, reply{}); });
     };
@@ -307,6 +308,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     c.fn = fn;
     c.ctx = std::move(ctx);
+    c.skip = skip;
     pending.push_back(std::move(c));
     ++live;
     arm_deadline();
@@ -389,6 +391,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         if (perr) return self->fail(perr);
         if (!r) break;
         if (self->inflight.empty()) return self->fail(make_error_code(error::protocol_error));
+        if (self->inflight.front().skip > 0) {  // the reply to a prefix written with the command
+          --self->inflight.front().skip;
+          continue;
+        }
         command c = std::move(self->inflight.front());
         self->inflight.pop_front();
         if (c.auth)
@@ -542,8 +548,8 @@ void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
 }
 
 void connection::exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
-                             const std::shared_ptr<detail::exec_cancel>& cancel) {
-  impl_->exec_direct(std::move(bytes), fn, std::move(ctx), cancel);
+                             const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip) {
+  impl_->exec_direct(std::move(bytes), fn, std::move(ctx), cancel, skip);
 }
 
 void connection::on_lost(std::function<void()> f) {

@@ -85,6 +85,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::size_t queued_clears = 0;  // clears in `queue`
   bool writing = false;
   bool clearing = false;          // the batch being written is a clear
+  // With Cluster, the batch being written, by key: its bytes, or nothing for an
+  // erase. A GET may overtake a write there (a write waits out a redirection
+  // while the GET goes to the slot's owner), so reads are answered from here.
+  std::unordered_map<std::string, std::optional<std::string>> sent;
 
   // Published for health().
   std::atomic<breaker_state> state_pub{breaker_state::closed};
@@ -187,6 +191,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (op.what == write_op::kind::set) v = op.bytes;
       return complete(std::move(h), error_code{}, std::move(v));
     }
+    if (!sent.empty())
+      if (auto it = sent.find(full(key)); it != sent.end())
+        return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
     if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
     const auto g = admit();
     if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
@@ -316,6 +323,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     auto remaining = std::make_shared<std::size_t>(batch->size());
     std::size_t i = 0;
     for (write_op& op : *batch) {
+      if (cluster)
+        sent.insert_or_assign(op.key, op.what == write_op::kind::set ? std::optional<std::string>(op.bytes)
+                                                                     : std::optional<std::string>());
       std::vector<std::string> args;
       args.reserve(5);
       if (op.what == write_op::kind::set) {
@@ -342,6 +352,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void batch_done(op_list& batch, const std::vector<error_code>& results, std::uint64_t g) {
     writing = false;
+    sent.clear();
     error_code first;
     std::size_t i = 0;
     for (write_op& op : batch) {

@@ -8,6 +8,7 @@
 #   redis_cluster.sh start DIR        writes DIR/nodes ("127.0.0.1:P,..." all six),
 #                                     DIR/masters (one "127.0.0.1:P" per line)
 #   redis_cluster.sh kill DIR PORT    SIGKILL to the node on PORT
+#   redis_cluster.sh pause DIR PORT   SIGSTOP to the node on PORT (resume: SIGCONT)
 #   redis_cluster.sh wait-ok DIR      waits until every live node says cluster_state:ok
 #   redis_cluster.sh migrate DIR SLOT FROM TO [ORDER]
 #                                     moves SLOT from the master on port FROM to the
@@ -101,6 +102,12 @@ case "$cmd" in
     kill -KILL "$(cat "$f")"
     rm -f "$f"
     ;;
+  pause)
+    kill -STOP "$(cat "$dir/$3/pid")"
+    ;;
+  resume)
+    kill -CONT "$(cat "$dir/$3/pid")"
+    ;;
   wait-ok)
     wait_until 20 state_ok
     ;;
@@ -129,7 +136,7 @@ case "$cmd" in
     stop_all
     ;;
   *)
-    echo "usage: $0 start|kill|wait-ok|migrate|stop DIR [ARGS]" >&2
+    echo "usage: $0 start|kill|pause|resume|wait-ok|migrate|stop DIR [ARGS]" >&2
     exit 2
     ;;
 esac

@@ -474,4 +474,25 @@ TEST_F(RedisClusterFailover, AKilledMastersSlotsFailFastTheOthersServeAndItsRepl
   EXPECT_EQ(back->value_or(""), "bytes");
 }
 
+TEST_F(RedisClusterFailover, AnIdleClientNoticesAHungMasterByItsHealthCheck) {
+  redis::client_options o = cluster_options();
+  o.connection.command_timeout = 200ms;
+  o.health_check_interval = 50ms;
+  redis::client c(io.get_executor(), o);
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));
+  const std::string victim = masters[2];
+  ASSERT_EQ(cluster_script(own, "pause " + port_of(victim)), 0);
+  // No command of ours: only the PINGs can tell. Well before the cluster
+  // itself fails the master over (500 ms of silence, then an election).
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool noticed = run_until([&] { return !c.is_connected(); }, 5s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  cluster_script(own, "resume " + port_of(victim));
+  ASSERT_TRUE(noticed);
+  EXPECT_LT(took, 1s);
+  // The master is back (or its replica took over): every slot is served again.
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 20s)) << c.last_error().message();
+  EXPECT_EQ(exec(c, {"SET", "after:hang", "1"}).second.str, "OK");
+}
+
 }  // namespace

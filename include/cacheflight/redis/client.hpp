@@ -80,14 +80,23 @@ struct sentinel_options {
 ///   new owner one after the other and can send a command back and forth
 ///   meanwhile). More than `max_redirects` redirections of one command: the
 ///   last redirection's error reply is the result.
-/// - A master that cannot be reached fails the commands for its slots at once
-///   with `error::not_connected` (the other slots are not affected) and is
-///   reconnected with the client's backoff; `node_failures` consecutive
-///   timeouts on one master close its connection as if it were lost. Either
-///   makes the client refresh the map, which picks up a replica promoted in
-///   its place. The map is also refreshed every `refresh_interval`.
-/// - A command that fails on its connection (an I/O error or a timeout) is
-///   not re-sent: it may have been executed.
+/// - A master that was connected and is lost fails the commands for its slots
+///   at once with `error::not_connected` (the other slots are not affected)
+///   and is reconnected with the client's backoff; `node_failures` consecutive
+///   timeouts on one master, or a failed PING (sent to every master that is up
+///   each `health_check_interval`), close its connection as if it were lost.
+///   Either makes the client refresh the map, which picks up a replica
+///   promoted in its place. The map is also refreshed every
+///   `refresh_interval`. Commands wait only for a master's first connection
+///   (a master new in the map, or named by a redirection): at most
+///   `connect_timeout`, and at most `connection.max_pending` of them (beyond:
+///   `error::queue_full`).
+/// - A master that leaves the map gets no new command; commands already
+///   written to it complete there (a `MOVED` reply is followed), and its
+///   connection is closed after `command_timeout` + `connect_timeout`.
+/// - A command that fails on its connection (an I/O error, a timeout, or the
+///   connection closed under it: `error::not_connected`) is not re-sent: it
+///   may have been executed.
 ///
 /// Every node is reached with `client_options::connection` (its host and
 /// port replaced): the same credentials and TLS options; with TLS, node
@@ -192,10 +201,11 @@ class client {
         token, std::move(args));
   }
 
-  /// As `async_exec`, sent to one node: with Cluster, the node `node`
+  /// As `async_exec`, sent to one node: with Cluster, the master `node`
   /// ("host:port", as `masters()` gives it) whatever the command's key, and
-  /// redirections are not followed (`MOVED` and `ASK` are the result); without
-  /// Cluster, `node` is ignored and the command goes to the one server.
+  /// neither redirections nor retries are followed (`MOVED`, `ASK`,
+  /// `TRYAGAIN` and `CLUSTERDOWN` replies are the result); without Cluster,
+  /// `node` is ignored and the command goes to the one server.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: as `async_exec`; with Cluster, `error::not_connected` for a node

@@ -169,10 +169,12 @@ class connection {
                       boost::asio::any_completion_executor work);
   void on_lost(std::function<void()> f);
   // On the strand only: a command already serialized (RESP), completed by
-  // `fn(ctx, ec, reply)` called on the strand, never inside this call.
+  // `fn(ctx, ec, reply)` called on the strand, never inside this call. The
+  // first `skip` replies are those of commands written before it in `bytes`
+  // (ASKING): dropped, and written or not together with it.
   using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
   void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
-                   const std::shared_ptr<detail::exec_cancel>& cancel);
+                   const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip = 0);
 
   struct impl;
   std::shared_ptr<impl> impl_;
