@@ -30,14 +30,13 @@ std::vector<std::string> split(const std::string& list) {
 
 std::string port_of(const std::string& addr) { return addr.substr(addr.rfind(':') + 1); }
 
-// Runs test/integration/redis_cluster.sh against a cluster directory.
-int cluster_script(const std::string& dir, const std::string& what) {
-  const std::string cmd = std::string("bash ") + CACHEFLIGHT_CLUSTER_SCRIPT + " " + what;
+// Runs test/integration/redis_cluster.sh: "WHAT [ARGS]" against a cluster
+// directory, with `env` ("NAME=VALUE ...") in its environment.
+int cluster_script(const std::string& dir, const std::string& what, const std::string& env = "") {
   const auto sp = what.find(' ');
-  const std::string full = sp == std::string::npos ? cmd + " " + dir
-                                                   : std::string("bash ") + CACHEFLIGHT_CLUSTER_SCRIPT + " " +
-                                                         what.substr(0, sp) + " " + dir + what.substr(sp);
-  return std::system(full.c_str());
+  const std::string args = sp == std::string::npos ? what + " " + dir : what.substr(0, sp) + " " + dir + what.substr(sp);
+  const std::string cmd = env + " bash " + CACHEFLIGHT_CLUSTER_SCRIPT + " " + args;
+  return std::system(cmd.c_str());
 }
 
 std::string read_file(const std::string& path) {
@@ -493,6 +492,69 @@ TEST_F(RedisClusterFailover, AnIdleClientNoticesAHungMasterByItsHealthCheck) {
   // The master is back (or its replica took over): every slot is served again.
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 20s)) << c.last_error().message();
   EXPECT_EQ(exec(c, {"SET", "after:hang", "1"}).second.str, "OK");
+}
+
+// Three masters that speak TLS only, on the client port, the cluster bus and
+// replication (the fixture's throwaway certificates).
+TEST(RedisClusterTls, EveryMasterIsReachedWithTlsAndAnUnknownCaIsAClearError) {
+  const char* root = std::getenv("CACHEFLIGHT_REDIS_ROOT");
+  ASSERT_TRUE(root) << "run through ctest";
+  const std::string certs = std::string(root) + "/tls-certs";
+  std::string tmpl = (std::filesystem::temp_directory_path() / "cf-cluster-tls-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string dir = tmpl;
+  struct cleanup {
+    std::string dir;
+    ~cleanup() {
+      cluster_script(dir, "stop");
+      std::filesystem::remove_all(dir);
+    }
+  } stop{dir};
+  ASSERT_EQ(cluster_script(dir, "start", "REDIS_TLS_DIR=" + certs + " REDIS_CLUSTER_REPLICAS=0"), 0);
+  const auto nodes = split(read_file(dir + "/nodes"));
+  const auto masters = split(read_file(dir + "/masters"));
+  ASSERT_EQ(masters.size(), 3u);
+
+  asio::io_context io;
+  auto run_until = [&](auto pred, std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!pred() && std::chrono::steady_clock::now() < end) {
+      io.restart();
+      io.run_for(5ms);
+    }
+    return pred();
+  };
+  auto options = [&](const std::string& ca) {
+    redis::client_options o{.reconnect_min = 20ms, .reconnect_max = 200ms};
+    o.connection.tls = {.enabled = true, .ca_file = certs + "/" + ca};
+    o.cluster.nodes = {nodes[0]};
+    return o;
+  };
+
+  redis::client c(io.get_executor(), options("ca.crt"));
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s)) << c.last_error().message();
+  EXPECT_EQ(c.masters(), masters);
+  EXPECT_EQ(c.connections_opened(), 3u);
+  int done = 0, failed = 0;
+  for (int i = 0; i < 60; ++i)
+    c.async_exec({"SET", "tls:" + std::to_string(i), std::to_string(i)}, [&](error_code ec, redis::reply r) {
+      ++done;
+      if (ec || r.str != "OK") ++failed;
+    });
+  ASSERT_TRUE(run_until([&] { return done == 60; }, 5s));
+  EXPECT_EQ(failed, 0);
+  for (const auto& m : masters) {
+    std::optional<redis::reply> n;
+    c.async_exec_at(m, {"DBSIZE"}, [&](error_code, redis::reply r) { n = std::move(r); });
+    ASSERT_TRUE(run_until([&] { return n.has_value(); }, 5s));
+    EXPECT_GT(n->integer, 0) << m;  // the keys are spread over every master
+  }
+
+  redis::client wrong(io.get_executor(), options("other-ca.crt"));
+  ASSERT_TRUE(run_until([&] { return bool(wrong.last_error()); }, 5s));
+  EXPECT_EQ(wrong.last_error().category().name(), std::string("asio.ssl")) << wrong.last_error().message();
+  EXPECT_FALSE(wrong.is_connected());
+  EXPECT_TRUE(wrong.masters().empty());
 }
 
 }  // namespace
