@@ -29,6 +29,8 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <variant>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -89,18 +91,33 @@ struct batch_options {
 /// result (a `flight` inside the loader). Batches run concurrently, up to
 /// `max_concurrent_batches`.
 ///
-/// The batch function is one of:
-///   - `(std::vector<K>) -> asio::awaitable<std::unordered_map<K, V, Hash>>`;
-///   - an Asio asynchronous operation `(std::vector<K>, CompletionToken&&)` with
-///     signature `void(error_code, std::unordered_map<K, V, Hash>)` or
-///     `void(std::exception_ptr, std::unordered_map<K, V, Hash>)`.
-/// A key missing from its result fails for that key only, with
-/// `error::key_not_found` (nothing is stored for it). An exception from the
-/// batch function reaches every caller of that batch.
+/// The batch function is `(std::vector<K>) -> asio::awaitable<R>`, or an Asio
+/// asynchronous operation `(std::vector<K>, CompletionToken&&)` with signature
+/// `void(error_code, R)` or `void(std::exception_ptr, R)`, where the result `R`
+/// is one of:
+///   - `std::unordered_map<K, V, Hash>`: the keys it has a value for;
+///   - `std::vector<V>`: one value per key, in the order of the keys it was
+///     given (the shape of graphql/dataloader's batch functions);
+///   - `std::vector<std::optional<V>>`: in key order, `nullopt` for a key
+///     without a value;
+///   - `std::vector<batch_item<V>>`: in key order, a value or the exception
+///     that key fails with (its callers get that exception; the others their
+///     values).
+/// A key missing from its result (absent from the map, or `nullopt`) fails
+/// for that key only, with `error::key_not_found` (nothing is stored for it).
+/// A list whose length is not the number of keys fails every key of the batch
+/// with `error::batch_size_mismatch` (a `boost::system::system_error` whose
+/// message gives both lengths). An exception from the batch function reaches
+/// every caller of that batch.
 ///
 /// @par Threads
 /// Every member may be called from any thread. The batch function runs on the
 /// loader's executor, never under a lock.
+/// One key's own result in a batch function's list of results: its value, or
+/// the exception its callers get (see `batch_loader`).
+template <class V>
+using batch_item = std::variant<V, std::exception_ptr>;
+
 template <class K, class V, class Hash = std::hash<K>, class Clock = std::chrono::steady_clock>
 class batch_loader {
  public:
@@ -208,7 +225,12 @@ class batch_loader {
         [st = st_](auto handler, K key) { fetch{st, std::move(key)}(std::move(handler)); }, token, std::move(key));
   }
 
-  using batch_fn = std::function<boost::asio::awaitable<result_map>(std::vector<K>)>;
+  // A batch's results in one shape: values, and keys that fail on their own.
+  struct outcome {
+    result_map values;
+    std::unordered_map<K, std::exception_ptr, Hash> errors;
+  };
+  using batch_fn = std::function<boost::asio::awaitable<outcome>(std::vector<K>)>;
   using key_handler = boost::asio::any_completion_handler<void(std::exception_ptr, V)>;
 
   // A key waiting in the open batch.
@@ -355,14 +377,18 @@ class batch_loader {
     std::vector<K> keys;
     keys.reserve(batch.size());
     for (auto& p : batch) keys.push_back(p->key);
-    auto done = [st, batch = std::move(batch)](std::exception_ptr e, result_map results) mutable {
+    auto done = [st, batch = std::move(batch)](std::exception_ptr e, outcome results) mutable {
       for (auto& p : batch) {
         if (e) {
           complete(st, *p, e, nullptr);
           continue;
         }
-        auto it = results.find(p->key);
-        if (it == results.end())
+        if (auto failed = results.errors.find(p->key); failed != results.errors.end()) {
+          complete(st, *p, failed->second, nullptr);
+          continue;
+        }
+        auto it = results.values.find(p->key);
+        if (it == results.values.end())
           complete(st, *p, detail::make_error(error::key_not_found), nullptr);
         else
           complete(st, *p, nullptr, &it->second);
@@ -464,17 +490,70 @@ class batch_loader {
     asio::post(st_->ex, [o] { o->one_done(); });  // never complete inside the call
   }
 
+  template <class R>
+  static constexpr bool is_ordered = std::is_same_v<R, std::vector<V>> ||
+                                     std::is_same_v<R, std::vector<std::optional<V>>> ||
+                                     std::is_same_v<R, std::vector<batch_item<V>>>;
+
+  // A list of results in key order.
+  template <class R>
+    requires is_ordered<R>
+  static outcome to_outcome(const std::vector<K>& keys, R r) {
+    if (r.size() != keys.size())
+      throw boost::system::system_error(make_error_code(error::batch_size_mismatch),
+                                        std::to_string(r.size()) + " results for " + std::to_string(keys.size()) +
+                                            " keys");
+    outcome out;
+    out.values.reserve(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      auto& item = r[i];
+      if constexpr (std::is_same_v<R, std::vector<V>>) {
+        out.values.insert_or_assign(keys[i], std::move(item));
+      } else if constexpr (std::is_same_v<R, std::vector<std::optional<V>>>) {
+        if (item) out.values.insert_or_assign(keys[i], std::move(*item));
+      } else if (auto* e = std::get_if<std::exception_ptr>(&item)) {
+        out.errors.insert_or_assign(keys[i], *e ? *e : detail::make_error(error::key_not_found));
+      } else {
+        out.values.insert_or_assign(keys[i], std::move(std::get<V>(item)));
+      }
+    }
+    return out;
+  }
+
   template <class Fn>
   static batch_fn wrap(Fn fn) {
     namespace asio = boost::asio;
-    if constexpr (std::is_invocable_r_v<asio::awaitable<result_map>, Fn&, std::vector<K>>) {
-      return batch_fn(std::move(fn));
-    } else {
-      // An Asio asynchronous operation: adapt it to the coroutine form.
-      auto shared = std::make_shared<Fn>(std::move(fn));
-      return [shared](std::vector<K> keys) -> asio::awaitable<result_map> {
+    auto shared = std::make_shared<Fn>(std::move(fn));
+    // The coroutine form, or an Asio asynchronous operation run as one.
+    auto call = [shared](std::vector<K> keys) {
+      if constexpr (std::is_invocable_v<Fn&, std::vector<K>>)
+        return (*shared)(std::move(keys));
+      else
         return (*shared)(std::move(keys), asio::use_awaitable);
-      };
+    };
+    using R = typename decltype(call(std::vector<K>{}))::value_type;
+    static_assert(std::is_same_v<R, result_map> || is_ordered<R>,
+                  "a batch function gives a std::unordered_map<K, V, Hash>, or in key order a std::vector of V, "
+                  "std::optional<V> or batch_item<V>");
+    return [call](std::vector<K> keys) { return run_batch_fn(call, std::move(keys)); };
+  }
+
+  // The batch function's result in the one shape; `call` is a parameter, so
+  // the coroutine owns its copy.
+  template <class Call>
+  static boost::asio::awaitable<outcome> run_batch_fn(Call call, std::vector<K> keys) {
+    using R = typename decltype(call(std::vector<K>{}))::value_type;
+    // Each co_await in a statement of its own (GCC 12 miscompiles one inside
+    // a braced initializer or an argument list).
+    if constexpr (std::is_same_v<R, result_map>) {
+      result_map values = co_await call(std::move(keys));
+      outcome out;
+      out.values = std::move(values);
+      co_return out;
+    } else {
+      std::vector<K> order = keys;
+      R results = co_await call(std::move(keys));
+      co_return to_outcome(order, std::move(results));
     }
   }
 

@@ -50,6 +50,8 @@ enum class error {
   master_not_found,
   /// The server named as master does not report itself one (`ROLE`).
   not_master,
+  /// A batch function gave a list of results whose length is not its number of keys.
+  batch_size_mismatch,
 };
 
 namespace detail {
@@ -82,6 +84,7 @@ class error_category final : public boost::system::error_category {
       case error::corrupt_store: return "the store's files are not a cacheflight store or are damaged";
       case error::master_not_found: return "no sentinel named a master for the set";
       case error::not_master: return "the server named as master is not a master";
+      case error::batch_size_mismatch: return "the batch function's list of results is not as long as its list of keys";
     }
     return "unknown cacheflight error";
   }

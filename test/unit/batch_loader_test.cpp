@@ -444,3 +444,124 @@ TEST_F(BatchLoader, ACacheLoadAfterAnEraseDoesNotJoinABatchSentBeforeIt) {
   EXPECT_EQ(after.value, "new");
   EXPECT_EQ(c.peek("k"), "new");
 }
+
+// Batch functions that answer with a list in the order of their keys.
+TEST_F(BatchLoader, AListOfValuesInKeyOrderGoesToItsKeys) {
+  loader_t l{io,
+             [this](std::vector<int> keys) -> asio::awaitable<std::vector<std::string>> {
+               calls.push_back(keys);
+               std::vector<std::string> out;
+               for (int k : keys) out.push_back("list" + std::to_string(k));
+               co_return out;
+             },
+             cf::batch_options{.window = 1ms}};
+  std::map<int, outcome<std::string>> out;
+  for (int k : {7, 3, 9, 1}) l.async_load(k, out[k].handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return out[1].done; });
+  drain(io);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0], (std::vector<int>{7, 3, 9, 1}));
+  for (int k : {7, 3, 9, 1}) {
+    EXPECT_FALSE(out[k].error);
+    EXPECT_EQ(out[k].value, "list" + std::to_string(k));
+  }
+}
+
+TEST_F(BatchLoader, OptionalsInKeyOrderMarkKeysWithoutAValue) {
+  loader_t l{io,
+             [](std::vector<int> keys) -> asio::awaitable<std::vector<std::optional<std::string>>> {
+               std::vector<std::optional<std::string>> out;
+               for (int k : keys) out.push_back(k % 2 ? std::optional<std::string>("odd" + std::to_string(k)) : std::nullopt);
+               co_return out;
+             },
+             cf::batch_options{.window = 1ms}};
+  std::map<int, outcome<std::string>> out;
+  for (int k : {1, 2, 3, 4}) l.async_load(k, out[k].handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return out[4].done; });
+  EXPECT_EQ(out[1].value, "odd1");
+  EXPECT_EQ(out[3].value, "odd3");
+  EXPECT_EQ(out[2].code(), cf::error::key_not_found);
+  EXPECT_EQ(out[4].code(), cf::error::key_not_found);
+}
+
+TEST_F(BatchLoader, PerKeyErrorsInKeyOrderReachOnlyTheirKeys) {
+  struct boom : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  loader_t l{io,
+             [](std::vector<int> keys) -> asio::awaitable<std::vector<cf::batch_item<std::string>>> {
+               std::vector<cf::batch_item<std::string>> out;
+               for (int k : keys)
+                 if (k == 2)
+                   out.emplace_back(std::make_exception_ptr(boom("no 2")));
+                 else
+                   out.emplace_back("item" + std::to_string(k));
+               co_return out;
+             },
+             cf::batch_options{.window = 1ms}};
+  std::map<int, outcome<std::string>> out;
+  for (int k : {1, 2, 3}) l.async_load(k, out[k].handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return out[3].done; });
+  EXPECT_EQ(out[1].value, "item1");
+  EXPECT_EQ(out[3].value, "item3");
+  ASSERT_TRUE(out[2].error);
+  try {
+    std::rethrow_exception(out[2].error);
+  } catch (const boom& e) {
+    EXPECT_STREQ(e.what(), "no 2");  // the batch function's own exception, unchanged
+  } catch (...) {
+    ADD_FAILURE() << "another exception";
+  }
+}
+
+TEST_F(BatchLoader, AListOfTheWrongLengthFailsEveryKeyOfItsBatch) {
+  loader_t l{io,
+             [this](std::vector<int> keys) -> asio::awaitable<std::vector<std::string>> {
+               calls.push_back(keys);
+               co_return std::vector<std::string>(keys.size() == 3 ? 2 : keys.size(), "x");
+             },
+             cf::batch_options{.window = 1ms, .max_batch = 3}};
+  std::map<int, outcome<std::string>> out;
+  for (int k : {1, 2, 3, 4}) l.async_load(k, out[k].handler());  // batches {1,2,3} and {4}
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return out[1].done && out[4].done; });
+  for (int k : {1, 2, 3}) {
+    EXPECT_EQ(out[k].code(), cf::error::batch_size_mismatch) << k;
+    try {
+      std::rethrow_exception(out[k].error);
+    } catch (const boost::system::system_error& e) {
+      EXPECT_NE(std::string(e.what()).find("2 results for 3 keys"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_FALSE(out[4].error);  // the other batch is not affected
+  EXPECT_EQ(out[4].value, "x");
+}
+
+TEST_F(BatchLoader, AnAsyncOperationMayAnswerWithAListInKeyOrder) {
+  using sig_t = void(std::exception_ptr, std::vector<std::string>);
+  auto op = [&](std::vector<int> keys, auto&& token) {
+    return asio::async_initiate<decltype(token), sig_t>(
+        [&io = io](auto h, std::vector<int> keys) {
+          std::vector<std::string> v;
+          for (int k : keys) v.push_back("aop" + std::to_string(k));
+          asio::post(io, [h = std::move(h), v = std::move(v)]() mutable { std::move(h)(nullptr, std::move(v)); });
+        },
+        token, std::move(keys));
+  };
+  loader_t l{io, op, cf::batch_options{.window = 1ms}};
+  outcome<std::string> a, b;
+  l.async_load(5, a.handler());
+  l.async_load(6, b.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return a.done && b.done; });
+  EXPECT_EQ(a.value, "aop5");
+  EXPECT_EQ(b.value, "aop6");
+}
