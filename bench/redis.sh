@@ -26,23 +26,31 @@ redis-cli -p "$port" set 'key:__rand_int__' xxx >/dev/null
 best() { sort -g | tail -n 1; }
 # redis-benchmark -q redraws its progress line with carriage returns.
 rps() { tr '\r' '\n' | sed -n 's/^GET: \([0-9.]*\) requests.*/\1/p'; }
-printf '%-24s %18s %18s %8s\n' "connections x pipeline" "redis-benchmark/s" "redis::client/s" "ratio"
-for conns in 1 50; do
-  for pipeline in 1 16; do
-    # Enough requests for redis-benchmark to run about as long as a client round.
-    probe=$(redis-benchmark -p "$port" -t get -n 20000 -c "$conns" -P "$pipeline" -q | rps)
-    n=$(awk -v r="${probe:-0}" -v s="$seconds" 'BEGIN { printf "%d", r * s }')
-    [ "$n" -gt 0 ] || { echo "cannot read redis-benchmark's output"; exit 1; }
-    theirs=() ours=()
-    for _ in $(seq 1 "$rounds"); do
-      theirs+=("$(redis-benchmark -p "$port" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
-      ours+=("$("$bench" client "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+# compare LABEL "CONNS..." BENCH_MODE PORT [REDIS-BENCHMARK FLAGS...]: GETs of
+# redis-benchmark and of `$bench BENCH_MODE PORT C P` at each C in CONNS and P
+# in 1 and 16, alternating rounds, best of each.
+compare() {
+  local label=$1 conns_list=$2 mode=$3 port=$4
+  shift 4
+  printf '%-24s %18s %18s %8s\n' "connections x pipeline" "redis-benchmark/s" "redis::client/s" "ratio"
+  for conns in $conns_list; do
+    for pipeline in 1 16; do
+      # Enough requests for redis-benchmark to run about as long as a client round.
+      probe=$(redis-benchmark "$@" -p "$port" -t get -n 20000 -c "$conns" -P "$pipeline" -q | rps)
+      n=$(awk -v r="${probe:-0}" -v s="$seconds" 'BEGIN { printf "%d", r * s }')
+      [ "$n" -gt 0 ] || { echo "cannot read redis-benchmark's output"; exit 1; }
+      theirs=() ours=()
+      for _ in $(seq 1 "$rounds"); do
+        theirs+=("$(redis-benchmark "$@" -p "$port" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
+        ours+=("$("$bench" "$mode" "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^[a-z]* GET: \([0-9.]*\) .*/\1/p')")
+      done
+      t=$(printf '%s\n' "${theirs[@]}" | best)
+      o=$(printf '%s\n' "${ours[@]}" | best)
+      printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline$label" "$t" "$o" "$(awk -v a="$o" -v b="$t" 'BEGIN { print a / b }')"
     done
-    t=$(printf '%s\n' "${theirs[@]}" | best)
-    o=$(printf '%s\n' "${ours[@]}" | best)
-    printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline" "$t" "$o" "$(awk -v a="$o" -v b="$t" 'BEGIN { print a / b }')"
   done
-done
+}
+compare "" "1 50" client "$port"
 echo
 for c in 1 50; do "$bench" l2 "$port" "$c" "$seconds"; done
 
@@ -74,19 +82,4 @@ seed=$(head -n 1 "$dir/cluster/masters")
 seed=${seed##*:}
 # Both read absent keys: redis-benchmark --cluster reads "key:{tag}:__rand_int__"
 # with a tag for each master, which nobody set; the client one absent key per master.
-printf '%-24s %18s %18s %8s\n' "connections x pipeline" "redis-benchmark/s" "redis::client/s" "ratio"
-for conns in 3 48; do
-  for pipeline in 1 16; do
-    probe=$(redis-benchmark --cluster -p "$seed" -t get -n 20000 -c "$conns" -P "$pipeline" -q | rps)
-    n=$(awk -v r="${probe:-0}" -v s="$seconds" 'BEGIN { printf "%d", r * s }')
-    [ "$n" -gt 0 ] || { echo "cannot read redis-benchmark's output"; exit 1; }
-    theirs=() ours=()
-    for _ in $(seq 1 "$rounds"); do
-      theirs+=("$(redis-benchmark --cluster -p "$seed" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
-      ours+=("$("$bench" cluster "$seed" "$conns" "$pipeline" "$seconds" | sed -n 's/^cluster GET: \([0-9.]*\) .*/\1/p')")
-    done
-    t=$(printf '%s\n' "${theirs[@]}" | best)
-    o=$(printf '%s\n' "${ours[@]}" | best)
-    printf '%-24s %18.0f %18.0f %7.2fx\n' "$conns x $pipeline (cluster)" "$t" "$o" "$(awk -v a="$o" -v b="$t" 'BEGIN { print a / b }')"
-  done
-done
+compare " (cluster)" "3 48" cluster "$seed" --cluster

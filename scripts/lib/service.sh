@@ -31,3 +31,19 @@ stop_service() {
   pid=""
   return $status
 }
+
+# expect NAME WANT GOT: prints "ok NAME", or "FAIL ..." and counts it in `failures`.
+expect() {
+  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
+}
+
+# unanswered BASE_URL FROM TO: GETs BASE_URL/user/ID for each ID in FROM..TO,
+# 0.1 s apart (5 s at most each), and prints the statuses that were not 200.
+unanswered() {
+  local codes=""
+  for id in $(seq "$2" "$3"); do
+    codes+="$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$1/user/$id") "
+    sleep 0.1
+  done
+  tr ' ' '\n' <<<"$codes" | grep -v '^200$' | grep -v '^$' || true
+}

@@ -8,9 +8,6 @@ set -euo pipefail
 server=$1
 source "$(dirname "$0")/../../scripts/lib/service.sh"
 failures=0
-expect() {  # expect NAME WANT GOT
-  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
-}
 
 # The command line: --help lists every flag with its default; malformed or
 # out-of-range values are errors with exit status 2, never a silent start.

@@ -24,9 +24,6 @@ bash "$here/redis_cluster.sh" start "$work"
 IFS=, read -r -a nodes <"$work/nodes"
 mapfile -t masters <"$work/masters"
 failures=0
-expect() {  # expect NAME WANT GOT
-  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
-}
 ports=()
 for seed in "${nodes[0]}" "${nodes[3]}"; do
   start_service "$server" --db-latency-ms 1 --redis-cluster "$seed" || exit 1
@@ -54,12 +51,7 @@ expect "the second instance reads them from the cluster" 0 "$(stat "$b" db_calls
 
 victim=${masters[0]}
 bash "$here/redis_cluster.sh" kill "$work" "${victim##*:}"
-codes=""
-for id in $(seq 100 130); do
-  codes+="$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$a/user/$id") "
-  sleep 0.1
-done
-expect "every request during the failover is answered" "" "$(tr ' ' '\n' <<<"$codes" | grep -v '^200$' | grep -v '^$' || true)"
+expect "every request during the failover is answered" "" "$(unanswered "$a" 100 130)"
 bash "$here/redis_cluster.sh" wait-ok "$work"
 # The replica promoted in the victim's place: a master now that was not before.
 promoted=""

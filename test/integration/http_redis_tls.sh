@@ -22,9 +22,6 @@ bash "$here/tls_certs.sh" "$work/certs"
 REDIS_TLS_DIR=$work/certs bash "$here/redis_server.sh" start "$work/redis"
 rport=$(cat "$work/redis/port")
 failures=0
-expect() {  # expect NAME WANT GOT
-  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: want $2, got $3"; failures=$((failures + 1)); fi
-}
 field() { sed -n "s/.*\"$1\":\\([0-9]*\\).*/\\1/p" <<<"$2"; }
 start() {
   start_service "$server" --db-latency-ms 1 --redis "127.0.0.1:$rport" "$@" || { cleanup; exit 1; }

@@ -27,31 +27,16 @@
 set -euo pipefail
 cmd=$1
 dir=$2
+source "$(dirname "${BASH_SOURCE[0]}")/servers_lib.sh"
 
 free_port() {  # a port free for the node and for its cluster bus (port + 10000): apart from
   local p       # the other test servers (20000 and up) and the ephemeral range (32768 and up)
   while :; do
     p=$((3000 + RANDOM % 7000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null &&
-       ! grep -qx "$p" "$dir/ports" 2>/dev/null; then
+    if port_free "$p" && port_free $((p + 10000)) && ! grep -qx "$p" "$dir/ports" 2>/dev/null; then
       echo "$p"
       return
     fi
-  done
-}
-wait_until() {  # wait_until SECONDS COMMAND...
-  local end=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
-  done
-}
-stop_all() {
-  for f in "$dir"/*/pid; do
-    [ -f "$f" ] || continue
-    kill -KILL "$(cat "$f")" 2>/dev/null || true
-    rm -f "$f"
   done
 }
 cli() {  # redis-cli, with TLS when the cluster has it

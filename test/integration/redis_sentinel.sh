@@ -11,30 +11,16 @@
 set -euo pipefail
 cmd=$1
 dir=$2
+source "$(dirname "${BASH_SOURCE[0]}")/servers_lib.sh"
 
 free_port() {
   local p
   while :; do
     p=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
-wait_until() {  # wait_until SECONDS COMMAND...
-  local end=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
+    if port_free "$p"; then echo "$p"; return; fi
   done
 }
 cli() { redis-cli --no-auth-warning "$@"; }
-stop_all() {
-  for f in "$dir"/*/pid; do
-    [ -f "$f" ] || continue
-    kill -KILL "$(cat "$f")" 2>/dev/null || true
-    rm -f "$f"
-  done
-}
 
 case "$cmd" in
   start)
