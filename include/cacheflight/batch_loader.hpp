@@ -30,7 +30,6 @@
 #include <string>
 #include <type_traits>
 #include <variant>
-#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -82,6 +81,12 @@ struct batch_options {
   std::size_t max_key_length = std::numeric_limits<std::size_t>::max();
 };
 
+/// One key's own result in a batch function's list of results (see
+/// `batch_loader`): its value (alternative 0), or the exception its callers
+/// get (alternative 1; a null one counts as `error::key_not_found`).
+template <class V>
+using batch_item = std::variant<V, std::exception_ptr>;
+
 /// DataLoader-style batching: single-key requests made close together become
 /// one call of a batch function.
 ///
@@ -103,8 +108,10 @@ struct batch_options {
 ///   - `std::vector<batch_item<V>>`: in key order, a value or the exception
 ///     that key fails with (its callers get that exception; the others their
 ///     values).
-/// A key missing from its result (absent from the map, or `nullopt`) fails
-/// for that key only, with `error::key_not_found` (nothing is stored for it).
+/// A list's i-th result goes to the i-th key the function was given (keys
+/// that compare equal, or not even to themselves, are still told apart). A key
+/// missing from its result (absent from the map, or `nullopt`) fails for that
+/// key only, with `error::key_not_found` (nothing is stored for it).
 /// A list whose length is not the number of keys fails every key of the batch
 /// with `error::batch_size_mismatch` (a `boost::system::system_error` whose
 /// message gives both lengths). An exception from the batch function reaches
@@ -113,11 +120,6 @@ struct batch_options {
 /// @par Threads
 /// Every member may be called from any thread. The batch function runs on the
 /// loader's executor, never under a lock.
-/// One key's own result in a batch function's list of results: its value, or
-/// the exception its callers get (see `batch_loader`).
-template <class V>
-using batch_item = std::variant<V, std::exception_ptr>;
-
 template <class K, class V, class Hash = std::hash<K>, class Clock = std::chrono::steady_clock>
 class batch_loader {
  public:
@@ -165,8 +167,10 @@ class batch_loader {
   ///
   /// @par Completion signature
   /// @code void(std::exception_ptr error, V value) @endcode
-  /// Errors: the batch function's exception; `error::key_not_found` when the
-  /// batch result lacks `key`; `error::max_keys_exceeded`; `error::invalid_key`
+  /// Errors: the batch function's exception; the key's own exception from a
+  /// `batch_item`; `error::key_not_found` when the batch result lacks `key`;
+  /// `error::batch_size_mismatch` when the batch function's list is not as
+  /// long as its keys; `error::max_keys_exceeded`; `error::invalid_key`
   /// for a key whose string form is empty or longer than
   /// `batch_options::max_key_length`; `error::cancelled` when the loader is
   /// destroyed first; `operation_aborted` for a caller cancelled through its
@@ -190,7 +194,9 @@ class batch_loader {
   /// @par Completion signature
   /// @code void(std::exception_ptr error, std::vector<std::optional<V>> values) @endcode
   /// `values[i]` belongs to `keys[i]`; it is empty for a key the batch result
-  /// lacked. `error` is the first other failure (the batch function's exception).
+  /// lacked. `error` is the first other failure: the batch function's
+  /// exception, or a key's own from a `batch_item` (the other keys' values
+  /// are still in `values`).
   /// The handler runs on its associated executor, never inside this call;
   /// outstanding work is held on that executor until it runs.
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::vector<std::optional<V>>)>
@@ -225,10 +231,13 @@ class batch_loader {
         [st = st_](auto handler, K key) { fetch{st, std::move(key)}(std::move(handler)); }, token, std::move(key));
   }
 
-  // A batch's results in one shape: values, and keys that fail on their own.
+  // A batch's results in one shape: by key (a map result), or by position in
+  // the batch (a list result: `items[i]` and `errors[i]` for the i-th key).
   struct outcome {
+    bool ordered = false;
     result_map values;
-    std::unordered_map<K, std::exception_ptr, Hash> errors;
+    std::vector<std::optional<V>> items;
+    std::vector<std::exception_ptr> errors;
   };
   using batch_fn = std::function<boost::asio::awaitable<outcome>(std::vector<K>)>;
   using key_handler = boost::asio::any_completion_handler<void(std::exception_ptr, V)>;
@@ -378,20 +387,22 @@ class batch_loader {
     keys.reserve(batch.size());
     for (auto& p : batch) keys.push_back(p->key);
     auto done = [st, batch = std::move(batch)](std::exception_ptr e, outcome results) mutable {
-      for (auto& p : batch) {
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        pending& p = *batch[i];
         if (e) {
-          complete(st, *p, e, nullptr);
-          continue;
+          complete(st, p, e, nullptr);
+        } else if (results.ordered) {
+          if (results.errors[i])
+            complete(st, p, results.errors[i], nullptr);
+          else if (results.items[i])
+            complete(st, p, nullptr, &*results.items[i]);
+          else
+            complete(st, p, detail::make_error(error::key_not_found), nullptr);
+        } else if (auto it = results.values.find(p.key); it != results.values.end()) {
+          complete(st, p, nullptr, &it->second);
+        } else {
+          complete(st, p, detail::make_error(error::key_not_found), nullptr);
         }
-        if (auto failed = results.errors.find(p->key); failed != results.errors.end()) {
-          complete(st, *p, failed->second, nullptr);
-          continue;
-        }
-        auto it = results.values.find(p->key);
-        if (it == results.values.end())
-          complete(st, *p, detail::make_error(error::key_not_found), nullptr);
-        else
-          complete(st, *p, nullptr, &it->second);
       }
       batch_finished(st);
     };
@@ -504,29 +515,46 @@ class batch_loader {
                                         std::to_string(r.size()) + " results for " + std::to_string(keys.size()) +
                                             " keys");
     outcome out;
-    out.values.reserve(keys.size());
+    out.ordered = true;
+    out.items.resize(keys.size());
+    out.errors.resize(keys.size());
     for (std::size_t i = 0; i < keys.size(); ++i) {
-      auto& item = r[i];
+      auto&& item = r[i];  // a proxy for std::vector<bool>
       if constexpr (std::is_same_v<R, std::vector<V>>) {
-        out.values.insert_or_assign(keys[i], std::move(item));
+        out.items[i].emplace(std::move(item));
       } else if constexpr (std::is_same_v<R, std::vector<std::optional<V>>>) {
-        if (item) out.values.insert_or_assign(keys[i], std::move(*item));
-      } else if (auto* e = std::get_if<std::exception_ptr>(&item)) {
-        out.errors.insert_or_assign(keys[i], *e ? *e : detail::make_error(error::key_not_found));
+        if (item) out.items[i].emplace(std::move(*item));
+      } else if (item.index() == 1) {  // by index: V may be std::exception_ptr itself
+        out.errors[i] = std::get<1>(item) ? std::get<1>(item) : detail::make_error(error::key_not_found);
       } else {
-        out.values.insert_or_assign(keys[i], std::move(std::get<V>(item)));
+        out.items[i].emplace(std::move(std::get<0>(item)));
       }
     }
     return out;
+  }
+
+  template <class T>
+  struct is_awaitable : std::false_type {};
+  template <class T, class E>
+  struct is_awaitable<boost::asio::awaitable<T, E>> : std::true_type {};
+
+  // Whether `fn(keys)` is the coroutine form.
+  template <class Fn>
+  static constexpr bool returns_awaitable() {
+    if constexpr (std::is_invocable_v<Fn&, std::vector<K>>)
+      return is_awaitable<std::invoke_result_t<Fn&, std::vector<K>>>::value;
+    else
+      return false;
   }
 
   template <class Fn>
   static batch_fn wrap(Fn fn) {
     namespace asio = boost::asio;
     auto shared = std::make_shared<Fn>(std::move(fn));
-    // The coroutine form, or an Asio asynchronous operation run as one.
+    // The coroutine form, or an Asio asynchronous operation run as one (even
+    // one whose completion token has a default).
     auto call = [shared](std::vector<K> keys) {
-      if constexpr (std::is_invocable_v<Fn&, std::vector<K>>)
+      if constexpr (returns_awaitable<Fn>())
         return (*shared)(std::move(keys));
       else
         return (*shared)(std::move(keys), asio::use_awaitable);

@@ -125,6 +125,7 @@ void client::cluster::stop() {
   if (probe) std::exchange(probe, nullptr)->close();
   for (auto& [addr, n] : nodes) {
     n->reconnect.cancel();
+    n->retire_timer.cancel();
     if (n->conn) n->conn->close();
     fail_waiting(n.get());
   }
@@ -278,10 +279,7 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
     if (!t->master) {
       t->master = true;
       t->was_up = t->up;
-      if (t->retiring) {
-        t->retiring = false;
-        t->reconnect.cancel();
-      }
+      keep(t);
       connect_node(t);
       {
         std::lock_guard lk(mu);
@@ -413,6 +411,8 @@ void client::cluster::connect_node(node* n) {
     auto waiting = std::move(n->waiting);
     n->waiting.clear();
     for (auto& [o, asking] : waiting) self->route(o, n, asking);
+    // Not a master (the target of an ASK): closed once its commands are done.
+    if (!n->master) self->retire(n);
     self->update_connected();
   }));
 }
@@ -616,10 +616,7 @@ bool client::cluster::apply(const reply& r, const std::string& asked_host) {
     n->master = m;
     if (m) {
       n->was_up = n->up;
-      if (n->retiring) {
-        n->retiring = false;
-        n->reconnect.cancel();
-      }
+      keep(n.get());
       connect_node(n.get());
     } else {
       // No longer a master (demoted, or gone). Commands waiting for it were
@@ -643,24 +640,27 @@ bool client::cluster::apply(const reply& r, const std::string& asked_host) {
 // closed once every command written to it has completed or timed out.
 void client::cluster::retire(node* n) {
   n->reconnect_pending = false;
-  n->retiring = true;
-  n->was_up = false;
   n->reconnect.cancel();
-  if (!n->conn) {
-    n->up = false;
-    n->connecting = false;
-    n->retiring = false;
-    return;
-  }
-  n->reconnect.expires_after(opts.connection.command_timeout + opts.connection.connect_timeout);
-  n->reconnect.async_wait([self = shared_from_this(), n](error_code ec) {
-    if (ec || self->stopped || !n->retiring) return;
+  n->was_up = false;
+  n->retiring = true;
+  const std::uint64_t gen = ++n->retire_gen;
+  n->retire_timer.expires_after(opts.connection.command_timeout + opts.connection.connect_timeout);
+  n->retire_timer.async_wait([self = shared_from_this(), n, gen](error_code) {
+    if (self->stopped || !n->retiring || n->retire_gen != gen) return;
     n->retiring = false;
     n->up = false;
     n->connecting = false;
     if (auto c = std::exchange(n->conn, nullptr)) c->close();
     self->fail_waiting(n);
   });
+}
+
+// Calls off a node's retirement: it is a master again.
+void client::cluster::keep(node* n) {
+  if (!n->retiring) return;
+  n->retiring = false;
+  ++n->retire_gen;
+  n->retire_timer.cancel();
 }
 
 // Every `health_check_interval`, each master that is up gets a PING; one that
@@ -674,6 +674,10 @@ void client::cluster::schedule_health() {
       n->conn->exec_on_strand({"PING"}, exec_handler(asio::bind_executor(self->strand, [self, n = n.get(), c = n->conn](
                                                                                           error_code ec, reply r) {
                                 if (self->stopped || n->conn != c || (!ec && !r.is_error())) return;
+                                // Refused here, not by the server: says nothing of its health.
+                                if (ec == error::queue_full || ec == error::not_connected ||
+                                    ec == asio::error::operation_aborted)
+                                  return;
                                 c->close();
                               })),
                               nullptr, {});

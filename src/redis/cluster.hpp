@@ -48,7 +48,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
 
   struct node {
     node(const strand_type& s, std::string a, std::string h, std::string p, std::chrono::milliseconds b)
-        : addr(std::move(a)), host(std::move(h)), port(std::move(p)), backoff(b), reconnect(s) {}
+        : addr(std::move(a)), host(std::move(h)), port(std::move(p)), backoff(b), reconnect(s), retire_timer(s) {}
     std::string addr, host, port;
     std::shared_ptr<connection> conn;
     bool master = false;       // serves slots in the current map
@@ -60,6 +60,8 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
     unsigned timeouts = 0;     // consecutive
     std::chrono::milliseconds backoff;
     boost::asio::steady_timer reconnect;
+    boost::asio::steady_timer retire_timer;
+    std::uint64_t retire_gen = 0;  // bumped when a retirement starts or is called off
     std::vector<std::pair<std::shared_ptr<op>, bool>> waiting;  // until connected; true: send ASKING first
   };
 
@@ -101,6 +103,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   void schedule_periodic();
   void schedule_health();
   void retire(node* n);
+  void keep(node* n);
   void update_connected();
   std::chrono::milliseconds jittered(std::chrono::milliseconds& backoff);
 

@@ -191,10 +191,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (op.what == write_op::kind::set) v = op.bytes;
       return complete(std::move(h), error_code{}, std::move(v));
     }
+    if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
     if (!sent.empty())
       if (auto it = sent.find(full(key)); it != sent.end())
         return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
-    if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
     const auto g = admit();
     if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();

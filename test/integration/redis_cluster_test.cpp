@@ -316,6 +316,23 @@ TEST_F(RedisCluster, ATierOverTheClusterSharesValuesAndClearsItsPrefixOnEveryMas
   for (int i = 0; i < 60; ++i) exec(*client, {"DEL", "keep:" + std::to_string(i)});
 }
 
+TEST_F(RedisCluster, ATierReadsItsOwnWritesAndClears) {
+  auto client = std::make_shared<redis::client>(io.get_executor(), cluster_options());
+  ASSERT_TRUE(run_until([&] { return client->is_connected(); }, 10s));
+  auto tier = std::make_shared<redis::tier>(client, redis::tier_options{.prefix = "ryw:"});
+  // Issued back to back: the put is being written when the clear is queued,
+  // and the read after both must see the clear.
+  std::optional<std::optional<std::string>> after_put, after_clear;
+  tier->async_put("k", "v1", 60s, [](error_code) {});
+  tier->async_get("k", [&](error_code, std::optional<std::string> v) { after_put = v; });
+  tier->async_clear([](error_code) {});
+  tier->async_get("k", [&](error_code, std::optional<std::string> v) { after_clear = v; });
+  ASSERT_TRUE(run_until([&] { return after_put && after_clear; }));
+  EXPECT_EQ(after_put->value_or("none"), "v1");
+  EXPECT_FALSE(after_clear->has_value()) << **after_clear;
+  ASSERT_TRUE(run_until([&] { return tier->health().queued_writes == 0; }));
+}
+
 TEST_F(RedisCluster, ACancelledCommandCompletesWithOperationAborted) {
   redis::client c(io.get_executor(), cluster_options());
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));

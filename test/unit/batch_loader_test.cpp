@@ -3,6 +3,8 @@
 #include "test_support.hpp"
 
 #include <cmath>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -564,4 +566,121 @@ TEST_F(BatchLoader, AnAsyncOperationMayAnswerWithAListInKeyOrder) {
   run_until(io, [&] { return a.done && b.done; });
   EXPECT_EQ(a.value, "aop5");
   EXPECT_EQ(b.value, "aop6");
+}
+
+TEST_F(BatchLoader, AListIsMatchedToItsKeysByPositionNotByEquality) {
+  // NaN equals nothing, and 0.0 == -0.0: a list's results still reach the
+  // right callers, as the keys' string forms keep them apart.
+  using dloader = cf::batch_loader<double, std::string, std::hash<double>, cf::manual_clock>;
+  dloader l{io,
+            [](std::vector<double> keys) -> asio::awaitable<std::vector<std::string>> {
+              std::vector<std::string> out;
+              for (double k : keys) out.push_back(std::isnan(k) ? "nan" : std::signbit(k) ? "minus" : "plus");
+              co_return out;
+            },
+            cf::batch_options{.window = 1ms}};
+  outcome<std::string> nan, zero, minus_zero;
+  l.async_load(std::numeric_limits<double>::quiet_NaN(), nan.handler());
+  l.async_load(0.0, zero.handler());
+  l.async_load(-0.0, minus_zero.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return nan.done && zero.done && minus_zero.done; });
+  EXPECT_FALSE(nan.error);
+  EXPECT_EQ(nan.value, "nan");
+  EXPECT_EQ(zero.value, "plus");
+  EXPECT_EQ(minus_zero.value, "minus");
+}
+
+TEST_F(BatchLoader, ListsOfBoolsAndOfExceptionPointersAreValuesToo) {
+  cf::batch_loader<int, bool, std::hash<int>, cf::manual_clock> bools{
+      io,
+      [](std::vector<int> keys) -> asio::awaitable<std::vector<bool>> {
+        std::vector<bool> out;
+        for (int k : keys) out.push_back(k % 2 == 0);
+        co_return out;
+      },
+      cf::batch_options{.window = 1ms}};
+  outcome<bool> even, odd;
+  bools.async_load(2, even.handler());
+  bools.async_load(3, odd.handler());
+  // A value type that is itself an exception pointer: alternative 0 of the
+  // batch item is the value, alternative 1 the key's failure.
+  using eptr = std::exception_ptr;
+  cf::batch_loader<int, eptr, std::hash<int>, cf::manual_clock> ptrs{
+      io,
+      [](std::vector<int> keys) -> asio::awaitable<std::vector<cf::batch_item<eptr>>> {
+        std::vector<cf::batch_item<eptr>> out;
+        for (int k : keys)
+          out.emplace_back(std::in_place_index<0>, std::make_exception_ptr(std::runtime_error(std::to_string(k))));
+        co_return out;
+      },
+      cf::batch_options{.window = 1ms}};
+  outcome<eptr> p;
+  ptrs.async_load(7, p.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return even.done && odd.done && p.done; });
+  EXPECT_TRUE(even.value);
+  EXPECT_FALSE(odd.value);
+  EXPECT_FALSE(p.error);
+  ASSERT_TRUE(p.value);
+  try {
+    std::rethrow_exception(p.value);
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "7");
+  }
+}
+
+// An asynchronous batch operation whose completion token has a default.
+struct default_token_op {
+  asio::io_context* io;
+  template <class Token = asio::deferred_t>
+  auto operator()(std::vector<int> keys, Token&& token = {}) const {
+    return asio::async_initiate<Token, void(boost::system::error_code, std::vector<std::string>)>(
+        [io = io](auto h, std::vector<int> keys) {
+          std::vector<std::string> v;
+          for (int k : keys) v.push_back("d" + std::to_string(k));
+          asio::post(*io, [h = std::move(h), v = std::move(v)]() mutable {
+            std::move(h)(boost::system::error_code{}, std::move(v));
+          });
+        },
+        token, std::move(keys));
+  }
+};
+
+TEST_F(BatchLoader, AnAsyncOperationWithADefaultCompletionTokenIsStillAnOperation) {
+  loader_t l{io, default_token_op{&io}, cf::batch_options{.window = 1ms}};
+  outcome<std::string> a;
+  l.async_load(4, a.handler());
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return a.done; });
+  EXPECT_EQ(a.value, "d4");
+}
+
+TEST_F(BatchLoader, LoadManyKeepsTheOtherValuesWhenOneKeyFailsOnItsOwn) {
+  loader_t l{io,
+             [](std::vector<int> keys) -> asio::awaitable<std::vector<cf::batch_item<std::string>>> {
+               std::vector<cf::batch_item<std::string>> out;
+               for (int k : keys)
+                 if (k == 2)
+                   out.emplace_back(std::make_exception_ptr(std::runtime_error("two")));
+                 else
+                   out.emplace_back("m" + std::to_string(k));
+               co_return out;
+             },
+             cf::batch_options{.window = 1ms}};
+  std::optional<std::pair<std::exception_ptr, std::vector<std::optional<std::string>>>> got;
+  l.async_load_many({1, 2, 3}, [&](std::exception_ptr e, std::vector<std::optional<std::string>> v) {
+    got.emplace(e, std::move(v));
+  });
+  poll(io);
+  cf::manual_clock::advance(1ms);
+  run_until(io, [&] { return got.has_value(); });
+  ASSERT_TRUE(got->first);  // the key's own failure is the call's error
+  ASSERT_EQ(got->second.size(), 3u);
+  EXPECT_EQ(got->second[0], "m1");
+  EXPECT_FALSE(got->second[1]);
+  EXPECT_EQ(got->second[2], "m3");
 }
