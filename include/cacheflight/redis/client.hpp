@@ -64,8 +64,9 @@ struct sentinel_options {
 /// `INFO`, `TIME`, `ROLE`, `DBSIZE`, `SCAN`, `KEYS`, `RANDOMKEY`, `CLUSTER`,
 /// `CLIENT`, `CONFIG`, `COMMAND`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`,
 /// `FUNCTION`, `PUBLISH`, `WAIT`) go to the master of slot 0 (while it is
-/// down, another master that is up); send them to a given master with `client::async_exec_at`. A command with several keys
-/// (`MGET`, `DEL a b`, a script) must keep them in one slot, with hash tags
+/// down, another master that is up); send them to a given master with
+/// `client::async_exec_at`. A command with several keys (`MGET`, `DEL a b`,
+/// a script) must keep them in one slot, with hash tags
 /// (`{user:42}:name` and `{user:42}:mail` share the slot of `user:42`);
 /// otherwise the server answers with a `CROSSSLOT` error reply.
 ///
