@@ -4,7 +4,8 @@
 # 16, both single-threaded, in alternating rounds (the best round of each is
 # kept); then the cost of an L2 hit through cache::async_get; then
 # redis::client over TLS against itself over plain TCP, on a second server
-# with a TLS port (throwaway certificates); then redis::client against
+# with a TLS port (throwaway certificates); N coroutines sharing one
+# connection (automatic pipelining) in between; then redis::client against
 # `redis-benchmark --cluster` on a cluster of three masters and three replicas
 # (test/integration/redis_cluster.sh), at 3 and 48 connections in all.
 #
@@ -51,6 +52,16 @@ compare() {
   done
 }
 compare "" "1 50" client "$port"
+echo
+# Automatic pipelining: N coroutines, one GET at a time each, on one connection.
+printf '%-24s %18s\n' "coroutines on 1 conn" "redis::client/s"
+for n in 1 50 1000; do
+  ours=()
+  for _ in $(seq 1 "$rounds"); do
+    ours+=("$("$bench" coroutines "$port" "$n" "$seconds" | sed -n 's/^coroutines GET: \([0-9.]*\) .*/\1/p')")
+  done
+  printf '%-24s %18.0f\n' "$n" "$(printf '%s\n' "${ours[@]}" | best)"
+done
 echo
 for c in 1 50; do "$bench" l2 "$port" "$c" "$seconds"; done
 

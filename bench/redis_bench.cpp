@@ -16,6 +16,12 @@
 //     CONNECTIONS` opens), each keeping PIPELINE GETs outstanding per master,
 //     of one key per master (absent, as redis-benchmark's are); one thread.
 //
+//   cacheflight_redis_bench coroutines PORT N SECONDS
+//     Automatic pipelining: N coroutines on ONE client (one connection), each
+//     issuing one GET at a time (`co_await async_exec(..., use_awaitable)`);
+//     whatever they queue while a write is in flight goes out in the next
+//     write. Prints "coroutines GET: <n> requests per second".
+//
 //   cacheflight_redis_bench l2 PORT CONCURRENCY SECONDS
 //     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
 //     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
@@ -178,6 +184,51 @@ int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeli
   return 0;
 }
 
+int coroutines_bench(const std::string& port, std::size_t n, double seconds) {
+  asio::io_context io(1);
+  auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
+  wait_connected(io, {c});
+  std::uint64_t count = 0;
+  bool measuring = false, stopping = false, failed = false;
+  std::size_t running = n;
+  for (std::size_t i = 0; i < n; ++i)
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          while (!stopping) {
+            std::vector<std::string> args{"GET", "key:__rand_int__"};
+            auto r = co_await c->async_exec(std::move(args), asio::use_awaitable);
+            if (r.is_error()) failed = true;
+            if (measuring) ++count;
+          }
+          --running;
+        },
+        [&failed](std::exception_ptr e) {
+          if (e) failed = true;
+        });
+  auto span = [](double s) { return std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s)); };
+  clk::time_point t0, t1;
+  asio::steady_timer phase(io);
+  phase.expires_after(span(seconds / 4));
+  phase.async_wait([&](error_code) {
+    measuring = true;
+    t0 = clk::now();
+    phase.expires_after(span(seconds));
+    phase.async_wait([&](error_code) {
+      t1 = clk::now();
+      measuring = false;
+      stopping = true;
+    });
+  });
+  while (running > 0 && !failed) io.run_one();
+  if (failed) {
+    std::fprintf(stderr, "a GET failed\n");
+    return 1;
+  }
+  std::printf("coroutines GET: %.2f requests per second\n", double(count) / std::chrono::duration<double>(t1 - t0).count());
+  return 0;
+}
+
 int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
   asio::io_context io(1);
   auto raw = std::make_shared<redis::client>(io.get_executor(), options(port));
@@ -236,8 +287,10 @@ int main(int argc, char** argv) {
   if (mode == "cluster" && argc == 6)
     return cluster_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
                          std::atof(argv[5]));
+  if (mode == "coroutines" && argc == 5)
+    return coroutines_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | cluster SEED_PORT CONNECTIONS PIPELINE SECONDS | "
-               "l2 PORT CONCURRENCY SECONDS\n", argv[0]);
+               "coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS\n", argv[0]);
   return 2;
 }
