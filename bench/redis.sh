@@ -2,10 +2,10 @@
 # redis::client against redis-benchmark, on one throwaway redis-server on a
 # free loopback port: GET throughput at 1 and 50 connections, pipeline 1 and
 # 16, both single-threaded, in alternating rounds (the best round of each is
-# kept); then the cost of an L2 hit through cache::async_get; then
-# redis::client over TLS against itself over plain TCP, on a second server
-# with a TLS port (throwaway certificates); N coroutines sharing one
-# connection (automatic pipelining) in between; then redis::client against
+# kept); then N coroutines sharing one connection (automatic pipelining); then
+# the cost of an L2 hit through cache::async_get; then redis::client over TLS
+# against itself over plain TCP, on a second server with a TLS port
+# (throwaway certificates); then redis::client against
 # `redis-benchmark --cluster` on a cluster of three masters and three replicas
 # (test/integration/redis_cluster.sh), at 3 and 48 connections in all.
 #
