@@ -27,6 +27,8 @@ redis-cli -p "$port" set 'key:__rand_int__' xxx >/dev/null
 best() { sort -g | tail -n 1; }
 # redis-benchmark -q redraws its progress line with carriage returns.
 rps() { tr '\r' '\n' | sed -n 's/^GET: \([0-9.]*\) requests.*/\1/p'; }
+# The rate cacheflight_redis_bench prints ("<mode> GET: <n> requests per second").
+ours_rps() { sed -n 's/^[a-z]* GET: \([0-9.]*\) .*/\1/p'; }
 # compare LABEL "CONNS..." BENCH_MODE PORT [REDIS-BENCHMARK FLAGS...]: GETs of
 # redis-benchmark and of `$bench BENCH_MODE PORT C P` at each C in CONNS and P
 # in 1 and 16, alternating rounds, best of each.
@@ -43,7 +45,7 @@ compare() {
       theirs=() ours=()
       for _ in $(seq 1 "$rounds"); do
         theirs+=("$(redis-benchmark "$@" -p "$port" -t get -n "$n" -c "$conns" -P "$pipeline" -q | rps)")
-        ours+=("$("$bench" "$mode" "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^[a-z]* GET: \([0-9.]*\) .*/\1/p')")
+        ours+=("$("$bench" "$mode" "$port" "$conns" "$pipeline" "$seconds" | ours_rps)")
       done
       t=$(printf '%s\n' "${theirs[@]}" | best)
       o=$(printf '%s\n' "${ours[@]}" | best)
@@ -58,7 +60,7 @@ printf '%-24s %18s\n' "coroutines on 1 conn" "redis::client/s"
 for n in 1 50 1000; do
   ours=()
   for _ in $(seq 1 "$rounds"); do
-    ours+=("$("$bench" coroutines "$port" "$n" "$seconds" | sed -n 's/^coroutines GET: \([0-9.]*\) .*/\1/p')")
+    ours+=("$("$bench" coroutines "$port" "$n" "$seconds" | ours_rps)")
   done
   printf '%-24s %18.0f\n' "$n" "$(printf '%s\n' "${ours[@]}" | best)"
 done
@@ -77,9 +79,9 @@ for conns in 1 50; do
   for pipeline in 1 16; do
     plain=() tls=()
     for _ in $(seq 1 "$rounds"); do
-      plain+=("$("$bench" client "$port" "$conns" "$pipeline" "$seconds" | sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+      plain+=("$("$bench" client "$port" "$conns" "$pipeline" "$seconds" | ours_rps)")
       tls+=("$(CACHEFLIGHT_BENCH_TLS_CA=$dir/certs/ca.crt "$bench" client "$tls_port" "$conns" "$pipeline" "$seconds" |
-        sed -n 's/^client GET: \([0-9.]*\) .*/\1/p')")
+        ours_rps)")
     done
     p=$(printf '%s\n' "${plain[@]}" | best)
     t=$(printf '%s\n' "${tls[@]}" | best)

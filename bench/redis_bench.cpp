@@ -73,43 +73,64 @@ void wait_connected(asio::io_context& io, const std::vector<std::shared_ptr<redi
     }
 }
 
+// The phases of a measurement on `io`: a warmup of a quarter of `seconds`,
+// then `seconds` with `measuring` set, then `stopping`. Completions counted
+// while measuring give the rate.
+struct phases {
+  phases(asio::io_context& io, double seconds) : timer(io) {
+    auto span = [](double s) { return std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s)); };
+    timer.expires_after(span(seconds / 4));
+    timer.async_wait([this, span, seconds](error_code) {
+      measuring = true;
+      t0 = clk::now();
+      timer.expires_after(span(seconds));
+      timer.async_wait([this](error_code) {
+        t1 = clk::now();
+        measuring = false;
+        stopping = true;
+      });
+    });
+  }
+  double rate() const { return double(count) / std::chrono::duration<double>(t1 - t0).count(); }
+
+  bool measuring = false, stopping = false;
+  std::uint64_t count = 0;
+  clk::time_point t0, t1;
+  asio::steady_timer timer;
+};
+
 // Runs `loops` closed loops of `start(i, done)` on `io` (which must have no
-// other work) for a warmup of a quarter of `seconds`, then `seconds`; returns
-// completions per second in the measured part.
+// other work) through `phases`; returns completions per second in the
+// measured part.
 double closed_loop(asio::io_context& io, std::size_t loops, double seconds,
                    const std::function<void(std::size_t, std::function<void()>)>& start) {
-  std::uint64_t count = 0;
-  bool measuring = false, stopping = false;
+  phases ph(io, seconds);
   std::size_t running = loops;
   std::vector<std::function<void()>> next(loops);
   for (std::size_t i = 0; i < loops; ++i)
     next[i] = [&, i] {
-      if (measuring) ++count;
-      if (stopping)
+      if (ph.measuring) ++ph.count;
+      if (ph.stopping)
         --running;
       else
         start(i, next[i]);
     };
-  clk::time_point t0, t1;
-  asio::steady_timer phase(io);
-  auto span = [](double s) { return std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s)); };
-  phase.expires_after(span(seconds / 4));
-  phase.async_wait([&](error_code) {
-    measuring = true;
-    t0 = clk::now();
-    phase.expires_after(span(seconds));
-    phase.async_wait([&](error_code) {
-      t1 = clk::now();
-      measuring = false;
-      stopping = true;
-    });
-  });
   for (std::size_t i = 0; i < loops; ++i) start(i, next[i]);
   io.restart();
   // Clients keep health-check timers: run until the loops are done rather
   // than until the context is idle.
   while (running > 0) io.run_one();
-  return double(count) / std::chrono::duration<double>(t1 - t0).count();
+  return ph.rate();
+}
+
+// Prints "<what> GET: <rate> requests per second", or reports a failed GET.
+int report(const char* what, bool failed, double rate) {
+  if (failed) {
+    std::fprintf(stderr, "a GET failed\n");
+    return 1;
+  }
+  std::printf("%s GET: %.2f requests per second\n", what, rate);
+  return 0;
 }
 
 int client_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
@@ -125,12 +146,7 @@ int client_bench(const std::string& port, std::size_t conns, std::size_t pipelin
       done();
     });
   });
-  if (failed) {
-    std::fprintf(stderr, "a GET failed\n");
-    return 1;
-  }
-  std::printf("client GET: %.2f requests per second\n", rate);
-  return 0;
+  return report("client", failed, rate);
 }
 
 int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
@@ -176,57 +192,33 @@ int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeli
                                      done();
                                    });
   });
-  if (failed) {
-    std::fprintf(stderr, "a GET failed\n");
-    return 1;
-  }
-  std::printf("cluster GET: %.2f requests per second\n", rate);
-  return 0;
+  return report("cluster", failed, rate);
 }
 
 int coroutines_bench(const std::string& port, std::size_t n, double seconds) {
   asio::io_context io(1);
   auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
   wait_connected(io, {c});
-  std::uint64_t count = 0;
-  bool measuring = false, stopping = false, failed = false;
+  phases ph(io, seconds);
+  bool failed = false;
   std::size_t running = n;
   for (std::size_t i = 0; i < n; ++i)
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
-          while (!stopping) {
+          while (!ph.stopping) {
             std::vector<std::string> args{"GET", "key:__rand_int__"};
             auto r = co_await c->async_exec(std::move(args), asio::use_awaitable);
             if (r.is_error()) failed = true;
-            if (measuring) ++count;
+            if (ph.measuring) ++ph.count;
           }
           --running;
         },
         [&failed](std::exception_ptr e) {
           if (e) failed = true;
         });
-  auto span = [](double s) { return std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s)); };
-  clk::time_point t0, t1;
-  asio::steady_timer phase(io);
-  phase.expires_after(span(seconds / 4));
-  phase.async_wait([&](error_code) {
-    measuring = true;
-    t0 = clk::now();
-    phase.expires_after(span(seconds));
-    phase.async_wait([&](error_code) {
-      t1 = clk::now();
-      measuring = false;
-      stopping = true;
-    });
-  });
   while (running > 0 && !failed) io.run_one();
-  if (failed) {
-    std::fprintf(stderr, "a GET failed\n");
-    return 1;
-  }
-  std::printf("coroutines GET: %.2f requests per second\n", double(count) / std::chrono::duration<double>(t1 - t0).count());
-  return 0;
+  return report("coroutines", failed, failed ? 0.0 : ph.rate());
 }
 
 int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
