@@ -317,7 +317,9 @@ void client::cluster::on_reply(const std::shared_ptr<op>& o, node* n, error_code
 // new owner one after the other, they can send a command back and forth.
 void client::cluster::redirect(const std::shared_ptr<op>& o, node* t, bool asking) {
   if (o->redirects <= 1) return route(o, t, asking);
-  route_after(o, opts.cluster.retry_delay * (1LL << std::min(o->redirects - 2, 20u)), t, asking);
+  // After the delay, a MOVED target is read from the map again (a refresh may
+  // have changed it since); an ASK target is kept.
+  route_after(o, opts.cluster.retry_delay * (1LL << std::min(o->redirects - 2, 20u)), asking ? t : nullptr, asking);
 }
 
 void client::cluster::route_after(const std::shared_ptr<op>& o, milliseconds delay, node* t, bool asking) {
@@ -328,8 +330,6 @@ void client::cluster::route_after(const std::shared_ptr<op>& o, milliseconds del
     self->delayed.erase(o.get());
     if (ec) return;  // completed meanwhile (cancelled)
     if (self->stopped) return self->finish(o, asio::error::operation_aborted);
-    // A MOVED target is re-read from the map: a refresh may have changed it since.
-    if (t && !asking) return self->route(o);
     self->route(o, t, asking);
   });
   wait_for_cancel(o);
@@ -376,15 +376,21 @@ client::cluster::node* client::cluster::redirect_node(const std::string& addr, c
   return ensure_node(hp->first, hp->second);
 }
 
+// Every node is reached with the client's connection options, its own
+// address in place of theirs.
+connection_options client::cluster::node_options(const std::string& host, const std::string& port) const {
+  connection_options co = opts.connection;
+  co.host = host;
+  co.port = port;
+  return co;
+}
+
 void client::cluster::connect_node(node* n) {
   if (stopped || n->up || n->connecting) return;
   n->connecting = true;
   n->reconnect_pending = false;
   n->reconnect.cancel();
-  connection_options co = opts.connection;
-  co.host = n->host;
-  co.port = n->port;
-  auto c = std::make_shared<connection>(strand, std::move(co));
+  auto c = std::make_shared<connection>(strand, node_options(n->host, n->port));
   n->conn = c;
   c->on_lost([w = weak_from_this(), n, raw = c.get()] {
     auto self = w.lock();
@@ -533,10 +539,7 @@ void client::cluster::try_candidate(std::shared_ptr<std::vector<std::string>> li
   }
   // A node without an open connection is asked on a connection of its own.
   auto hp = split_node(addr);
-  connection_options co = opts.connection;
-  co.host = hp->first;
-  co.port = hp->second;
-  auto c = std::make_shared<connection>(strand, std::move(co));
+  auto c = std::make_shared<connection>(strand, node_options(hp->first, hp->second));
   probe = c;
   c->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c, list, i, addr](error_code ec) {
     if (self->stopped) return c->close();

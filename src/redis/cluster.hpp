@@ -88,6 +88,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   node* find_node(const std::string& addr);
   node* ensure_node(const std::string& host, const std::string& port);
   node* redirect_node(const std::string& addr, const std::string& default_host);
+  connection_options node_options(const std::string& host, const std::string& port) const;
   void connect_node(node* n);
   void node_down(node* n);
   void schedule_reconnect(node* n);
