@@ -52,6 +52,11 @@ enum class error {
   not_master,
   /// A batch function gave a list of results whose length is not its number of keys.
   batch_size_mismatch,
+  /// A session's loop guard refused a call (see `agent_cache`); the exception's
+  /// message names the rule and the calls (for a cycle, the repeated sequence).
+  loop_detected,
+  /// A session-scoped tool was called without a session (see `agent_cache`).
+  no_session,
 };
 
 namespace detail {
@@ -85,6 +90,8 @@ class error_category final : public boost::system::error_category {
       case error::master_not_found: return "no sentinel named a master for the set";
       case error::not_master: return "the server named as master is not a master";
       case error::batch_size_mismatch: return "the batch function's list of results is not as long as its list of keys";
+      case error::loop_detected: return "the session's loop guard refused the call";
+      case error::no_session: return "a session-scoped tool was called without a session";
     }
     return "unknown cacheflight error";
   }
