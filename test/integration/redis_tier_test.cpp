@@ -520,3 +520,70 @@ TEST_F(RedisTier, RedisAndDiskTiersWorkInEitherOrder) {
   std::filesystem::remove_all(dir);
 }
 #endif
+
+namespace {
+
+// Tags whose generations live in Redis: two caches, each with its own tier
+// and registry on the same server, see each other's invalidations.
+TEST_F(RedisTier, TagInvalidationsCrossInstancesThroughRedis) {
+  auto ta = make_tier(), tb = make_tier();
+  cf::cache<int> ca{io, options(ta)}, cb{io, options(tb)};
+  auto ra = std::make_shared<cf::tag_registry>(io.get_executor(), cf::tag_options{.store = ta});
+  auto rb = std::make_shared<cf::tag_registry>(io.get_executor(), cf::tag_options{.store = tb});
+  std::atomic<int> calls{0};
+  std::atomic<int> price{100};
+  auto load = [&](int) -> asio::awaitable<int> {
+    ++calls;
+    co_return price.load();
+  };
+  auto sku_tag = [](const int& sku) { return std::vector<std::string>{"sku:" + std::to_string(sku)}; };
+  cf::memoized<int(int)> fa{ca, "price", load, {.tags_of = sku_tag, .registry = ra}};
+  cf::memoized<int(int)> fb{cb, "price", load, {.tags_of = sku_tag, .registry = rb}};
+  auto call = [&](const cf::memoized<int(int)>& f, int sku) {
+    std::optional<int> r;
+    asio::co_spawn(io, f(sku), [&](std::exception_ptr e, int v) {
+      EXPECT_FALSE(e);
+      r = v;
+    });
+    EXPECT_TRUE(run_until([&] { return r.has_value(); }));
+    return r.value_or(-1);
+  };
+  auto done = [&](auto&& op) {
+    bool finished = false;
+    std::move(op)([&](std::exception_ptr e) {
+      EXPECT_FALSE(e);
+      finished = true;
+    });
+    EXPECT_TRUE(run_until([&] { return finished; }));
+  };
+
+  EXPECT_EQ(call(fa, 1), 100);
+  EXPECT_TRUE(written(*ta, 3));  // the generations of memo:price and sku:1, and the value
+  EXPECT_EQ(call(fb, 1), 100);   // B reads A's value from Redis: the same key
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(exec(*raw, {"STRLEN", prefix + "cf:tag:sku:1"}).second.integer, 16);
+
+  // A invalidates the tag; B's copy in memory is never served again.
+  price = 200;
+  done(ra->async_invalidate({"sku:1"}, asio::deferred));
+  EXPECT_EQ(call(fb, 1), 200);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(rb->stats().changes_seen, 1u);
+  EXPECT_TRUE(written(*tb, 1));
+  EXPECT_EQ(call(fa, 1), 200);  // A reads B's fill
+  EXPECT_EQ(calls.load(), 2);
+
+  // clear() on B reaches A.
+  price = 300;
+  done(fb.async_clear(asio::deferred));
+  EXPECT_EQ(call(fa, 1), 300);
+  EXPECT_EQ(calls.load(), 3);
+
+  // A generation flushed from Redis is replaced by a new one: a miss, never an old value.
+  exec(*raw, {"DEL", prefix + "cf:tag:sku:1", prefix + "cf:tag:memo:price"});
+  price = 400;
+  EXPECT_EQ(call(fb, 1), 400);
+  EXPECT_EQ(calls.load(), 4);
+}
+
+}  // namespace
