@@ -137,7 +137,7 @@ asio::awaitable<void> run(backend& db, cf::cache<std::string>& results) {
     expect("get_cart backend calls (1 + 50 cached, 1 after the add)", db.calls["get_cart"], 2);
     expect("add_to_cart backend calls", db.calls["add_to_cart"], 1);
     expect("the re-read sees the new total (items)", after.find("\"items\":2") != std::string::npos, 1);
-    expect("session hits", (long long)s.stats().hits(), 50);
+    expect("session hits", (long long)s.stats().hits, 50);
   }
 
   // 2. Two support sessions read the same ticket: each its own entry.
@@ -190,7 +190,7 @@ asio::awaitable<void> run(backend& db, cf::cache<std::string>& results) {
   const auto st = agent.stats();
   std::printf("agent totals: %llu calls, %llu hits, %llu misses, hit rate %.2f, %llu invalidations, "
               "%llu loop detections, %llu sessions\n",
-              (unsigned long long)st.calls, (unsigned long long)st.hits(), (unsigned long long)st.misses,
+              (unsigned long long)st.calls, (unsigned long long)st.hits, (unsigned long long)st.misses,
               st.hit_rate(), (unsigned long long)st.invalidations, (unsigned long long)st.loop_detections,
               (unsigned long long)st.sessions_opened);
   expect("loop detections", (long long)st.loop_detections, 2);

@@ -97,23 +97,22 @@ struct read_tool_options {
 struct write_tool_options {
   /// Resources the tool changes: every entry of each is invalidated (in
   /// memory, in the tiers, and in every process sharing the registry's store)
-  /// before the tool runs.
+  /// before the tool runs and again after it.
   std::vector<std::string> invalidates{};
 };
 
 /// Counters of an agent cache or of one session.
 struct agent_stats {
   std::uint64_t calls = 0;            ///< tool calls, read and write
-  std::uint64_t reads = 0;            ///< read tool calls
-  std::uint64_t misses = 0;           ///< read tool calls that ran the tool
+  std::uint64_t reads = 0;            ///< read tool calls the loop guard let through
+  std::uint64_t hits = 0;             ///< of those, the ones answered without running the tool
+  std::uint64_t misses = 0;           ///< of those, the ones that ran the tool
   std::uint64_t invalidations = 0;    ///< resources invalidated by write tools
   std::uint64_t loop_detections = 0;  ///< calls that broke a loop guard rule
   std::uint64_t sessions_opened = 0;  ///< the agent cache's only
   std::uint64_t sessions_ended = 0;   ///< the agent cache's only
-  /// Read tool calls that did not run the tool.
-  std::uint64_t hits() const noexcept { return reads > misses ? reads - misses : 0; }
-  /// `hits() / reads`, 0 before the first read.
-  double hit_rate() const noexcept { return reads ? double(hits()) / double(reads) : 0.0; }
+  /// `hits / reads`, 0 before the first read.
+  double hit_rate() const noexcept { return reads ? double(hits) / double(reads) : 0.0; }
 };
 
 /// Writes `s` in the Prometheus text format: `<prefix>_calls_total`,
@@ -131,7 +130,7 @@ inline std::string to_prometheus(const agent_stats& s, std::string_view prefix =
     out.append(" ").append(value).append("\n");
   };
   family("calls_total", "counter", "Tool calls, read and write.", std::to_string(s.calls));
-  family("hits_total", "counter", "Read tool calls that did not run the tool.", std::to_string(s.hits()));
+  family("hits_total", "counter", "Read tool calls that did not run the tool.", std::to_string(s.hits));
   family("misses_total", "counter", "Read tool calls that ran the tool.", std::to_string(s.misses));
   family("hit_ratio", "gauge", "Hits divided by read tool calls.", std::to_string(s.hit_rate()));
   family("invalidations_total", "counter", "Resources invalidated by write tools.", std::to_string(s.invalidations));
@@ -144,11 +143,12 @@ inline std::string to_prometheus(const agent_stats& s, std::string_view prefix =
 namespace detail {
 
 struct agent_counters {
-  std::atomic<std::uint64_t> calls{0}, reads{0}, misses{0}, invalidations{0}, loop_detections{0}, sessions_opened{0},
-      sessions_ended{0};
+  std::atomic<std::uint64_t> calls{0}, reads{0}, hits{0}, misses{0}, invalidations{0}, loop_detections{0},
+      sessions_opened{0}, sessions_ended{0};
   agent_stats snapshot() const noexcept {
     auto r = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-    return {r(calls), r(reads), r(misses), r(invalidations), r(loop_detections), r(sessions_opened), r(sessions_ended)};
+    return {r(calls), r(reads), r(hits), r(misses), r(invalidations), r(loop_detections), r(sessions_opened),
+            r(sessions_ended)};
   }
 };
 
@@ -314,10 +314,11 @@ class agent_cache {
     /// This session's counters (`sessions_*` are 0).
     agent_stats stats() const noexcept { return st_->n.snapshot(); }
 
-    /// Ends the session: later calls through it fail with `error::no_session`,
-    /// and its entries are erased from memory (before this returns) and from
-    /// every tier (before the awaitable completes). Ending twice does nothing.
-    boost::asio::awaitable<void> end() {
+    /// Ends the session: calls made through it from now on fail with
+    /// `error::no_session`; when the awaitable is awaited, its entries are
+    /// erased from memory at once, and from every tier before it completes.
+    /// Ending twice does nothing the second time.
+    [[nodiscard]] boost::asio::awaitable<void> end() {
       if (!begin_end()) return nothing();
       return ag_->registry->async_remove_tracked(st_->tag, boost::asio::use_awaitable);
     }
@@ -410,11 +411,7 @@ class agent_cache {
       if ((scope == tool_scope::session && !s) || (s && s->ended.load(std::memory_order_acquire)))
         throw boost::system::system_error(make_error_code(error::no_session));
       ag->n.calls.fetch_add(1, std::memory_order_relaxed);
-      ag->n.reads.fetch_add(1, std::memory_order_relaxed);
-      if (s) {
-        s->n.calls.fetch_add(1, std::memory_order_relaxed);
-        s->n.reads.fetch_add(1, std::memory_order_relaxed);
-      }
+      if (s) s->n.calls.fetch_add(1, std::memory_order_relaxed);
       // The key: the call, with the session's id for a session-scoped tool.
       std::string argkey = call;
       if (scope == tool_scope::session) argkey.insert(c->name.size(), "@" + s->id);
@@ -428,19 +425,31 @@ class agent_cache {
           std::string key = co_await std::move(key_op);
           auto v = c->target->peek(key);
           if (!v) throw_loop(message);
+          count_read(*ag, s.get(), false);
           co_return std::move(*v);
         }
       }
       std::vector<std::string> track;
-      std::function<void()> on_load;
       if (scope == tool_scope::session) track.push_back(s->tag);
-      on_load = [ag, s] {
-        ag->n.misses.fetch_add(1, std::memory_order_relaxed);
-        if (s) s->n.misses.fetch_add(1, std::memory_order_relaxed);
-      };
       auto load = [fn, t = std::move(t)]() { return run(fn, t); };
-      auto op = core::get(c, std::move(argkey), std::move(tags), std::move(track), std::move(load), std::move(on_load));
-      co_return co_await std::move(op);
+      auto op = core::get(c, std::move(argkey), std::move(tags), std::move(track), std::move(load));
+      auto r = co_await std::move(op);
+      count_read(*ag, s.get(), r.second);
+      if (scope == tool_scope::session && s->ended.load(std::memory_order_acquire)) {
+        // The session ended while this call ran: what it stored goes too.
+        auto drop = ag->registry->async_remove_tracked(s->tag, boost::asio::use_awaitable);
+        co_await std::move(drop);
+      }
+      co_return std::move(r.first);
+    }
+
+    static void count_read(shared& ag, detail::agent_session_state* s, bool ran) {
+      auto& which = ran ? ag.n.misses : ag.n.hits;
+      ag.n.reads.fetch_add(1, std::memory_order_relaxed);
+      which.fetch_add(1, std::memory_order_relaxed);
+      if (!s) return;
+      s->n.reads.fetch_add(1, std::memory_order_relaxed);
+      (ran ? s->n.misses : s->n.hits).fetch_add(1, std::memory_order_relaxed);
     }
 
     std::shared_ptr<shared> ag_;
@@ -458,9 +467,12 @@ class agent_cache {
    public:
     /// Calls the tool in `s`: the loop guard first (a refused call changes
     /// nothing), then the invalidation of its resources (in memory, the tiers
-    /// and the registry's store), then the tool. An invalidation's failure is
-    /// thrown and the tool does not run; the tool's own exception reaches the
-    /// caller unchanged, the invalidation stays done.
+    /// and the registry's store), then the tool, then the invalidation again
+    /// (a read that missed while the tool ran may have stored what the tool
+    /// replaced), whether the tool succeeded or threw. A failure of the first
+    /// invalidation is thrown and the tool does not run; the tool's own
+    /// exception reaches the caller unchanged; a failure of the second alone
+    /// is thrown in place of the tool's result.
     boost::asio::awaitable<R> operator()(session& s, Args... args) const {
       std::string call = make_key(name_, args...);
       return run_call(ag_, fn_, invalidates_, s.st_, std::move(call), args_tuple(std::forward<Args>(args)...));
@@ -501,15 +513,41 @@ class agent_cache {
         if (auto report = ag->guard(*s, call); report && report->action != loop_policy::warn)
           throw_loop(report->message);
       }
-      if (!invalidates.empty()) {
-        const auto count = invalidates.size();
-        auto inv = ag->registry->async_invalidate(std::move(invalidates), boost::asio::use_awaitable);
-        co_await std::move(inv);
-        ag->n.invalidations.fetch_add(count, std::memory_order_relaxed);
-        if (s) s->n.invalidations.fetch_add(count, std::memory_order_relaxed);
+      if (invalidates.empty()) {
+        auto op = std::apply(*fn, t);
+        co_return co_await std::move(op);
       }
-      auto op = std::apply(*fn, t);
-      co_return co_await std::move(op);
+      const auto count = invalidates.size();
+      auto before = ag->registry->async_invalidate(invalidates, boost::asio::use_awaitable);
+      co_await std::move(before);
+      ag->n.invalidations.fetch_add(count, std::memory_order_relaxed);
+      if (s) s->n.invalidations.fetch_add(count, std::memory_order_relaxed);
+      // The tool; then the resources again, whatever it did: a read that
+      // missed while it ran may have stored what it replaced.
+      std::exception_ptr failure;
+      std::optional<detail::result_box<R>> result;
+      try {
+        auto op = std::apply(*fn, t);
+        if constexpr (std::is_void_v<R>) {
+          co_await std::move(op);
+          result.emplace();
+        } else {
+          R r = co_await std::move(op);
+          result.emplace(std::move(r));
+        }
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      std::exception_ptr after_failure;
+      try {
+        auto after = ag->registry->async_invalidate(std::move(invalidates), boost::asio::use_awaitable);
+        co_await std::move(after);
+      } catch (...) {
+        after_failure = std::current_exception();
+      }
+      if (failure) std::rethrow_exception(failure);
+      if (after_failure) std::rethrow_exception(after_failure);
+      if constexpr (!std::is_void_v<R>) co_return std::move(result->value);
     }
 
     std::shared_ptr<shared> ag_;

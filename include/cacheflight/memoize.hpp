@@ -48,7 +48,8 @@ struct is_optional<std::optional<T>> : std::true_type {};
 template <class T>
 concept tuple_like = requires { std::tuple_size<T>::value; };
 template <class T>
-concept key_range = std::ranges::input_range<const T> && !string_like<T>;
+concept key_range = std::ranges::input_range<const T> && !string_like<T> &&
+                    !std::is_same_v<std::remove_cvref_t<std::ranges::range_value_t<const T>>, T>;
 template <class>
 inline constexpr bool no_key_rule = false;
 
@@ -57,8 +58,12 @@ inline constexpr bool no_key_rule = false;
 template <class T>
 constexpr bool key_encodable() {
   if constexpr (has_key_encoder<T> || std::is_arithmetic_v<T> || std::is_enum_v<T> ||
-                std::is_same_v<T, std::nullopt_t> || string_like<T> || tuple_like<T>)
+                std::is_same_v<T, std::nullopt_t> || std::is_same_v<T, std::nullptr_t> || string_like<T>)
     return true;
+  else if constexpr (tuple_like<T>)
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (key_encodable<std::remove_cvref_t<std::tuple_element_t<I, T>>>() && ...);
+    }(std::make_index_sequence<std::tuple_size_v<T>>{});
   else if constexpr (is_optional<T>::value)
     return key_encodable<typename T::value_type>();
   else if constexpr (key_range<T>)
@@ -72,10 +77,11 @@ constexpr bool key_encodable() {
 /// - a `key_encoder<T>` specialization, if there is one;
 /// - `bool`: `true` or `false`; an enumeration: its underlying integer;
 /// - integers (including character types): decimal; floating point: the
-///   shortest text that reads back the same value (`std::to_chars`);
+///   shortest text that reads back the same value (`std::to_chars`; `-0` as `0`);
 /// - strings (anything convertible to `std::string_view`): between double
 ///   quotes, with `"` and `\` escaped by a backslash; other bytes as they are;
-/// - `std::optional`: `null` when empty, else its value; `std::nullopt`: `null`;
+/// - `std::optional`: `null` when empty, else its value; `std::nullopt`,
+///   `nullptr` and a null `const char*`: `null`;
 /// - tuples and pairs: `(a,b,...)`; other ranges: `[a,b,...]`.
 /// Any other type does not compile: give it a `key_encoder`.
 template <class T>
@@ -93,11 +99,17 @@ void append_key_part(std::string& out, const T& v) {
     out.append(buf, r.ptr);
   } else if constexpr (std::is_floating_point_v<T>) {
     char buf[64];
-    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    auto r = std::to_chars(buf, buf + sizeof buf, v == T(0) ? T(0) : v);  // -0 is 0
     out.append(buf, r.ptr);
-  } else if constexpr (std::is_same_v<T, std::nullopt_t>) {
+  } else if constexpr (std::is_same_v<T, std::nullopt_t> || std::is_same_v<T, std::nullptr_t>) {
     out += "null";
   } else if constexpr (detail::string_like<T>) {
+    if constexpr (std::is_pointer_v<T>) {
+      if (!v) {
+        out += "null";
+        return;
+      }
+    }
     const std::string_view s(v);
     out += '"';
     for (char c : s) {
@@ -149,6 +161,9 @@ std::string make_key(std::string_view name, const A&... args) {
 /// together they are a snapshot taken without a lock.
 struct memo_stats {
   std::uint64_t calls = 0;          ///< cached calls (`operator()`, `async_call`)
+  /// Cached calls answered without running the function (from memory, a
+  /// tier, or a run already in flight) and without an error.
+  std::uint64_t hits = 0;
   std::uint64_t loads = 0;          ///< times the function ran for a cached call (misses)
   std::uint64_t load_failures = 0;  ///< of those, the ones that threw
   std::uint64_t bypassed = 0;       ///< calls that ran the function past the cache
@@ -156,11 +171,8 @@ struct memo_stats {
   std::uint64_t clears = 0;         ///< `clear` calls
   /// Tag store failures; each such call ran the function without the cache.
   std::uint64_t store_errors = 0;
-  /// Cached calls that did not run the function: answered from memory, a
-  /// tier, or a run already in flight.
-  std::uint64_t hits() const noexcept { return calls > loads ? calls - loads : 0; }
-  /// `hits() / calls`, 0 before the first call.
-  double hit_rate() const noexcept { return calls ? double(hits()) / double(calls) : 0.0; }
+  /// `hits / calls`, 0 before the first call.
+  double hit_rate() const noexcept { return calls ? double(hits) / double(calls) : 0.0; }
 };
 
 /// Writes `s` in the Prometheus text format (see the `cache_stats` overload):
@@ -178,7 +190,7 @@ inline std::string to_prometheus(const memo_stats& s, std::string_view prefix = 
     out.append(" ").append(value).append("\n");
   };
   family("calls_total", "counter", "Cached calls.", std::to_string(s.calls));
-  family("hits_total", "counter", "Cached calls that did not run the function.", std::to_string(s.hits()));
+  family("hits_total", "counter", "Cached calls that did not run the function.", std::to_string(s.hits));
   family("misses_total", "counter", "Cached calls that ran the function.", std::to_string(s.loads));
   family("hit_ratio", "gauge", "Hits divided by cached calls.", std::to_string(s.hit_rate()));
   family("load_failures_total", "counter", "Runs of the function that threw.", std::to_string(s.load_failures));
@@ -193,11 +205,11 @@ inline std::string to_prometheus(const memo_stats& s, std::string_view prefix = 
 namespace detail {
 
 struct memo_counters {
-  std::atomic<std::uint64_t> calls{0}, loads{0}, load_failures{0}, bypassed{0}, invalidations{0}, clears{0},
+  std::atomic<std::uint64_t> calls{0}, hits{0}, loads{0}, load_failures{0}, bypassed{0}, invalidations{0}, clears{0},
       store_errors{0};
   memo_stats snapshot() const noexcept {
     auto r = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-    return {r(calls), r(loads), r(load_failures), r(bypassed), r(invalidations), r(clears), r(store_errors)};
+    return {r(calls), r(hits), r(loads), r(load_failures), r(bypassed), r(invalidations), r(clears), r(store_errors)};
   }
 };
 
@@ -255,12 +267,13 @@ struct memo_core {
     co_return argkey;
   }
 
-  // One cached call. `track_tags` are remembered with the key besides `tags`
-  // (a session's, which take no part in the stamp). `on_load` runs with the load.
+  // One cached call: the value, and whether this call ran the function.
+  // `track_tags` are remembered with the key besides `tags` (a session's,
+  // which take no part in the stamp).
   template <class Load>
-  static boost::asio::awaitable<V> get(std::shared_ptr<memo_core> self, std::string argkey,
-                                       std::vector<std::string> tags, std::vector<std::string> track_tags, Load load,
-                                       std::function<void()> on_load) {
+  static boost::asio::awaitable<std::pair<V, bool>> get(std::shared_ptr<memo_core> self, std::string argkey,
+                                                        std::vector<std::string> tags,
+                                                        std::vector<std::string> track_tags, Load load) {
     self->n.calls.fetch_add(1, std::memory_order_relaxed);
     for (const auto& t : tags)
       if (t.empty() || t.size() > tag_registry::max_tag_length)
@@ -281,13 +294,15 @@ struct memo_core {
       self->n.store_errors.fetch_add(1, std::memory_order_relaxed);
       self->n.bypassed.fetch_add(1, std::memory_order_relaxed);
       auto run = load();
-      co_return co_await std::move(run);
+      V v = co_await std::move(run);
+      co_return std::pair<V, bool>(std::move(v), true);
     }
     tags.insert(tags.end(), track_tags.begin(), track_tags.end());
     self->registry->track(tags, *key, self->erase);
-    auto loader = [self, load = std::move(load), on_load = std::move(on_load)]() -> boost::asio::awaitable<V> {
+    auto ran = std::make_shared<std::atomic<bool>>(false);
+    auto loader = [self, load = std::move(load), ran]() -> boost::asio::awaitable<V> {
       self->n.loads.fetch_add(1, std::memory_order_relaxed);
-      if (on_load) on_load();
+      ran->store(true, std::memory_order_relaxed);
       try {
         auto run = load();
         co_return co_await std::move(run);
@@ -297,7 +312,10 @@ struct memo_core {
       }
     };
     auto op = self->target->co_get(std::move(*key), std::move(loader), get_options{.ttl = self->ttl});
-    co_return co_await std::move(op);
+    V v = co_await std::move(op);
+    const bool by_this_call = ran->load(std::memory_order_relaxed);
+    if (!by_this_call) self->n.hits.fetch_add(1, std::memory_order_relaxed);
+    co_return std::pair<V, bool>(std::move(v), by_this_call);
   }
 
   static boost::asio::awaitable<bool> invalidate(std::shared_ptr<memo_core> self, std::string argkey,
@@ -338,6 +356,15 @@ boost::asio::awaitable<void> discard_result(boost::asio::awaitable<R> a) {
   co_await std::move(a);
 }
 
+// Holds a mutation's result, or nothing for `void`.
+template <class R>
+struct result_box {
+  explicit result_box(R v) : value(std::move(v)) {}
+  R value;
+};
+template <>
+struct result_box<void> {};
+
 }  // namespace detail
 
 template <class Signature, class Clock = coarse_steady_clock>
@@ -367,7 +394,10 @@ class memoized;
 /// Two memoized functions sharing a cache need distinct names.
 ///
 /// @par Across processes
-/// With `options::registry` built on a shared store (the Redis L2), `clear`
+/// Processes share entries through the cache's tiers only when they share
+/// tag generations: give each a registry on the same store (the Redis L2).
+/// The default registry is this function's own, in memory: each process (and
+/// each restart) then has keys of its own. With a shared registry, `clear`
 /// and tag invalidations reach every process; `invalidate(args...)` erases
 /// the entry from this process's memory and from the tiers, while other
 /// processes keep their in-memory copy until it expires: give such entries a
@@ -438,9 +468,7 @@ class memoized<V(Args...), Clock> {
   /// Returns a lazy awaitable; the arguments are copied when this is called.
   /// Throws what `async_call` delivers as its error.
   boost::asio::awaitable<V> operator()(Args... args) const {
-    std::string k = key(args...);
-    std::vector<std::string> extra = tags_of(args...);
-    return call(core_, fn_, std::move(k), std::move(extra), args_tuple(std::forward<Args>(args)...));
+    return call(this, args_tuple(std::forward<Args>(args)...));
   }
 
   /// Calls the function through the cache, completing through `token`.
@@ -473,7 +501,7 @@ class memoized<V(Args...), Clock> {
   /// every tier. Returns whether memory held it. Throws the cache's or the
   /// tag store's failure.
   boost::asio::awaitable<bool> invalidate(Args... args) const {
-    return core::invalidate(core_, key(args...), core_->tags_with(tags_of(args...)));
+    return invalidate_args(this, args_tuple(std::forward<Args>(args)...));
   }
 
   /// `invalidate` through a completion token: `void(std::exception_ptr, bool)`;
@@ -555,11 +583,23 @@ class memoized<V(Args...), Clock> {
     co_return co_await std::move(op);
   }
 
-  static boost::asio::awaitable<V> call(std::shared_ptr<core> c, std::shared_ptr<const function_type> fn,
-                                        std::string argkey, std::vector<std::string> extra_tags, args_tuple t) {
-    auto tags = c->tags_with(std::move(extra_tags));
-    auto load = [fn, t = std::move(t)]() { return run(fn, t); };
-    auto op = core::get(c, std::move(argkey), std::move(tags), {}, std::move(load), {});
+  // The key and tags are computed here, so that a throwing key or tag
+  // function reaches the caller as the operation's error.
+  static boost::asio::awaitable<V> call(const memoized* self, args_tuple t) {
+    auto c = self->core_;
+    std::string argkey = std::apply([self](const auto&... a) { return self->key(a...); }, t);
+    auto tags = c->tags_with(std::apply([self](const auto&... a) { return self->tags_of(a...); }, t));
+    auto load = [fn = self->fn_, t = std::move(t)]() { return run(fn, t); };
+    auto op = core::get(c, std::move(argkey), std::move(tags), {}, std::move(load));
+    auto r = co_await std::move(op);
+    co_return std::move(r.first);
+  }
+
+  static boost::asio::awaitable<bool> invalidate_args(const memoized* self, args_tuple t) {
+    auto c = self->core_;
+    std::string argkey = std::apply([self](const auto&... a) { return self->key(a...); }, t);
+    auto tags = c->tags_with(std::apply([self](const auto&... a) { return self->tags_of(a...); }, t));
+    auto op = core::invalidate(c, std::move(argkey), std::move(tags));
     co_return co_await std::move(op);
   }
 
@@ -583,10 +623,13 @@ class invalidating;
 /// @endcode
 ///
 /// Each call first runs every invalidation, in the order they were added,
-/// each completing in memory and in every tier, then runs the mutation. If an
-/// invalidation fails, the mutation does not run and the failure is thrown;
-/// if the mutation throws, its exception reaches the caller unchanged (the
-/// invalidations stay done, so nothing stale is served either way).
+/// each completing in memory and in every tier, then runs the mutation, then
+/// runs the invalidations again (a read that missed while the mutation ran may
+/// have loaded, and stored, what the mutation replaced), whether the mutation
+/// succeeded or threw. If an invalidation before it fails, the mutation does not
+/// run and the failure is thrown. If the mutation throws, its exception reaches
+/// the caller unchanged. If only an invalidation after it fails, that failure
+/// is thrown (the mutation's result is lost: the cache may hold stale data).
 ///
 /// @par Threads
 /// Configure (`invalidates...`) before the first call; calls may then come
@@ -666,8 +709,8 @@ class invalidating<R(Args...)> {
   /// The same through a completion token.
   /// @par Completion signature
   /// `void(std::exception_ptr error, R value)`, or `void(std::exception_ptr error)`
-  /// when `R` is `void`. Errors: an invalidation's failure (the mutation did
-  /// not run) or the mutation's own exception.
+  /// when `R` is `void`. Errors: the mutation's own exception, or an
+  /// invalidation's failure (see the class).
   /// @par Executor
   /// Runs on `ex`; the handler runs on its associated executor (`ex` by
   /// default), never inside this call.
@@ -702,13 +745,42 @@ class invalidating<R(Args...)> {
     co_return co_await std::move(op);
   }
 
-  static boost::asio::awaitable<R> call(std::shared_ptr<state> st, args_tuple t) {
+  static boost::asio::awaitable<void> invalidate_all(const std::shared_ptr<state>& st, const args_tuple& t) {
     for (const auto& s : st->steps) {
       auto op = s(t);
       co_await std::move(op);
     }
-    auto op = std::apply(st->fn, t);
-    co_return co_await std::move(op);
+  }
+
+  static boost::asio::awaitable<R> call(std::shared_ptr<state> st, args_tuple t) {
+    auto before = invalidate_all(st, t);
+    co_await std::move(before);
+    // The mutation; then the invalidations again, whatever it did: a read
+    // that missed while it ran may have stored what it replaced.
+    std::exception_ptr failure;
+    std::optional<detail::result_box<R>> result;
+    try {
+      auto op = std::apply(st->fn, t);
+      if constexpr (std::is_void_v<R>) {
+        co_await std::move(op);
+        result.emplace();
+      } else {
+        R r = co_await std::move(op);
+        result.emplace(std::move(r));
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    std::exception_ptr after_failure;
+    try {
+      auto after = invalidate_all(st, t);
+      co_await std::move(after);
+    } catch (...) {
+      after_failure = std::current_exception();
+    }
+    if (failure) std::rethrow_exception(failure);
+    if (after_failure) std::rethrow_exception(after_failure);
+    if constexpr (!std::is_void_v<R>) co_return std::move(result->value);
   }
 
   std::shared_ptr<state> st_;

@@ -16,11 +16,13 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
+#include <boost/unordered/unordered_flat_set.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -49,12 +51,12 @@ struct tag_options {
   /// this long after another process invalidated it. Ignored without a store.
   std::chrono::nanoseconds recheck_interval = std::chrono::nanoseconds::zero();
   /// Cap on the keys remembered for eager removal (see `tag_registry::track`)
-  /// and on the tags whose generation is kept in memory. Past it, new keys are
-  /// not remembered (their entries become unreachable when their tag is
-  /// invalidated, and leave memory by eviction or expiry) and the oldest tag
-  /// generations are forgotten (a forgotten generation is read again or, without
-  /// a store, replaced by a new one: entries of that tag are then missed, never
-  /// served stale).
+  /// and on the tags whose generation is kept in memory. Past it, the keys
+  /// remembered first are forgotten (their entries are not erased eagerly:
+  /// they become unreachable when a tag of theirs is invalidated, or their
+  /// session ends, and leave memory by eviction or expiry), and some tag's
+  /// generation is forgotten (it is read again or, without a store, replaced
+  /// by a new one: entries of that tag are then missed, never served stale).
   std::size_t max_tracked = 100'000;
 };
 
@@ -64,7 +66,7 @@ struct tag_stats {
   std::uint64_t store_reads = 0;    ///< generation reads sent to the store
   std::uint64_t store_errors = 0;   ///< store reads and writes that failed
   std::uint64_t changes_seen = 0;   ///< generations found changed in the store (invalidated elsewhere)
-  std::uint64_t keys_removed = 0;   ///< remembered keys erased because their tag was invalidated or forgotten
+  std::uint64_t keys_removed = 0;   ///< remembered keys erased because a tag of theirs was invalidated or removed
   std::size_t tracked_keys = 0;     ///< keys remembered now
   std::size_t tags = 0;             ///< tags whose generation is in memory now
 };
@@ -79,8 +81,8 @@ struct tag_stats {
 /// misses, in this process and, through `tag_options::store`, in every process
 /// sharing the store. Nothing has to enumerate the entries of a tag, so an
 /// invalidation costs one store write per tag, whatever the number of entries;
-/// a tagged lookup costs one store read per tag (shared by concurrent lookups
-/// of the same tag, and skipped within `recheck_interval`). Generations are
+/// a tagged lookup costs one store read per tag (with a `recheck_interval`,
+/// one read per tag and interval, shared by concurrent lookups). Generations are
 /// random rather than counted, so two processes invalidating a tag at once
 /// never give it the same generation twice, and a generation lost from the
 /// store is replaced by a new one (a miss), never by an old one.
@@ -136,21 +138,7 @@ class tag_registry {
   /// `async_resolve` as an awaitable. A tag whose generation is known and
   /// current completes without suspending.
   boost::asio::awaitable<std::uint64_t> resolve(std::vector<std::string> tags) const {
-    auto self = impl_;
-    for (const auto& t : tags) check_tag(t);
-    std::uint64_t stamp = 0x9e37'79b9'7f4a'7c15ULL;
-    for (const auto& t : tags) {
-      std::uint64_t g = 0, epoch = 0;
-      if (!self->cached_generation(t, g, epoch)) {
-        auto op = self->reads.async_run(t, [self, t]() { return self->read_store(t); }, boost::asio::use_awaitable);
-        const std::pair<std::uint64_t, std::uint64_t> read = co_await std::move(op);
-        // A read that started before an invalidation made here (which this
-        // caller saw) gives way to the invalidation's generation.
-        g = read.second < epoch ? self->local_generation(t, read.first) : read.first;
-      }
-      stamp = mix(stamp ^ g);
-    }
-    co_return stamp;
+    return resolve(impl_, std::move(tags));
   }
 
   /// Gives each tag a new generation, erases the keys remembered under it
@@ -215,11 +203,7 @@ class tag_registry {
   /// I/O.
   void track(const std::vector<std::string>& tags, const std::string& key, const std::shared_ptr<const eraser>& erase) {
     std::lock_guard lk(impl_->mu);
-    for (const auto& t : tags) {
-      if (impl_->tracked >= impl_->opts.max_tracked) return;
-      auto& e = impl_->entry(t);
-      if (e.keys.try_emplace(key, erase).second) ++impl_->tracked;
-    }
+    impl_->track(tags, key, erase);
   }
 
   tag_stats stats() const {
@@ -227,7 +211,7 @@ class tag_registry {
     tag_stats s = impl_->counters;
     s.store_reads = impl_->store_reads.load(std::memory_order_relaxed);
     s.store_errors = impl_->store_errors.load(std::memory_order_relaxed);
-    s.tracked_keys = impl_->tracked;
+    s.tracked_keys = impl_->keys.size();
     s.tags = impl_->tags.size();
     return s;
   }
@@ -236,6 +220,34 @@ class tag_registry {
   static constexpr std::size_t max_tag_length = 1024;
 
  private:
+  struct impl;
+
+  static boost::asio::awaitable<std::uint64_t> resolve(std::shared_ptr<impl> self, std::vector<std::string> tags) {
+    for (const auto& t : tags) check_tag(t);
+    std::uint64_t stamp = 0x9e37'79b9'7f4a'7c15ULL;
+    for (const auto& t : tags) {
+      std::uint64_t g = 0, epoch = 0;
+      if (!self->cached_generation(t, g, epoch)) {
+        std::pair<std::uint64_t, std::uint64_t> read;
+        if (self->opts.recheck_interval == std::chrono::nanoseconds::zero()) {
+          // Every call reads the store itself: a read that started before
+          // this call could miss an invalidation made elsewhere since.
+          auto op = self->read_store(t);
+          read = co_await std::move(op);
+        } else {
+          // Within the recheck interval, concurrent calls share one read.
+          auto op = self->reads.async_run(t, [self, t]() { return self->read_store(t); }, boost::asio::use_awaitable);
+          read = co_await std::move(op);
+        }
+        // A read that started before an invalidation made here (which this
+        // caller saw) gives way to the invalidation's generation.
+        g = read.second < epoch ? self->local_generation(t, read.first) : read.first;
+      }
+      stamp = mix(stamp ^ g);
+    }
+    co_return stamp;
+  }
+
   static void check_tag(const std::string& t) {
     if (t.empty() || t.size() > max_tag_length) throw boost::system::system_error(make_error_code(error::invalid_key));
   }
@@ -304,7 +316,7 @@ class tag_registry {
       bool known = false;
       std::uint64_t epoch = 0;  // bumped by each local invalidation
       std::chrono::steady_clock::time_point fetched{};
-      boost::unordered_flat_map<std::string, std::weak_ptr<const eraser>> keys;
+      boost::unordered_flat_set<std::string> keys;  // remembered keys carrying the tag
     };
 
     impl(executor_type e, tag_options o) : ex(std::move(e)), opts(std::move(o)), reads(ex) {
@@ -322,29 +334,77 @@ class tag_registry {
     flight<std::pair<std::uint64_t, std::uint64_t>, std::chrono::steady_clock> reads;
     mutable std::mutex mu;
     boost::unordered_flat_map<std::string, tag_entry> tags;
-    std::size_t tracked = 0;
+    // Remembered keys: their eraser and tags, and the order they came in.
+    struct tracked_key {
+      std::weak_ptr<const eraser> erase;
+      std::vector<std::string> tags;
+    };
+    boost::unordered_flat_map<std::string, tracked_key> keys;
+    std::deque<std::string> order;
+    std::uint64_t epochs = 0;  // registry-wide, so a recreated tag never repeats an epoch
     std::mt19937_64 rng;
     tag_stats counters;
     std::atomic<std::uint64_t> store_reads{0}, store_errors{0};
 
     std::uint64_t fresh_generation() { return rng() ^ (std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9e37'79b9'7f4a'7c15ULL); }
 
-    // Under mu. Makes room past the cap by forgetting some tag (its keys stay
-    // in memory, unreachable if the tag changes, until evicted).
+    // Under mu. Makes room past the cap by forgetting some tag (its keys are
+    // forgotten with it: they stay in memory, unreachable if the tag changes,
+    // until evicted).
     tag_entry& entry(const std::string& t) {
       auto it = tags.find(t);
       if (it != tags.end()) return it->second;
       if (tags.size() >= opts.max_tracked) {
         auto victim_it = tags.begin();
-        tracked -= victim_it->second.keys.size();
+        std::vector<std::string> forget(victim_it->second.keys.begin(), victim_it->second.keys.end());
+        for (const auto& k : forget) untrack(k);
         tags.erase(victim_it);
       }
-      return tags[t];
+      auto& e = tags[t];
+      e.epoch = ++epochs;
+      return e;
     }
 
+    // Under mu. Forgets one remembered key.
+    void untrack(const std::string& k) {
+      auto it = keys.find(k);
+      if (it == keys.end()) return;
+      for (const auto& t : it->second.tags)
+        if (auto ti = tags.find(t); ti != tags.end()) ti->second.keys.erase(k);
+      keys.erase(it);
+    }
+
+    // Under mu.
+    void track(const std::vector<std::string>& ts, const std::string& k, const std::shared_ptr<const eraser>& erase) {
+      if (!keys.contains(k)) {
+        while (keys.size() >= opts.max_tracked && !order.empty()) {  // forget the first remembered
+          untrack(order.front());
+          order.pop_front();
+        }
+        if (order.size() > 2 * opts.max_tracked) {  // drop the names of keys removed since
+          std::erase_if(order, [&](const std::string& o) { return !keys.contains(o); });
+        }
+        keys.emplace(k, tracked_key{erase, {}});
+        order.push_back(k);
+      }
+      for (const auto& t : ts) {
+        // entry() may forget a tag, and keys with it: look the key up again.
+        auto& e = entry(t);
+        auto kit = keys.find(k);
+        if (kit == keys.end()) return;
+        if (e.keys.insert(k).second) kit->second.tags.push_back(t);
+      }
+    }
+
+    // Under mu. Takes every key remembered under `e`, forgetting them.
     void take_keys(tag_entry& e, std::vector<victim>& out) {
-      for (auto& [k, w] : e.keys) out.push_back(victim{std::move(w), k});
-      tracked -= e.keys.size();
+      std::vector<std::string> ks(e.keys.begin(), e.keys.end());
+      for (auto& k : ks) {
+        auto it = keys.find(k);
+        if (it == keys.end()) continue;
+        out.push_back(victim{it->second.erase, k});
+        untrack(k);
+      }
       e.keys.clear();
     }
 
@@ -431,7 +491,9 @@ class tag_registry {
         std::lock_guard lk(mu);
         auto& e = entry(t);
         if (e.epoch != epoch0) {
-          g = e.gen;  // invalidated here meanwhile: the newer generation wins
+          // Invalidated here meanwhile (or forgotten and recreated): the newer
+          // generation wins; a recreated entry is left to the next read.
+          if (e.known) g = e.gen;
         } else {
           if (e.known && e.gen != g) {
             ++counters.changes_seen;
@@ -462,7 +524,7 @@ class tag_registry {
         g = fresh_generation();
         e.gen = g;
         e.known = true;
-        ++e.epoch;
+        e.epoch = ++epochs;
         e.fetched = std::chrono::steady_clock::now();
         take_keys(e, victims);
         ++counters.invalidations;

@@ -63,10 +63,10 @@ TEST_F(Agent, FirstCallLoadsSecondHits) {
   auto st = s.stats();
   EXPECT_EQ(st.calls, 2u);
   EXPECT_EQ(st.misses, 1u);
-  EXPECT_EQ(st.hits(), 1u);
+  EXPECT_EQ(st.hits, 1u);
   auto g = agent.stats();
   EXPECT_EQ(g.calls, 3u);
-  EXPECT_EQ(g.hits(), 2u);
+  EXPECT_EQ(g.hits, 2u);
   EXPECT_DOUBLE_EQ(g.hit_rate(), 2.0 / 3.0);
 }
 
@@ -150,6 +150,21 @@ TEST_F(Agent, EndingASessionErasesItsEntriesFromTheTiers) {
   EXPECT_NE(tier->data.begin()->first.find(s.id()), std::string::npos);
   await(io, s.end());
   EXPECT_TRUE(tier->data.empty());
+}
+
+TEST_F(Agent, EndedSessionsFreeTheirRememberedKeys) {
+  auto reg = std::make_shared<cf::tag_registry>(io.get_executor(), cf::tag_options{.max_tracked = 4});
+  cf::agent_cache<std::string> agent{results, {.registry = reg}};
+  auto note = agent.read_tool<std::string>("note", counting("note"),
+                                           {.resources = {"notes"}, .scope = cf::tool_scope::session});
+  for (int i = 0; i < 10; ++i) {
+    auto s = agent.open_session("s");
+    await(io, note(s, "n"));
+    EXPECT_EQ(results.size(), 1u);
+    await(io, s.end());
+    EXPECT_EQ(results.size(), 0u) << i;
+  }
+  EXPECT_EQ(reg->stats().tracked_keys, 0u);
 }
 
 TEST_F(Agent, TheFourthIdenticalCallOverALimitOfThreeIsRefused) {
@@ -251,7 +266,7 @@ TEST_F(Agent, MetricsPerSessionAndGlobalInPrometheusText) {
   await(io, search(s2, "x"));
   await(io, search(s2, "x"));
   EXPECT_EQ(s1.stats().misses, 1u);
-  EXPECT_EQ(s2.stats().hits(), 2u);
+  EXPECT_EQ(s2.stats().hits, 2u);
   EXPECT_DOUBLE_EQ(s2.stats().hit_rate(), 1.0);
   const auto text = cf::to_prometheus(s2.stats(), "agent", "session=\"b\"");
   EXPECT_NE(text.find("agent_hits_total{session=\"b\"} 2\n"), std::string::npos) << text;

@@ -87,7 +87,7 @@ TEST_F(Memoize, FirstCallLoadsSecondHitsAndStatsCountBoth) {
   auto s = f.stats();
   EXPECT_EQ(s.calls, 3u);
   EXPECT_EQ(s.loads, 2u);
-  EXPECT_EQ(s.hits(), 1u);
+  EXPECT_EQ(s.hits, 1u);
   EXPECT_DOUBLE_EQ(s.hit_rate(), 1.0 / 3.0);
   EXPECT_EQ(f.key(4), "times_ten(4)");
   EXPECT_EQ(c.size(), 2u);
@@ -303,6 +303,47 @@ TEST_F(Memoize, InvalidatingMutationInvalidatesBeforeItRunsEvenWhenItThrows) {
   await(io, get(2));
   EXPECT_EQ(runs, 4);
   EXPECT_EQ(sizes, (std::vector<std::size_t>{1, 1}));  // the entry was gone before each run
+}
+
+TEST_F(Memoize, AReadDuringTheMutationDoesNotLeaveTheOldValueBehind) {
+  int row = 1;
+  cf::memoized<int(int)> get{c, "get", [&](int) -> asio::awaitable<int> { co_return row; }};
+  asio::steady_timer hold(io, asio::steady_timer::time_point::max());
+  cf::invalidating<void(int)> update{[&](int) -> asio::awaitable<void> {
+    boost::system::error_code ec;
+    co_await hold.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    row = 2;
+  }};
+  update.invalidates(get);
+  EXPECT_EQ(await(io, get(1)), 1);
+  bool updated = false;
+  asio::co_spawn(io, update(1), [&](std::exception_ptr e) { updated = !e; });
+  // While the mutation runs, a read misses and stores the old row.
+  std::optional<int> during;
+  asio::co_spawn(io, get(1), [&](std::exception_ptr, int v) { during = v; });
+  run_until(io, [&] { return during.has_value(); });
+  EXPECT_EQ(*during, 1);
+  EXPECT_EQ(c.size(), 1u);
+  hold.cancel();
+  run_until(io, [&] { return updated; });
+  EXPECT_EQ(c.size(), 0u);  // invalidated again once the mutation was done
+  EXPECT_EQ(await(io, get(1)), 2);
+}
+
+TEST(MemoKeys, EdgeCases) {
+  EXPECT_EQ(cf::make_key("f", -0.0, 0.0), "f(0,0)");
+  EXPECT_EQ(cf::make_key("f", static_cast<const char*>(nullptr), nullptr), "f(null,null)");
+  static_assert(!cf::detail::key_encodable<std::pair<int*, int>>());
+  static_assert(cf::detail::key_encodable<std::tuple<int, std::string>>());
+}
+
+TEST_F(Memoize, AThrowingKeyFunctionReachesTheHandler) {
+  cf::memoized<int(int)> f{c, "f", times_ten, {.key = [](const int&) -> std::string { throw test_error("no key"); }}};
+  outcome<int> o;
+  EXPECT_NO_THROW(f.async_call(1, o.handler()));
+  drain(io);
+  ASSERT_TRUE(o.error);
+  EXPECT_THROW(std::rethrow_exception(o.error), test_error);
 }
 
 TEST_F(Memoize, InvalidatingMutationWithTheSameArgumentsTagsAndKeys) {
