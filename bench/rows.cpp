@@ -2,7 +2,7 @@
 // coalescing cache), each against its baseline in this process, plus the
 // cost of a miss at capacity, heap allocations per hit, and memory per entry.
 //
-// Usage: cacheflight_rows [--quick]
+// Usage: cacheflight_rows [--quick | --memory]   (--memory: memory per entry only)
 //
 // Every ratio is (cacheflight's time per operation) / (the baseline's time per
 // operation), both measured here, alternating, median of the rounds. glad's
@@ -274,11 +274,23 @@ void fill_cache(std::size_t n) {
   check(c->size() == n, "every entry held");
 }
 
+void timings(bool quick, int reps);
+void memory(std::size_t entries);
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool memory_only = argc > 1 && std::strcmp(argv[1], "--memory") == 0;
   const int reps = quick ? 3 : 9;
+  if (!memory_only) timings(quick, reps);
+  memory(quick ? 200'000 : 1'000'000);
+  return 0;
+}
+
+namespace {
+
+void timings(bool quick, int reps) {
   const std::size_t hits = quick ? 160'000 : 1'600'000;
   const std::size_t coalesced = 10'000;
 
@@ -330,8 +342,10 @@ int main(int argc, char** argv) {
   std::printf("  %-50s %6.2f\n", "baseline: chain of posts",
               allocations_per_op(ops, [](std::size_t n) { post_chains(n, 1, 1); }));
 
-  std::printf("\nmemory per entry, 1,000,000 entries, keys \"key:\" + n (RSS growth in a fresh process)\n");
-  const std::size_t entries = quick ? 200'000 : 1'000'000;
+}
+
+void memory(std::size_t entries) {
+  std::printf("\nmemory per entry, %zu entries, keys \"key:\" + n (RSS growth in a fresh process)\n", entries);
   const double s3 = bytes_per_entry(entries, fill_cache<cf::eviction_policy::s3fifo>);
   const double lru = bytes_per_entry(entries, fill_cache<cf::eviction_policy::lru>);
   const double flat = bytes_per_entry(entries, [](std::size_t n) {
@@ -346,5 +360,6 @@ int main(int argc, char** argv) {
   std::printf("  %-50s %6.0f B  (%.2fx the flat map)\n", "cache<uint64_t>, LRU", lru, lru / flat);
   std::printf("  %-50s %6.0f B\n", "boost::unordered_flat_map<std::string, uint64_t>", flat);
   std::printf("  %-50s %6.0f B\n", "std::unordered_map<std::string, uint64_t>", um);
-  return 0;
 }
+
+}  // namespace

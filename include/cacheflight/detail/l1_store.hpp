@@ -8,6 +8,7 @@
 
 #include <boost/container_hash/hash.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
+#include <boost/unordered/unordered_flat_set.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -20,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 namespace cacheflight {
@@ -28,19 +30,45 @@ namespace detail {
 
 enum class removal : std::uint8_t { none, capacity, expired, replaced, erased };
 
+// One entry. Laid out small: for a `cache<std::uint64_t>` it is 88 bytes
+// (a 96-byte heap block): the list links (16), the key (32), the value or
+// cached failure (16), the expiry (8), the weight (8), and the heap index
+// with the policy's bits (8).
 template <class V>
 struct l1_node : list_hook {
-  static constexpr std::size_t no_heap = std::numeric_limits<std::size_t>::max();
+  static constexpr std::uint32_t no_heap = std::numeric_limits<std::uint32_t>::max();
 
   std::string key;
-  std::optional<V> value;   // empty for a negative entry
-  std::exception_ptr error; // the cached failure of a negative entry
+  // The value, or the cached failure of a negative entry.
+  std::variant<V, std::exception_ptr> slot;
   std::int64_t expires = std::numeric_limits<std::int64_t>::max();  // cache clock, ns
   std::size_t weight = 1;
-  std::size_t heap_index = no_heap;
+  std::uint32_t heap_index = no_heap;
   std::uint8_t freq = 0;
   bool in_main = false;
   removal why = removal::none;
+
+  const V* value() const noexcept { return std::get_if<0>(&slot); }
+  const std::exception_ptr* error() const noexcept { return std::get_if<1>(&slot); }
+};
+
+// The index of a shard: the nodes themselves, hashed and compared by key (a
+// pointer per slot, where a map from key views would take three).
+template <class Node>
+struct l1_node_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view k) const noexcept { return boost::hash<std::string_view>{}(k); }
+  std::size_t operator()(const Node* n) const noexcept { return (*this)(std::string_view(n->key)); }
+};
+template <class Node>
+struct l1_node_eq {
+  using is_transparent = void;
+  static std::string_view view(std::string_view k) noexcept { return k; }
+  static std::string_view view(const Node* n) noexcept { return n->key; }
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const noexcept {
+    return view(a) == view(b);
+  }
 };
 
 // Counters kept per shard, under its lock, so that hits on different shards
@@ -66,7 +94,7 @@ class alignas(64) l1_shard {
   l1_shard(const l1_shard&) = delete;
   l1_shard& operator=(const l1_shard&) = delete;
   ~l1_shard() {
-    for (auto& kv : map_) delete kv.second;
+    for (node* n : map_) delete n;
   }
 
   void configure(eviction_policy p, std::size_t max_entries, std::size_t max_weight) {
@@ -92,7 +120,7 @@ class alignas(64) l1_shard {
   node* find(std::string_view key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
-    node* n = it->second;
+    node* n = *it;
     if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= now()) {
       remove(n, removal::expired, dead);
       return nullptr;
@@ -108,11 +136,11 @@ class alignas(64) l1_shard {
     if (stores_nothing()) return true;
     if (w > max_weight_) {
       ++counters.evictions_oversized;
-      if (auto it = map_.find(std::string_view(key)); it != map_.end()) remove(it->second, removal::replaced, dead);
+      if (auto it = map_.find(std::string_view(key)); it != map_.end()) remove(*it, removal::replaced, dead);
       return false;
     }
     if (auto it = map_.find(std::string_view(key)); it != map_.end()) {
-      node* n = it->second;
+      node* n = *it;
       fill(*n);
       weight_ = weight_ - n->weight + w;
       if (policy_ == eviction_policy::s3fifo) {
@@ -130,7 +158,7 @@ class alignas(64) l1_shard {
       fill(*n);
       n->weight = w;
       if (expires != std::numeric_limits<std::int64_t>::max()) heap_.reserve(heap_.size() + 1);
-      map_.emplace(std::string_view(n->key), n);
+      map_.insert(n);
       owned.release();
       weight_ += w;
       set_expiry(n, expires);
@@ -146,7 +174,7 @@ class alignas(64) l1_shard {
   bool erase(std::string_view key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return false;
-    node* n = it->second;
+    node* n = *it;
     if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= now()) {
       remove(n, removal::expired, dead);
       return false;
@@ -157,7 +185,7 @@ class alignas(64) l1_shard {
 
   std::size_t clear(graveyard& dead) {
     std::size_t n = map_.size();
-    while (!map_.empty()) remove(map_.begin()->second, removal::erased, dead);
+    while (!map_.empty()) remove(*map_.begin(), removal::erased, dead);
     ghost_.clear();
     ghost_set_.clear();
     return n;
@@ -287,7 +315,7 @@ class alignas(64) l1_shard {
       small_weight_ -= n->weight;
     }
     heap_erase(n);
-    map_.erase(std::string_view(n->key));
+    map_.erase(n);
     weight_ -= n->weight;
     if (why == removal::capacity) ++counters.evictions_capacity;
     if (why == removal::expired) ++counters.expirations;
@@ -301,7 +329,7 @@ class alignas(64) l1_shard {
     const bool finite = expires != std::numeric_limits<std::int64_t>::max();
     if (n->heap_index == node::no_heap) {
       if (!finite) return;
-      n->heap_index = heap_.size();
+      n->heap_index = static_cast<std::uint32_t>(heap_.size());
       heap_.push_back(n);
       sift_up(n->heap_index);
     } else if (!finite) {
@@ -320,7 +348,7 @@ class alignas(64) l1_shard {
     heap_.pop_back();
     if (i == heap_.size()) return;
     heap_[i] = last;
-    last->heap_index = i;
+    last->heap_index = static_cast<std::uint32_t>(i);
     sift_up(i);
     sift_down(last->heap_index);
   }
@@ -347,14 +375,14 @@ class alignas(64) l1_shard {
 
   void swap_nodes(std::size_t a, std::size_t b) {
     std::swap(heap_[a], heap_[b]);
-    heap_[a]->heap_index = a;
-    heap_[b]->heap_index = b;
+    heap_[a]->heap_index = static_cast<std::uint32_t>(a);
+    heap_[b]->heap_index = static_cast<std::uint32_t>(b);
   }
 
   eviction_policy policy_ = eviction_policy::s3fifo;
   std::size_t max_entries_ = std::numeric_limits<std::size_t>::max();
   std::size_t max_weight_ = std::numeric_limits<std::size_t>::max();
-  boost::unordered_flat_map<std::string_view, node*, boost::hash<std::string_view>> map_;
+  boost::unordered_flat_set<node*, l1_node_hash<node>, l1_node_eq<node>> map_;
   intrusive_list<node> small_, main_;
   std::size_t weight_ = 0, small_weight_ = 0, main_weight_ = 0;
   std::deque<std::uint64_t> ghost_;

@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <variant>
 
 namespace cacheflight::detail {
 
@@ -81,20 +82,20 @@ class memory_tier {
       if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
       if (node* n = sh.find(key, clock, dead)) {
         // A cached failure is a hit only for callers that take failures.
-        if (n->value) {
+        if (const V* stored = n->value()) {
           if constexpr (nothrow_copy) {
-            v.emplace(*n->value);
+            v.emplace(*stored);
             hit = true;
           } else {
             try {
-              v.emplace(*n->value);
+              v.emplace(*stored);
               hit = true;
             } catch (...) {
               copy_failed = std::current_exception();
             }
           }
-        } else if (failure) {
-          *failure = n->error;
+        } else if (failure && n->error()) {
+          *failure = *n->error();
           hit = true;
         }
       }
@@ -124,6 +125,7 @@ class memory_tier {
     shard& sh = shard_for(key);
     std::size_t w = 1;
     std::optional<V> copy;
+    std::optional<std::variant<V, std::exception_ptr>> old;  // destroyed after the lock
     try {
       if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
       if (v && !sh.stores_nothing()) copy.emplace(*v);
@@ -147,13 +149,12 @@ class memory_tier {
       sh.purge(t, 8, dead);
       oversized = !sh.put(std::move(k), deadline(t, ttl), w,
                           [&](node& n) {
-                            if (v) {
-                              n.value.swap(copy);  // the old value, if any, is destroyed after the lock
-                              n.error = nullptr;
-                            } else {
-                              n.value.reset();
-                              n.error = error;
-                            }
+                            // The old value, if any, is destroyed after the lock.
+                            old.emplace(std::move(n.slot));
+                            if (v)
+                              n.slot.template emplace<0>(std::move(*copy));
+                            else
+                              n.slot.template emplace<1>(error);
                           },
                           dead);
     }
