@@ -104,8 +104,12 @@ struct write_tool_options {
 /// Counters of an agent cache or of one session.
 struct agent_stats {
   std::uint64_t calls = 0;            ///< tool calls, read and write
-  std::uint64_t reads = 0;            ///< read tool calls the loop guard let through
-  std::uint64_t hits = 0;             ///< of those, the ones answered without running the tool
+  /// Read tool calls the loop guard let through (or short-circuited) that
+  /// completed with a value.
+  std::uint64_t reads = 0;
+  /// Of those, the ones answered without running the tool in this call
+  /// (short-circuited ones included).
+  std::uint64_t hits = 0;
   std::uint64_t misses = 0;           ///< of those, the ones that ran the tool
   std::uint64_t invalidations = 0;    ///< resources invalidated by write tools
   std::uint64_t loop_detections = 0;  ///< calls that broke a loop guard rule
@@ -314,14 +318,12 @@ class agent_cache {
     /// This session's counters (`sessions_*` are 0).
     agent_stats stats() const noexcept { return st_->n.snapshot(); }
 
-    /// Ends the session: calls made through it from now on fail with
-    /// `error::no_session`; when the awaitable is awaited, its entries are
-    /// erased from memory at once, and from every tier before it completes.
-    /// Ending twice does nothing the second time.
-    [[nodiscard]] boost::asio::awaitable<void> end() {
-      if (!begin_end()) return nothing();
-      return ag_->registry->async_remove_tracked(st_->tag, boost::asio::use_awaitable);
-    }
+    /// Ends the session when awaited: calls made through it from then on fail
+    /// with `error::no_session`, and its entries are erased from memory at
+    /// once, and from every tier before the awaitable completes. Ending twice
+    /// does nothing the second time; an awaitable never awaited ends nothing
+    /// (the session still ends when destroyed).
+    [[nodiscard]] boost::asio::awaitable<void> end() { return end_session(st_, ag_); }
 
     /// `end` through a completion token: `void(std::exception_ptr)`, the first
     /// tier's failure; the handler runs on its associated executor, never
@@ -336,16 +338,21 @@ class agent_cache {
     session(std::shared_ptr<detail::agent_session_state> st, std::shared_ptr<shared> ag)
         : st_(std::move(st)), ag_(std::move(ag)) {}
 
-    static boost::asio::awaitable<void> nothing() { co_return; }
-
-    bool begin_end() {
-      if (!st_ || st_->ended.exchange(true, std::memory_order_acq_rel)) return false;
-      ag_->n.sessions_ended.fetch_add(1, std::memory_order_relaxed);
+    static bool begin_end(const std::shared_ptr<detail::agent_session_state>& st, shared& ag) {
+      if (!st || st->ended.exchange(true, std::memory_order_acq_rel)) return false;
+      ag.n.sessions_ended.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
 
+    static boost::asio::awaitable<void> end_session(std::shared_ptr<detail::agent_session_state> st,
+                                                    std::shared_ptr<shared> ag) {
+      if (!begin_end(st, *ag)) co_return;
+      auto op = ag->registry->async_remove_tracked(st->tag, boost::asio::use_awaitable);
+      co_await std::move(op);
+    }
+
     void end_now() {
-      if (begin_end()) ag_->registry->async_remove_tracked(st_->tag, boost::asio::detached);
+      if (ag_ && begin_end(st_, *ag_)) ag_->registry->async_remove_tracked(st_->tag, boost::asio::detached);
     }
 
     std::shared_ptr<detail::agent_session_state> st_;
@@ -538,6 +545,10 @@ class agent_cache {
       } catch (...) {
         failure = std::current_exception();
       }
+      // Cancelled or not, the second pass runs: a cancelled tool may have
+      // taken effect all the same.
+      co_await boost::asio::this_coro::throw_if_cancelled(false);
+      co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::disable_cancellation());
       std::exception_ptr after_failure;
       try {
         auto after = ag->registry->async_invalidate(std::move(invalidates), boost::asio::use_awaitable);

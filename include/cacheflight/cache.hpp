@@ -291,7 +291,9 @@ class cache {
   /// positive); with tiers, the exception of a `codec<V>::encode` that refuses
   /// the value (memory holds it nonetheless); the exception of a weigher, or of
   /// `V`'s copy constructor, that throws (then nothing changed: memory, tiers
-  /// and loads in flight are as before). A value heavier than the cap is
+  /// and loads in flight are as before); the exception of `V`'s move
+  /// constructor, if it throws while the value replaces the one in memory
+  /// (then the key is absent from memory). A value heavier than the cap is
   /// not stored in memory (an `eviction` event with cause `oversized`); that is
   /// not an error. Posted to the handler's executor.
   template <boost::asio::completion_token_for<void(std::exception_ptr)> CompletionToken>

@@ -6,7 +6,9 @@
 #include <cacheflight/tags.hpp>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_state.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
@@ -411,9 +413,10 @@ class memoized;
 /// Every member may be called from any thread, concurrently.
 ///
 /// @par Lifetime
-/// The cache and the registry must outlive the memoized function, and the
-/// memoized function every operation it started (including `async_call`s
-/// launched with `deferred`).
+/// The cache must outlive the memoized function and every operation it
+/// started (including `async_call`s launched with `deferred`); operations
+/// share the function's own state, so the memoized object itself may be
+/// moved or destroyed while they run.
 template <class V, class... Args, class Clock>
 class memoized<V(Args...), Clock> {
   using core = detail::memo_core<V, Clock>;
@@ -455,11 +458,11 @@ class memoized<V(Args...), Clock> {
   memoized(cache<V, Clock>& cache, std::string name, F fn, options opts = {})
       : core_(std::make_shared<core>(cache, std::move(name), std::move(opts.tags), opts.ttl, std::move(opts.registry))),
         fn_(std::make_shared<const function_type>(detail::as_coroutine_function<V, Args...>(std::move(fn)))),
-        skip_(opts.skip_args),
-        key_fn_(std::move(opts.key)),
-        tags_fn_(std::move(opts.tags_of)) {
-    if (skip_ > sizeof...(Args)) detail::throw_invalid_option("memoized: skip_args exceeds the number of arguments");
-    if (!key_fn_ && skip_ < first_keyed())
+        keys_(std::make_shared<const keying>(keying{core_->name, opts.skip_args, std::move(opts.key),
+                                                    std::move(opts.tags_of)})) {
+    if (keys_->skip > sizeof...(Args))
+      detail::throw_invalid_option("memoized: skip_args exceeds the number of arguments");
+    if (!keys_->key_fn && keys_->skip < first_keyed())
       detail::throw_invalid_option("memoized: an argument without a key rule must be skipped (skip_args) or keyed (key)");
   }
 
@@ -468,7 +471,7 @@ class memoized<V(Args...), Clock> {
   /// Returns a lazy awaitable; the arguments are copied when this is called.
   /// Throws what `async_call` delivers as its error.
   boost::asio::awaitable<V> operator()(Args... args) const {
-    return call(this, args_tuple(std::forward<Args>(args)...));
+    return call(core_, fn_, keys_, args_tuple(std::forward<Args>(args)...));
   }
 
   /// Calls the function through the cache, completing through `token`.
@@ -501,7 +504,7 @@ class memoized<V(Args...), Clock> {
   /// every tier. Returns whether memory held it. Throws the cache's or the
   /// tag store's failure.
   boost::asio::awaitable<bool> invalidate(Args... args) const {
-    return invalidate_args(this, args_tuple(std::forward<Args>(args)...));
+    return invalidate_args(core_, keys_, args_tuple(std::forward<Args>(args)...));
   }
 
   /// `invalidate` through a completion token: `void(std::exception_ptr, bool)`;
@@ -525,19 +528,12 @@ class memoized<V(Args...), Clock> {
   }
 
   /// The argument key of a call: `name(...)`, without the tags' stamp.
-  std::string key(const std::decay_t<Args>&... args) const {
-    if (key_fn_) {
-      std::string k = core_->name;
-      k += '(';
-      k += key_fn_(args...);
-      k += ')';
-      return k;
-    }
-    return skipped_key(std::index_sequence_for<Args...>{}, std::forward_as_tuple(args...));
-  }
+  std::string key(const std::decay_t<Args>&... args) const { return keys_->key(args...); }
 
   /// The tags of a call's entry, in stamp order.
-  std::vector<std::string> tags(const std::decay_t<Args>&... args) const { return core_->tags_with(tags_of(args...)); }
+  std::vector<std::string> tags(const std::decay_t<Args>&... args) const {
+    return core_->tags_with(keys_->tags_of(args...));
+  }
 
   const std::string& name() const noexcept { return core_->name; }
   /// The function's own tag, `memo:<name>`.
@@ -546,27 +542,47 @@ class memoized<V(Args...), Clock> {
   memo_stats stats() const noexcept { return core_->n.snapshot(); }
 
  private:
-  std::vector<std::string> tags_of(const std::decay_t<Args>&... args) const {
-    return tags_fn_ ? tags_fn_(args...) : std::vector<std::string>{};
-  }
+  // How keys and tags are made from arguments; shared with operations in
+  // flight, which compute them when they start.
+  struct keying {
+    std::string name;
+    std::size_t skip;
+    key_function key_fn;
+    tag_function tags_fn;
 
-  template <std::size_t... I, class Tuple>
-  std::string skipped_key(std::index_sequence<I...>, const Tuple& t) const {
-    std::string out = core_->name;
-    out += '(';
-    bool first = true;
-    auto one = [&](std::size_t i, const auto& a) {
-      if constexpr (detail::key_encodable<std::decay_t<decltype(a)>>()) {
-        if (i < skip_) return;
-        if (!first) out += ',';
-        first = false;
-        append_key_part(out, a);
-      }  // else skipped: the constructor saw to it
-    };
-    (one(I, std::get<I>(t)), ...);
-    out += ')';
-    return out;
-  }
+    std::string key(const std::decay_t<Args>&... args) const {
+      if (key_fn) {
+        std::string k = name;
+        k += '(';
+        k += key_fn(args...);
+        k += ')';
+        return k;
+      }
+      return skipped_key(std::index_sequence_for<Args...>{}, std::forward_as_tuple(args...));
+    }
+
+    std::vector<std::string> tags_of(const std::decay_t<Args>&... args) const {
+      return tags_fn ? tags_fn(args...) : std::vector<std::string>{};
+    }
+
+    template <std::size_t... I, class Tuple>
+    std::string skipped_key(std::index_sequence<I...>, const Tuple& t) const {
+      std::string out = name;
+      out += '(';
+      bool first = true;
+      auto one = [&](std::size_t i, const auto& a) {
+        if constexpr (detail::key_encodable<std::decay_t<decltype(a)>>()) {
+          if (i < skip) return;
+          if (!first) out += ',';
+          first = false;
+          append_key_part(out, a);
+        }  // else skipped: the constructor saw to it
+      };
+      (one(I, std::get<I>(t)), ...);
+      out += ')';
+      return out;
+    }
+  };
 
   // The number of leading arguments that must be skipped: up to the last one
   // without a key rule.
@@ -585,29 +601,27 @@ class memoized<V(Args...), Clock> {
 
   // The key and tags are computed here, so that a throwing key or tag
   // function reaches the caller as the operation's error.
-  static boost::asio::awaitable<V> call(const memoized* self, args_tuple t) {
-    auto c = self->core_;
-    std::string argkey = std::apply([self](const auto&... a) { return self->key(a...); }, t);
-    auto tags = c->tags_with(std::apply([self](const auto&... a) { return self->tags_of(a...); }, t));
-    auto load = [fn = self->fn_, t = std::move(t)]() { return run(fn, t); };
+  static boost::asio::awaitable<V> call(std::shared_ptr<core> c, std::shared_ptr<const function_type> fn,
+                                        std::shared_ptr<const keying> k, args_tuple t) {
+    std::string argkey = std::apply([&k](const auto&... a) { return k->key(a...); }, t);
+    auto tags = c->tags_with(std::apply([&k](const auto&... a) { return k->tags_of(a...); }, t));
+    auto load = [fn, t = std::move(t)]() { return run(fn, t); };
     auto op = core::get(c, std::move(argkey), std::move(tags), {}, std::move(load));
     auto r = co_await std::move(op);
     co_return std::move(r.first);
   }
 
-  static boost::asio::awaitable<bool> invalidate_args(const memoized* self, args_tuple t) {
-    auto c = self->core_;
-    std::string argkey = std::apply([self](const auto&... a) { return self->key(a...); }, t);
-    auto tags = c->tags_with(std::apply([self](const auto&... a) { return self->tags_of(a...); }, t));
+  static boost::asio::awaitable<bool> invalidate_args(std::shared_ptr<core> c, std::shared_ptr<const keying> k,
+                                                      args_tuple t) {
+    std::string argkey = std::apply([&k](const auto&... a) { return k->key(a...); }, t);
+    auto tags = c->tags_with(std::apply([&k](const auto&... a) { return k->tags_of(a...); }, t));
     auto op = core::invalidate(c, std::move(argkey), std::move(tags));
     co_return co_await std::move(op);
   }
 
   std::shared_ptr<core> core_;
   std::shared_ptr<const function_type> fn_;
-  std::size_t skip_;
-  key_function key_fn_;
-  tag_function tags_fn_;
+  std::shared_ptr<const keying> keys_;
 };
 
 template <class Signature>
@@ -771,6 +785,10 @@ class invalidating<R(Args...)> {
     } catch (...) {
       failure = std::current_exception();
     }
+    // Cancelled or not, the second pass runs: a cancelled mutation may have
+    // taken effect all the same.
+    co_await boost::asio::this_coro::throw_if_cancelled(false);
+    co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::disable_cancellation());
     std::exception_ptr after_failure;
     try {
       auto after = invalidate_all(st, t);

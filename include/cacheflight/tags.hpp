@@ -376,7 +376,9 @@ class tag_registry {
 
     // Under mu.
     void track(const std::vector<std::string>& ts, const std::string& k, const std::shared_ptr<const eraser>& erase) {
-      if (!keys.contains(k)) {
+      if (auto known = keys.find(k); known != keys.end()) {
+        known->second.erase = erase;  // the latest owner erases it
+      } else {
         while (keys.size() >= opts.max_tracked && !order.empty()) {  // forget the first remembered
           untrack(order.front());
           order.pop_front();

@@ -330,6 +330,36 @@ TEST_F(Memoize, AReadDuringTheMutationDoesNotLeaveTheOldValueBehind) {
   EXPECT_EQ(await(io, get(1)), 2);
 }
 
+TEST_F(Memoize, ACancelledMutationStillInvalidatesAfterwards) {
+  int row = 1;
+  cf::memoized<int(int)> get{c, "get", [&](int) -> asio::awaitable<int> { co_return row; }};
+  asio::steady_timer hold(io, asio::steady_timer::time_point::max());
+  cf::invalidating<void(int)> update{[&](int) -> asio::awaitable<void> {
+    row = 2;  // takes effect, then waits: its caller gives up meanwhile
+    co_await hold.async_wait(asio::use_awaitable);
+  }};
+  update.invalidates(get);
+  asio::cancellation_signal cancel;
+  std::exception_ptr failure;
+  bool done = false;
+  asio::co_spawn(io, update(1), asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e) {
+                   failure = e;
+                   done = true;
+                 }));
+  run_until(io, [&] { return row == 2; });
+  // A read while the mutation runs: a miss that stores the new row... or, had
+  // it started a moment earlier, the old one. Either way the second pass runs.
+  std::optional<int> during;
+  asio::co_spawn(io, get(1), [&](std::exception_ptr, int v) { during = v; });
+  run_until(io, [&] { return during.has_value(); });
+  ASSERT_EQ(c.size(), 1u);
+  cancel.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return done; });
+  EXPECT_TRUE(failure);  // the mutation's own operation_aborted
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(get.registry()->stats().invalidations, 0u);  // plain keys: no tags were involved
+}
+
 TEST(MemoKeys, EdgeCases) {
   EXPECT_EQ(cf::make_key("f", -0.0, 0.0), "f(0,0)");
   EXPECT_EQ(cf::make_key("f", static_cast<const char*>(nullptr), nullptr), "f(null,null)");

@@ -141,7 +141,12 @@ class alignas(64) l1_shard {
     }
     if (auto it = map_.find(std::string_view(key)); it != map_.end()) {
       node* n = *it;
-      fill(*n);
+      try {
+        fill(*n);
+      } catch (...) {
+        remove(n, removal::replaced, dead);  // its value may be gone: never leave it half filled
+        throw;
+      }
       weight_ = weight_ - n->weight + w;
       if (policy_ == eviction_policy::s3fifo) {
         std::size_t& part = n->in_main ? main_weight_ : small_weight_;

@@ -126,6 +126,7 @@ class memory_tier {
     std::size_t w = 1;
     std::optional<V> copy;
     std::optional<std::variant<V, std::exception_ptr>> old;  // destroyed after the lock
+    std::exception_ptr failed;
     try {
       if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
       if (v && !sh.stores_nothing()) copy.emplace(*v);
@@ -147,19 +148,24 @@ class memory_tier {
       if (epoch && seen) *seen = epoch->load(std::memory_order_relaxed);
       const std::int64_t t = now();
       sh.purge(t, 8, dead);
-      oversized = !sh.put(std::move(k), deadline(t, ttl), w,
-                          [&](node& n) {
-                            // The old value, if any, is destroyed after the lock.
-                            old.emplace(std::move(n.slot));
-                            if (v)
-                              n.slot.template emplace<0>(std::move(*copy));
-                            else
-                              n.slot.template emplace<1>(error);
-                          },
-                          dead);
+      try {
+        oversized = !sh.put(std::move(k), deadline(t, ttl), w,
+                            [&](node& n) {
+                              // The old value, if any, is destroyed after the lock.
+                              old.emplace(std::move(n.slot));
+                              if (v)
+                                n.slot.template emplace<0>(std::move(*copy));
+                              else
+                                n.slot.template emplace<1>(error);
+                            },
+                            dead);
+      } catch (...) {
+        failed = std::current_exception();  // V's move threw: the key's entry is gone
+      }
     }
     if (oversized) events_.emit(cache_event{cache_event_kind::eviction, key, {}, {}, eviction_cause::oversized});
     bury(dead);
+    if (failed) std::rethrow_exception(failed);
     return true;
   }
 
