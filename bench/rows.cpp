@@ -312,26 +312,21 @@ void timings(bool quick, int reps) {
 
   std::printf("%-52s %11s %11s %7s   %11s\n", "scenario (one io_context, T threads)", "cacheflight", "baseline",
               "ratio", "glad ratio");
-  row("hit, 1 key, 1 callback chain, T=1",
-      alternate([](std::size_t n) { return cache_chains(n, 1, 1, 1); },
-                [](std::size_t n) { return post_chains(n, 1, 1); }, hits, reps),
-      1.92);
-  row("hit, 1 key, 16 callback chains, T=1",
-      alternate([](std::size_t n) { return cache_chains(n, 16, 1, 1); },
-                [](std::size_t n) { return post_chains(n, 16, 1); }, hits, reps),
-      0.89);
-  row("hit, 1 key, 16 chains, T=2",
-      alternate([](std::size_t n) { return cache_chains(n, 16, 2, 1); },
-                [](std::size_t n) { return post_chains(n, 16, 2); }, hits, reps),
-      0.28);
-  row("hit, 1024 keys, 16 chains, T=1",
-      alternate([](std::size_t n) { return cache_chains(n, 16, 1, 1024); },
-                [](std::size_t n) { return post_chains(n, 16, 1); }, hits, reps),
-      1.90);
-  row("hit, 1024 keys, 16 chains, T=2",
-      alternate([](std::size_t n) { return cache_chains(n, 16, 2, 1024); },
-                [](std::size_t n) { return post_chains(n, 16, 2); }, hits, reps),
-      0.80);
+  struct chains_row {
+    const char* name;
+    unsigned chains, threads;
+    std::size_t keys;
+    double glad;
+  };
+  for (const chains_row r : {chains_row{"hit, 1 key, 1 callback chain, T=1", 1, 1, 1, 1.92},
+                             chains_row{"hit, 1 key, 16 callback chains, T=1", 16, 1, 1, 0.89},
+                             chains_row{"hit, 1 key, 16 chains, T=2", 16, 2, 1, 0.28},
+                             chains_row{"hit, 1024 keys, 16 chains, T=1", 16, 1, 1024, 1.90},
+                             chains_row{"hit, 1024 keys, 16 chains, T=2", 16, 2, 1024, 0.80}})
+    row(r.name,
+        alternate([r](std::size_t n) { return cache_chains(n, r.chains, r.threads, r.keys); },
+                  [r](std::size_t n) { return post_chains(n, r.chains, r.threads); }, hits, reps),
+        r.glad);
   row("hit, co_await async_get(use_awaitable), T=1",
       alternate(cache_get_hit_awaitable, baseline_awaited_post, hits, reps), 1.09);
   row("10,000 callbacks coalesced on one key (1 ms load)",

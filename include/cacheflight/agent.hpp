@@ -127,11 +127,7 @@ inline std::string to_prometheus(const agent_stats& s, std::string_view prefix =
                                  std::string_view labels = {}) {
   std::string out;
   auto family = [&](std::string_view name, std::string_view type, std::string_view help, const std::string& value) {
-    out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
-    out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
-    out.append(prefix).append("_").append(name);
-    if (!labels.empty()) out.append("{").append(labels).append("}");
-    out.append(" ").append(value).append("\n");
+    detail::prometheus_family(out, prefix, labels, name, type, help, value);
   };
   family("calls_total", "counter", "Tool calls, read and write.", std::to_string(s.calls));
   family("hits_total", "counter", "Read tool calls that did not run the tool.", std::to_string(s.hits));
@@ -529,36 +525,12 @@ class agent_cache {
       co_await std::move(before);
       ag->n.invalidations.fetch_add(count, std::memory_order_relaxed);
       if (s) s->n.invalidations.fetch_add(count, std::memory_order_relaxed);
-      // The tool; then the resources again, whatever it did: a read that
-      // missed while it ran may have stored what it replaced.
-      std::exception_ptr failure;
-      std::optional<detail::result_box<R>> result;
-      try {
-        auto op = std::apply(*fn, t);
-        if constexpr (std::is_void_v<R>) {
-          co_await std::move(op);
-          result.emplace();
-        } else {
-          R r = co_await std::move(op);
-          result.emplace(std::move(r));
-        }
-      } catch (...) {
-        failure = std::current_exception();
-      }
-      // Cancelled or not, the second pass runs: a cancelled tool may have
-      // taken effect all the same.
-      co_await boost::asio::this_coro::throw_if_cancelled(false);
-      co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::disable_cancellation());
-      std::exception_ptr after_failure;
-      try {
-        auto after = ag->registry->async_invalidate(std::move(invalidates), boost::asio::use_awaitable);
-        co_await std::move(after);
-      } catch (...) {
-        after_failure = std::current_exception();
-      }
-      if (failure) std::rethrow_exception(failure);
-      if (after_failure) std::rethrow_exception(after_failure);
-      if constexpr (!std::is_void_v<R>) co_return std::move(result->value);
+      // The tool, then the resources again: a read that missed while it ran
+      // may have stored what it replaced.
+      auto op = detail::mutate_then_invalidate<R>(
+          [&fn, &t] { return std::apply(*fn, t); },
+          [&ag, &invalidates] { return ag->registry->async_invalidate(invalidates, boost::asio::use_awaitable); });
+      co_return co_await std::move(op);
     }
 
     std::shared_ptr<shared> ag_;

@@ -185,11 +185,7 @@ inline std::string to_prometheus(const memo_stats& s, std::string_view prefix = 
                                  std::string_view labels = {}) {
   std::string out;
   auto family = [&](std::string_view name, std::string_view type, std::string_view help, const std::string& value) {
-    out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
-    out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
-    out.append(prefix).append("_").append(name);
-    if (!labels.empty()) out.append("{").append(labels).append("}");
-    out.append(" ").append(value).append("\n");
+    detail::prometheus_family(out, prefix, labels, name, type, help, value);
   };
   family("calls_total", "counter", "Cached calls.", std::to_string(s.calls));
   family("hits_total", "counter", "Cached calls that did not run the function.", std::to_string(s.hits));
@@ -366,6 +362,39 @@ struct result_box {
 };
 template <>
 struct result_box<void> {};
+
+// Runs `mutation`, then `invalidate` whatever the mutation did: succeeded,
+// threw, or was cancelled (it may have taken effect all the same). The
+// mutation's failure wins over the invalidation's.
+template <class R, class Mutation, class Invalidate>
+boost::asio::awaitable<R> mutate_then_invalidate(Mutation mutation, Invalidate invalidate) {
+  std::exception_ptr failure;
+  std::optional<result_box<R>> result;
+  try {
+    auto op = mutation();
+    if constexpr (std::is_void_v<R>) {
+      co_await std::move(op);
+      result.emplace();
+    } else {
+      R r = co_await std::move(op);
+      result.emplace(std::move(r));
+    }
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  co_await boost::asio::this_coro::throw_if_cancelled(false);
+  co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::disable_cancellation());
+  std::exception_ptr after_failure;
+  try {
+    auto after = invalidate();
+    co_await std::move(after);
+  } catch (...) {
+    after_failure = std::current_exception();
+  }
+  if (failure) std::rethrow_exception(failure);
+  if (after_failure) std::rethrow_exception(after_failure);
+  if constexpr (!std::is_void_v<R>) co_return std::move(result->value);
+}
 
 }  // namespace detail
 
@@ -769,36 +798,11 @@ class invalidating<R(Args...)> {
   static boost::asio::awaitable<R> call(std::shared_ptr<state> st, args_tuple t) {
     auto before = invalidate_all(st, t);
     co_await std::move(before);
-    // The mutation; then the invalidations again, whatever it did: a read
-    // that missed while it ran may have stored what it replaced.
-    std::exception_ptr failure;
-    std::optional<detail::result_box<R>> result;
-    try {
-      auto op = std::apply(st->fn, t);
-      if constexpr (std::is_void_v<R>) {
-        co_await std::move(op);
-        result.emplace();
-      } else {
-        R r = co_await std::move(op);
-        result.emplace(std::move(r));
-      }
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    // Cancelled or not, the second pass runs: a cancelled mutation may have
-    // taken effect all the same.
-    co_await boost::asio::this_coro::throw_if_cancelled(false);
-    co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::disable_cancellation());
-    std::exception_ptr after_failure;
-    try {
-      auto after = invalidate_all(st, t);
-      co_await std::move(after);
-    } catch (...) {
-      after_failure = std::current_exception();
-    }
-    if (failure) std::rethrow_exception(failure);
-    if (after_failure) std::rethrow_exception(after_failure);
-    if constexpr (!std::is_void_v<R>) co_return std::move(result->value);
+    // Then the mutation, then the invalidations again: a read that missed
+    // while the mutation ran may have stored what it replaced.
+    auto op = detail::mutate_then_invalidate<R>([&st, &t] { return std::apply(st->fn, t); },
+                                                [&st, &t] { return invalidate_all(st, t); });
+    co_return co_await std::move(op);
   }
 
   std::shared_ptr<state> st_;

@@ -50,6 +50,19 @@ struct cache_stats {
   std::vector<tier_stats> tiers;
 };
 
+namespace detail {
+// Appends one metric family with one sample: `# HELP`, `# TYPE`, the sample.
+inline void prometheus_family(std::string& out, std::string_view prefix, std::string_view labels,
+                              std::string_view name, std::string_view type, std::string_view help,
+                              const std::string& value) {
+  out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
+  out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
+  out.append(prefix).append("_").append(name);
+  if (!labels.empty()) out.append("{").append(labels).append("}");
+  out.append(" ").append(value).append("\n");
+}
+}  // namespace detail
+
 /// Writes `s` in the Prometheus text exposition format (version 0.0.4), one
 /// metric family per counter, each named `<prefix>_<counter>`, with
 /// `# HELP` and `# TYPE` lines. `labels`, if not empty, is inserted verbatim
@@ -59,11 +72,7 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
   std::string out;
   out.reserve(1536);
   auto family = [&](std::string_view name, std::string_view type, std::string_view help, const std::string& value) {
-    out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
-    out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
-    out.append(prefix).append("_").append(name);
-    if (!labels.empty()) out.append("{").append(labels).append("}");
-    out.append(" ").append(value).append("\n");
+    detail::prometheus_family(out, prefix, labels, name, type, help, value);
   };
   auto u = [](auto v) { return std::to_string(v); };
   family("hits_total", "counter", "Callers that found a fresh value in memory.", u(s.hits));

@@ -11,19 +11,6 @@ using namespace cftest;
 
 namespace {
 
-template <class T>
-T await(asio::io_context& io, asio::awaitable<T> a) {
-  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
-  drain(io);
-  return f.get();
-}
-
-inline void await(asio::io_context& io, asio::awaitable<void> a) {
-  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
-  drain(io);
-  f.get();
-}
-
 // The error code an awaitable fails with (none if it succeeds).
 template <class T>
 boost::system::error_code failure_of(asio::io_context& io, asio::awaitable<T> a, std::string* message = nullptr) {

@@ -35,20 +35,6 @@ struct cacheflight::key_encoder<point> {
 
 namespace {
 
-// Runs `a` on `io` to completion and returns its result (or rethrows).
-template <class T>
-T await(asio::io_context& io, asio::awaitable<T> a) {
-  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
-  drain(io);
-  return f.get();
-}
-
-inline void await(asio::io_context& io, asio::awaitable<void> a) {
-  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
-  drain(io);
-  f.get();
-}
-
 class Memoize : public ::testing::Test {
  protected:
   asio::io_context io;

@@ -139,6 +139,21 @@ inline std::size_t drain(asio::io_context& io) {
   return io.run();
 }
 
+// Runs `a` on `io` until the context has no more work; returns its result or
+// rethrows its exception.
+template <class T>
+T await(asio::io_context& io, asio::awaitable<T> a) {
+  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
+  drain(io);
+  return f.get();
+}
+
+inline void await(asio::io_context& io, asio::awaitable<void> a) {
+  auto f = asio::co_spawn(io, std::move(a), asio::use_future);
+  drain(io);
+  f.get();
+}
+
 struct test_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
