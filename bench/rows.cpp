@@ -156,6 +156,20 @@ ns cache_coalesced(std::size_t n, bool coroutines) {
 ns cache_coalesced_callbacks(std::size_t n) { return cache_coalesced(n, false); }
 ns cache_coalesced_coroutines(std::size_t n) { return cache_coalesced(n, true); }
 
+// Runs `step(i, next)` for i = 0..n-1, each step started by the completion
+// of the previous one (which calls `next`); returns the wall time.
+template <class Step>
+ns run_chain(asio::io_context& io, std::size_t n, Step step) {
+  std::size_t i = 0;
+  std::function<void()> next = [&] {
+    if (i < n) step(i++, next);
+  };
+  auto t0 = clock_type::now();
+  next();
+  io.run();
+  return clock_type::now() - t0;
+}
+
 // A miss on a new key each time, trivial coroutine loader, cache at capacity.
 ns cache_miss_at_capacity(std::size_t n, int hint) {
   asio::io_context io(hint);
@@ -164,39 +178,28 @@ ns cache_miss_at_capacity(std::size_t n, int hint) {
   io.run();
   io.restart();
   std::size_t done = 0;
-  std::size_t i = 0;
-  std::function<void()> next = [&] {
-    if (i == n) return;
-    c.async_get("miss:" + std::to_string(i++), load_one, [&](std::exception_ptr, int v) {
+  const auto t = run_chain(io, n, [&](std::size_t i, const std::function<void()>& next) {
+    c.async_get("miss:" + std::to_string(i), load_one, [&](std::exception_ptr, int v) {
       done += std::size_t(v);
       next();
     });
-  };
-  auto t0 = clock_type::now();
-  next();
-  io.run();
-  auto t1 = clock_type::now();
+  });
   check(done == n && c.size() == 10'000, "every miss loaded, the cache stayed at capacity");
-  return t1 - t0;
+  return t;
 }
 
 // Baseline of a miss: a chain of spawned trivial coroutines, one per step.
 ns spawn_chain(std::size_t n, int hint) {
   asio::io_context io(hint);
-  std::size_t done = 0, i = 0;
-  std::function<void()> next = [&] {
-    if (i++ == n) return;
+  std::size_t done = 0;
+  const auto t = run_chain(io, n, [&](std::size_t, const std::function<void()>& next) {
     asio::co_spawn(io, load_one(), [&](std::exception_ptr, int v) {
       done += std::size_t(v);
       next();
     });
-  };
-  auto t0 = clock_type::now();
-  next();
-  io.run();
-  auto t1 = clock_type::now();
+  });
   check(done == n, "every spawned coroutine completed");
-  return t1 - t0;
+  return t;
 }
 
 struct measured {
