@@ -142,7 +142,8 @@ class tag_registry {
   }
 
   /// Gives each tag a new generation, erases the keys remembered under it
-  /// (from memory at once, before this call returns), and writes the new
+  /// (from memory at once, when the operation is initiated: within this call
+  /// for a callback, when awaited for `use_awaitable`), and writes the new
   /// generation to the store.
   ///
   /// @par Completion signature
@@ -172,7 +173,8 @@ class tag_registry {
         token, std::move(tags));
   }
 
-  /// Erases the keys remembered under `tag` (from memory at once) and forgets
+  /// Erases the keys remembered under `tag` (from memory at once, when the
+  /// operation is initiated) and forgets
   /// the tag, without changing its generation in the store: for tags no other
   /// process can use, such as a session's.
   /// @par Completion signature
