@@ -55,7 +55,7 @@ struct loop_guard_options {
   std::size_t max_identical_calls = 3;
   /// The (N+1)th call of the session breaks the rule. 0: no limit.
   std::size_t max_calls = 100;
-  /// Longest sequence checked for repetition; 0 (or 1): no cycle detection.
+  /// Longest sequence checked for repetition, at most 64; 0 (or 1): no cycle detection.
   std::size_t max_cycle_length = 4;
   /// Back-to-back repetitions of a sequence that make a cycle (at least 2).
   std::size_t cycle_repeats = 2;
@@ -111,7 +111,9 @@ struct agent_stats {
   /// (short-circuited ones included).
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;           ///< of those, the ones that ran the tool
-  std::uint64_t invalidations = 0;    ///< resources invalidated by write tools
+  /// Resources invalidated by write tools and `async_invalidate` (counted as
+  /// the invalidation starts).
+  std::uint64_t invalidations = 0;
   std::uint64_t loop_detections = 0;  ///< calls that broke a loop guard rule
   std::uint64_t sessions_opened = 0;  ///< the agent cache's only
   std::uint64_t sessions_ended = 0;   ///< the agent cache's only
@@ -133,7 +135,8 @@ inline std::string to_prometheus(const agent_stats& s, std::string_view prefix =
   family("hits_total", "counter", "Read tool calls that did not run the tool.", std::to_string(s.hits));
   family("misses_total", "counter", "Read tool calls that ran the tool.", std::to_string(s.misses));
   family("hit_ratio", "gauge", "Hits divided by read tool calls.", std::to_string(s.hit_rate()));
-  family("invalidations_total", "counter", "Resources invalidated by write tools.", std::to_string(s.invalidations));
+  family("invalidations_total", "counter", "Resources invalidated by write tools and async_invalidate.",
+         std::to_string(s.invalidations));
   family("loop_detections_total", "counter", "Calls that broke a loop guard rule.", std::to_string(s.loop_detections));
   family("sessions_opened_total", "counter", "Sessions opened.", std::to_string(s.sessions_opened));
   family("sessions_ended_total", "counter", "Sessions ended.", std::to_string(s.sessions_ended));
@@ -222,7 +225,7 @@ struct agent_session_state {
 /// cf::agent_cache<std::string> agent{results};
 /// auto get_cart = agent.read_tool<std::string>("get_cart", backend_get_cart,
 ///                                              {.resources = {"cart"}, .scope = cf::tool_scope::session});
-/// auto add_to_cart = agent.write_tool<std::string, std::string, int>("add_to_cart", backend_add,
+/// auto add_to_cart = agent.write_tool<int, std::string, int>("add_to_cart", backend_add,
 ///                                                                    {.invalidates = {"cart"}});
 /// auto s = agent.open_session("shopper-1");
 /// co_await get_cart(s, "alice");           // runs the tool
@@ -539,6 +542,8 @@ class agent_cache {
     std::vector<std::string> invalidates_;
   };
 
+  /// @throws boost::system::system_error with `error::invalid_option` for
+  ///         impossible loop guard rules (see `open_session`).
   explicit agent_cache(cache<V, Clock>& cache, agent_options opts = {})
       : ag_(std::make_shared<shared>(cache, std::move(opts))) {
     check_guard(ag_->opts.loop_guard);
@@ -573,7 +578,8 @@ class agent_cache {
   /// Opens a session named `name` (names need not be unique: the id is), with
   /// the agent's loop guard rules or `guard`.
   /// @throws boost::system::system_error with `error::invalid_option` for
-  ///         impossible rules (`cycle_repeats` below 2 with cycle detection on).
+  ///         impossible rules (`cycle_repeats` below 2 with cycle detection
+  ///         on, `max_cycle_length` above 64).
   session open_session(std::string name, std::optional<loop_guard_options> guard = {}) {
     const loop_guard_options g = guard ? *guard : ag_->opts.loop_guard;
     check_guard(g);

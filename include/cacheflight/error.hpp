@@ -55,7 +55,8 @@ enum class error {
   /// A session's loop guard refused a call (see `agent_cache`); the exception's
   /// message names the rule and the calls (for a cycle, the repeated sequence).
   loop_detected,
-  /// A session-scoped tool was called without a session (see `agent_cache`).
+  /// A session-scoped tool was called without a session, or a tool through a
+  /// session that has ended (see `agent_cache`).
   no_session,
 };
 
@@ -91,7 +92,7 @@ class error_category final : public boost::system::error_category {
       case error::not_master: return "the server named as master is not a master";
       case error::batch_size_mismatch: return "the batch function's list of results is not as long as its list of keys";
       case error::loop_detected: return "the session's loop guard refused the call";
-      case error::no_session: return "a session-scoped tool was called without a session";
+      case error::no_session: return "a session-scoped tool was called without a session, or the session has ended";
     }
     return "unknown cacheflight error";
   }

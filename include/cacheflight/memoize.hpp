@@ -84,7 +84,7 @@ constexpr bool key_encodable() {
 ///   quotes, with `"` and `\` escaped by a backslash; other bytes as they are;
 /// - `std::optional`: `null` when empty, else its value; `std::nullopt`,
 ///   `nullptr` and a null `const char*`: `null`;
-/// - tuples and pairs: `(a,b,...)`; other ranges: `[a,b,...]`.
+/// - tuples, pairs and `std::array`: `(a,b,...)`; other ranges: `[a,b,...]`.
 /// Any other type does not compile: give it a `key_encoder`.
 template <class T>
 void append_key_part(std::string& out, const T& v) {
@@ -169,7 +169,7 @@ struct memo_stats {
   std::uint64_t loads = 0;          ///< times the function ran for a cached call (misses)
   std::uint64_t load_failures = 0;  ///< of those, the ones that threw
   std::uint64_t bypassed = 0;       ///< calls that ran the function past the cache
-  std::uint64_t invalidations = 0;  ///< `invalidate` calls
+  std::uint64_t invalidations = 0;  ///< `invalidate` calls that reached the cache (their key resolved)
   std::uint64_t clears = 0;         ///< `clear` calls
   /// Tag store failures; each such call ran the function without the cache.
   std::uint64_t store_errors = 0;
@@ -193,7 +193,7 @@ inline std::string to_prometheus(const memo_stats& s, std::string_view prefix = 
   family("hit_ratio", "gauge", "Hits divided by cached calls.", std::to_string(s.hit_rate()));
   family("load_failures_total", "counter", "Runs of the function that threw.", std::to_string(s.load_failures));
   family("bypassed_total", "counter", "Calls that ran the function past the cache.", std::to_string(s.bypassed));
-  family("invalidations_total", "counter", "Entries invalidated.", std::to_string(s.invalidations));
+  family("invalidations_total", "counter", "Invalidate calls that reached the cache.", std::to_string(s.invalidations));
   family("clears_total", "counter", "Times every entry was invalidated.", std::to_string(s.clears));
   family("tag_store_errors_total", "counter", "Tag store failures (the call ran uncached).",
          std::to_string(s.store_errors));

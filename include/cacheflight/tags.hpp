@@ -94,8 +94,8 @@ struct tag_stats {
 ///
 /// @par Threads
 /// Every member may be called from any thread, concurrently. State is kept
-/// behind one lock held for constant-time bookkeeping; erasers and handlers
-/// never run under it.
+/// behind one lock, held for bookkeeping proportional to the keys of the tags
+/// involved; erasers and handlers never run under it.
 ///
 /// @par Lifetime
 /// A handle: copies share one registry. The store must stay usable while the
