@@ -2,8 +2,9 @@
 // coalescing cache), each against its baseline in this process, plus the
 // cost of a miss at capacity, heap allocations per hit, and memory per entry.
 //
-// Usage: cacheflight_rows [--quick | --memory | --miss]
-//   --memory: memory per entry only; --miss: the miss rows only (for profiling)
+// Usage: cacheflight_rows [--quick | --memory | --miss | --hit CHAINS THREADS KEYS]
+//   --memory: memory per entry only; --miss: the miss rows only; --hit: one
+//   chain row only, 20M hits, no baseline (the last two are for profiling)
 //
 // Every ratio is (cacheflight's time per operation) / (the baseline's time per
 // operation), both measured here, alternating, median of the rounds. glad's
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -290,6 +292,14 @@ int main(int argc, char** argv) {
   const int reps = quick ? 3 : 9;
   if (argc > 1 && std::strcmp(argv[1], "--miss") == 0) {
     misses(200'000, reps);
+    return 0;
+  }
+  if (argc > 4 && std::strcmp(argv[1], "--hit") == 0) {
+    const auto chains = unsigned(std::atoi(argv[2]));
+    const auto threads = unsigned(std::atoi(argv[3]));
+    const auto keys = std::size_t(std::atoi(argv[4]));
+    const std::size_t n = 20'000'000;
+    std::printf("%.1f ns per hit\n", cache_chains(n, chains, threads, keys).count() / double(n));
     return 0;
   }
   if (!memory_only) timings(quick, reps);

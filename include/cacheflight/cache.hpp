@@ -187,7 +187,15 @@ class cache {
   ///
   /// @par Executor
   /// The handler runs on its associated executor (the cache's by default), never
-  /// inside this call: a value found in memory is posted.
+  /// inside this call: a value found in memory is posted. When that executor is
+  /// the cache's own `io_context` executor, values found in memory complete in
+  /// rounds, as a strand runs its queue: one scheduling on the context runs,
+  /// in order, every such completion queued before it started; one queued by a
+  /// handler of a round (a caller that starts its next call) runs in the next
+  /// round, scheduled when the current one ends, so the context's other
+  /// handlers run between rounds. A handler that throws leaves the rest of its
+  /// round for the next one. Completions still queued when the context is
+  /// shut down are destroyed without being run, as its own handlers are.
   ///
   /// @par Per-Operation Cancellation
   /// While waiting for a load: `terminal`, `partial` and `total`, as in
@@ -234,7 +242,9 @@ class cache {
   /// @par Completion signature
   /// @code void(std::exception_ptr error, std::optional<V> value) @endcode
   /// `value` is empty when no fresh value is in memory (a cached failure counts as
-  /// none). `error` only for `error::invalid_key`. Posted to the handler's executor.
+  /// none). `error` only for `error::invalid_key`. Posted to the handler's
+  /// executor; on the cache's own `io_context` executor, in rounds (see the
+  /// other overload).
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::optional<V>)> CompletionToken>
   auto async_get(std::string key, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, std::optional<V>)>(
@@ -245,7 +255,7 @@ class cache {
             e = detail::make_error(error::invalid_key);
           else
             v = st->lookup(key, 2, nullptr);
-          detail::post_result(st->executor(), std::move(handler), std::move(e), std::move(v));
+          detail::post_result(st->ready(), st->executor(), std::move(handler), std::move(e), std::move(v));
         },
         token, std::move(key));
   }
@@ -443,7 +453,8 @@ class cache {
         }
       }
       if (v) {
-        detail::post_result(st->executor(), std::forward<Handler>(handler), std::exception_ptr{}, std::move(*v));
+        detail::post_result(st->ready(), st->executor(), std::forward<Handler>(handler), std::exception_ptr{},
+                            std::move(*v));
         return;
       }
       if (failure) {

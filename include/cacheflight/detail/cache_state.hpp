@@ -7,6 +7,7 @@
 #include <cacheflight/detail/cache_events.hpp>
 #include <cacheflight/detail/cache_load.hpp>
 #include <cacheflight/detail/memory_tier.hpp>
+#include <cacheflight/detail/ready_queue.hpp>
 #include <cacheflight/detail/tier_pipeline.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/flight.hpp>
@@ -37,6 +38,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 
   cache_state(boost::asio::any_io_executor ex, cache_options opts, weigher_type weigher)
       : ex_(std::move(ex)),
+        ready_(ready_for(ex_)),
         opts_(checked(std::move(opts))),
         events_(std::make_shared<const cache_events>(opts_.on_event)),
         memory_(opts_.policy, opts_.shards, opts_.max_entries, opts_.max_weight, std::move(weigher), *events_),
@@ -53,6 +55,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
                                     .shards = opts_.shards}) {}
 
   const boost::asio::any_io_executor& executor() const noexcept { return ex_; }
+  // The queue of immediate completions bound for the cache's io_context (null
+  // when its executor is not an io_context's).
+  ready_queue* ready() const noexcept { return ready_.get(); }
   const cache_options& options() const noexcept { return opts_; }
   flight<V, Clock>& get_flight() noexcept { return flight_; }
   memory_type& memory() noexcept { return memory_; }
@@ -114,7 +119,14 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     return opts;
   }
 
+  static std::shared_ptr<ready_queue> ready_for(const boost::asio::any_io_executor& ex) {
+    if (auto* io = ex.target<boost::asio::io_context::executor_type>())
+      return std::make_shared<ready_queue>(io->context());
+    return nullptr;
+  }
+
   boost::asio::any_io_executor ex_;
+  std::shared_ptr<ready_queue> ready_;
   const cache_options opts_;
   std::shared_ptr<const cache_events> events_;
   memory_type memory_;

@@ -2,6 +2,8 @@
 #ifndef CACHEFLIGHT_DETAIL_POST_RESULT_HPP
 #define CACHEFLIGHT_DETAIL_POST_RESULT_HPP
 
+#include <cacheflight/detail/ready_queue.hpp>
+
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_allocator.hpp>
@@ -18,9 +20,13 @@ namespace cacheflight::detail {
 // Completes a handler with an immediate result: posted straight to the
 // handler's associated executor (`fallback` when it has none), so a caller on
 // another context is not routed through the cache's, and the handler never
-// runs inside the initiating function.
+// runs inside the initiating function. A handler bound to an io_context's
+// executor is posted to that context as a continuation of the caller (queued
+// on the calling thread, without waking another, when that thread runs the
+// context), or, when `ready` serves that context, queued on `ready` to run in
+// its next round.
 template <class Handler, class... Args>
-void post_result(const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
+void post_result(ready_queue* ready, const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
   namespace asio = boost::asio;
   auto ex = asio::get_associated_executor(h, fallback);
   if constexpr (std::is_same_v<decltype(ex), asio::any_io_executor> &&
@@ -29,13 +35,23 @@ void post_result(const boost::asio::any_io_executor& fallback, Handler&& h, Args
     // directly, skipping the type-erased executor and its work dispatcher. The
     // handler still runs on (a thread running) its associated executor.
     if (auto* io = ex.template target<asio::io_context::executor_type>()) {
-      asio::post(*io, [h = std::forward<Handler>(h), ... a = std::forward<Args>(args)]() mutable {
+      auto call = [h = std::forward<Handler>(h), ... a = std::forward<Args>(args)]() mutable {
         std::move(h)(std::move(a)...);
-      });
+      };
+      if (ready && &io->context() == &ready->context())
+        ready->push(std::move(call));
+      else
+        asio::require(asio::prefer(*io, asio::execution::relationship.continuation), asio::execution::blocking.never)
+            .execute(std::move(call));
       return;
     }
   }
   asio::post(ex, asio::append(std::forward<Handler>(h), std::forward<Args>(args)...));
+}
+
+template <class Handler, class... Args>
+void post_result(const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
+  post_result(nullptr, fallback, std::forward<Handler>(h), std::forward<Args>(args)...);
 }
 
 }  // namespace cacheflight::detail

@@ -1,0 +1,236 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_READY_QUEUE_HPP
+#define CACHEFLIGHT_DETAIL_READY_QUEUE_HPP
+
+#include <cacheflight/detail/shard_mutex.hpp>
+
+#include <boost/asio/execution/blocking.hpp>
+#include <boost/asio/execution/relationship.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/recycling_allocator.hpp>
+#include <boost/asio/require.hpp>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <utility>
+
+namespace cacheflight::detail {
+
+// Immediate completions bound for one io_context, run in rounds, each round
+// one scheduling on that context, as a strand runs its queue. A completion
+// queued from inside a round (a handler that starts its next operation, which
+// completes at once) joins the next round without taking the lock; the next
+// round is posted when the current one ends, so other work on the context
+// runs between rounds. Every completion runs on a thread running the context,
+// never inside the function that queued it, in the order it was queued (per
+// queuing thread). Completions still queued when the context is shut down are
+// destroyed without being run, as the context's own handlers are.
+class ready_queue : public std::enable_shared_from_this<ready_queue> {
+ public:
+  explicit ready_queue(boost::asio::io_context& io) noexcept : io_(&io) {}
+  ready_queue(const ready_queue&) = delete;
+  ready_queue& operator=(const ready_queue&) = delete;
+  ~ready_queue() {
+    destroy(std::move(carried_));
+    destroy(shared_.take());
+  }
+
+  boost::asio::io_context& context() const noexcept { return *io_; }
+
+  // Queues `f()` to run in a round on the context. Throws what the
+  // allocation or the scheduling of a round throws (nothing is queued when
+  // the allocation throws).
+  template <class F>
+  void push(F&& f) {
+    item* it = item_of<std::decay_t<F>>::make(std::forward<F>(f));
+    if (draining_ == this) {  // inside a round of this queue, on its thread
+      local_.push(it);
+      return;
+    }
+    {
+      std::lock_guard lk(mu_);
+      shared_.push(it);
+      has_shared_.store(true, std::memory_order_relaxed);
+      if (scheduled_) return;
+      scheduled_ = true;
+    }
+    schedule(shared_from_this());
+  }
+
+ private:
+  struct item {
+    item* next;
+    void (*complete)(item*, bool invoke);
+  };
+
+  template <class F>
+  struct item_of final : item {
+    using allocator = boost::asio::recycling_allocator<item_of>;
+    explicit item_of(F&& fn) : item{nullptr, &run}, f(std::move(fn)) {}
+    explicit item_of(const F& fn) : item{nullptr, &run}, f(fn) {}
+    F f;
+
+    template <class G>
+    static item* make(G&& g) {
+      allocator a;
+      item_of* p = a.allocate(1);
+      try {
+        return ::new (static_cast<void*>(p)) item_of(std::forward<G>(g));
+      } catch (...) {
+        a.deallocate(p, 1);
+        throw;
+      }
+    }
+    // The memory is released before the call, so that the call's own next
+    // completion can reuse it.
+    static void run(item* base, bool invoke) {
+      auto* self = static_cast<item_of*>(base);
+      F fn(std::move(self->f));
+      self->~item_of();
+      allocator().deallocate(self, 1);
+      if (invoke) std::move(fn)();
+    }
+  };
+
+  struct list {
+    item* head = nullptr;
+    item** tail = &head;
+    void push(item* it) noexcept {
+      it->next = nullptr;
+      *tail = it;
+      tail = &it->next;
+    }
+    item* pop() noexcept {
+      item* it = head;
+      if (it && !(head = it->next)) tail = &head;
+      return it;
+    }
+    void append(list&& other) noexcept {
+      if (!other.head) return;
+      *tail = other.head;
+      tail = other.tail;
+      other = list{};
+    }
+    list take() noexcept {
+      list l = std::move(*this);
+      if (!l.head) l.tail = &l.head;
+      *this = list{};
+      return l;
+    }
+    list() = default;
+    list(list&& o) noexcept : head(o.head), tail(o.head ? o.tail : &head) { o.head = nullptr, o.tail = &o.head; }
+    list& operator=(list&& o) noexcept {
+      head = o.head;
+      tail = o.head ? o.tail : &head;
+      o.head = nullptr;
+      o.tail = &o.head;
+      return *this;
+    }
+  };
+
+  // The scheduled round: it keeps the queue alive. Destroyed without having
+  // run (the context shut down), it destroys the queued completions.
+  struct round {
+    std::shared_ptr<ready_queue> q;
+    explicit round(std::shared_ptr<ready_queue> q) noexcept : q(std::move(q)) {}
+    round(round&& o) noexcept : q(std::move(o.q)) {}
+    round& operator=(round&&) = delete;
+    ~round() {
+      if (q) q->discard();
+    }
+    void operator()() {
+      auto self = std::move(q);
+      self->drain(self);
+    }
+  };
+
+  static void destroy(list l) noexcept {
+    while (item* it = l.pop()) it->complete(it, false);
+  }
+
+  void schedule(std::shared_ptr<ready_queue> self) {
+    namespace asio = boost::asio;
+    asio::require(asio::prefer(io_->get_executor(), asio::execution::relationship.continuation),
+                  asio::execution::blocking.never)
+        .execute(round{std::move(self)});
+  }
+
+  // Schedules the next round for the completions in `shared_` or `carried_`;
+  // if that throws, they wait (in `shared_`) for the next push to schedule one.
+  void schedule_or_park(std::shared_ptr<ready_queue>& self) noexcept {
+    try {
+      schedule(std::move(self));
+    } catch (...) {
+      std::lock_guard lk(mu_);
+      carried_.append(shared_.take());
+      shared_ = std::move(carried_);
+      has_shared_.store(shared_.head != nullptr, std::memory_order_relaxed);
+      scheduled_ = false;
+    }
+  }
+
+  // One round: the completions carried over from the previous round (queued
+  // by its own completions, without a lock), then those queued by other
+  // threads (taken under the lock, only when there are some).
+  void drain(std::shared_ptr<ready_queue>& self) {
+    list batch = std::move(carried_);
+    if (has_shared_.load(std::memory_order_acquire)) {
+      std::lock_guard lk(mu_);
+      batch.append(shared_.take());
+      has_shared_.store(false, std::memory_order_relaxed);
+    }
+    ready_queue* const outer = draining_;
+    draining_ = this;
+    // Ends the round, also when a completion throws (the exception leaves
+    // the context's run, as any handler's does): what was not run yet, then
+    // what the round queued, is carried to the next round.
+    struct end_round {
+      ready_queue* q;
+      ready_queue* outer;
+      list& batch;
+      std::shared_ptr<ready_queue>& self;
+      ~end_round() {
+        q->draining_ = outer;
+        batch.append(std::move(q->local_));
+        q->carried_ = std::move(batch);
+        if (!q->carried_.head) {
+          std::lock_guard lk(q->mu_);
+          if (!q->shared_.head) {
+            q->scheduled_ = false;
+            return;
+          }
+        }
+        q->schedule_or_park(self);
+      }
+    } end{this, outer, batch, self};
+    while (item* it = batch.pop()) it->complete(it, true);
+  }
+
+  void discard() noexcept {
+    list l;
+    {
+      std::lock_guard lk(mu_);
+      l = std::move(carried_);
+      l.append(shared_.take());
+      has_shared_.store(false, std::memory_order_relaxed);
+      scheduled_ = false;
+    }
+    destroy(std::move(l));
+  }
+
+  boost::asio::io_context* io_;
+  shard_mutex mu_;
+  list shared_;                          // under mu_
+  std::atomic<bool> has_shared_{false};  // written under mu_: shared_ is not empty
+  bool scheduled_ = false;               // under mu_: a round is posted or running
+  list local_;                           // queued from inside a round, by its thread
+  list carried_;                         // for the next round, which is scheduled
+  static inline thread_local ready_queue* draining_ = nullptr;
+};
+
+}  // namespace cacheflight::detail
+
+#endif
