@@ -467,7 +467,7 @@ class cache {
         return;
       }
       using work_type = detail::load_work<state_type, std::decay_t<Loader>>;
-      work_type work{detail::load_ticket<state_type>(st->shared_from_this(), key), std::forward<Loader>(loader), ttl};
+      work_type work{detail::load_ticket<state_type>(st), std::forward<Loader>(loader), ttl};
       st->get_flight().async_run(std::move(key), run_options{.timeout = opts.timeout}, std::move(work),
                                  std::forward<Handler>(handler));
     }

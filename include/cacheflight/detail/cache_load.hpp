@@ -36,26 +36,36 @@ struct load_counters {
 // A load's right to store its result: a token registered in memory when the
 // load's flight entry is created, so that an invalidation from then on voids
 // it. Released when the load ends without storing, however it ends (thrown,
-// cancelled before it started, destroyed unrun at shutdown).
+// cancelled before it started, destroyed unrun at shutdown). Until it is
+// issued, it holds neither the state nor the key: a caller that joins a load
+// already in flight builds one and drops it without touching either.
 //
 // `State` is the cache's state (cache_state.hpp): `memory()` gives its memory tier.
 template <class State>
 class load_ticket {
  public:
-  load_ticket(std::shared_ptr<State> st, std::string key) : st_(std::move(st)), key_(std::move(key)) {}
-  load_ticket(load_ticket&& o) noexcept : st_(std::move(o.st_)), key_(std::move(o.key_)), token_(std::exchange(o.token_, 0)) {}
+  explicit load_ticket(State* st) noexcept : raw_(st) {}
+  load_ticket(load_ticket&& o) noexcept
+      : raw_(o.raw_), st_(std::move(o.st_)), key_(std::move(o.key_)), token_(std::exchange(o.token_, 0)) {}
   load_ticket& operator=(load_ticket&&) = delete;
   ~load_ticket() {
     if (token_) st_->memory().end_load(key_, token_);
   }
 
-  void issue() { token_ = st_->memory().begin_load(key_); }
-  State& state() const noexcept { return *st_; }
+  // Called once, as the load's entry is created: keeps the state alive for
+  // the load and registers its token.
+  void issue(const std::string& key) {
+    key_ = key;
+    st_ = raw_->shared_from_this();
+    token_ = st_->memory().begin_load(key_);
+  }
+  State& state() const noexcept { return *raw_; }
   const std::string& key() const noexcept { return key_; }
   std::uint64_t& token() noexcept { return token_; }
 
  private:
-  std::shared_ptr<State> st_;
+  State* raw_;
+  std::shared_ptr<State> st_;  // from issue() on
   std::string key_;
   std::uint64_t token_ = 0;
 };
@@ -73,7 +83,7 @@ struct load_work {
   Loader loader;
   std::chrono::nanoseconds ttl;
 
-  void on_entry_created(entry_created_tag) { ticket.issue(); }
+  void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
   boost::asio::awaitable<typename State::value_type> operator()() {
     return load_and_fill(std::move(ticket), std::move(loader), ttl);
   }

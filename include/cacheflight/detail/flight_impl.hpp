@@ -130,12 +130,13 @@ struct alignas(64) flight_shard {
 };
 
 // Work functions whose owner must learn, atomically with the key's insertion,
-// that a new entry was made for them (the cache registers its load there).
+// that a new entry was made for them, with its key (the cache registers its
+// load there).
 // Called under the shard lock: it must be short and must not call back into
 // the flight.
 struct entry_created_tag {};
 template <class Fn>
-concept observes_creation = requires(Fn& f) { f.on_entry_created(entry_created_tag{}); };
+concept observes_creation = requires(Fn& f, const std::string& key) { f.on_entry_created(entry_created_tag{}, key); };
 
 enum class leave_reason { cancelled, timed_out };
 
@@ -588,7 +589,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
       rejected = true;
     } else {
       try {
-        if constexpr (observes_creation<std::remove_reference_t<Fn>>) fn.on_entry_created(entry_created_tag{});
+        if constexpr (observes_creation<std::remove_reference_t<Fn>>) fn.on_entry_created(entry_created_tag{}, fresh->key);
         sh.map.emplace(std::string_view(fresh->key), fresh);
       } catch (...) {
         keys_.fetch_sub(1, std::memory_order_relaxed);
