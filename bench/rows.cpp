@@ -2,7 +2,7 @@
 // coalescing cache), each against its baseline in this process, plus the
 // cost of a miss at capacity, heap allocations per hit, and memory per entry.
 //
-// Usage: cacheflight_rows [--quick | --memory | --miss | --coalesced | --hit CHAINS THREADS KEYS]
+// Usage: cacheflight_rows [--quick | --memory | --miss | --coalesced | --hit CHAINS THREADS KEYS [--batch]]
 //   --memory: memory per entry only; --miss: the miss rows only; --coalesced:
 //   the coalesced callbacks only; --hit: one chain row only, 20M hits; the
 //   last three print no baseline and are meant for profiling
@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <string>
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -68,10 +69,11 @@ ns run_threads(asio::io_context& io, unsigned threads, Start start) {
 
 // `chains` closed-loop callback chains, each issuing `n / chains` cache hits
 // (keys taken in turn from `keys`), on one io_context (default concurrency
-// hint, as in the comparison with glad) run by `threads` threads.
-ns cache_chains(std::size_t n, unsigned chains, unsigned threads, std::size_t keys) {
+// hint, as in the comparison with glad) run by `threads` threads; `batch`:
+// with cache_options::batch_hits.
+ns cache_chains(std::size_t n, unsigned chains, unsigned threads, std::size_t keys, bool batch = false) {
   asio::io_context io;
-  cf::cache<int> c{io, cf::cache_options{.max_entries = 4096, .shards = 16}};
+  cf::cache<int> c{io, cf::cache_options{.max_entries = 4096, .shards = 16, .batch_hits = batch}};
   std::vector<std::string> names;
   for (std::size_t k = 0; k < keys; ++k) {
     names.push_back("user:" + std::to_string(k));
@@ -223,7 +225,7 @@ measured alternate(S subject, B baseline, std::size_t n, int reps) {
 
 void row(const char* name, measured m, double glad_ratio) {
   const double r = m.subject / m.baseline;
-  std::printf("%-52s %8.1f ns %8.1f ns  %5.2fx   glad %5.2fx  %s\n", name, m.subject, m.baseline, r, glad_ratio,
+  std::printf("%-64s %8.1f ns %8.1f ns  %5.2fx   glad %5.2fx  %s\n", name, m.subject, m.baseline, r, glad_ratio,
               r <= glad_ratio ? "at or below" : "above");
 }
 
@@ -305,8 +307,9 @@ int main(int argc, char** argv) {
     const auto chains = unsigned(std::atoi(argv[2]));
     const auto threads = unsigned(std::atoi(argv[3]));
     const auto keys = std::size_t(std::atoi(argv[4]));
+    const bool batch = argc > 5 && std::strcmp(argv[5], "--batch") == 0;
     const std::size_t n = 20'000'000;
-    std::printf("%.1f ns per hit\n", cache_chains(n, chains, threads, keys).count() / double(n));
+    std::printf("%.1f ns per hit\n", cache_chains(n, chains, threads, keys, batch).count() / double(n));
     return 0;
   }
   if (!memory_only) timings(quick, reps);
@@ -330,7 +333,7 @@ void timings(bool quick, int reps) {
   const std::size_t hits = quick ? 160'000 : 1'600'000;
   const std::size_t coalesced = 10'000;
 
-  std::printf("%-52s %11s %11s %7s   %11s\n", "scenario (one io_context, T threads)", "cacheflight", "baseline",
+  std::printf("%-64s %11s %11s %7s   %11s\n", "scenario (one io_context, T threads)", "cacheflight", "baseline",
               "ratio", "glad ratio");
   struct chains_row {
     const char* name;
@@ -343,10 +346,11 @@ void timings(bool quick, int reps) {
                              chains_row{"hit, 1 key, 16 chains, T=2", 16, 2, 1, 0.28},
                              chains_row{"hit, 1024 keys, 16 chains, T=1", 16, 1, 1024, 1.90},
                              chains_row{"hit, 1024 keys, 16 chains, T=2", 16, 2, 1024, 0.80}})
-    row(r.name,
-        alternate([r](std::size_t n) { return cache_chains(n, r.chains, r.threads, r.keys); },
-                  [r](std::size_t n) { return post_chains(n, r.chains, r.threads); }, hits, reps),
-        r.glad);
+    for (bool batch : {false, true})
+      row((std::string(r.name) + (batch ? ", batch_hits" : "")).c_str(),
+          alternate([r, batch](std::size_t n) { return cache_chains(n, r.chains, r.threads, r.keys, batch); },
+                    [r](std::size_t n) { return post_chains(n, r.chains, r.threads); }, hits, reps),
+          r.glad);
   row("hit, co_await async_get(use_awaitable), T=1",
       alternate(cache_get_hit_awaitable, baseline_awaited_post, hits, reps), 1.09);
   row("10,000 callbacks coalesced on one key (1 ms load)",
@@ -361,6 +365,8 @@ void timings(bool quick, int reps) {
   const std::size_t ops = quick ? 20'000 : 200'000;
   std::printf("  %-50s %6.2f\n", "async_get hit, callback",
               allocations_per_op(ops, [](std::size_t n) { cache_chains(n, 1, 1, 1); }));
+  std::printf("  %-50s %6.2f\n", "async_get hit, callback, 16 chains, batch_hits",
+              allocations_per_op(ops, [](std::size_t n) { cache_chains(n, 16, 1, 1, true); }));
   std::printf("  %-50s %6.2f\n", "co_get hit", allocations_per_op(ops, [](std::size_t n) { cache_co_get_hit(n); }));
   std::printf("  %-50s %6.2f\n", "peek hit", allocations_per_op(ops, [](std::size_t n) { cache_peek_hit(n); }));
   std::printf("  %-50s %6.2f\n", "miss at capacity, io_context(1) (report)",

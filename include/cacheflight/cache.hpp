@@ -75,6 +75,13 @@ struct cache_options {
   /// tier. A failing tier is skipped with a `tier_error` event and a stat. Values
   /// cross tiers through `codec<V>`, which must exist when tiers are given.
   std::vector<std::shared_ptr<tier>> tiers{};
+  /// Completes values found in memory for handlers on the cache's own
+  /// `io_context` executor in rounds, as a strand runs its queue (see
+  /// `async_get`): one scheduling for many completions, at the price of
+  /// running a round's completions one after another on one thread. Off,
+  /// each is posted on its own, and threads running the context run them in
+  /// parallel. Ignored when the cache's executor is not an `io_context`'s.
+  bool batch_hits = false;
 };
 
 /// Per-call options of `cache::async_get` with a loader.
@@ -187,15 +194,19 @@ class cache {
   ///
   /// @par Executor
   /// The handler runs on its associated executor (the cache's by default), never
-  /// inside this call: a value found in memory is posted. When that executor is
-  /// the cache's own `io_context` executor, values found in memory complete in
-  /// rounds, as a strand runs its queue: one scheduling on the context runs,
-  /// in order, every such completion queued before it started; one queued by a
-  /// handler of a round (a caller that starts its next call) runs in the next
-  /// round, scheduled when the current one ends, so the context's other
-  /// handlers run between rounds. A handler that throws leaves the rest of its
-  /// round for the next one. Completions still queued when the context is
-  /// shut down are destroyed without being run, as its own handlers are.
+  /// inside this call: a value found in memory is posted. With
+  /// `cache_options::batch_hits`, when that executor is the cache's own
+  /// `io_context` executor, values found in memory complete in rounds, as a
+  /// strand runs its queue: one scheduling on the context runs, on one thread
+  /// and one after another, every such completion queued before it started,
+  /// in the order each thread queued them (those queued by the previous round
+  /// first). One queued by a handler of a round (a caller that starts its next
+  /// call) runs in the next round, posted when the current one ends, so the
+  /// context's other handlers run between rounds. A handler of a round must
+  /// not block waiting for another completion of the cache. A handler that
+  /// throws leaves the rest of its round for the next one. Completions still
+  /// queued when the context is shut down are destroyed without being run, as
+  /// its own handlers are.
   ///
   /// @par Per-Operation Cancellation
   /// While waiting for a load: `terminal`, `partial` and `total`, as in
@@ -243,8 +254,8 @@ class cache {
   /// @code void(std::exception_ptr error, std::optional<V> value) @endcode
   /// `value` is empty when no fresh value is in memory (a cached failure counts as
   /// none). `error` only for `error::invalid_key`. Posted to the handler's
-  /// executor; on the cache's own `io_context` executor, in rounds (see the
-  /// other overload).
+  /// executor; with `cache_options::batch_hits`, on the cache's own
+  /// `io_context` executor, in rounds (see the other overload).
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::optional<V>)> CompletionToken>
   auto async_get(std::string key, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, std::optional<V>)>(

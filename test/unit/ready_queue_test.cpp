@@ -1,10 +1,12 @@
-// Values found in memory complete in rounds on the cache's io_context: one
-// scheduling runs every completion queued before it, in order; completions
-// queued by a round run in the next one, after the context's other work;
-// none runs inside its initiating function, each runs on its executor.
+// With batch_hits, values found in memory complete in rounds on the cache's
+// io_context: one scheduling runs every completion queued before it, in
+// order; completions queued by a round run in the next one, after the
+// context's other work; none runs inside its initiating function, each runs
+// on its executor. Without it, each is posted on its own.
 #include "test_support.hpp"
 
 #include <atomic>
+#include <future>
 #include <thread>
 
 using namespace cftest;
@@ -19,7 +21,7 @@ asio::awaitable<int> never_called() {
 class HitCompletion : public ::testing::Test {
  protected:
   asio::io_context io;
-  cf::cache<int> c{io};
+  cf::cache<int> c{io, cf::cache_options{.batch_hits = true}};
 
   void fill(int n) {
     for (int i = 0; i < n; ++i) c.async_set("k" + std::to_string(i), i, [](std::exception_ptr) {});
@@ -90,7 +92,7 @@ TEST(HitCompletionShutdown, QueuedHitsAreDestroyedNotRunWhenTheContextShutsDown)
   {
     asio::io_context io;
     {
-      cf::cache<int> c{io};
+      cf::cache<int> c{io, cf::cache_options{.batch_hits = true}};
       c.async_set("k", 1, [](std::exception_ptr) {});
       drain(io);
       io.restart();
@@ -135,7 +137,7 @@ TEST_F(HitCompletion, CoroutinesAwaitingHitsResumeOnTheContextInTurn) {
 
 TEST(HitCompletionThreads, ChainsOnTwoThreadsAndCallersOutsideTheContextAllComplete) {
   asio::io_context io;
-  cf::cache<int> c{io, cf::cache_options{.shards = 4}};
+  cf::cache<int> c{io, cf::cache_options{.shards = 4, .batch_hits = true}};
   for (int i = 0; i < 64; ++i) c.async_set("k" + std::to_string(i), 1, [](std::exception_ptr) {});
   drain(io);
   io.restart();
@@ -171,6 +173,39 @@ TEST(HitCompletionThreads, ChainsOnTwoThreadsAndCallersOutsideTheContextAllCompl
   io.run();
   runner.join();
   EXPECT_EQ(total.load(), chains * per_chain + outside);
+}
+
+TEST(HitCompletionDefault, EachHitIsItsOwnPostAndAnotherThreadMayRunIt) {
+  asio::io_context io;
+  cf::cache<int> c{io};
+  c.async_set("k", 1, [](std::exception_ptr) {});
+  drain(io);
+  io.restart();
+  std::vector<int> got;
+  for (int i = 0; i < 3; ++i) c.async_get("k", never_called, [&](std::exception_ptr, int v) { got.push_back(v); });
+  EXPECT_EQ(io.run_one(), 1u);
+  EXPECT_EQ(got.size(), 1u);
+  EXPECT_EQ(io.run(), 2u);
+  EXPECT_EQ(got.size(), 3u);
+
+  // A handler that waits for a hit it started does not hold it back: the
+  // other thread running the context completes it.
+  io.restart();
+  auto work = asio::make_work_guard(io);
+  std::atomic<bool> second{false};
+  std::thread helper([&] { io.run(); });
+  std::thread helper2([&] { io.run(); });
+  std::promise<void> first_done;
+  c.async_get("k", never_called, [&](std::exception_ptr, int) {
+    c.async_get("k", never_called, [&](std::exception_ptr, int) { second = true; });
+    for (int i = 0; i < 5000 && !second; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    first_done.set_value();
+  });
+  first_done.get_future().wait();
+  EXPECT_TRUE(second.load());
+  work.reset();
+  helper.join();
+  helper2.join();
 }
 
 }  // namespace

@@ -38,8 +38,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 
   cache_state(boost::asio::any_io_executor ex, cache_options opts, weigher_type weigher)
       : ex_(std::move(ex)),
-        ready_(ready_for(ex_)),
         opts_(checked(std::move(opts))),
+        ready_(ready_for(ex_, opts_.batch_hits)),
         events_(std::make_shared<const cache_events>(opts_.on_event)),
         memory_(opts_.policy, opts_.shards, opts_.max_entries, opts_.max_weight, std::move(weigher), *events_),
         tiers_(std::make_shared<tier_pipeline<V>>(opts_.tiers, events_)),
@@ -56,7 +56,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 
   const boost::asio::any_io_executor& executor() const noexcept { return ex_; }
   // The queue of immediate completions bound for the cache's io_context (null
-  // when its executor is not an io_context's).
+  // without `batch_hits`, or when its executor is not an io_context's).
   ready_queue* ready() const noexcept { return ready_.get(); }
   const cache_options& options() const noexcept { return opts_; }
   flight<V, Clock>& get_flight() noexcept { return flight_; }
@@ -119,15 +119,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     return opts;
   }
 
-  static std::shared_ptr<ready_queue> ready_for(const boost::asio::any_io_executor& ex) {
+  static std::shared_ptr<ready_queue> ready_for(const boost::asio::any_io_executor& ex, bool batch) {
+    if (!batch) return nullptr;
     if (auto* io = ex.target<boost::asio::io_context::executor_type>())
       return std::make_shared<ready_queue>(io->context());
     return nullptr;
   }
 
   boost::asio::any_io_executor ex_;
-  std::shared_ptr<ready_queue> ready_;
   const cache_options opts_;
+  std::shared_ptr<ready_queue> ready_;
   std::shared_ptr<const cache_events> events_;
   memory_type memory_;
   std::shared_ptr<tier_pipeline<V>> tiers_;

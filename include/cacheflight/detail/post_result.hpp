@@ -20,11 +20,8 @@ namespace cacheflight::detail {
 // Completes a handler with an immediate result: posted straight to the
 // handler's associated executor (`fallback` when it has none), so a caller on
 // another context is not routed through the cache's, and the handler never
-// runs inside the initiating function. A handler bound to an io_context's
-// executor is posted to that context as a continuation of the caller (queued
-// on the calling thread, without waking another, when that thread runs the
-// context), or, when `ready` serves that context, queued on `ready` to run in
-// its next round.
+// runs inside the initiating function. A handler bound to the io_context that
+// `ready` serves is queued on `ready`, to run in its next round.
 template <class Handler, class... Args>
 void post_result(ready_queue* ready, const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
   namespace asio = boost::asio;
@@ -41,8 +38,7 @@ void post_result(ready_queue* ready, const boost::asio::any_io_executor& fallbac
       if (ready && &io->context() == &ready->context())
         ready->push(std::move(call));
       else
-        asio::require(asio::prefer(*io, asio::execution::relationship.continuation), asio::execution::blocking.never)
-            .execute(std::move(call));
+        asio::post(*io, std::move(call));
       return;
     }
   }

@@ -4,6 +4,7 @@
 
 #include <cacheflight/detail/shard_mutex.hpp>
 
+#include <boost/asio/execution/allocator.hpp>
 #include <boost/asio/execution/blocking.hpp>
 #include <boost/asio/execution/relationship.hpp>
 #include <boost/asio/io_context.hpp>
@@ -15,6 +16,8 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
+#include <cstddef>
 #include <utility>
 
 namespace cacheflight::detail {
@@ -25,8 +28,9 @@ namespace cacheflight::detail {
 // completes at once) joins the next round without taking the lock; the next
 // round is posted when the current one ends, so other work on the context
 // runs between rounds. Every completion runs on a thread running the context,
-// never inside the function that queued it, in the order it was queued (per
-// queuing thread). Completions still queued when the context is shut down are
+// never inside the function that queued it, in the order it was queued by its
+// thread (a round runs those carried from the previous round first). A round
+// runs on one thread: its completions run one after another. Completions still queued when the context is shut down are
 // destroyed without being run, as the context's own handlers are.
 class ready_queue : public std::enable_shared_from_this<ready_queue> {
  public:
@@ -41,8 +45,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   boost::asio::io_context& context() const noexcept { return *io_; }
 
   // Queues `f()` to run in a round on the context. Throws what the
-  // allocation or the scheduling of a round throws (nothing is queued when
-  // the allocation throws).
+  // allocation of its item throws, and then queues nothing.
   template <class F>
   void push(F&& f) {
     item* it = item_of<std::decay_t<F>>::make(std::forward<F>(f));
@@ -57,7 +60,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
       if (scheduled_) return;
       scheduled_ = true;
     }
-    schedule(shared_from_this());
+    schedule(shared_from_this(), false);
   }
 
  private:
@@ -85,13 +88,27 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
       }
     }
     // The memory is released before the call, so that the call's own next
-    // completion can reuse it.
+    // completion can reuse it. Not invoked (shutdown), the function is
+    // destroyed in place; a move that throws still releases the item.
     static void run(item* base, bool invoke) {
       auto* self = static_cast<item_of*>(base);
-      F fn(std::move(self->f));
-      self->~item_of();
-      allocator().deallocate(self, 1);
-      if (invoke) std::move(fn)();
+      auto release = [self]() noexcept {
+        self->~item_of();
+        allocator().deallocate(self, 1);
+      };
+      if (!invoke) {
+        release();
+        return;
+      }
+      std::optional<F> fn;
+      try {
+        fn.emplace(std::move(self->f));
+      } catch (...) {
+        release();
+        throw;
+      }
+      release();
+      std::move(*fn)();
     }
   };
 
@@ -151,25 +168,41 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
     while (item* it = l.pop()) it->complete(it, false);
   }
 
-  void schedule(std::shared_ptr<ready_queue> self) {
-    namespace asio = boost::asio;
-    asio::require(asio::prefer(io_->get_executor(), asio::execution::relationship.continuation),
-                  asio::execution::blocking.never)
-        .execute(round{std::move(self)});
-  }
-
-  // Schedules the next round for the completions in `shared_` or `carried_`;
-  // if that throws, they wait (in `shared_`) for the next push to schedule one.
-  void schedule_or_park(std::shared_ptr<ready_queue>& self) noexcept {
-    try {
-      schedule(std::move(self));
-    } catch (...) {
-      std::lock_guard lk(mu_);
-      carried_.append(shared_.take());
-      shared_ = std::move(carried_);
-      has_shared_.store(shared_.head != nullptr, std::memory_order_relaxed);
-      scheduled_ = false;
+  // The memory of the one round that is posted at a time (a round's memory
+  // is released before it runs, so the next round can take it): scheduling
+  // allocates nothing, so it cannot fail.
+  template <class T>
+  struct round_allocator {
+    using value_type = T;
+    ready_queue* q;
+    explicit round_allocator(ready_queue* q) noexcept : q(q) {}
+    template <class U>
+    round_allocator(const round_allocator<U>& o) noexcept : q(o.q) {}
+    T* allocate(std::size_t n) {
+      if constexpr (sizeof(T) <= sizeof(slot_) && alignof(T) <= alignof(std::max_align_t)) {
+        if (n == 1) return static_cast<T*>(static_cast<void*>(q->slot_));
+      }
+      return std::allocator<T>().allocate(n);
     }
+    void deallocate(T* p, std::size_t n) noexcept {
+      if (static_cast<void*>(p) != static_cast<void*>(q->slot_)) std::allocator<T>().deallocate(p, n);
+    }
+    template <class U>
+    bool operator==(const round_allocator<U>& o) const noexcept {
+      return q == o.q;
+    }
+  };
+
+  // Posts the round that holds `self`. `continuation`: the caller is a round
+  // about to return, so the post may stay on this thread's queue.
+  void schedule(std::shared_ptr<ready_queue> self, bool continuation) noexcept {
+    namespace asio = boost::asio;
+    auto ex = asio::require(io_->get_executor(), asio::execution::blocking.never,
+                            asio::execution::allocator(round_allocator<void>(this)));
+    if (continuation)
+      asio::prefer(ex, asio::execution::relationship.continuation).execute(round{std::move(self)});
+    else
+      ex.execute(round{std::move(self)});
   }
 
   // One round: the completions carried over from the previous round (queued
@@ -203,7 +236,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
             return;
           }
         }
-        q->schedule_or_park(self);
+        q->schedule(std::move(self), true);
       }
     } end{this, outer, batch, self};
     while (item* it = batch.pop()) it->complete(it, true);
@@ -222,6 +255,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   }
 
   boost::asio::io_context* io_;
+  alignas(std::max_align_t) unsigned char slot_[128];
   shard_mutex mu_;
   list shared_;                          // under mu_
   std::atomic<bool> has_shared_{false};  // written under mu_: shared_ is not empty
