@@ -30,8 +30,9 @@ namespace cacheflight::detail {
 // runs between rounds. Every completion runs on a thread running the context,
 // never inside the function that queued it, in the order it was queued by its
 // thread (a round runs those carried from the previous round first). A round
-// runs on one thread: its completions run one after another. Completions still queued when the context is shut down are
-// destroyed without being run, as the context's own handlers are.
+// runs on one thread: its completions run one after another. Completions
+// still queued when the context is shut down are destroyed without being run,
+// as the context's own handlers are.
 class ready_queue : public std::enable_shared_from_this<ready_queue> {
  public:
   explicit ready_queue(boost::asio::io_context& io) noexcept : io_(&io) {}
