@@ -2,10 +2,12 @@
 // coalescing cache), each against its baseline in this process, plus the
 // cost of a miss at capacity, heap allocations per hit, and memory per entry.
 //
-// Usage: cacheflight_rows [--quick | --memory | --miss | --coalesced | --hit CHAINS THREADS KEYS [--batch]]
-//   --memory: memory per entry only; --miss: the miss rows only; --coalesced:
-//   the coalesced callbacks only; --hit: one chain row only, 20M hits; the
-//   last three print no baseline and are meant for profiling
+// Usage: cacheflight_rows [--quick | --memory | --miss | --miss1 | --coalesced
+//                          | --hit CHAINS THREADS KEYS [--batch]]
+//   --memory: memory per entry only; --miss: the miss rows only; --miss1: 2M
+//   misses on io_context(1); --coalesced: the coalesced callbacks only; --hit:
+//   one chain row only, 20M hits; the last three print no baseline and are
+//   meant for profiling
 //
 // Every ratio is (cacheflight's time per operation) / (the baseline's time per
 // operation), both measured here, alternating, median of the rounds. glad's
@@ -295,6 +297,11 @@ int main(int argc, char** argv) {
   const int reps = quick ? 3 : 9;
   if (argc > 1 && std::strcmp(argv[1], "--miss") == 0) {
     misses(200'000, reps);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--miss1") == 0) {
+    const std::size_t n = 2'000'000;
+    std::printf("%.1f ns per miss\n", cache_miss_at_capacity(n, 1).count() / double(n));
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--coalesced") == 0) {
