@@ -52,28 +52,18 @@ struct l1_node : list_hook {
   const std::exception_ptr* error() const noexcept { return std::get_if<1>(&slot); }
 };
 
-// A key with its hash, computed once for both the shard's choice and the
-// probe of its index.
-struct hashed_key {
-  explicit hashed_key(std::string_view k) noexcept : key(k), hash(boost::hash<std::string_view>{}(k)) {}
-  std::string_view key;
-  std::size_t hash;
-};
-
 // The index of a shard: the nodes themselves, hashed and compared by key (a
 // pointer per slot, where a map from key views would take three).
 template <class Node>
 struct l1_node_hash {
   using is_transparent = void;
   std::size_t operator()(std::string_view k) const noexcept { return boost::hash<std::string_view>{}(k); }
-  std::size_t operator()(const hashed_key& k) const noexcept { return k.hash; }
   std::size_t operator()(const Node* n) const noexcept { return (*this)(std::string_view(n->key)); }
 };
 template <class Node>
 struct l1_node_eq {
   using is_transparent = void;
   static std::string_view view(std::string_view k) noexcept { return k; }
-  static std::string_view view(const hashed_key& k) noexcept { return k.key; }
   static std::string_view view(const Node* n) noexcept { return n->key; }
   template <class A, class B>
   bool operator()(const A& a, const B& b) const noexcept {
@@ -127,7 +117,7 @@ class alignas(64) l1_shard {
   // removed onto `dead`. A hit records the access for the eviction policy.
   // `now()` gives the clock, read only for an entry that can expire.
   template <class Now>
-  node* find(const hashed_key& key, Now&& now, graveyard& dead) {
+  node* find(std::string_view key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
     node* n = *it;

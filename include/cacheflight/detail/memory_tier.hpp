@@ -69,8 +69,7 @@ class memory_tier {
   // given, sets it. `purge` bounds the expired entries reclaimed on the way (0
   // on the allocation-free peek path).
   std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true) {
-    const hashed_key hk(key);
-    shard& sh = shard_of(hk.hash);
+    shard& sh = shard_for(key);
     typename shard::graveyard dead;
     std::optional<V> v;
     bool hit = false;
@@ -81,7 +80,7 @@ class memory_tier {
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
       if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
-      if (node* n = sh.find(hk, clock, dead)) {
+      if (node* n = sh.find(key, clock, dead)) {
         // A cached failure is a hit only for callers that take failures.
         if (const V* stored = n->value()) {
           if constexpr (nothrow_copy) {
@@ -242,16 +241,12 @@ class memory_tier {
   }
 
  private:
+  // The shard of a key: the high bits of its hash times an odd constant,
+  // scaled to the number of shards by a multiplication (no division). The
+  // shard's index mixes the hash its own way.
   shard& shard_for(std::string_view key) const noexcept {
-    return nshards_ == 1 ? shards_[0] : shard_of(boost::hash<std::string_view>{}(key));
-  }
-
-  // The shard of a key's hash: the high bits of the hash times an odd
-  // constant, scaled to the number of shards by a multiplication (no
-  // division). The index of a shard mixes the hash its own way.
-  shard& shard_of(std::size_t hash) const noexcept {
     if (nshards_ == 1) return shards_[0];
-    const std::uint64_t mixed = std::uint64_t(hash) * 0xd6e8feb86659fd93ull;
+    const std::uint64_t mixed = std::uint64_t(boost::hash<std::string_view>{}(key)) * 0xd6e8feb86659fd93ull;
     return shards_[std::size_t(((mixed >> 32) * std::uint64_t(nshards_)) >> 32)];  // nshards_ <= 1024
   }
 
