@@ -85,6 +85,37 @@ TEST_F(HitCompletion, AThrowingHandlerLeavesTheRestOfItsRoundForTheNextRun) {
   EXPECT_EQ(got, (std::vector<int>{0, 2}));
 }
 
+// A handler whose move throws once armed: the move that takes it out of its
+// queue item throws inside the round. Its moves copy `alive`, so only the
+// destruction of the queued handler itself releases it.
+struct throwing_move_handler {
+  std::shared_ptr<bool> armed;
+  std::shared_ptr<int> alive;
+  std::vector<int>* got;
+  throwing_move_handler(std::shared_ptr<bool> a, std::shared_ptr<int> l, std::vector<int>* g)
+      : armed(std::move(a)), alive(std::move(l)), got(g) {}
+  throwing_move_handler(throwing_move_handler&& o) : armed(o.armed), alive(o.alive), got(o.got) {
+    if (*armed) throw test_error("move");
+  }
+  void operator()(std::exception_ptr, int v) { got->push_back(v); }
+};
+
+TEST_F(HitCompletion, AHandlerWhoseMoveThrowsIsReleasedAndTheRoundGoesOn) {
+  fill(2);
+  auto armed = std::make_shared<bool>(false);
+  auto alive = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = alive;
+  std::vector<int> got;
+  c.async_get("k0", never_called, throwing_move_handler{armed, std::move(alive), &got});
+  c.async_get("k1", never_called, [&](std::exception_ptr, int v) { got.push_back(v); });
+  *armed = true;
+  EXPECT_THROW(io.run(), test_error);
+  EXPECT_TRUE(watch.expired()) << "the handler whose move threw was not destroyed";
+  EXPECT_TRUE(got.empty());
+  drain(io);
+  EXPECT_EQ(got, (std::vector<int>{1}));
+}
+
 TEST(HitCompletionShutdown, QueuedHitsAreDestroyedNotRunWhenTheContextShutsDown) {
   auto alive = std::make_shared<int>(0);
   std::weak_ptr<int> watch = alive;
