@@ -76,11 +76,12 @@ struct cache_options {
   /// cross tiers through `codec<V>`, which must exist when tiers are given.
   std::vector<std::shared_ptr<tier>> tiers{};
   /// Completes values found in memory for handlers on the cache's own
-  /// `io_context` executor in rounds, as a strand runs its queue (see
-  /// `async_get`): one scheduling for many completions, at the price of
-  /// running a round's completions one after another on one thread. Off,
-  /// each is posted on its own, and threads running the context run them in
-  /// parallel. Ignored when the cache's executor is not an `io_context`'s.
+  /// `io_context` executor (without an allocator of their own) in rounds, as a
+  /// strand runs its queue (see `async_get`): one scheduling for many
+  /// completions, at the price of running a round's completions one after
+  /// another on one thread. Off, each is posted on its own, and threads
+  /// running the context run them in parallel. Ignored when the cache's
+  /// executor is not an `io_context`'s.
   bool batch_hits = false;
 };
 
@@ -196,7 +197,8 @@ class cache {
   /// The handler runs on its associated executor (the cache's by default), never
   /// inside this call: a value found in memory is posted. With
   /// `cache_options::batch_hits`, when that executor is the cache's own
-  /// `io_context` executor, values found in memory complete in rounds, as a
+  /// `io_context` executor and the handler has no allocator of its own,
+  /// values found in memory complete in rounds, as a
   /// strand runs its queue: one scheduling on the context runs, on one thread
   /// and one after another, every such completion queued before it started,
   /// in the order each thread queued them (those queued by the previous round
