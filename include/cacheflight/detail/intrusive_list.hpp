@@ -69,6 +69,21 @@ class intrusive_list {
     return n;
   }
 
+  // Moves o's nodes, in order, to the back of this list.
+  void splice_back(intrusive_list&& o) noexcept {
+    if (!o.head_) return;
+    if (tail_) {
+      tail_->next = o.head_;
+      o.head_->prev = tail_;
+    } else {
+      head_ = o.head_;
+    }
+    tail_ = o.tail_;
+    size_ += o.size_;
+    o.head_ = o.tail_ = nullptr;
+    o.size_ = 0;
+  }
+
  private:
   list_hook* head_ = nullptr;
   list_hook* tail_ = nullptr;

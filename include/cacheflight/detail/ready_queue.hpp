@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_READY_QUEUE_HPP
 #define CACHEFLIGHT_DETAIL_READY_QUEUE_HPP
 
+#include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
 
 #include <boost/asio/execution/allocator.hpp>
@@ -40,7 +41,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   ready_queue& operator=(const ready_queue&) = delete;
   ~ready_queue() {
     destroy(std::move(carried_));
-    destroy(shared_.take());
+    destroy(std::move(shared_));
   }
 
   boost::asio::io_context& context() const noexcept { return *io_; }
@@ -51,12 +52,12 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   void push(F&& f) {
     item* it = item_of<std::decay_t<F>>::make(std::forward<F>(f));
     if (draining_ == this) {  // inside a round of this queue, on its thread
-      local_.push(it);
+      carried_.push_back(it);
       return;
     }
     {
       std::lock_guard lk(mu_);
-      shared_.push(it);
+      shared_.push_back(it);
       has_shared_.store(true, std::memory_order_relaxed);
       if (scheduled_) return;
       scheduled_ = true;
@@ -65,16 +66,17 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   }
 
  private:
-  struct item {
-    item* next;
+  struct item : list_hook {
+    explicit item(void (*c)(item*, bool)) noexcept : complete(c) {}
     void (*complete)(item*, bool invoke);
   };
+  using list = intrusive_list<item>;
 
   template <class F>
   struct item_of final : item {
     using allocator = boost::asio::recycling_allocator<item_of>;
-    explicit item_of(F&& fn) : item{nullptr, &run}, f(std::move(fn)) {}
-    explicit item_of(const F& fn) : item{nullptr, &run}, f(fn) {}
+    explicit item_of(F&& fn) : item(&run), f(std::move(fn)) {}
+    explicit item_of(const F& fn) : item(&run), f(fn) {}
     F f;
 
     template <class G>
@@ -113,42 +115,6 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
     }
   };
 
-  struct list {
-    item* head = nullptr;
-    item** tail = &head;
-    void push(item* it) noexcept {
-      it->next = nullptr;
-      *tail = it;
-      tail = &it->next;
-    }
-    item* pop() noexcept {
-      item* it = head;
-      if (it && !(head = it->next)) tail = &head;
-      return it;
-    }
-    void append(list&& other) noexcept {
-      if (!other.head) return;
-      *tail = other.head;
-      tail = other.tail;
-      other = list{};
-    }
-    list take() noexcept {
-      list l = std::move(*this);
-      if (!l.head) l.tail = &l.head;
-      *this = list{};
-      return l;
-    }
-    list() = default;
-    list(list&& o) noexcept : head(o.head), tail(o.head ? o.tail : &head) { o.head = nullptr, o.tail = &o.head; }
-    list& operator=(list&& o) noexcept {
-      head = o.head;
-      tail = o.head ? o.tail : &head;
-      o.head = nullptr;
-      o.tail = &o.head;
-      return *this;
-    }
-  };
-
   // The scheduled round: it keeps the queue alive. Destroyed without having
   // run (the context shut down), it destroys the queued completions.
   struct round {
@@ -166,7 +132,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   };
 
   static void destroy(list l) noexcept {
-    while (item* it = l.pop()) it->complete(it, false);
+    while (item* it = l.pop_front()) it->complete(it, false);
   }
 
   // The memory of the one round that is posted at a time (a round's memory
@@ -179,15 +145,12 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
     explicit round_allocator(ready_queue* q) noexcept : q(q) {}
     template <class U>
     round_allocator(const round_allocator<U>& o) noexcept : q(o.q) {}
-    T* allocate(std::size_t n) {
-      if constexpr (sizeof(T) <= sizeof(slot_) && alignof(T) <= alignof(std::max_align_t)) {
-        if (n == 1) return static_cast<T*>(static_cast<void*>(q->slot_));
-      }
-      return std::allocator<T>().allocate(n);
+    T* allocate(std::size_t) noexcept {
+      static_assert(sizeof(T) <= sizeof(slot_) && alignof(T) <= alignof(std::max_align_t),
+                    "a posted round fits the queue's slot");
+      return static_cast<T*>(static_cast<void*>(q->slot_));
     }
-    void deallocate(T* p, std::size_t n) noexcept {
-      if (static_cast<void*>(p) != static_cast<void*>(q->slot_)) std::allocator<T>().deallocate(p, n);
-    }
+    void deallocate(T*, std::size_t) noexcept {}
     template <class U>
     bool operator==(const round_allocator<U>& o) const noexcept {
       return q == o.q;
@@ -208,12 +171,13 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
 
   // One round: the completions carried over from the previous round (queued
   // by its own completions, without a lock), then those queued by other
-  // threads (taken under the lock, only when there are some).
+  // threads (taken under the lock, only when there are some). Completions
+  // queued during the round are carried to the next one.
   void drain(std::shared_ptr<ready_queue>& self) {
     list batch = std::move(carried_);
     if (has_shared_.load(std::memory_order_acquire)) {
       std::lock_guard lk(mu_);
-      batch.append(shared_.take());
+      batch.splice_back(std::move(shared_));
       has_shared_.store(false, std::memory_order_relaxed);
     }
     ready_queue* const outer = draining_;
@@ -228,11 +192,11 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
       std::shared_ptr<ready_queue>& self;
       ~end_round() {
         q->draining_ = outer;
-        batch.append(std::move(q->local_));
+        batch.splice_back(std::move(q->carried_));
         q->carried_ = std::move(batch);
-        if (!q->carried_.head) {
+        if (q->carried_.empty()) {
           std::lock_guard lk(q->mu_);
-          if (!q->shared_.head) {
+          if (q->shared_.empty()) {
             q->scheduled_ = false;
             return;
           }
@@ -240,7 +204,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
         q->schedule(std::move(self), true);
       }
     } end{this, outer, batch, self};
-    while (item* it = batch.pop()) it->complete(it, true);
+    while (item* it = batch.pop_front()) it->complete(it, true);
   }
 
   void discard() noexcept {
@@ -248,7 +212,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
     {
       std::lock_guard lk(mu_);
       l = std::move(carried_);
-      l.append(shared_.take());
+      l.splice_back(std::move(shared_));
       has_shared_.store(false, std::memory_order_relaxed);
       scheduled_ = false;
     }
@@ -261,8 +225,7 @@ class ready_queue : public std::enable_shared_from_this<ready_queue> {
   list shared_;                          // under mu_
   std::atomic<bool> has_shared_{false};  // written under mu_: shared_ is not empty
   bool scheduled_ = false;               // under mu_: a round is posted or running
-  list local_;                           // queued from inside a round, by its thread
-  list carried_;                         // for the next round, which is scheduled
+  list carried_;  // for the next round: touched only by the thread of the running round
   static inline thread_local ready_queue* draining_ = nullptr;
 };
 
