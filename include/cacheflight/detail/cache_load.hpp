@@ -84,6 +84,8 @@ struct load_work {
   std::chrono::nanoseconds ttl;
 
   void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
+  // Its call moves the ticket, the loader and the TTL into the coroutine.
+  using self_contained_call = void;
   boost::asio::awaitable<typename State::value_type> operator()() {
     return load_and_fill(std::move(ticket), std::move(loader), ttl);
   }

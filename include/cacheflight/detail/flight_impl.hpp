@@ -92,11 +92,12 @@ enum class entry_state : unsigned char {
 
 template <class V>
 struct flight_entry {
-  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial)
-      : key(std::move(k)),
-        shard(s),
-        strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))),
-        work(asio::prefer(ex, asio::execution::outstanding_work.tracked)) {}
+  // `track`: whether the entry must keep the context busy itself (coroutine
+  // work is tracked by co_spawn from its start to its completion).
+  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial, bool track)
+      : key(std::move(k)), shard(s), strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))) {
+    if (track) work = asio::prefer(ex, asio::execution::outstanding_work.tracked);
+  }
 
   const std::string key;
   flight_shard<V>* const shard;
@@ -113,7 +114,8 @@ struct flight_entry {
   // serialised here, so cancelling from any thread is safe for the work. A
   // strand, unless the flight's context is declared single-threaded.
   asio::any_io_executor strand;
-  // Keeps the flight's execution context alive while the work is in flight.
+  // Keeps the flight's execution context alive while the work is in flight,
+  // unless the work is a coroutine (see the constructor).
   asio::any_io_executor work;
   // Touched only on `strand`.
   asio::cancellation_signal signal;
@@ -147,6 +149,11 @@ inline constexpr bool is_awaitable_of<asio::awaitable<V, asio::any_io_executor>,
 
 template <class Fn, class V>
 concept coroutine_work = std::invocable<Fn&> && is_awaitable_of<std::invoke_result_t<Fn&>, V>;
+
+// Coroutine work whose call moves everything the coroutine needs into its
+// frame: the function object need not outlive the call.
+template <class Fn, class V>
+concept self_contained_work = coroutine_work<Fn, V> && requires { typename Fn::self_contained_call; };
 
 }  // namespace detail
 
@@ -502,7 +509,7 @@ void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
   }
   emit(event_kind::task_started, e->key);
   try {
-    if constexpr (coroutine_work<Fn, V> && (std::is_empty_v<Fn> || std::is_pointer_v<Fn>)) {
+    if constexpr (coroutine_work<Fn, V> && (std::is_empty_v<Fn> || std::is_pointer_v<Fn> || self_contained_work<Fn, V>)) {
       asio::co_spawn(e->strand, fn(), task_handler<std::nullptr_t>{this->shared_from_this(), e, nullptr});
     } else if constexpr (coroutine_work<Fn, V>) {
       // The coroutine may refer to the lambda's captures: keep it at a stable address.
@@ -573,7 +580,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   // caller got there first.
   std::shared_ptr<entry> fresh;
   try {
-    fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_);
+    fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_, !coroutine_work<std::decay_t<Fn>, V>);
   } catch (...) {
     op->complete(std::current_exception(), nullptr, ex_, delivery::post);
     return;

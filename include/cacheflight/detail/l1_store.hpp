@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -35,8 +36,23 @@ enum class removal : std::uint8_t { none, capacity, expired, replaced, erased };
 // cached failure (16), the expiry (8), the weight (8), and the heap index
 // with the policy's bits (8).
 template <class V>
-struct l1_node : list_hook {
+struct l1_node final : list_hook {
   static constexpr std::uint32_t no_heap = std::numeric_limits<std::uint32_t>::max();
+
+  // A thread keeps the last node it freed for the next one it makes: a cache
+  // at capacity frees one node and makes one on every miss, on one thread.
+  static void* operator new(std::size_t size) {
+    if (!spare_closed())
+      if (void* p = std::exchange(spare().p, nullptr)) return p;
+    return ::operator new(size);
+  }
+  static void operator delete(void* p) noexcept {
+    if (!spare_closed() && !spare().p) {
+      spare().p = p;
+      return;
+    }
+    ::operator delete(p);
+  }
 
   std::string key;
   // The value, or the cached failure of a negative entry.
@@ -50,6 +66,23 @@ struct l1_node : list_hook {
 
   const V* value() const noexcept { return std::get_if<0>(&slot); }
   const std::exception_ptr* error() const noexcept { return std::get_if<1>(&slot); }
+
+ private:
+  struct spare_node {
+    void* p = nullptr;
+    ~spare_node() {
+      ::operator delete(p);
+      spare_closed() = true;  // a node freed later in the thread's exit is freed at once
+    }
+  };
+  static spare_node& spare() noexcept {
+    thread_local spare_node s;
+    return s;
+  }
+  static bool& spare_closed() noexcept {
+    thread_local bool closed = false;  // trivially destructible: readable until the thread ends
+    return closed;
+  }
 };
 
 // The index of a shard: the nodes themselves, hashed and compared by key (a
