@@ -141,6 +141,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   asio::steady_timer connect_timer;
   asio::steady_timer deadline_timer;
   reply_reader reader;
+  reply incoming;  // the reply read last: the reader reuses what memory it keeps
   std::array<char, 16 * 1024> read_buf{};
   std::string write_buf;
   bool writing = false;
@@ -387,9 +388,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       self->reader.feed(std::string_view(self->read_buf.data(), n));
       for (;;) {
         error_code perr;
-        std::optional<reply> r = self->reader.next(perr);
-        if (perr) return self->fail(perr);
-        if (!r) break;
+        reply& r = self->incoming;
+        if (!self->reader.next(r, perr)) {
+          if (perr) return self->fail(perr);
+          break;
+        }
         if (self->inflight.empty()) return self->fail(make_error_code(error::protocol_error));
         if (self->inflight.front().skip > 0) {  // the reply to a prefix written with the command
           --self->inflight.front().skip;
@@ -398,10 +401,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         command c = std::move(self->inflight.front());
         self->inflight.pop_front();
         if (c.auth)
-          self->handshake_reply(c, *r);
+          self->handshake_reply(c, r);
         else if (c.waiting()) {
           --self->live;
-          self->deliver(c, error_code{}, std::move(*r));
+          self->deliver(c, error_code{}, std::move(r));
         }
         if (self->st == state::closed) return;
       }

@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string>
+#include <vector>
+
 namespace {
 
 namespace redis = cacheflight::redis;
@@ -70,6 +74,68 @@ TEST(RespReader, RepliesSplitAcrossReads) {
   auto v = r.next(ec);
   ASSERT_TRUE(v);
   EXPECT_EQ(v->str, "hello world");
+}
+
+TEST(RespReader, NestedArraysWithNilsAndEmptiesSplitAtEveryByte) {
+  const std::string wire = "*4\r\n*2\r\n:1\r\n$1\r\nx\r\n$-1\r\n*0\r\n*-1\r\n+PONG\r\n";
+  for (std::size_t split = 1; split < wire.size(); ++split) {
+    redis::reply_reader r;
+    boost::system::error_code ec;
+    r.feed(wire.substr(0, split));
+    std::optional<redis::reply> early = r.next(ec);
+    EXPECT_FALSE(ec);
+    r.feed(wire.substr(split));
+    std::optional<redis::reply> a = early ? std::move(early) : r.next(ec);
+    ASSERT_TRUE(a) << "split at " << split;
+    ASSERT_EQ(a->type, kind::array);
+    ASSERT_EQ(a->elements.size(), 4u);
+    const redis::reply& inner = a->elements[0];
+    ASSERT_EQ(inner.type, kind::array);
+    ASSERT_EQ(inner.elements.size(), 2u);
+    EXPECT_EQ(inner.elements[0].type, kind::integer);
+    EXPECT_EQ(inner.elements[0].integer, 1);
+    EXPECT_EQ(inner.elements[1].type, kind::bulk);
+    EXPECT_EQ(inner.elements[1].str, "x");
+    EXPECT_EQ(a->elements[1].type, kind::nil);
+    EXPECT_EQ(a->elements[2].type, kind::array);
+    EXPECT_TRUE(a->elements[2].elements.empty());
+    EXPECT_EQ(a->elements[3].type, kind::nil);
+    auto b = r.next(ec);
+    ASSERT_TRUE(b) << "split at " << split;
+    EXPECT_EQ(b->type, kind::status);
+    EXPECT_EQ(b->str, "PONG");
+    EXPECT_TRUE(b->elements.empty());
+  }
+}
+
+TEST(RespReader, ReadingIntoOneReplyReplacesItAndReusesItsMemory) {
+  redis::reply_reader r;
+  boost::system::error_code ec;
+  redis::reply out;
+  const std::string value(64, 'v');
+  std::vector<const char*> buffers;
+  for (int i = 0; i < 6; ++i) {
+    r.feed("$64\r\n" + value + "\r\n");
+    ASSERT_TRUE(r.next(out, ec));
+    EXPECT_EQ(out.type, kind::bulk);
+    EXPECT_EQ(out.str, value);
+    buffers.push_back(out.str.data());
+  }
+  // The reader and the caller trade two buffers: from the third read on, no
+  // string is new.
+  for (std::size_t i = 2; i < buffers.size(); ++i) EXPECT_EQ(buffers[i], buffers[i - 2]) << "read " << i;
+
+  // A reply of another type replaces everything the last one held.
+  r.feed("*1\r\n:5\r\n");
+  ASSERT_TRUE(r.next(out, ec));
+  r.feed(":9\r\n");
+  ASSERT_TRUE(r.next(out, ec));
+  EXPECT_EQ(out.type, kind::integer);
+  EXPECT_EQ(out.integer, 9);
+  EXPECT_TRUE(out.str.empty());
+  EXPECT_TRUE(out.elements.empty());
+  EXPECT_FALSE(r.next(out, ec));
+  EXPECT_FALSE(ec);
 }
 
 TEST(RespReader, ProtocolErrorsAreStickyErrors) {

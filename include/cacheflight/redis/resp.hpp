@@ -76,6 +76,11 @@ struct reply {
 ///
 /// A protocol error is sticky, as hiredis' reader is: after one, `next` keeps
 /// failing and the connection must be closed and opened anew.
+///
+/// Replies are built in place, without hiredis' own reply objects: once its
+/// buffers have grown to the sizes in use, the reader allocates nothing, and
+/// `next(reply&, ec)` fills a reply whose string and array keep their
+/// capacity from one call to the next.
 class reply_reader {
  public:
   reply_reader();
@@ -91,6 +96,13 @@ class reply_reader {
   /// The next complete reply, or nullopt when more bytes are needed. Sets `ec`
   /// to `cacheflight::error::protocol_error` on malformed input.
   std::optional<reply> next(boost::system::error_code& ec);
+
+  /// As above, into `out`: returns true with the next complete reply in
+  /// `out`, false when more bytes are needed or on error (`ec` set as above).
+  /// `out`'s previous contents are replaced; the memory it holds is reused for
+  /// later replies, so a caller that keeps one `reply` and reads into it
+  /// allocates only when a reply outgrows the largest one before it.
+  bool next(reply& out, boost::system::error_code& ec);
 
  private:
   struct impl;
