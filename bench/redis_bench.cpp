@@ -22,6 +22,17 @@
 //     whatever they queue while a write is in flight goes out in the next
 //     write. Prints "coroutines GET: <n> requests per second".
 //
+//   cacheflight_redis_bench replies N
+//     No server: the cost of reading N GET replies of a 64-byte value (fed 16
+//     at a time, as one pipelined read brings them), in time and in heap
+//     allocations (every malloc of the process is counted, hiredis' own
+//     included), through reply_reader::next(reply&) into one reply, through
+//     next() returning each reply, and through hiredis' reader with its own
+//     reply objects (the baseline, in the same process).
+//
+//   Every mode that talks to a server also prints the heap allocations per
+//   GET of the whole process, beside the rate.
+//
 //   cacheflight_redis_bench l2 PORT CONCURRENCY SECONDS
 //     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
 //     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
@@ -33,12 +44,18 @@
 
 #include <boost/asio.hpp>
 
+#include <hiredis/hiredis.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -47,6 +64,30 @@ namespace redis = cf::redis;
 using boost::system::error_code;
 using clk = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+
+// Every heap allocation of the process, the C library's included: the
+// executable's malloc family takes the place of the C library's for every
+// shared library too, and counts calls before handing them on.
+std::atomic<std::uint64_t> g_allocations{0};
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void __libc_free(void*);
+void* malloc(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_malloc(n);
+}
+void* calloc(std::size_t n, std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_realloc(p, n);
+}
+void free(void* p) { __libc_free(p); }
+}
 
 namespace {
 
@@ -82,27 +123,35 @@ struct phases {
     timer.expires_after(span(seconds / 4));
     timer.async_wait([this, span, seconds](error_code) {
       measuring = true;
+      a0 = g_allocations.load();
       t0 = clk::now();
       timer.expires_after(span(seconds));
       timer.async_wait([this](error_code) {
         t1 = clk::now();
+        a1 = g_allocations.load();
         measuring = false;
         stopping = true;
       });
     });
   }
   double rate() const { return double(count) / std::chrono::duration<double>(t1 - t0).count(); }
+  double allocations() const { return count ? double(a1 - a0) / double(count) : 0.0; }
 
   bool measuring = false, stopping = false;
-  std::uint64_t count = 0;
+  std::uint64_t count = 0, a0 = 0, a1 = 0;
   clk::time_point t0, t1;
   asio::steady_timer timer;
 };
 
+struct loop_result {
+  double rate;         // completions per second
+  double allocations;  // heap allocations per completion
+};
+
 // Runs `loops` closed loops of `start(i, done)` on `io` (which must have no
 // other work) through `phases`; returns completions per second in the
-// measured part.
-double closed_loop(asio::io_context& io, std::size_t loops, double seconds,
+// measured part, and heap allocations per completion.
+loop_result closed_loop(asio::io_context& io, std::size_t loops, double seconds,
                    const std::function<void(std::size_t, std::function<void()>)>& start) {
   phases ph(io, seconds);
   std::size_t running = loops;
@@ -120,16 +169,73 @@ double closed_loop(asio::io_context& io, std::size_t loops, double seconds,
   // Clients keep health-check timers: run until the loops are done rather
   // than until the context is idle.
   while (running > 0) io.run_one();
-  return ph.rate();
+  return {ph.rate(), ph.allocations()};
 }
 
 // Prints "<what> GET: <rate> requests per second", or reports a failed GET.
-int report(const char* what, bool failed, double rate) {
+int report(const char* what, bool failed, double rate, double allocations) {
   if (failed) {
     std::fprintf(stderr, "a GET failed\n");
     return 1;
   }
-  std::printf("%s GET: %.2f requests per second\n", what, rate);
+  std::printf("%s GET: %.2f requests per second (%.2f heap allocations per GET)\n", what, rate, allocations);
+  return 0;
+}
+
+// GET replies of a 64-byte value: time and heap allocations per reply, in
+// rounds of 16 replies fed at once.
+template <class Read>
+std::pair<double, double> per_reply(std::size_t n, Read&& read) {
+  const std::string one = "$64\r\n" + std::string(64, 'v') + "\r\n";
+  std::string sixteen;
+  for (int i = 0; i < 16; ++i) sixteen += one;
+  read(sixteen, 16);  // warm: buffers grow to their steady sizes
+  const auto a0 = g_allocations.load();
+  const auto t0 = clk::now();
+  for (std::size_t i = 0; i < n; i += 16) read(sixteen, 16);
+  const double ns = std::chrono::duration<double, std::nano>(clk::now() - t0).count() / double(n);
+  return {ns, double(g_allocations.load() - a0) / double(n)};
+}
+
+int replies_bench(std::size_t n) {
+  n = std::max<std::size_t>(16, n / 16 * 16);
+  std::size_t bytes = 0;
+  redis::reply_reader in_place;
+  redis::reply out;
+  const auto into = per_reply(n, [&](const std::string& wire, int k) {
+    in_place.feed(wire);
+    error_code ec;
+    for (int i = 0; i < k; ++i) {
+      if (!in_place.next(out, ec)) std::abort();
+      bytes += out.str.size();
+    }
+  });
+  redis::reply_reader returning;
+  const auto ret = per_reply(n, [&](const std::string& wire, int k) {
+    returning.feed(wire);
+    error_code ec;
+    for (int i = 0; i < k; ++i) {
+      std::optional<redis::reply> r = returning.next(ec);
+      if (!r) std::abort();
+      bytes += r->str.size();
+    }
+  });
+  redisReader* own = redisReaderCreate();
+  const auto base = per_reply(n, [&](const std::string& wire, int k) {
+    redisReaderFeed(own, wire.data(), wire.size());
+    for (int i = 0; i < k; ++i) {
+      void* r = nullptr;
+      if (redisReaderGetReply(own, &r) != REDIS_OK || !r) std::abort();
+      bytes += static_cast<redisReply*>(r)->len;
+      freeReplyObject(r);
+    }
+  });
+  redisReaderFree(own);
+  if (bytes != 3 * (n + 16) * 64) std::abort();
+  std::printf("GET reply of a 64-byte value, %zu replies, 16 per read        ns/reply  allocations/reply\n", n);
+  std::printf("  %-60s %8.1f  %8.2f\n", "reply_reader::next(reply&), one reply reused", into.first, into.second);
+  std::printf("  %-60s %8.1f  %8.2f\n", "reply_reader::next() returning each reply", ret.first, ret.second);
+  std::printf("  %-60s %8.1f  %8.2f\n", "baseline: hiredis' reader, its own reply objects", base.first, base.second);
   return 0;
 }
 
@@ -139,14 +245,14 @@ int client_bench(const std::string& port, std::size_t conns, std::size_t pipelin
   for (std::size_t i = 0; i < conns; ++i) cs.push_back(std::make_shared<redis::client>(io.get_executor(), options(port)));
   wait_connected(io, cs);
   bool failed = false;
-  const double rate = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, std::function<void()> done) {
+  const loop_result r = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, std::function<void()> done) {
     cs[i / pipeline]->async_exec({"GET", "key:__rand_int__"}, [&failed, done = std::move(done)](error_code ec,
                                                                                                   redis::reply) {
       if (ec) failed = true;
       done();
     });
   });
-  return report("client", failed, rate);
+  return report("client", failed, r.rate, r.allocations);
 }
 
 int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
@@ -185,14 +291,14 @@ int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeli
   }
   const std::size_t per_client = keys.size() * pipeline;
   bool failed = false;
-  const double rate = closed_loop(io, cs.size() * per_client, seconds, [&](std::size_t i, std::function<void()> done) {
+  const loop_result res = closed_loop(io, cs.size() * per_client, seconds, [&](std::size_t i, std::function<void()> done) {
     cs[i / per_client]->async_exec({"GET", keys[i % keys.size()]},
                                    [&failed, done = std::move(done)](error_code ec, redis::reply r) {
                                      if (ec || r.is_error()) failed = true;
                                      done();
                                    });
   });
-  return report("cluster", failed, rate);
+  return report("cluster", failed, res.rate, res.allocations);
 }
 
 int coroutines_bench(const std::string& port, std::size_t n, double seconds) {
@@ -218,7 +324,7 @@ int coroutines_bench(const std::string& port, std::size_t n, double seconds) {
           if (e) failed = true;
         });
   while (running > 0 && !failed) io.run_one();
-  return report("coroutines", failed, failed ? 0.0 : ph.rate());
+  return report("coroutines", failed, failed ? 0.0 : ph.rate(), ph.allocations());
 }
 
 int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
@@ -244,7 +350,7 @@ int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
     throw std::logic_error("the loader ran: not an L2 hit");
     co_return std::string();
   };
-  const double l2 = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
+  const loop_result l2r = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
     cache.async_get(keys[i], never, [&failed, done = std::move(done)](std::exception_ptr e, std::string v) {
       if (e || v.size() != 64) failed = true;
       done();
@@ -252,20 +358,21 @@ int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
   });
   std::vector<std::string> full;
   for (auto& k : keys) full.push_back("bench:l2:" + k);
-  const double bare = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
+  const loop_result bare_r = closed_loop(io, concurrency, seconds, [&](std::size_t i, std::function<void()> done) {
     raw->async_exec({"GET", full[i]}, [&failed, done = std::move(done)](error_code ec, redis::reply r) {
       if (ec || r.type != redis::reply::kind::bulk) failed = true;
       done();
     });
   });
+  const double l2 = l2r.rate, bare = bare_r.rate;
   if (failed || cache.stats().l2_hits == 0) {
     std::fprintf(stderr, "a get failed or missed\n");
     return 1;
   }
   std::printf("concurrency %zu: cache.async_get L2 hit %.0f/s (%.2f us each), bare client GET %.0f/s (%.2f us each): "
-              "ratio %.2fx, cost per hit above the GET %.2f us\n",
+              "ratio %.2fx, cost per hit above the GET %.2f us; heap allocations %.2f per hit, %.2f per GET\n",
               concurrency, l2, 1e6 * concurrency / l2, bare, 1e6 * concurrency / bare, bare / l2,
-              1e6 * concurrency / l2 - 1e6 * concurrency / bare);
+              1e6 * concurrency / l2 - 1e6 * concurrency / bare, l2r.allocations, bare_r.allocations);
   return 0;
 }
 
@@ -282,7 +389,8 @@ int main(int argc, char** argv) {
   if (mode == "coroutines" && argc == 5)
     return coroutines_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
+  if (mode == "replies" && argc == 3) return replies_bench(std::strtoul(argv[2], nullptr, 10));
   std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | cluster SEED_PORT CONNECTIONS PIPELINE SECONDS | "
-               "coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS\n", argv[0]);
+               "coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS | replies N\n", argv[0]);
   return 2;
 }

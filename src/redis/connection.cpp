@@ -41,17 +41,27 @@ namespace {
 // pending I/O keeps that context busy.
 template <class Handler>
 asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio::any_io_executor>& strand) {
-  asio::any_completion_executor ex = asio::get_associated_executor(h, strand);
+  // Asked with an empty candidate: a handler without an executor of its own
+  // (it runs on the strand) is found out without wrapping the strand, which
+  // is too large for an any_completion_executor's own storage.
+  asio::any_completion_executor ex = asio::get_associated_executor(h, asio::any_completion_executor());
+  if (!ex) return {};
   if (auto* s = ex.target<asio::strand<asio::any_io_executor>>(); s && *s == strand) return {};
   return asio::prefer(ex, asio::execution::outstanding_work.tracked);
 }
 
 // Completes `h` on its associated executor; `work` (from `tracked`) is released
 // after the upcall. Called on the connection's strand, never inside an
-// initiating function.
+// initiating function. Without `work`, that executor is the strand: `h` runs
+// here, as a dispatch would run it.
 template <class Handler, class... Args>
 void complete(Handler h, asio::any_completion_executor work, const asio::strand<asio::any_io_executor>& strand,
               Args... args) {
+  if (!work) {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(std::move(args)...);
+    return;
+  }
   auto ex = asio::get_associated_executor(h, strand);
   asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
@@ -255,6 +265,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   command make_command(const std::vector<std::string>& args) {
     command c;
     c.id = ++next_id;
+    std::size_t size = 16;  // "*N\r\n", then "$L\r\n" + the argument + "\r\n" each
+    for (const std::string& a : args) size += a.size() + 16;
+    c.bytes.reserve(size);
     append_command(c.bytes, args);
     c.deadline = clock_type::now() + opts.command_timeout;
     return c;
