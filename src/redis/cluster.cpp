@@ -340,6 +340,12 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
   exec_handler h(std::move(*o->handler));
   o->handler.reset();
   if (o->retry_timer) o->retry_timer->cancel();
+  if (!o->work && !o->in_call) {
+    // No work was taken: the handler's executor is the strand, where this runs.
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(ec, std::move(r));
+    return;
+  }
   auto ex = asio::get_associated_executor(h, strand);
   auto upcall = [h = std::move(h), w = std::move(o->work), ec, r = std::move(r)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
