@@ -22,6 +22,7 @@
 #include <array>
 #include <atomic>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <vector>
 #include <optional>
@@ -34,6 +35,17 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+// The candidate executor that marks a handler without one of its own. Never
+// executes anything: it only stands in a query.
+struct no_executor {
+  template <class F>
+  void execute(F&&) const noexcept {
+    std::terminate();
+  }
+  friend bool operator==(const no_executor&, const no_executor&) noexcept { return true; }
+  friend bool operator!=(const no_executor&, const no_executor&) noexcept { return false; }
+};
+
 // Outstanding work on a handler's associated executor, held while the handler
 // waits (as Asio's own operations do), so that its context does not run out
 // of work and return from run() before the result arrives.
@@ -41,11 +53,12 @@ namespace {
 // pending I/O keeps that context busy.
 template <class Handler>
 asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio::any_io_executor>& strand) {
-  // Asked with an empty candidate: a handler without an executor of its own
-  // (it runs on the strand) is found out without wrapping the strand, which
-  // is too large for an any_completion_executor's own storage.
-  asio::any_completion_executor ex = asio::get_associated_executor(h, asio::any_completion_executor());
-  if (!ex) return {};
+  // Asked with a marker as the candidate: a handler without an executor of
+  // its own (it runs on the strand) is found out without wrapping the strand,
+  // which is too large for an any_completion_executor's own storage. (An
+  // executor that could not be wrapped comes back empty: prefer() throws.)
+  asio::any_completion_executor ex = asio::get_associated_executor(h, asio::any_completion_executor(no_executor{}));
+  if (ex.target<no_executor>()) return {};
   if (auto* s = ex.target<asio::strand<asio::any_io_executor>>(); s && *s == strand) return {};
   return asio::prefer(ex, asio::execution::outstanding_work.tracked);
 }
@@ -151,7 +164,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   asio::steady_timer connect_timer;
   asio::steady_timer deadline_timer;
   reply_reader reader;
-  reply incoming;  // the reply read last: the reader reuses what memory it keeps
+  // The reply read last. A command's reply is moved to its caller; the
+  // memory of one not delivered (a dropped prefix's, a handshake step's)
+  // goes back to the reader.
+  reply incoming;
   std::array<char, 16 * 1024> read_buf{};
   std::string write_buf;
   bool writing = false;
@@ -530,7 +546,8 @@ asio::any_completion_executor connection::track_work(exec_handler& h, const asio
   return tracked(h, strand);
 }
 
-std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h, const executor_type& strand) {
+std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h,
+                                                             const asio::strand<executor_type>& strand) {
   auto slot = asio::get_associated_cancellation_slot(h);
   if (!slot.is_connected()) return nullptr;
   auto c = std::make_shared<detail::exec_cancel>();

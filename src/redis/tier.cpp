@@ -185,7 +185,8 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
-    if (auto it = index.find(full(key)); it != index.end()) {
+    std::string k = full(key);
+    if (auto it = index.find(k); it != index.end()) {
       const write_op& op = *it->second;
       std::optional<std::string> v;
       if (op.what == write_op::kind::set) v = op.bytes;
@@ -193,25 +194,26 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
     if (!sent.empty())
-      if (auto it = sent.find(full(key)); it != sent.end())
+      if (auto it = sent.find(k); it != sent.end())
         return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
     const auto g = admit();
     if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
-    cl->async_exec({"GET", full(key)},
-                   asio::bind_cancellation_slot(
-                       slot, asio::bind_executor(strand, [self = shared_from_this(), h = std::move(h), cancel,
-                                                          g = *g](error_code ec, reply r) mutable {
-                         std::optional<std::string> v;
-                         if (!ec) {
-                           if (r.type == reply::kind::bulk)
-                             v = std::move(r.str);
-                           else if (r.type != reply::kind::nil)
-                             ec = make_error_code(error::protocol_error);
-                         }
-                         self->outcome(ec, g);
-                         self->complete(std::move(h), ec, std::move(v));
-                       })));
+    // No executor bound: the client completes it on its strand, which is this
+    // tier's, without wrapping one.
+    cl->async_exec({"GET", std::move(k)},
+                   asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), cancel,
+                                                       g = *g](error_code ec, reply r) mutable {
+                     std::optional<std::string> v;
+                     if (!ec) {
+                       if (r.type == reply::kind::bulk)
+                         v = std::move(r.str);
+                       else if (r.type != reply::kind::nil)
+                         ec = make_error_code(error::protocol_error);
+                     }
+                     self->outcome(ec, g);
+                     self->complete(std::move(h), ec, std::move(v));
+                   }));
   }
 
   // --- writes --------------------------------------------------------------

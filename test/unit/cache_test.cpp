@@ -2,7 +2,10 @@
 // caching, warmup, the coroutine fast path, events, stats and threads.
 #include "test_support.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <iterator>
 #include <random>
 #include <thread>
 
@@ -169,6 +172,38 @@ TEST_F(Cache, ZeroEntriesStoresNothing) {
   EXPECT_EQ(a.value, 1);
   EXPECT_EQ(b.value, 2);
   EXPECT_EQ(c.size(), 0u);
+}
+
+// A value type aligned beyond what plain `new` guarantees: every copy checks
+// where it was made.
+struct alignas(64) wide_value {
+  std::uint64_t words[8] = {};
+  wide_value() = default;
+  explicit wide_value(std::uint64_t v) { words[0] = v; }
+  wide_value(const wide_value& o) : words{} {
+    misaligned += reinterpret_cast<std::uintptr_t>(this) % 64 != 0;
+    std::copy(std::begin(o.words), std::end(o.words), std::begin(words));
+  }
+  wide_value& operator=(const wide_value&) = default;
+  static inline int misaligned = 0;
+};
+
+TEST_F(Cache, OverAlignedValuesAreStoredAligned) {
+  wide_value::misaligned = 0;
+  cf::cache<wide_value, cf::manual_clock> c{io, cf::cache_options{.max_entries = 8}};
+  // At capacity, every store frees a node and makes one.
+  for (std::uint64_t i = 0; i < 100; ++i) {
+    bool done = false;
+    c.async_set("k" + std::to_string(i), wide_value(i), [&](std::exception_ptr e) { done = !e; });
+    run_until(io, [&] { return done; });
+  }
+  EXPECT_EQ(c.size(), 8u);
+  for (std::uint64_t i = 92; i < 100; ++i) {
+    auto v = c.peek("k" + std::to_string(i));
+    ASSERT_TRUE(v) << i;
+    EXPECT_EQ(v->words[0], i);
+  }
+  EXPECT_EQ(wide_value::misaligned, 0);
 }
 
 TEST_F(Cache, WeigherCapsTotalWeightAndRefusesOversizedValues) {

@@ -18,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,19 +40,28 @@ template <class V>
 struct l1_node final : list_hook {
   static constexpr std::uint32_t no_heap = std::numeric_limits<std::uint32_t>::max();
 
-  // A thread keeps the last node it freed for the next one it makes: a cache
-  // at capacity frees one node and makes one on every miss, on one thread.
+  // A thread keeps one freed node for the next node it makes: a cache at
+  // capacity frees one node and makes one on every miss, on one thread. A
+  // node whose `V` needs more than the default new alignment is not kept.
   static void* operator new(std::size_t size) {
-    if (!spare_closed())
-      if (void* p = std::exchange(spare().p, nullptr)) return p;
-    return ::operator new(size);
+    if constexpr (over_aligned) {
+      return ::operator new(size, std::align_val_t(alignof(l1_node)));
+    } else {
+      if (!spare_closed())
+        if (void* p = std::exchange(spare().p, nullptr)) return p;
+      return ::operator new(size);
+    }
   }
   static void operator delete(void* p) noexcept {
-    if (!spare_closed() && !spare().p) {
-      spare().p = p;
-      return;
+    if constexpr (over_aligned) {
+      ::operator delete(p, std::align_val_t(alignof(l1_node)));
+    } else {
+      if (!spare_closed() && !spare().p) {
+        spare().p = p;
+        return;
+      }
+      ::operator delete(p);
     }
-    ::operator delete(p);
   }
 
   std::string key;
@@ -68,11 +78,17 @@ struct l1_node final : list_hook {
   const std::exception_ptr* error() const noexcept { return std::get_if<1>(&slot); }
 
  private:
+  static constexpr bool over_aligned = alignof(V) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
+
+  // Freed when the thread's thread-locals are destroyed; a node freed after
+  // that is freed at once. (One freed during the process's exit after the
+  // main thread's thread-locals are gone, by a static cache, may be kept
+  // until the process ends.)
   struct spare_node {
     void* p = nullptr;
     ~spare_node() {
       ::operator delete(p);
-      spare_closed() = true;  // a node freed later in the thread's exit is freed at once
+      spare_closed() = true;
     }
   };
   static spare_node& spare() noexcept {

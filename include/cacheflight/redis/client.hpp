@@ -188,7 +188,8 @@ class client {
   /// retries are followed before the handler runs (see `cluster_options`).
   /// @par Executor
   /// The handler runs on its associated executor, never inside this call;
-  /// outstanding work is held on that executor until it has run.
+  /// outstanding work is held on that executor until it has run. A handler
+  /// without an associated executor runs on `get_strand()`.
   /// @par Per-Operation Cancellation
   /// `terminal`, `partial` and `total`, honoured from the moment this function
   /// returns: the command completes with `operation_aborted`; one not sent yet

@@ -159,7 +159,8 @@ class connection {
   // For `client`, which shares the connection's strand: a command whose
   // cancellation was hooked in its initiating function (`watch_cancel`), and
   // a callback run on the strand when an open connection is lost.
-  static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h, const executor_type& strand);
+  static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h,
+                                                          const boost::asio::strand<executor_type>& strand);
   // Outstanding work on the handler's executor, held until it has run (none
   // when it is `strand`, the connection's own).
   static boost::asio::any_completion_executor track_work(exec_handler& h,

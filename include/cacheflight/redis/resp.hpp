@@ -77,10 +77,10 @@ struct reply {
 /// A protocol error is sticky, as hiredis' reader is: after one, `next` keeps
 /// failing and the connection must be closed and opened anew.
 ///
-/// Replies are built in place, without hiredis' own reply objects: once its
-/// buffers have grown to the sizes in use, the reader allocates nothing, and
-/// `next(reply&, ec)` fills a reply whose string and array keep their
-/// capacity from one call to the next.
+/// Replies are built in place, without hiredis' own reply objects: the
+/// reader's own allocations are its input buffer's growth and the memory of
+/// the replies it builds. With `next(reply&, ec)` a caller can lend that
+/// memory back (see there).
 class reply_reader {
  public:
   reply_reader();
@@ -99,9 +99,11 @@ class reply_reader {
 
   /// As above, into `out`: returns true with the next complete reply in
   /// `out`, false when more bytes are needed or on error (`ec` set as above).
-  /// `out`'s previous contents are replaced; the memory it holds is reused for
-  /// later replies, so a caller that keeps one `reply` and reads into it
-  /// allocates only when a reply outgrows the largest one before it.
+  /// `out`'s previous contents are replaced, and its memory passes to the
+  /// reader, which builds the next reply in it: a caller that reads
+  /// every reply into one `reply` trades two buffers with the reader, so a
+  /// status, error or bulk reply allocates only when it is longer than the
+  /// buffer it is built in (an array's elements are made anew each time).
   bool next(reply& out, boost::system::error_code& ec);
 
  private:
