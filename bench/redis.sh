@@ -3,7 +3,8 @@
 # free loopback port: GET throughput at 1 and 50 connections, pipeline 1 and
 # 16, both single-threaded, in alternating rounds (the best round of each is
 # kept); then N coroutines sharing one connection (automatic pipelining); then
-# the cost of an L2 hit through cache::async_get; then redis::client over TLS
+# the cost of an L2 hit through cache::async_get; then the cost of reading a
+# GET reply, in time and heap allocations; then redis::client over TLS
 # against itself over plain TCP, on a second server with a TLS port
 # (throwaway certificates); then redis::client against
 # `redis-benchmark --cluster` on a cluster of three masters and three replicas
@@ -66,6 +67,9 @@ for n in 1 50 1000; do
 done
 echo
 for c in 1 50; do "$bench" l2 "$port" "$c" "$seconds"; done
+echo
+# Reading replies, without the server: time and heap allocations per reply.
+"$bench" replies 2000000
 
 echo
 bash "$here/../test/integration/tls_certs.sh" "$dir/certs"
