@@ -83,6 +83,49 @@ struct cache_options {
   /// running the context run them in parallel. Ignored when the cache's
   /// executor is not an `io_context`'s.
   bool batch_hits = false;
+  /// Stale-while-revalidate: how long a value stays servable after its fresh
+  /// time (its TTL) has run out. A caller with a loader that finds it stale
+  /// gets it at once, and one background reload of the key starts (coalesced
+  /// with any other load of it); nothing is served once this window has
+  /// passed too, whatever the reload does. 0 (the default): values expire at
+  /// the end of their TTL. Applies to values loaded or set with a finite TTL;
+  /// the freshness policy (see the cache constructor) overrides it per entry.
+  std::chrono::nanoseconds stale_while_revalidate = std::chrono::nanoseconds::zero();
+  /// Stale-if-error: a background reload that fails or times out leaves the
+  /// stale value servable until its window ends (a `refresh_failed` event, and
+  /// `stale_after_error` for each caller served then; the next stale read
+  /// starts another reload). Off: the stale value is dropped, and the next
+  /// caller waits for a load.
+  bool stale_if_error = true;
+  /// Bound on a background reload: after it, the reload counts as failed and
+  /// is cancelled unless other callers wait for it (`on_abandon` as for any
+  /// load). `no_timeout`: `load_timeout` applies.
+  std::chrono::nanoseconds refresh_timeout = no_timeout;
+  /// XFetch's beta: with a positive value, a read of a fresh value starts a
+  /// background reload early, with a probability that grows as the fresh time
+  /// runs out: when `now - delta * beta * ln(u) >= fresh_until` for a uniform
+  /// u in (0, 1], delta the key's running average load time (so keys never
+  /// loaded here, and reads without a loader, do not refresh early). 1 is the
+  /// paper's default; larger refreshes earlier. 0 (the default): off.
+  double early_refresh_beta = 0;
+  /// TTL jitter: each fresh time is multiplied by a uniform factor in
+  /// [1 - ttl_jitter, 1 + ttl_jitter], so that values stored together do not
+  /// expire together. In [0, 1); 0 (the default): exact TTLs.
+  double ttl_jitter = 0;
+  /// Refresh-ahead (`cache::refresh_ahead`): how long before its fresh time
+  /// runs out a key is reloaded.
+  std::chrono::nanoseconds refresh_ahead_lead = std::chrono::seconds(1);
+  /// Refresh-ahead: cap on its reloads running at once; keys due beyond it wait.
+  std::size_t max_refreshes_ahead = 4;
+};
+
+/// How long one loaded value is fresh, then servable stale: what a freshness
+/// policy returns (see `cache::freshness_policy`).
+struct freshness {
+  /// Fresh time. Not positive: the value is served to its callers but not stored.
+  std::chrono::nanoseconds fresh = no_expiry;
+  /// Stale-while-revalidate window after it (negative counts as 0).
+  std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero();
 };
 
 /// Per-call options of `cache::async_get` with a loader.
@@ -146,10 +189,29 @@ class cache {
   using executor_type = boost::asio::any_io_executor;
   /// Gives the weight of a value; called outside any lock, once per stored value.
   using weigher_type = std::function<std::size_t(std::string_view key, const V& value)>;
+  /// Decides how long a loaded value is fresh, then servable stale, from its
+  /// key, the value and how long its load took (the loader's run time). Called
+  /// outside any lock, once per value a loader produces (not for values read
+  /// from a tier, which keep the times they were stored with, nor for
+  /// `async_set`, which uses its TTL and `stale_while_revalidate`). It
+  /// overrides the TTL of the call and `stale_while_revalidate`; `ttl_jitter`
+  /// still applies. If it throws, the callers of the load get its exception
+  /// and nothing is stored.
+  using freshness_policy =
+      std::function<freshness(std::string_view key, const V& value, std::chrono::nanoseconds load_time)>;
 
   /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
   explicit cache(executor_type ex, cache_options opts = {}, weigher_type weigher = {})
       : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher))) {}
+
+  /// As above, with a freshness policy deciding each loaded value's times.
+  cache(executor_type ex, cache_options opts, weigher_type weigher, freshness_policy policy)
+      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher), std::move(policy))) {}
+
+  template <class ExecutionContext>
+    requires std::convertible_to<ExecutionContext&, boost::asio::execution_context&>
+  cache(ExecutionContext& ctx, cache_options opts, weigher_type weigher, freshness_policy policy)
+      : cache(ctx.get_executor(), std::move(opts), std::move(weigher), std::move(policy)) {}
 
   template <class ExecutionContext>
     requires std::convertible_to<ExecutionContext&, boost::asio::execution_context&>
@@ -159,9 +221,13 @@ class cache {
   cache(const cache&) = delete;
   cache& operator=(const cache&) = delete;
 
-  /// Cancels the loads in flight (their callers get `error::cancelled`).
+  /// Cancels the loads in flight (their callers get `error::cancelled`) and
+  /// stops refresh-ahead.
   ~cache() {
-    if (st_) st_->get_flight().clear();
+    if (st_) {
+      st_->stop_refresh_ahead_all();
+      st_->get_flight().clear();
+    }
   }
 
   executor_type get_executor() const noexcept { return st_->executor(); }
@@ -210,10 +276,26 @@ class cache {
   /// queued when the context is shut down are destroyed without being run, as
   /// its own handlers are.
   ///
+  /// @par Freshness
+  /// A value past its fresh time (its TTL) but within its stale window
+  /// (`cache_options::stale_while_revalidate`, or the freshness policy's) is
+  /// a hit: it is delivered at once, and this caller's `loader` starts one
+  /// background reload of the key, unless one is already running (later
+  /// callers keep getting the stale value meanwhile, and the reload is
+  /// coalesced with any load of the key in flight). The reload stores its
+  /// value as any load does; if it fails or outlasts `refresh_timeout`, the
+  /// stale value is kept until its window ends (`stale_if_error`), and the
+  /// next stale read starts another reload. Past the window nothing is served:
+  /// the caller misses and joins (or starts) a load. With
+  /// `early_refresh_beta`, a read of a fresh value may likewise start the
+  /// reload early. The reload runs on the cache's executor, whatever this
+  /// caller's executor is, and outlives this call.
+  ///
   /// @par Per-Operation Cancellation
   /// While waiting for a load: `terminal`, `partial` and `total`, as in
   /// `flight::async_run`; when the last caller leaves, the load is cancelled
-  /// (unless `on_abandon` is `finish`). A value found in memory is not cancellable.
+  /// (unless `on_abandon` is `finish`). A value found in memory is not
+  /// cancellable, and neither is the background reload it may start.
   ///
   /// @par Invalidation
   /// An `async_erase`, `async_clear` or `async_set` of `key` issued once this
@@ -254,8 +336,9 @@ class cache {
   ///
   /// @par Completion signature
   /// @code void(std::exception_ptr error, std::optional<V> value) @endcode
-  /// `value` is empty when no fresh value is in memory (a cached failure counts as
-  /// none). `error` only for `error::invalid_key`. Posted to the handler's
+  /// `value` is empty when no value is in memory (a cached failure counts as
+  /// none); a stale value (within its stale window) is returned, and starts no
+  /// reload. `error` only for `error::invalid_key`. Posted to the handler's
   /// executor; with `cache_options::batch_hits`, on the cache's own
   /// `io_context` executor, in rounds (see the other overload).
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::optional<V>)> CompletionToken>
@@ -282,7 +365,13 @@ class cache {
   boost::asio::awaitable<V> co_get(std::string key, Loader loader, get_options opts = {}) {
     if (st_->valid_key(key)) {
       std::exception_ptr failure;
-      if (auto v = st_->lookup(key, 2, &failure)) co_return std::move(*v);
+      detail::read_state rs;
+      if (auto v = st_->lookup(key, 2, &failure, true, &rs)) {
+        if (rs.refresh)  // a stale or early read: one background reload (see async_get)
+          st_->start_refresh(std::move(key), std::move(loader), opts.ttl ? *opts.ttl : st_->options().default_ttl,
+                             rs.early, false);
+        co_return std::move(*v);
+      }
       if (failure) std::rethrow_exception(failure);
     }
     // The miss path lives in its own frame, keeping the hit path's small.
@@ -430,10 +519,38 @@ class cache {
         token, std::move(entries));
   }
 
-  /// The value of `key` if it is in memory and fresh. Synchronous, thread-safe,
-  /// no executor hop; a hit allocates nothing beyond `V`'s copy. Counts a hit or
+  /// The value of `key` if it is in memory, fresh or within its stale window
+  /// (a stale value starts no reload here). Synchronous, thread-safe, no
+  /// executor hop; a hit allocates nothing beyond `V`'s copy. Counts a hit or
   /// a miss like any lookup.
   std::optional<V> peek(std::string_view key) const { return st_->lookup(key, 0, nullptr); }
+
+  /// Refresh-ahead: keeps `key` fresh in the background, for keys that must
+  /// never make a caller wait (warmed ones, say). `loader` runs as a load of
+  /// the key (coalesced with any other, stored and written to the tiers like
+  /// any) `cache_options::refresh_ahead_lead` before the key's fresh time runs
+  /// out, at most `max_refreshes_ahead` of them at once (others wait their
+  /// turn), with `default_ttl` as its TTL. A key absent from memory is
+  /// loaded at once. The key stops being refreshed (a `refresh_ahead_stopped`
+  /// event) once a reload falls due and nobody has read it since the last one,
+  /// or memory no longer holds it (evicted, erased, expired); a failed reload
+  /// is retried a lead later. Registering a key again replaces its loader and
+  /// gives it one more reload whether read or not.
+  ///
+  /// While keys are registered, a timer of the cache waits on its executor:
+  /// `io_context::run()` does not return before they stop, `stop_refresh_ahead`
+  /// is called for them, or the cache is destroyed. Thread-safe.
+  ///
+  /// @param key     Non-empty, at most `cache_options::max_key_length` bytes.
+  /// @throws boost::system::system_error with `error::invalid_key` for a bad key.
+  void refresh_ahead(std::string key, std::function<boost::asio::awaitable<V>()> loader) {
+    if (!st_->valid_key(key)) throw boost::system::system_error(make_error_code(error::invalid_key), "refresh_ahead");
+    st_->refresh_ahead(std::move(key), std::move(loader));
+  }
+
+  /// Stops refreshing `key` ahead (a reload running goes on). Returns whether
+  /// it was registered. Thread-safe.
+  bool stop_refresh_ahead(std::string_view key) { return st_->stop_refresh_ahead(key); }
 
   /// A snapshot of the counters. Reclaims expired entries first, so `size`
   /// counts fresh entries only.
@@ -456,11 +573,12 @@ class cache {
       }
       std::exception_ptr failure;
       std::optional<V> v;
+      detail::read_state rs;
       if constexpr (std::is_nothrow_copy_constructible_v<V>) {
-        v = st->lookup(key, 2, &failure, !counted);
+        v = st->lookup(key, 2, &failure, !counted, &rs);
       } else {
         try {
-          v = st->lookup(key, 2, &failure, !counted);
+          v = st->lookup(key, 2, &failure, !counted, &rs);
         } catch (...) {
           failure = std::current_exception();  // V's copy threw
         }
@@ -468,6 +586,9 @@ class cache {
       if (v) {
         detail::post_result(st->ready(), st->executor(), std::forward<Handler>(handler), std::exception_ptr{},
                             std::move(*v));
+        if (rs.refresh)
+          st->start_refresh(std::move(key), std::forward<Loader>(loader),
+                            opts.ttl ? *opts.ttl : st->options().default_ttl, rs.early, false);
         return;
       }
       if (failure) {

@@ -52,29 +52,40 @@ namespace detail {
 //   offset  size  field
 //   0       4     magic "CFLT"
 //   4       1     format version (1)
-//   5       1     flags (reserved, 0)
+//   5       1     flags: bit 0 set when a fresh time follows; the others 0
 //   6       8     absolute expiry, milliseconds since the Unix epoch, little
 //                 endian; 0 for none
-//   14      n     the codec's bytes
+//   14      8     (flag bit 0 only) the end of the value's fresh time, in the
+//                 same form, before the expiry: served stale (with a reload)
+//                 between the two
+//   14/22   n     the codec's bytes
 //
-// The expiry is wall-clock time because instances sharing a tier do not share
-// a steady clock.
+// The times are wall-clock time because instances sharing a tier do not share
+// a steady clock. A value without a stale window has no fresh time field, and
+// is read by every version of this format.
 struct envelope {
   static constexpr std::string_view magic = "CFLT";
   static constexpr std::uint8_t version = 1;
+  static constexpr std::uint8_t has_fresh_until = 1;
   static constexpr std::size_t header_size = 14;
 
   std::int64_t expires_ms = 0;  // 0: never
   std::string_view payload;
+  std::int64_t fresh_until_ms = 0;  // 0: fresh until it expires
 
-  static std::string wrap(std::string_view payload, std::int64_t expires_ms) {
+  static std::string wrap(std::string_view payload, std::int64_t expires_ms, std::int64_t fresh_until_ms = 0) {
+    const bool two = fresh_until_ms != 0 && fresh_until_ms != expires_ms;
     std::string out;
-    out.reserve(header_size + payload.size());
+    out.reserve(header_size + (two ? 8 : 0) + payload.size());
     out.append(magic);
     out.push_back(static_cast<char>(version));
-    out.push_back(0);
-    auto e = static_cast<std::uint64_t>(expires_ms);
-    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((e >> (8 * i)) & 0xff));
+    out.push_back(static_cast<char>(two ? has_fresh_until : 0));
+    auto put = [&](std::int64_t v) {
+      auto e = static_cast<std::uint64_t>(v);
+      for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((e >> (8 * i)) & 0xff));
+    };
+    put(expires_ms);
+    if (two) put(fresh_until_ms);
     out.append(payload);
     return out;
   }
@@ -82,11 +93,21 @@ struct envelope {
   // Reads an envelope; nullopt for anything that is not one of ours.
   static std::optional<envelope> unwrap(std::string_view bytes) {
     if (bytes.size() < header_size || bytes.substr(0, 4) != magic) return std::nullopt;
-    if (static_cast<std::uint8_t>(bytes[4]) != version || bytes[5] != 0) return std::nullopt;
-    std::uint64_t e = 0;
-    for (int i = 0; i < 8; ++i) e |= std::uint64_t(static_cast<std::uint8_t>(bytes[6 + i])) << (8 * i);
+    const auto flags = static_cast<std::uint8_t>(bytes[5]);
+    if (static_cast<std::uint8_t>(bytes[4]) != version || (flags & ~has_fresh_until) != 0) return std::nullopt;
+    auto get = [&](std::size_t at) {
+      std::uint64_t e = 0;
+      for (int i = 0; i < 8; ++i) e |= std::uint64_t(static_cast<std::uint8_t>(bytes[at + i])) << (8 * i);
+      return e;
+    };
+    const std::uint64_t e = get(6);
     if (e > static_cast<std::uint64_t>(INT64_MAX)) return std::nullopt;
-    return envelope{static_cast<std::int64_t>(e), bytes.substr(header_size)};
+    if (!(flags & has_fresh_until)) return envelope{static_cast<std::int64_t>(e), bytes.substr(header_size), 0};
+    if (bytes.size() < header_size + 8) return std::nullopt;
+    const std::uint64_t f = get(14);
+    // A fresh time is before a finite expiry, and never 0.
+    if (f == 0 || f > static_cast<std::uint64_t>(INT64_MAX) || (e != 0 && f > e)) return std::nullopt;
+    return envelope{static_cast<std::int64_t>(e), bytes.substr(header_size + 8), static_cast<std::int64_t>(f)};
   }
 
   static std::int64_t now_ms() {
@@ -98,8 +119,8 @@ struct envelope {
 // Encodes a value with its expiry; decodes one, refusing expired or corrupt
 // bytes (nullopt). Remaining lifetime is reported through `ttl_left`.
 template <class V>
-std::string encode_stored(const V& v, std::int64_t expires_ms) {
-  return envelope::wrap(codec<V>::encode(v), expires_ms);
+std::string encode_stored(const V& v, std::int64_t expires_ms, std::int64_t fresh_until_ms = 0) {
+  return envelope::wrap(codec<V>::encode(v), expires_ms, fresh_until_ms);
 }
 
 template <class V>

@@ -67,6 +67,23 @@ enum class cache_event_kind {
   tier_miss,      ///< a tier had no value for the key
   tier_error,     ///< a tier operation failed (`error` holds a `system_error`); the next tier or the loader is used
   tier_corrupt,   ///< a tier returned bytes that are not a readable value: treated as a miss
+  /// A caller was served a value past its fresh time (stale-while-revalidate);
+  /// follows its `hit`.
+  stale_hit,
+  /// A stale value was served after its reload failed (stale-if-error); follows its `stale_hit`.
+  stale_after_error,
+  /// A background reload started: for a stale read, an early refresh or refresh-ahead.
+  refresh_started,
+  /// A read while the value was still fresh started an early reload (XFetch); follows `refresh_started`.
+  early_refresh,
+  /// A background reload produced a value; `duration` is its time since `refresh_started`.
+  refresh_resolved,
+  /// A background reload failed or timed out; `error` holds why. With
+  /// `stale_if_error` the stale value is still served until its expiry.
+  refresh_failed,
+  /// A key stopped being refreshed ahead: nobody read it during its last fresh
+  /// time, or memory no longer holds it.
+  refresh_ahead_stopped,
 };
 
 /// Returns the enumerator's name, e.g. `"load_resolved"`.
@@ -83,6 +100,13 @@ constexpr std::string_view to_string(cache_event_kind k) noexcept {
     case cache_event_kind::tier_miss: return "tier_miss";
     case cache_event_kind::tier_error: return "tier_error";
     case cache_event_kind::tier_corrupt: return "tier_corrupt";
+    case cache_event_kind::stale_hit: return "stale_hit";
+    case cache_event_kind::stale_after_error: return "stale_after_error";
+    case cache_event_kind::refresh_started: return "refresh_started";
+    case cache_event_kind::early_refresh: return "early_refresh";
+    case cache_event_kind::refresh_resolved: return "refresh_resolved";
+    case cache_event_kind::refresh_failed: return "refresh_failed";
+    case cache_event_kind::refresh_ahead_stopped: return "refresh_ahead_stopped";
   }
   return "unknown";
 }
@@ -92,9 +116,10 @@ struct cache_event {
   cache_event_kind kind;
   /// The key concerned. Valid only during the sink's call.
   std::string_view key;
-  /// For `load_resolved` and `load_failed`: the loader's run time.
+  /// For `load_resolved` and `load_failed`: the loader's run time; for
+  /// `refresh_resolved` and `refresh_failed`: the time since the reload started.
   std::chrono::nanoseconds duration{};
-  /// For `load_failed`: the loader's exception; for `tier_error`: a
+  /// For `load_failed` and `refresh_failed`: the exception; for `tier_error`: a
   /// `boost::system::system_error` with the tier's error code.
   std::exception_ptr error;
   /// For `eviction`: why.

@@ -28,7 +28,7 @@ struct tier_stats {
 
 /// A snapshot of a cache's counters (see `cache::stats`). Counters only grow.
 struct cache_stats {
-  std::uint64_t hits = 0;                 ///< callers that found a fresh value in memory
+  std::uint64_t hits = 0;                 ///< callers served from memory (stale hits included)
   std::uint64_t misses = 0;               ///< callers that found none (every caller, joined loads included)
   double hit_rate = 0;                    ///< hits / (hits + misses), 0 when both are 0
   std::size_t size = 0;                   ///< entries in memory (expired ones excluded)
@@ -48,6 +48,16 @@ struct cache_stats {
   std::uint64_t l2_errors = 0;
   /// Every tier, in the order the cache consults them.
   std::vector<tier_stats> tiers;
+  /// Hits served past their fresh time, while a reload ran (stale-while-revalidate).
+  std::uint64_t stale_hits = 0;
+  /// Stale hits served after their reload had failed (stale-if-error).
+  std::uint64_t stale_after_error = 0;
+  /// Background reloads started: for stale reads, early refreshes and refresh-ahead.
+  std::uint64_t refreshes = 0;
+  std::uint64_t refreshes_succeeded = 0;  ///< background reloads that produced a value
+  std::uint64_t refreshes_failed = 0;     ///< background reloads that failed or timed out
+  std::uint64_t early_refreshes = 0;      ///< reloads started early by a read of a fresh value (XFetch)
+  std::size_t refresh_ahead_keys = 0;     ///< keys being refreshed ahead now
 };
 
 namespace detail {
@@ -91,6 +101,16 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
          u(s.evictions_oversized));
   family("expirations_total", "counter", "Expired entries removed.", u(s.expirations));
   family("loads_in_flight", "gauge", "Keys being loaded now.", u(s.loads_in_flight));
+  family("stale_hits_total", "counter", "Hits served past their fresh time while a reload ran.", u(s.stale_hits));
+  family("stale_after_error_total", "counter", "Stale hits served after their reload failed.",
+         u(s.stale_after_error));
+  family("refreshes_total", "counter", "Background reloads started.", u(s.refreshes));
+  family("refreshes_succeeded_total", "counter", "Background reloads that produced a value.",
+         u(s.refreshes_succeeded));
+  family("refreshes_failed_total", "counter", "Background reloads that failed or timed out.", u(s.refreshes_failed));
+  family("early_refreshes_total", "counter", "Reloads started early by a read of a fresh value.",
+         u(s.early_refreshes));
+  family("refresh_ahead_keys", "gauge", "Keys being refreshed ahead.", u(s.refresh_ahead_keys));
   if (s.tiers.empty()) return out;
   // Per-tier families: one sample per tier, labelled tier="<name>".
   auto tier_family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {

@@ -72,7 +72,7 @@ class load_ticket {
 
 template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl);
+                                                                 std::chrono::nanoseconds ttl, bool refresh);
 
 // The work of a coalesced miss, given to the flight: the ticket is issued as
 // the flight inserts the load's entry (under its lock), and the flight calls
@@ -82,22 +82,29 @@ struct load_work {
   load_ticket<State> ticket;
   Loader loader;
   std::chrono::nanoseconds ttl;
+  bool refresh = false;  // a background reload of a stale (or soon stale) value
 
   void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
   // Its call moves the ticket, the loader and the TTL into the coroutine.
   using self_contained_call = void;
   boost::asio::awaitable<typename State::value_type> operator()() {
-    return load_and_fill(std::move(ticket), std::move(loader), ttl);
+    return load_and_fill(std::move(ticket), std::move(loader), ttl, refresh);
   }
 };
 
 // A load that failed: counted, reported and, with negative caching, stored as
 // a failure, unless it was cancelled (its callers left, or cancel/clear): that
-// is not the loader's failure, whatever it threw.
+// is not the loader's failure, whatever it threw. A failed background reload
+// stores no failure over the stale value it was to replace when that value
+// is kept (stale-if-error).
 template <class State>
 void load_failed(State& st, const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
-                 std::chrono::nanoseconds took, bool cancelled) {
-  if (cancelled) {
+                 std::chrono::nanoseconds took, bool cancelled, bool refresh) {
+  if (cancelled || (refresh && st.options().stale_if_error)) {
+    if (!cancelled) {
+      st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
+      st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
+    }
     st.memory().end_load(key, token);
     return;
   }
@@ -114,14 +121,16 @@ void load_failed(State& st, const std::string& key, std::uint64_t token, const s
 // value out of memory and out of the tiers (its callers still get it).
 template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl) {
+                                                                 std::chrono::nanoseconds ttl, bool refresh) {
   namespace asio = boost::asio;
   using V = typename State::value_type;
   using Clock = typename State::clock_type;
   State& st = ticket.state();
   const std::string& key = ticket.key();
   if (st.has_tiers()) {
-    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory());
+    // A reload takes only a fresh value from a tier: a stale one there is
+    // the value being replaced (or older).
+    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory(), refresh);
     if (found) co_return std::move(*found);
   }
   st.events().emit(cache_event_kind::load_started, key);
@@ -143,19 +152,25 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
     // its own accord (a socket closed under it) is a failure like any other.
     asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
     load_failed(st, key, std::exchange(ticket.token(), 0), failure, took,
-                cs.cancelled() != asio::cancellation_type::none);
+                cs.cancelled() != asio::cancellation_type::none, refresh);
     std::rethrow_exception(failure);
   }
   st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
   st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
+  // The freshness policy (user code) decides the value's times, if there is one.
+  const auto [fresh, stale] = st.entry_times(key, *value, ttl, took);
+  if (fresh <= std::chrono::nanoseconds::zero()) {  // served, not stored
+    st.memory().end_load(key, std::exchange(ticket.token(), 0));
+    co_return std::move(*value);
+  }
   std::uint64_t epoch = 0;
   // Loads of this key skip the tiers from before the store until the write and
   // its recheck are initiated (see tier_pipeline.hpp).
   auto writing = st.tiers().invalidate_key(key);
-  if (st.memory().store(key, &*value, nullptr, ttl, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
-                        &epoch) &&
+  if (st.memory().store(key, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
+                        &epoch, stale, took) &&
       st.has_tiers())
-    st.tiers().write(key, *value, ttl, epoch, false);
+    st.tiers().write(key, *value, fresh, epoch, false, stale);
   co_return std::move(*value);
 }
 

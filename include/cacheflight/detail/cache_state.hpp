@@ -14,12 +14,22 @@
 #include <cacheflight/stats.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/basic_waitable_timer.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace cacheflight::detail {
 
@@ -35,13 +45,17 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   using memory_type = memory_tier<V, Clock>;
   using weigher_type = typename memory_type::weigher_type;
   using invalidation = typename tier_pipeline<V>::invalidation;
+  using freshness_policy = std::function<freshness(std::string_view, const V&, std::chrono::nanoseconds)>;
+  using ahead_loader = std::function<boost::asio::awaitable<V>()>;
 
-  cache_state(boost::asio::any_io_executor ex, cache_options opts, weigher_type weigher)
+  cache_state(boost::asio::any_io_executor ex, cache_options opts, weigher_type weigher, freshness_policy policy = {})
       : ex_(std::move(ex)),
         opts_(checked(std::move(opts))),
         ready_(ready_for(ex_, opts_.batch_hits)),
         events_(std::make_shared<const cache_events>(opts_.on_event)),
-        memory_(opts_.policy, opts_.shards, opts_.max_entries, opts_.max_weight, std::move(weigher), *events_),
+        policy_(std::move(policy)),
+        memory_(opts_.policy, opts_.shards, opts_.max_entries, opts_.max_weight, std::move(weigher), *events_,
+                opts_.early_refresh_beta),
         tiers_(std::make_shared<tier_pipeline<V>>(opts_.tiers, events_)),
         flight_(ex_, flight_options{.max_keys = opts_.max_loads,
                                     .default_timeout = opts_.load_timeout,
@@ -68,8 +82,27 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 
   bool valid_key(std::string_view key) const noexcept { return !key.empty() && key.size() <= opts_.max_key_length; }
 
-  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true) {
-    return memory_.lookup(key, purge, failure, count);
+  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true,
+                          read_state* rs = nullptr) {
+    return memory_.lookup(key, purge, failure, count, rs);
+  }
+
+  // The fresh time (jittered) and stale window of a value stored with `ttl`:
+  // from the freshness policy for a loaded value when there is one (`took`
+  // not negative), else `ttl` and the options' window.
+  std::pair<std::chrono::nanoseconds, std::chrono::nanoseconds> entry_times(const std::string& key, const V& value,
+                                                                            std::chrono::nanoseconds ttl,
+                                                                            std::chrono::nanoseconds took) const {
+    freshness f{ttl, ttl == no_expiry ? std::chrono::nanoseconds::zero() : opts_.stale_while_revalidate};
+    if (policy_ && took.count() >= 0) f = policy_(key, value, took);  // user code: no lock held
+    if (f.stale < std::chrono::nanoseconds::zero() || f.fresh == no_expiry) f.stale = std::chrono::nanoseconds::zero();
+    if (opts_.ttl_jitter > 0 && f.fresh > std::chrono::nanoseconds::zero() && f.fresh != no_expiry) {
+      const double factor = 1 + opts_.ttl_jitter * (2 * unit_random() - 1);
+      const double scaled = double(f.fresh.count()) * factor;
+      f.fresh = std::chrono::nanoseconds(
+          scaled >= 9.2e18 ? std::numeric_limits<std::int64_t>::max() - 1 : std::max<std::int64_t>(1, std::llround(scaled)));
+    }
+    return {f.fresh, f.stale};
   }
 
   // An explicit set: stored in memory over any value, voiding the load in
@@ -77,9 +110,55 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // The caller holds `invalidate_key(key)` around it.
   void set(const std::string& key, const V& value, std::chrono::nanoseconds ttl, bool rethrow_codec) {
     std::uint64_t epoch = 0;
-    memory_.store(key, &value, nullptr, ttl, std::nullopt, tiers_->epoch_of(key), &epoch);
+    const auto [fresh, stale] = entry_times(key, value, ttl, std::chrono::nanoseconds(-1));
+    memory_.store(key, &value, nullptr, fresh, std::nullopt, tiers_->epoch_of(key), &epoch, stale);
     flight_.forget(key);
-    if (has_tiers()) tiers_->write(key, value, ttl, epoch, rethrow_codec);
+    if (has_tiers()) tiers_->write(key, value, fresh, epoch, rethrow_codec, stale);
+  }
+
+  // Starts a background reload of `key`: for a stale or early read (`early`),
+  // or refresh-ahead (`ahead`). It is a load like any other, coalesced with
+  // the key's load in flight if there is one; its own wait is bounded by
+  // `refresh_timeout`.
+  template <class Loader>
+  void start_refresh(std::string key, Loader loader, std::chrono::nanoseconds ttl, bool early, bool ahead) {
+    refresh_counts_.started.fetch_add(1, std::memory_order_relaxed);
+    if (early) refresh_counts_.early.fetch_add(1, std::memory_order_relaxed);
+    events_->emit(cache_event_kind::refresh_started, key);
+    if (early) events_->emit(cache_event_kind::early_refresh, key);
+    std::optional<std::chrono::nanoseconds> timeout;
+    if (opts_.refresh_timeout != no_timeout) timeout = opts_.refresh_timeout;
+    using work_type = load_work<cache_state, Loader>;
+    work_type work{load_ticket<cache_state>(this), std::move(loader), ttl, true};
+    refresh_done done{this->shared_from_this(), key, Clock::now(), ahead};
+    flight_.async_run(std::move(key), run_options{.timeout = timeout}, std::move(work), std::move(done));
+  }
+
+  // Refresh-ahead: keeps `key` fresh with `loader` until nobody reads it.
+  void refresh_ahead(std::string key, ahead_loader loader) {
+    {
+      std::lock_guard lk(ahead_mu_);
+      ahead_entry& e = ahead_[key];
+      e.loader = std::move(loader);
+      e.first = true;
+      e.not_before = std::numeric_limits<std::int64_t>::min();
+    }
+    ahead_scan();
+  }
+
+  bool stop_refresh_ahead(std::string_view key) {
+    std::lock_guard lk(ahead_mu_);
+    auto it = ahead_.find(key);
+    if (it == ahead_.end()) return false;
+    ahead_.erase(it);
+    if (ahead_.empty() && ahead_timer_) ahead_timer_->cancel();
+    return true;
+  }
+
+  void stop_refresh_ahead_all() {
+    std::lock_guard lk(ahead_mu_);
+    ahead_.clear();
+    if (ahead_timer_) ahead_timer_->cancel();
   }
 
   // Removes `key` from memory, voids its load in flight (it will not store)
@@ -104,6 +183,14 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     cache_stats s;
     memory_.add_stats(s);
     loads_.add_stats(s);
+    s.refreshes = refresh_counts_.started.load(std::memory_order_relaxed);
+    s.refreshes_succeeded = refresh_counts_.succeeded.load(std::memory_order_relaxed);
+    s.refreshes_failed = refresh_counts_.failed.load(std::memory_order_relaxed);
+    s.early_refreshes = refresh_counts_.early.load(std::memory_order_relaxed);
+    {
+      std::lock_guard lk(ahead_mu_);
+      s.refresh_ahead_keys = ahead_.size();
+    }
     s.loads_in_flight = flight_.size();
     tiers_->add_stats(s);
     return s;
@@ -116,7 +203,118 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     if (opts.negative_ttl && *opts.negative_ttl <= std::chrono::nanoseconds::zero())
       throw_invalid_option("cache_options::negative_ttl must be positive");
     if (opts.shards == 0 || opts.shards > 1024) throw_invalid_option("cache_options::shards must be in [1, 1024]");
+    if (opts.stale_while_revalidate < std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::stale_while_revalidate must not be negative");
+    if (opts.refresh_timeout <= std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::refresh_timeout must be positive (or no_timeout)");
+    if (!(opts.early_refresh_beta >= 0) || !std::isfinite(opts.early_refresh_beta))
+      throw_invalid_option("cache_options::early_refresh_beta must be finite and not negative");
+    if (!(opts.ttl_jitter >= 0 && opts.ttl_jitter < 1))
+      throw_invalid_option("cache_options::ttl_jitter must be in [0, 1)");
+    if (opts.refresh_ahead_lead < std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::refresh_ahead_lead must not be negative");
+    if (opts.max_refreshes_ahead == 0) throw_invalid_option("cache_options::max_refreshes_ahead must be positive");
     return opts;
+  }
+
+  // The handler of a background reload: counts and reports how it ended, and
+  // lets the entry's next stale read start another one if it failed.
+  struct refresh_done {
+    std::shared_ptr<cache_state> st;
+    std::string key;
+    typename Clock::time_point started;
+    bool ahead;
+    void operator()(std::exception_ptr e, V) { st->refresh_finished(key, std::move(e), started, ahead); }
+  };
+
+  void refresh_finished(const std::string& key, std::exception_ptr e, typename Clock::time_point started, bool ahead) {
+    const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started);
+    bool by_cache = false;  // cancelled by the cache itself (cleared, destroyed): not a failure
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const boost::system::system_error& x) {
+        by_cache = x.code() == error::cancelled;
+      } catch (...) {
+      }
+    }
+    memory_.refresh_ended(key, e && !by_cache, opts_.stale_if_error);
+    if (!e) {
+      refresh_counts_.succeeded.fetch_add(1, std::memory_order_relaxed);
+      events_->emit(cache_event{cache_event_kind::refresh_resolved, key, took, {}, {}});
+    } else if (!by_cache) {
+      refresh_counts_.failed.fetch_add(1, std::memory_order_relaxed);
+      events_->emit(cache_event{cache_event_kind::refresh_failed, key, took, e, {}});
+    }
+    if (ahead) {
+      {
+        std::lock_guard lk(ahead_mu_);
+        --ahead_running_;
+        if (auto it = ahead_.find(key); it != ahead_.end()) {
+          it->second.running = false;
+          // A failed reload is retried a lead later, not at once.
+          if (e) it->second.not_before = memory_type::deadline(memory_type::now(), opts_.refresh_ahead_lead);
+        }
+      }
+      ahead_scan();
+    }
+  }
+
+  // Refresh-ahead's scheduler: starts the reloads that are due (within the
+  // concurrency cap), stops keys nobody read since their last reload (or that
+  // memory no longer holds), and sets the timer for the next one due.
+  void ahead_scan() {
+    namespace asio = boost::asio;
+    std::vector<std::pair<std::string, ahead_loader>> start;
+    std::vector<std::string> stopped;
+    {
+      std::lock_guard lk(ahead_mu_);
+      const std::int64_t now = memory_type::now();
+      std::int64_t next = std::numeric_limits<std::int64_t>::max();
+      for (auto it = ahead_.begin(); it != ahead_.end();) {
+        ahead_entry& e = it->second;
+        if (e.running) {
+          ++it;
+          continue;
+        }
+        const auto f = memory_.freshness_of(it->first);
+        if (!e.first && (!f || (f->first != std::numeric_limits<std::int64_t>::max() &&
+                                f->first - opts_.refresh_ahead_lead.count() <= now && !f->second))) {
+          stopped.push_back(it->first);
+          ++it;
+          continue;
+        }
+        std::int64_t due = std::numeric_limits<std::int64_t>::max();
+        if (!f)
+          due = now;  // registered, not in memory yet: load it
+        else if (f->first != std::numeric_limits<std::int64_t>::max())
+          due = f->first - std::min<std::int64_t>(opts_.refresh_ahead_lead.count(), f->first);
+        due = std::max(due, e.not_before);
+        if (due > now) {
+          next = std::min(next, due);
+        } else if (ahead_running_ < opts_.max_refreshes_ahead) {
+          e.running = true;
+          e.first = false;
+          ++ahead_running_;
+          start.emplace_back(it->first, e.loader);
+        }  // else: started when a running reload ends
+        ++it;
+      }
+      for (const std::string& k : stopped) ahead_.erase(k);
+      if (next != std::numeric_limits<std::int64_t>::max()) {
+        if (!ahead_timer_) ahead_timer_.emplace(ex_);
+        ahead_timer_->expires_at(typename Clock::time_point(std::chrono::duration_cast<typename Clock::duration>(
+            std::chrono::nanoseconds(next))));
+        ahead_timer_->async_wait([w = this->weak_from_this()](boost::system::error_code ec) {
+          if (ec) return;  // re-armed, stopped, or the cache is gone
+          if (auto self = w.lock()) self->ahead_scan();
+        });
+      } else if (ahead_timer_) {
+        ahead_timer_->cancel();
+      }
+    }
+    for (const std::string& k : stopped) events_->emit(cache_event_kind::refresh_ahead_stopped, k);
+    for (auto& [k, loader] : start) start_refresh(k, std::move(loader), opts_.default_ttl, false, true);
   }
 
   static std::shared_ptr<ready_queue> ready_for(const boost::asio::any_io_executor& ex, bool batch) {
@@ -126,10 +324,32 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     return nullptr;
   }
 
+  struct refresh_counters {
+    std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, early{0};
+  };
+  struct ahead_entry {
+    ahead_loader loader;
+    bool running = false;
+    bool first = true;  // not reloaded since it was registered: due whether read or not
+    std::int64_t not_before = std::numeric_limits<std::int64_t>::min();
+  };
+  struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view k) const noexcept { return boost::hash<std::string_view>{}(k); }
+  };
+  using ahead_timer = boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>,
+                                                        boost::asio::any_io_executor>;
+
   boost::asio::any_io_executor ex_;
   const cache_options opts_;
   std::shared_ptr<ready_queue> ready_;
   std::shared_ptr<const cache_events> events_;
+  freshness_policy policy_;
+  refresh_counters refresh_counts_;
+  mutable std::mutex ahead_mu_;
+  boost::unordered_flat_map<std::string, ahead_entry, string_hash, std::equal_to<>> ahead_;
+  std::size_t ahead_running_ = 0;
+  std::optional<ahead_timer> ahead_timer_;
   memory_type memory_;
   std::shared_ptr<tier_pipeline<V>> tiers_;
   load_counters loads_;

@@ -32,10 +32,34 @@ namespace detail {
 
 enum class removal : std::uint8_t { none, capacity, expired, replaced, erased };
 
+// A load's duration in 16 bits: microseconds as an 11-bit mantissa and a 5-bit
+// exponent (within 0.1%, up to 50 days). 0 means unknown.
+constexpr std::uint16_t encode_load_time(std::int64_t ns) noexcept {
+  if (ns <= 0) return 0;
+  std::uint64_t us = std::uint64_t(ns) / 1000;
+  if (us == 0) us = 1;
+  unsigned e = 0;
+  while ((us >> e) >= 2048 && e < 31) ++e;
+  std::uint64_t m = us >> e;
+  if (m >= 2048) m = 2047;
+  return static_cast<std::uint16_t>(e * 2048 + m);
+}
+constexpr std::int64_t decode_load_time(std::uint16_t code) noexcept {
+  return std::int64_t(std::uint64_t(code % 2048) << (code / 2048)) * 1000;
+}
+// The running average kept per entry: the mean of the previous average and
+// the new sample (the sample alone the first time).
+constexpr std::uint16_t average_load_time(std::uint16_t old, std::int64_t sample_ns) noexcept {
+  if (sample_ns < 0) return old;
+  if (old == 0) return encode_load_time(sample_ns);
+  return encode_load_time((decode_load_time(old) + sample_ns) / 2);
+}
+
 // One entry. Laid out small: for a `cache<std::uint64_t>` it is 88 bytes
 // (a 96-byte heap block): the list links (16), the key (32), the value or
-// cached failure (16), the expiry (8), the weight (8), and the heap index
-// with the policy's bits (8).
+// cached failure (8, which of the two is kept among the flag bits), the end
+// of its fresh time and its expiry (16), the weight (8), and the heap index
+// with the policy's bits, the reload's state and the load time (8).
 template <class V>
 struct l1_node final : list_hook {
   static constexpr std::uint32_t no_heap = std::numeric_limits<std::uint32_t>::max();
@@ -64,20 +88,67 @@ struct l1_node final : list_hook {
     }
   }
 
-  std::string key;
-  // The value, or the cached failure of a negative entry.
-  std::variant<V, std::exception_ptr> slot;
-  std::int64_t expires = std::numeric_limits<std::int64_t>::max();  // cache clock, ns
-  std::size_t weight = 1;
-  std::uint32_t heap_index = no_heap;
-  std::uint8_t freq = 0;
-  bool in_main = false;
-  removal why = removal::none;
+  l1_node() noexcept {}
+  l1_node(const l1_node&) = delete;
+  l1_node& operator=(const l1_node&) = delete;
+  ~l1_node() { reset_slot(); }
 
-  const V* value() const noexcept { return std::get_if<0>(&slot); }
-  const std::exception_ptr* error() const noexcept { return std::get_if<1>(&slot); }
+  std::string key;
 
  private:
+  // The value, or the cached failure of a negative entry, or nothing (a node
+  // being filled); `kind` says which.
+  union storage {
+    storage() noexcept {}
+    ~storage() {}
+    V value;
+    std::exception_ptr error;
+  } slot_;
+
+ public:
+  // Cache clock, ns. Served as fresh before `fresh_until`, as stale (with a
+  // reload) from then until `expires`, never after.
+  std::int64_t fresh_until = std::numeric_limits<std::int64_t>::max();
+  std::int64_t expires = std::numeric_limits<std::int64_t>::max();
+  std::size_t weight = 1;
+  std::uint32_t heap_index = no_heap;
+  removal why = removal::none;
+  std::uint8_t freq : 2 = 0;
+  bool in_main : 1 = false;
+  std::uint8_t kind : 2 = 0;  // 0: nothing, 1: value, 2: failure
+  bool refreshing : 1 = false;      // a reload was started by a stale or early read
+  bool refresh_failed : 1 = false;  // the last reload failed; the value is kept (stale-if-error)
+  bool read : 1 = false;            // read since it was stored (refresh-ahead stops otherwise)
+  std::uint16_t load_time = 0;      // running average of its loads, `encode_load_time`
+
+  const V* value() const noexcept { return kind == 1 ? &slot_.value : nullptr; }
+  const std::exception_ptr* error() const noexcept { return kind == 2 ? &slot_.error : nullptr; }
+
+  // Replaces the slot. If V's move throws, the node holds nothing.
+  void set_value(V&& v) {
+    reset_slot();
+    ::new (static_cast<void*>(&slot_.value)) V(std::move(v));
+    kind = 1;
+  }
+  void set_error(std::exception_ptr e) noexcept {
+    reset_slot();
+    ::new (static_cast<void*>(&slot_.error)) std::exception_ptr(std::move(e));
+    kind = 2;
+  }
+  // Moves the slot out (to be destroyed later, outside a lock).
+  void take_slot(std::optional<V>& v, std::exception_ptr& e) {
+    if (kind == 1) v.emplace(std::move(slot_.value));
+    if (kind == 2) e = std::move(slot_.error);
+    reset_slot();
+  }
+
+ private:
+  void reset_slot() noexcept {
+    if (kind == 1) slot_.value.~V();
+    if (kind == 2) slot_.error.~exception_ptr();
+    kind = 0;
+  }
+
   static constexpr bool over_aligned = alignof(V) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
 
   // Freed when the thread's thread-locals are destroyed; a node freed after
@@ -125,6 +196,8 @@ struct l1_node_eq {
 struct l1_counters {
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;
+  std::uint64_t stale_hits = 0;
+  std::uint64_t stale_after_error = 0;
   std::uint64_t evictions_capacity = 0;
   std::uint64_t evictions_oversized = 0;
   std::uint64_t expirations = 0;
@@ -177,6 +250,15 @@ class alignas(64) l1_shard {
     touch(n);
     return n;
   }
+
+  // The entry of `key`, expired or not, without recording an access.
+  node* peek(std::string_view key) const {
+    auto it = map_.find(key);
+    return it == map_.end() ? nullptr : *it;
+  }
+
+  // Removes one entry (its reload failed and its stale value is not kept).
+  void drop(node* n, graveyard& dead) { remove(n, removal::replaced, dead); }
 
   // Inserts or replaces. Returns false (storing nothing) for an entry heavier
   // than the shard's capacity. Evictions go onto `dead`.

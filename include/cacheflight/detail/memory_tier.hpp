@@ -10,6 +10,7 @@
 #include <boost/container_hash/hash.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -36,6 +37,35 @@ namespace cacheflight::detail {
 // the tier pipeline: it is bumped by every invalidation and read by every
 // store, under the key's shard lock, so that a write to the tiers can tell
 // whether an invalidation came after the value it writes (see tier_pipeline).
+// What a lookup found beyond the value, for a caller that can start a reload.
+struct read_state {
+  bool stale = false;    // served past its fresh time
+  bool refresh = false;  // this caller is to start the reload (stale, or early)
+  bool early = false;    // the reload is an early one (probabilistic, while still fresh)
+  bool after_error = false;  // served stale after its reload failed
+};
+
+// A uniform double in (0, 1], from a per-thread generator (splitmix64).
+inline double unit_random() noexcept {
+  thread_local std::uint64_t state = 0x9e3779b97f4a7c15ull ^ std::uint64_t(reinterpret_cast<std::uintptr_t>(&state));
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return double((z >> 11) + 1) * 0x1.0p-53;
+}
+
+// XFetch (Vattani, Chierichetti and Lowenstein, VLDB 2015): recompute early
+// when `now - delta * beta * ln(u) >= fresh_until`, u uniform in (0, 1], delta
+// the load's duration. The probability grows as the fresh time runs out.
+inline bool early_refresh_due(std::int64_t now, std::int64_t fresh_until, std::int64_t delta, double beta) noexcept {
+  if (beta <= 0 || delta <= 0 || now >= fresh_until) return false;
+  const double gap = double(fresh_until - now);
+  const double scale = double(delta) * beta;
+  if (gap > scale * 37.5) return false;  // -ln(u) <= 36.8 for every u this draws
+  return -std::log(unit_random()) * scale >= gap;
+}
+
 template <class V, class Clock>
 class memory_tier {
  public:
@@ -45,8 +75,12 @@ class memory_tier {
   using epoch_counter = std::atomic<std::uint64_t>;
 
   memory_tier(eviction_policy policy, std::size_t shards, std::size_t max_entries, std::size_t max_weight,
-              weigher_type weigher, const cache_events& events)
-      : nshards_(shards), weigher_(std::move(weigher)), events_(events), shards_(std::make_unique<shard[]>(shards)) {
+              weigher_type weigher, const cache_events& events, double early_beta = 0)
+      : nshards_(shards),
+        early_beta_(early_beta),
+        weigher_(std::move(weigher)),
+        events_(events),
+        shards_(std::make_unique<shard[]>(shards)) {
     auto split = [&](std::size_t total) {
       if (total == unlimited || total == 0) return total;
       return std::max<std::size_t>(1, (total + shards - 1) / shards);
@@ -59,20 +93,62 @@ class memory_tier {
   }
 
   static std::int64_t deadline(std::int64_t now, std::chrono::nanoseconds ttl) noexcept {
-    if (ttl == no_expiry || ttl.count() > std::numeric_limits<std::int64_t>::max() - now)
+    if (now == std::numeric_limits<std::int64_t>::max() || ttl == no_expiry ||
+        ttl.count() > std::numeric_limits<std::int64_t>::max() - now)
       return std::numeric_limits<std::int64_t>::max();
-    return now + ttl.count();
+    return now + std::max<std::int64_t>(ttl.count(), 0);
+  }
+
+  // A reload started by a stale or early read has ended. On failure, the
+  // entry keeps its value until it expires (`keep`, stale-if-error: later
+  // reads see it as served after an error), or is dropped. Returns whether a
+  // value is still there to serve.
+  bool refresh_ended(const std::string& key, bool failed, bool keep) {
+    shard& sh = shard_for(key);
+    typename shard::graveyard dead;
+    bool kept = false;
+    {
+      std::lock_guard lk(sh.mu);
+      node* n = sh.peek(key);
+      // A replaced value has a new life of its own: leave it alone.
+      if (n && n->refreshing) {
+        n->refreshing = false;
+        if (failed && !keep)
+          sh.drop(n, dead);
+        else {
+          if (failed) n->refresh_failed = true;
+          kept = n->value() != nullptr && n->expires > now();
+        }
+      }
+    }
+    bury(dead);
+    return kept;
+  }
+
+  // For refresh-ahead: the fresh time of `key`'s value and whether it was read
+  // since it was stored; nullopt when memory holds no live value of it.
+  std::optional<std::pair<std::int64_t, bool>> freshness_of(std::string_view key) {
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    node* n = sh.peek(key);
+    if (!n || !n->value() || n->expires <= now()) return std::nullopt;
+    return std::pair<std::int64_t, bool>(n->fresh_until, bool(n->read));
   }
 
   // Looks `key` up, counting a hit or a miss (unless `count` is false). A
   // cached failure (negative entry) yields no value and, when `failure` is
   // given, sets it. `purge` bounds the expired entries reclaimed on the way (0
-  // on the allocation-free peek path).
-  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true) {
+  // on the allocation-free peek path). A value past its fresh time is served
+  // (stale) until it expires; a caller that passes `rs` can start its reload:
+  // `rs->refresh` is set for one caller at a time (the entry remembers that a
+  // reload was started until it is replaced or the reload ends).
+  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true,
+                          read_state* rs = nullptr) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     std::optional<V> v;
     bool hit = false;
+    read_state seen;
     constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
     [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
     {
@@ -98,21 +174,46 @@ class memory_tier {
           *failure = *n->error();
           hit = true;
         }
+        if (hit && n->value()) {
+          if (!n->read) n->read = true;
+          // A finite fresh time implies a finite expiry: the clock was read.
+          if (n->fresh_until != std::numeric_limits<std::int64_t>::max()) {
+            if (clock() >= n->fresh_until) {
+              seen.stale = true;
+              seen.after_error = n->refresh_failed;
+              if (count) {
+                ++sh.counters.stale_hits;
+                if (n->refresh_failed) ++sh.counters.stale_after_error;
+              }
+              if (rs && !n->refreshing) n->refreshing = seen.refresh = true;
+            } else if (rs && !n->refreshing &&
+                       early_refresh_due(clock(), n->fresh_until, decode_load_time(n->load_time), early_beta_)) {
+              n->refreshing = seen.refresh = seen.early = true;
+            }
+          }
+        }
       }
       if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
     }
+    if (rs) *rs = seen;
     if constexpr (!nothrow_copy) {
       if (copy_failed) {  // V's copy threw: nothing changed but reclaimed entries
         bury(dead);
         std::rethrow_exception(copy_failed);
       }
     }
-    if (count && events_) events_.emit(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
+    if (count && events_) {
+      events_.emit(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
+      if (seen.stale) events_.emit(cache_event_kind::stale_hit, key);
+      if (seen.after_error) events_.emit(cache_event_kind::stale_after_error, key);
+    }
     if (!dead.empty()) bury(dead);
     return v;
   }
 
-  // Stores a value (or a failure, for negative caching). With a load token,
+  // Stores a value (or a failure, for negative caching), fresh for `ttl`, then
+  // servable stale for `stale` more (0: none); `took` (if not negative) is
+  // the load's duration, averaged into the entry's. With a load token,
   // only if the load was not invalidated meanwhile; without one (an explicit
   // set), it voids the load in flight and bumps `epoch`. Returns false when
   // the load was invalidated (nothing stored); true otherwise, even when the
@@ -121,11 +222,14 @@ class memory_tier {
   // throws, nothing is stored, the load's token is released, and the
   // exception propagates.
   bool store(const std::string& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
-             std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen) {
+             std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen,
+             std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero(),
+             std::chrono::nanoseconds took = std::chrono::nanoseconds(-1)) {
     shard& sh = shard_for(key);
     std::size_t w = 1;
     std::optional<V> copy;
-    std::optional<std::variant<V, std::exception_ptr>> old;  // destroyed after the lock
+    std::optional<V> old_value;  // the replaced slot, destroyed after the lock
+    std::exception_ptr old_error;
     std::exception_ptr failed;
     try {
       if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
@@ -148,15 +252,20 @@ class memory_tier {
       if (epoch && seen) *seen = epoch->load(std::memory_order_relaxed);
       const std::int64_t t = now();
       sh.purge(t, 8, dead);
+      const std::int64_t fresh_until = deadline(t, ttl);
+      const std::int64_t expires = deadline(fresh_until, stale);
       try {
-        oversized = !sh.put(std::move(k), deadline(t, ttl), w,
+        oversized = !sh.put(std::move(k), expires, w,
                             [&](node& n) {
                               // The old value, if any, is destroyed after the lock.
-                              old.emplace(std::move(n.slot));
+                              n.take_slot(old_value, old_error);
                               if (v)
-                                n.slot.template emplace<0>(std::move(*copy));
+                                n.set_value(std::move(*copy));
                               else
-                                n.slot.template emplace<1>(error);
+                                n.set_error(error);
+                              n.fresh_until = fresh_until;
+                              n.refreshing = n.refresh_failed = n.read = false;
+                              n.load_time = average_load_time(n.load_time, took.count());
                             },
                             dead);
       } catch (...) {
@@ -228,6 +337,8 @@ class memory_tier {
         const l1_counters& c = shards_[i].counters;
         s.hits += c.hits;
         s.misses += c.misses;
+        s.stale_hits += c.stale_hits;
+        s.stale_after_error += c.stale_after_error;
         s.evictions_capacity += c.evictions_capacity;
         s.evictions_oversized += c.evictions_oversized;
         s.expirations += c.expirations;
@@ -262,6 +373,7 @@ class memory_tier {
   }
 
   const std::size_t nshards_;
+  const double early_beta_;
   weigher_type weigher_;
   const cache_events& events_;
   std::unique_ptr<shard[]> shards_;

@@ -119,9 +119,12 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   // the load's `token` (consumed), and fills the tiers before the one that
   // answered, with the value's remaining lifetime. Failures and unreadable
   // bytes are skipped, counted and reported. Throws `operation_aborted` only
-  // when the load itself is cancelled.
+  // when the load itself is cancelled. A value past its fresh time keeps its
+  // stale state in memory; with `fresh_only` (a reload), such a value is a
+  // miss.
   template <class Memory>
-  boost::asio::awaitable<std::optional<V>> read(const std::string& key, std::uint64_t& token, Memory& memory) {
+  boost::asio::awaitable<std::optional<V>> read(const std::string& key, std::uint64_t& token, Memory& memory,
+                                                bool fresh_only = false) {
     namespace asio = boost::asio;
     if constexpr (has_codec<V>) {
       for (std::size_t i = 0; i < tiers_.size(); ++i) {
@@ -147,7 +150,8 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         std::optional<envelope> env = envelope::unwrap(*bytes);
         std::optional<V> v;
         if (env) {
-          if (env->expires_ms != 0 && env->expires_ms <= now_ms) {  // expired in transit: a plain miss
+          if ((env->expires_ms != 0 && env->expires_ms <= now_ms) ||  // expired in transit: a plain miss
+              (fresh_only && env->fresh_until_ms != 0 && env->fresh_until_ms <= now_ms)) {
             c.misses.fetch_add(1, std::memory_order_relaxed);
             emit(cache_event_kind::tier_miss, key, i);
             continue;
@@ -170,11 +174,20 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         constexpr std::chrono::milliseconds century = std::chrono::hours(24 * 36524);
         const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
                                                  : std::min(std::chrono::milliseconds(env->expires_ms - now_ms), century);
+        // Of which fresh (the rest is its stale window).
+        std::chrono::nanoseconds fresh =
+            left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left);
+        std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero();
+        if (env->fresh_until_ms != 0 && fresh != no_expiry) {
+          const auto fresh_left = std::clamp(std::chrono::milliseconds(env->fresh_until_ms - now_ms),
+                                             std::chrono::milliseconds::zero(), left);
+          stale = std::chrono::nanoseconds(left - fresh_left);
+          fresh = std::chrono::nanoseconds(fresh_left);
+        }
         std::uint64_t epoch = 0;
         auto writing = i > 0 ? invalidate_key(key) : invalidation();  // until the fills and their recheck
-        const bool kept = memory.store(
-            key, &*v, nullptr, left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left),
-            std::exchange(token, 0), epoch_of(key), &epoch);
+        const bool kept =
+            memory.store(key, &*v, nullptr, fresh, std::exchange(token, 0), epoch_of(key), &epoch, stale);
         if (kept && i > 0) {
           for (std::size_t j = 0; j < i; ++j) put(j, key, *bytes, left);
           recheck(key, epoch);
@@ -189,21 +202,29 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   // epoch seen when `v` was stored in memory. A value the codec refuses is
   // reported (event and error count per tier), erased from the tiers (they
   // must not keep the value it replaced) and rethrown when `rethrow` is set.
-  void write(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch, bool rethrow) {
+  // `ttl` is its fresh time, `stale` the window after it; the tiers keep it
+  // for both.
+  void write(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch, bool rethrow,
+             std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero()) {
     if constexpr (has_codec<V>) {
       if (empty()) return;
       // An invalidation overtook this value since it was stored: its own tier
       // operation stands, and this older value must not follow it there.
       if (epochs_[stripe_of(key)].load(std::memory_order_relaxed) != epoch) return;
       std::chrono::milliseconds left = std::chrono::milliseconds::max();
-      std::int64_t expires_ms = 0;
+      std::int64_t expires_ms = 0, fresh_until_ms = 0;
       if (ttl != no_expiry) {
-        left = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
-        expires_ms = envelope::now_ms() + left.count();
+        const std::int64_t now_ms = envelope::now_ms();
+        const auto fresh = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
+        // Whole milliseconds, the stale window rounded down: never served past its expiry.
+        const auto window = std::chrono::floor<std::chrono::milliseconds>(stale);
+        left = fresh + window;
+        expires_ms = now_ms + left.count();
+        if (window > std::chrono::milliseconds::zero()) fresh_until_ms = now_ms + fresh.count();
       }
       std::string bytes;
       try {
-        bytes = encode_stored(v, expires_ms);
+        bytes = encode_stored(v, expires_ms, fresh_until_ms);
       } catch (...) {
         const std::exception_ptr e = std::current_exception();
         for (std::size_t i = 0; i < tiers_.size(); ++i) {
