@@ -2,7 +2,7 @@
 // concurrent requests for /user/42 reaches the (simulated) database once.
 //
 //   cacheflight_http_service [--address 127.0.0.1] [--port 8080] [--threads 1]
-//                            [--db-latency-ms 50] [--ttl-ms 60000]
+//                            [--db-latency-ms 50] [--ttl-ms 60000] [--stale-ms 0]
 //                            [--redis HOST:PORT] [--redis-prefix demo:users:]
 //                            [--redis-tls] [--redis-tls-ca FILE] [--redis-tls-cert FILE --redis-tls-key FILE]
 //                            [--redis-sentinel HOST:PORT[,HOST:PORT...] --redis-master NAME]
@@ -15,7 +15,9 @@
 // With --redis, the cache has a Redis L2 behind memory: instances started with
 // the same server and prefix share what any of them loaded. With --disk, a
 // disk tier (LMDB) keeps what was loaded across restarts and crashes: memory,
-// then Redis, then the disk, then the database.
+// then Redis, then the disk, then the database. With --stale-ms, a user older
+// than --ttl-ms is still served for that long while one background reload
+// replaces it, so requests do not wait for the database when a hot user expires.
 //
 // GET /user/{id}  the user, through the cache (JSON)
 // GET /stats      database calls and cache figures (JSON)
@@ -65,6 +67,7 @@ struct config {
   unsigned threads = 1;
   std::chrono::milliseconds db_latency{50};
   std::chrono::milliseconds ttl{60'000};
+  std::chrono::milliseconds stale{0};
   std::string redis;  // host:port; empty: memory only
   std::string redis_prefix = "demo:users:";
   bool redis_tls = false;  // set by any --redis-tls* flag
@@ -155,7 +158,8 @@ struct service {
         users(io, cf::cache_options{.max_entries = 100'000,
                                     .default_ttl = cfg.ttl,
                                     .shards = 16,
-                                    .tiers = tiers_of(make_redis(io, cfg), disk)}) {}
+                                    .tiers = tiers_of(make_redis(io, cfg), disk),
+                                    .stale_while_revalidate = cfg.stale}) {}
 
   // The database: a timer stands in for the query's latency.
   asio::awaitable<std::string> load_user(long id) {
@@ -181,6 +185,9 @@ struct service {
                       {"size", s.size},
                       {"evictions", s.evictions},
                       {"expirations", s.expirations},
+                      {"stale_hits", s.stale_hits},
+                      {"refreshes", s.refreshes},
+                      {"refreshes_failed", s.refreshes_failed},
                       {"l2_hits", s.l2_hits},
                       {"l2_misses", s.l2_misses},
                       {"l2_errors", s.l2_errors},
@@ -348,7 +355,8 @@ asio::awaitable<void> listen(service& svc, tcp::acceptor& acceptor, std::vector<
 // should stop at once: 0 after --help, 2 for a malformed or out-of-range value.
 std::optional<int> parse(int argc, char** argv, config& cfg) {
   namespace po = boost::program_options;
-  long port = cfg.port, threads = cfg.threads, db_latency = cfg.db_latency.count(), ttl = cfg.ttl.count();
+  long port = cfg.port, threads = cfg.threads, db_latency = cfg.db_latency.count(), ttl = cfg.ttl.count(),
+       stale = cfg.stale.count();
   long disk_max_mb = static_cast<long>(cfg.disk_max_mb);
   std::string disk_durability = "durable";
   po::options_description desc(
@@ -363,6 +371,9 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("db-latency-ms", po::value(&db_latency)->default_value(db_latency),
        "latency of one call to the simulated database, in ms (0 or more)")  //
       ("ttl-ms", po::value(&ttl)->default_value(ttl), "lifetime of a cached user, in ms (1 or more)")  //
+      ("stale-ms", po::value(&stale)->default_value(stale),
+       "after --ttl-ms, how long a user is still served while one background reload replaces it, in ms "
+       "(0 or more; 0: none)")  //
       ("redis", po::value(&cfg.redis)->value_name("HOST:PORT")->default_value("", "none: memory only"),
        "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
       ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
@@ -408,6 +419,7 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (threads < 1 || threads > 256) return fail("--threads must be in [1, 256]");
   if (db_latency < 0) return fail("--db-latency-ms must not be negative");
   if (ttl < 1) return fail("--ttl-ms must be at least 1");
+  if (stale < 0) return fail("--stale-ms must not be negative");
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
   if (cfg.redis_sentinel.empty() != cfg.redis_master.empty())
     return fail("--redis-sentinel and --redis-master go together");
@@ -444,6 +456,7 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   cfg.threads = static_cast<unsigned>(threads);
   cfg.db_latency = std::chrono::milliseconds(db_latency);
   cfg.ttl = std::chrono::milliseconds(ttl);
+  cfg.stale = std::chrono::milliseconds(stale);
   return std::nullopt;
 }
 

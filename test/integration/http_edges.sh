@@ -16,7 +16,7 @@ help=$("$server" --help)
 expect "--help exits 0" 0 "$(status --help)"
 for flag in --address --port --threads --db-latency-ms --ttl-ms --redis --redis-prefix --disk --disk-max-mb \
   --disk-durability --redis-tls --redis-tls-ca --redis-tls-cert --redis-tls-key --redis-sentinel --redis-master \
-  --redis-tls-server-name --redis-cluster; do
+  --redis-tls-server-name --redis-cluster --stale-ms; do
   expect "--help lists $flag" 1 "$(grep -c -- "^ *$flag " <<<"$help")"
 done
 expect "--help shows the port's default" 1 "$(grep -c -- '--port arg (=8080)' <<<"$help")"
@@ -25,6 +25,7 @@ expect "--port 70000 is an error" 2 "$(status --port 70000)"
 expect "--threads -1 is an error" 2 "$(status --threads -1)"
 expect "--threads 0 is an error" 2 "$(status --threads 0)"
 expect "--ttl-ms 0 is an error" 2 "$(status --ttl-ms 0)"
+expect "--stale-ms -1 is an error" 2 "$(status --stale-ms -1)"
 expect "--disk-durability sometimes is an error" 2 "$(status --disk-durability sometimes)"
 expect "--disk-max-mb 0 is an error" 2 "$(status --disk-max-mb 0)"
 expect "an unusable --disk directory stops the service" 1 "$(status --port 0 --disk /proc/self/cacheflight)"
@@ -63,4 +64,18 @@ expect "/stats counts database calls" 1 "$(curl -s "$base/stats" | grep -c '"db_
 expect "GET / serves the dashboard" 1 "$(curl -s "$base/" | grep -c '<title>cacheflight demo</title>')"
 stop_service
 expect "clean shutdown on SIGTERM" 1 "$(grep -c '^stopped after' "$service_log")"
+
+# --stale-ms: once a user's TTL has run out, it is still served at once while
+# one background reload replaces it.
+start_service "$server" --db-latency-ms 400 --ttl-ms 300 --stale-ms 60000
+base="http://127.0.0.1:$port"
+expect "GET /user/9 (loaded)" 200 "$(code "$base/user/9")"
+sleep 0.5
+took=$(curl -s -o /dev/null -w '%{time_total}' "$base/user/9")
+expect "a stale user is served without waiting for the database" 1 "$(awk -v t="$took" 'BEGIN { print (t < 0.3) }')"
+sleep 0.8
+stats=$(curl -s "$base/stats")
+expect "/stats counts the stale hit" 1 "$(grep -c '"stale_hits":1,' <<<"$stats")"
+expect "one reload ran" 1 "$(grep -c '"db_calls":2,' <<<"$stats")"
+stop_service
 [ "$failures" = 0 ]
