@@ -734,6 +734,60 @@ TEST_F(DiskTier, ACacheServesWhatAnEarlierInstanceLoadedWithoutItsLoader) {
   EXPECT_EQ(c.stats().tiers.at(0).hits, 1u);
 }
 
+TEST_F(DiskTier, AValueKeepsItsFreshTimeAndStaleWindowAcrossARestart) {
+  asio::io_context io;
+  int loads = 0;
+  auto loader = [&]() -> asio::awaitable<std::string> {
+    co_return "load " + std::to_string(++loads);
+  };
+  const cf::cache_options co{.default_ttl = 60s, .stale_while_revalidate = 30s};
+  cf::disk::tier_options o = options();
+  {
+    auto disk = std::make_shared<cf::disk::tier>(io.get_executor(), o);
+    cf::cache<std::string> c(io.get_executor(), [&] {
+      auto x = co;
+      x.tiers = {disk};
+      return x;
+    }());
+    c.async_get("fresh", loader, [](std::exception_ptr, std::string) {});
+    io.run();
+    io.restart();
+    // One that went stale in another process: its fresh time passed a second ago.
+    const std::int64_t now_ms = cf::detail::envelope::now_ms();
+    disk->async_put("stale", cf::detail::encode_stored<std::string>("old", now_ms + 20'000, now_ms - 1'000), 20s,
+                    [](error_code) {});
+    disk->async_flush([](error_code) {});
+    io.run();
+    io.restart();
+  }
+  auto disk = std::make_shared<cf::disk::tier>(io.get_executor(), o);
+  const auto stored = get(*disk, "fresh");
+  ASSERT_TRUE(stored);
+  const auto env = cf::detail::envelope::unwrap(*stored);
+  ASSERT_TRUE(env);
+  EXPECT_EQ(env->expires_ms - env->fresh_until_ms, 30'000);  // both times survived the restart
+
+  auto x = co;
+  x.tiers = {disk};
+  cf::cache<std::string> c(io.get_executor(), x);
+  std::vector<std::string> got;
+  auto keep = [&](std::exception_ptr, std::string s) { got.push_back(std::move(s)); };
+  c.async_get("stale", loader, keep);  // read as stale: served, no load
+  io.run();
+  io.restart();
+  EXPECT_EQ(loads, 1);
+  c.async_get("stale", loader, keep);  // a stale hit in memory: served, and one reload
+  io.run();
+  io.restart();
+  EXPECT_EQ(got, (std::vector<std::string>{"old", "old"}));
+  EXPECT_EQ(loads, 2);
+  EXPECT_EQ(c.peek("stale"), "load 2");
+  const auto s = c.stats();
+  EXPECT_EQ(s.stale_hits, 1u);
+  EXPECT_EQ(s.refreshes_succeeded, 1u);
+  EXPECT_EQ(s.tiers.at(0).hits, 1u);
+}
+
 TEST_F(DiskTier, BytesThatDoNotDecodeAreAMissAndATierCorruptEvent) {
   asio::io_context io;
   auto disk = std::make_shared<cf::disk::tier>(io.get_executor(), options());

@@ -117,6 +117,41 @@ TEST_F(RedisTier, ASecondInstanceGetsTheFirstOnesValueWithItsTtlAndSeesItsErase)
   EXPECT_EQ(calls_b, 1);
 }
 
+TEST_F(RedisTier, FreshAndStaleTimesCrossInstancesThroughRedis) {
+  auto ta = make_tier(), tb = make_tier();
+  auto o = options(ta);
+  o.stale_while_revalidate = 30s;
+  mcache a{io, o};
+  std::atomic<int> calls{0};
+  EXPECT_EQ(get(a, "u", loader(1, calls)), 1);
+  ASSERT_TRUE(written(*ta, 1));
+  // Redis keeps it for both windows; the envelope says where the first ends.
+  const auto pttl = exec(*raw, {"PTTL", prefix + "u"}).second.integer;
+  EXPECT_GT(pttl, 89'000);
+  EXPECT_LE(pttl, 90'000);
+  const auto env = cf::detail::envelope::unwrap(exec(*raw, {"GET", prefix + "u"}).second.str);
+  ASSERT_TRUE(env);
+  EXPECT_EQ(env->expires_ms - env->fresh_until_ms, 30'000);
+
+  // A value another instance left stale in Redis: served as stale by b, whose
+  // reload then skips it and runs the loader.
+  const std::int64_t now_ms = cf::detail::envelope::now_ms();
+  exec(*raw, {"SET", prefix + "s", cf::detail::encode_stored(41, now_ms + 20'000, now_ms - 1'000), "PX", "20000"});
+  auto ob = options(tb);
+  ob.stale_while_revalidate = 30s;
+  mcache b{io, ob};
+  EXPECT_EQ(get(b, "s", loader(99, calls)), 41);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(get(b, "s", loader(99, calls)), 41);  // stale in memory: one reload
+  ASSERT_TRUE(run_until([&] { return b.peek("s") == 99; }));
+  EXPECT_EQ(calls, 2);
+  ASSERT_TRUE(written(*tb, 1));
+  const auto renewed = cf::detail::envelope::unwrap(exec(*raw, {"GET", prefix + "s"}).second.str);
+  ASSERT_TRUE(renewed);
+  EXPECT_GT(renewed->fresh_until_ms, now_ms + 59'000);
+  EXPECT_EQ(b.stats().stale_hits, 1u);
+}
+
 TEST_F(RedisTier, GarbageUnderAKeyIsAMissWithAnEventAndTheLoaderRuns) {
   auto t = make_tier();
   std::vector<std::string> events;
