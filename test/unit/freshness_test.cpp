@@ -444,6 +444,42 @@ TEST_F(Freshness, RefreshAheadRunsAtMostItsCapAtOnce) {
   EXPECT_THROW(c.refresh_ahead("", gates[0]->fn()), boost::system::system_error);
 }
 
+TEST_F(Freshness, ThreadsReadingAStaleKeyStartOneReloadAndAllGetAValue) {
+  mcache c{io, cf::cache_options{.default_ttl = 1s, .shards = 4, .stale_while_revalidate = 10s}};
+  std::atomic<int> loads{0};
+  auto loader = [&]() -> asio::awaitable<int> {
+    asio::steady_timer t(co_await asio::this_coro::executor, 2ms);  // the reload takes a while
+    co_await t.async_wait(asio::use_awaitable);
+    co_return ++loads;
+  };
+  EXPECT_EQ(get(c, "k", loader).value, 1);
+  for (int round = 0; round < 5; ++round) {
+    cf::manual_clock::advance(2s);  // stale again
+    const int before = loads.load();
+    std::atomic<int> done{0}, olds{0};
+    asio::thread_pool callers(4);
+    for (int i = 0; i < 400; ++i)
+      asio::post(callers, [&] {
+        c.async_get("k", loader, asio::bind_executor(callers, [&, before](std::exception_ptr e, int v) {
+                      EXPECT_FALSE(e);
+                      EXPECT_GE(v, before);
+                      olds += v == before;
+                      ++done;
+                    }));
+      });
+    io.restart();
+    std::thread runner([&] {
+      auto guard = asio::make_work_guard(io);
+      while (done < 400 || c.stats().refreshes_succeeded < std::uint64_t(round + 1)) io.run_for(1ms);
+    });
+    runner.join();
+    callers.join();
+    EXPECT_EQ(loads.load(), before + 1);  // one reload per expiry
+    EXPECT_GT(olds.load(), 0);            // served stale while it ran
+  }
+  EXPECT_EQ(c.stats().refreshes, 5u);
+}
+
 TEST_F(Freshness, ImpossibleOptionsAreRefused) {
   auto refused = [&](cf::cache_options o) {
     try {
