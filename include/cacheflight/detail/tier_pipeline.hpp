@@ -216,11 +216,17 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
       if (ttl != no_expiry) {
         const std::int64_t now_ms = envelope::now_ms();
         const auto fresh = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
-        // Whole milliseconds, the stale window rounded down: never served past its expiry.
-        const auto window = std::chrono::floor<std::chrono::milliseconds>(stale);
-        left = fresh + window;
+        left = fresh;
+        if (stale > std::chrono::nanoseconds::zero()) {
+          // Whole milliseconds, the end rounded down: never served past its expiry.
+          const auto total = std::chrono::floor<std::chrono::milliseconds>(
+              ttl > no_expiry - stale ? no_expiry : ttl + stale);
+          if (total > fresh) {
+            left = total;
+            fresh_until_ms = now_ms + fresh.count();
+          }
+        }
         expires_ms = now_ms + left.count();
-        if (window > std::chrono::milliseconds::zero()) fresh_until_ms = now_ms + fresh.count();
       }
       std::string bytes;
       try {
