@@ -155,6 +155,25 @@ TEST_F(Freshness, AFailedReloadKeepsServingTheStaleValueUntilTheWindowEnds) {
   EXPECT_EQ(c.peek("k"), 3);
 }
 
+TEST_F(Freshness, WithNegativeCachingAFailedReloadStoresNoFailureOverTheStaleValue) {
+  auto o = swr_options(log);
+  o.negative_ttl = 10s;
+  mcache c{io, o};
+  counting_loader first;
+  EXPECT_EQ(get(c, "k", first.fn()).value, 1);
+  cf::manual_clock::advance(1200ms);
+  gate failing{io.get_executor()};
+  EXPECT_EQ(get(c, "k", failing.fn()).value, 1);
+  run_until(io, [&] { return failing.calls() == 1; });
+  failing.reject(std::make_exception_ptr(std::runtime_error("db down")));
+  run_until(io, [&] { return c.stats().refreshes_failed == 1; });
+  auto again = get(c, "k", first.fn());
+  EXPECT_FALSE(again.error);  // the stale value, not the cached failure
+  EXPECT_EQ(again.value, 1);
+  drain(io);  // the read retried the reload, which succeeded
+  EXPECT_EQ(c.peek("k"), 2);
+}
+
 TEST_F(Freshness, WithoutStaleIfErrorAFailedReloadDropsTheValue) {
   auto o = swr_options(log);
   o.stale_if_error = false;
