@@ -46,6 +46,18 @@ class Freshness : public ::testing::Test {
     return o;
   }
 
+  // Loads "k" with `first` (1), makes it stale, and fails the reload that a
+  // stale read starts (the read gets the stale value).
+  void fail_one_reload(mcache& c, counting_loader& first) {
+    EXPECT_EQ(get(c, "k", first.fn()).value, 1);
+    cf::manual_clock::advance(1200ms);
+    gate failing{io.get_executor()};
+    EXPECT_EQ(get(c, "k", failing.fn()).value, 1);
+    run_until(io, [&] { return failing.calls() == 1; });
+    failing.reject(std::make_exception_ptr(std::runtime_error("db down")));
+    run_until(io, [&] { return c.stats().refreshes_failed == 1; });
+  }
+
   asio::io_context io;
   kinds_log log;
 };
@@ -124,13 +136,7 @@ TEST_F(Freshness, NothingIsServedPastTheStaleWindowWhateverTheReloadDoes) {
 TEST_F(Freshness, AFailedReloadKeepsServingTheStaleValueUntilTheWindowEnds) {
   mcache c{io, swr_options(log)};
   counting_loader first;
-  EXPECT_EQ(get(c, "k", first.fn()).value, 1);
-  cf::manual_clock::advance(1200ms);
-  gate failing{io.get_executor()};
-  EXPECT_EQ(get(c, "k", failing.fn()).value, 1);
-  run_until(io, [&] { return failing.calls() == 1; });
-  failing.reject(std::make_exception_ptr(std::runtime_error("db down")));
-  run_until(io, [&] { return c.stats().refreshes_failed == 1; });
+  fail_one_reload(c, first);
   ASSERT_EQ(log.errors.size(), 1u);
   try {
     std::rethrow_exception(log.errors[0]);
@@ -160,13 +166,7 @@ TEST_F(Freshness, WithNegativeCachingAFailedReloadStoresNoFailureOverTheStaleVal
   o.negative_ttl = 10s;
   mcache c{io, o};
   counting_loader first;
-  EXPECT_EQ(get(c, "k", first.fn()).value, 1);
-  cf::manual_clock::advance(1200ms);
-  gate failing{io.get_executor()};
-  EXPECT_EQ(get(c, "k", failing.fn()).value, 1);
-  run_until(io, [&] { return failing.calls() == 1; });
-  failing.reject(std::make_exception_ptr(std::runtime_error("db down")));
-  run_until(io, [&] { return c.stats().refreshes_failed == 1; });
+  fail_one_reload(c, first);
   auto again = get(c, "k", first.fn());
   EXPECT_FALSE(again.error);  // the stale value, not the cached failure
   EXPECT_EQ(again.value, 1);
@@ -179,13 +179,7 @@ TEST_F(Freshness, WithoutStaleIfErrorAFailedReloadDropsTheValue) {
   o.stale_if_error = false;
   mcache c{io, o};
   counting_loader first;
-  EXPECT_EQ(get(c, "k", first.fn()).value, 1);
-  cf::manual_clock::advance(1200ms);
-  gate failing{io.get_executor()};
-  EXPECT_EQ(get(c, "k", failing.fn()).value, 1);
-  run_until(io, [&] { return failing.calls() == 1; });
-  failing.reject(std::make_exception_ptr(std::runtime_error("db down")));
-  run_until(io, [&] { return c.stats().refreshes_failed == 1; });
+  fail_one_reload(c, first);
   EXPECT_EQ(c.peek("k"), std::nullopt);
   EXPECT_EQ(get(c, "k", first.fn()).value, 2);  // waited for a load
 }
