@@ -78,7 +78,7 @@ double replay(const trace& t, cf::eviction_policy p, std::size_t capacity) {
     if (shard.find(key, [] { return std::int64_t(0); }, dead)) {
       ++hits;
     } else {
-      shard.put(std::string(key), std::numeric_limits<std::int64_t>::max(), 1, [](auto& n) { n.slot.template emplace<0>(1); }, dead);
+      shard.put(std::string(key), std::numeric_limits<std::int64_t>::max(), 1, [](auto& n) { n.set_value(1); }, dead);
     }
     while (auto* n = dead.pop_front()) delete n;
   }

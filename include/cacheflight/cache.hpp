@@ -95,7 +95,9 @@ struct cache_options {
   /// stale value servable until its window ends (a `refresh_failed` event, and
   /// `stale_after_error` for each caller served then; the next stale read
   /// starts another reload). Off: the stale value is dropped, and the next
-  /// caller waits for a load.
+  /// caller waits for a load. Either way a failed reload stores no failure
+  /// (`negative_ttl`) over the value, and a value still fresh (its reload
+  /// was early, or ahead) is kept until its fresh time ends.
   bool stale_if_error = true;
   /// Bound on a background reload: after it, the reload counts as failed and
   /// is cancelled unless other callers wait for it (`on_abandon` as for any
@@ -113,7 +115,8 @@ struct cache_options {
   /// expire together. In [0, 1); 0 (the default): exact TTLs.
   double ttl_jitter = 0;
   /// Refresh-ahead (`cache::refresh_ahead`): how long before its fresh time
-  /// runs out a key is reloaded.
+  /// runs out a key is reloaded (and how long a failed reload waits, 100 ms
+  /// at least, before it is tried again).
   std::chrono::nanoseconds refresh_ahead_lead = std::chrono::seconds(1);
   /// Refresh-ahead: cap on its reloads running at once; keys due beyond it wait.
   std::size_t max_refreshes_ahead = 4;
@@ -369,7 +372,7 @@ class cache {
       if (auto v = st_->lookup(key, 2, &failure, true, &rs)) {
         if (rs.refresh)  // a stale or early read: one background reload (see async_get)
           st_->start_refresh(std::move(key), std::move(loader), opts.ttl ? *opts.ttl : st_->options().default_ttl,
-                             rs.early, false);
+                             detail::reload_of(std::chrono::nanoseconds(rs.fresh_left)), rs.early, false);
         co_return std::move(*v);
       }
       if (failure) std::rethrow_exception(failure);
@@ -442,7 +445,7 @@ class cache {
   /// removal (a tier never applies it before an earlier write of the key).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, bool erased) @endcode
-  /// `erased`: whether memory held a fresh value of the key (an expired one is
+  /// `erased`: whether memory held a live value of the key, fresh or stale (an expired one is
   /// reclaimed and counted as an expiration). Errors: `error::invalid_key`; the
   /// first tier's failure as a `boost::system::system_error` (for instance
   /// `error::tier_unavailable` while its breaker is open); memory is erased
@@ -534,8 +537,10 @@ class cache {
   /// loaded at once. The key stops being refreshed (a `refresh_ahead_stopped`
   /// event) once a reload falls due and nobody has read it since the last one,
   /// or memory no longer holds it (evicted, erased, expired); a failed reload
-  /// is retried a lead later. Registering a key again replaces its loader and
-  /// gives it one more reload whether read or not.
+  /// is retried a lead (100 ms at least) later. Registering a key again
+  /// replaces its loader and gives it one more reload whether read or not.
+  /// A reload takes a value from a tier only when it is fresher than the one
+  /// in memory (another instance reloaded it), as a stale read's reload does.
   ///
   /// While keys are registered, a timer of the cache waits on its executor:
   /// `io_context::run()` does not return before they stop, `stop_refresh_ahead`
@@ -553,10 +558,10 @@ class cache {
   bool stop_refresh_ahead(std::string_view key) { return st_->stop_refresh_ahead(key); }
 
   /// A snapshot of the counters. Reclaims expired entries first, so `size`
-  /// counts fresh entries only.
+  /// counts live entries only (fresh, or stale within their window).
   cache_stats stats() const { return st_->stats(); }
 
-  /// Entries in memory (fresh ones only).
+  /// Entries in memory (live ones only: fresh, or stale within their window).
   std::size_t size() const { return stats().size; }
 
  private:
@@ -588,7 +593,8 @@ class cache {
                             std::move(*v));
         if (rs.refresh)
           st->start_refresh(std::move(key), std::forward<Loader>(loader),
-                            opts.ttl ? *opts.ttl : st->options().default_ttl, rs.early, false);
+                            opts.ttl ? *opts.ttl : st->options().default_ttl,
+                            detail::reload_of(std::chrono::nanoseconds(rs.fresh_left)), rs.early, false);
         return;
       }
       if (failure) {

@@ -62,7 +62,9 @@ namespace detail {
 //
 // The times are wall-clock time because instances sharing a tier do not share
 // a steady clock. A value without a stale window has no fresh time field, and
-// is read by every version of this format.
+// is read by every version of this format; one with it is refused by readers
+// from before the flag (a miss with a `tier_corrupt` event there), so a fleet
+// sharing a tier turns stale windows on once every instance reads them.
 struct envelope {
   static constexpr std::string_view magic = "CFLT";
   static constexpr std::uint8_t version = 1;

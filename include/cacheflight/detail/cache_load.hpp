@@ -70,19 +70,28 @@ class load_ticket {
   std::uint64_t token_ = 0;
 };
 
+// Set for a background reload: the fresh time the value it replaces had left
+// when it started (0 for a stale one).
+using reload_of = std::optional<std::chrono::nanoseconds>;
+
 template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl, bool refresh);
+                                                                 std::chrono::nanoseconds ttl, reload_of refresh);
 
 // The work of a coalesced miss, given to the flight: the ticket is issued as
 // the flight inserts the load's entry (under its lock), and the flight calls
 // it once.
+// How much longer a tier's value must stay fresh than the value a reload
+// replaces for the reload to take it: more than the tiers' rounding to whole
+// milliseconds and a coarse clock's step.
+inline constexpr std::chrono::nanoseconds reload_margin = std::chrono::milliseconds(50);
+
 template <class State, class Loader>
 struct load_work {
   load_ticket<State> ticket;
   Loader loader;
   std::chrono::nanoseconds ttl;
-  bool refresh = false;  // a background reload of a stale (or soon stale) value
+  reload_of refresh{};  // a background reload of a stale (or soon stale) value
 
   void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
   // Its call moves the ticket, the loader and the TTL into the coroutine.
@@ -95,12 +104,13 @@ struct load_work {
 // A load that failed: counted, reported and, with negative caching, stored as
 // a failure, unless it was cancelled (its callers left, or cancel/clear): that
 // is not the loader's failure, whatever it threw. A failed background reload
-// stores no failure over the stale value it was to replace when that value
-// is kept (stale-if-error).
+// stores no failure over the value it was to replace: whether that value
+// stays is the reload's end's to decide (stale-if-error, see
+// memory_tier::refresh_ended).
 template <class State>
 void load_failed(State& st, const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
                  std::chrono::nanoseconds took, bool cancelled, bool refresh) {
-  if (cancelled || (refresh && st.options().stale_if_error)) {
+  if (cancelled || refresh) {
     if (!cancelled) {
       st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
       st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
@@ -121,16 +131,19 @@ void load_failed(State& st, const std::string& key, std::uint64_t token, const s
 // value out of memory and out of the tiers (its callers still get it).
 template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl, bool refresh) {
+                                                                 std::chrono::nanoseconds ttl, reload_of refresh) {
   namespace asio = boost::asio;
   using V = typename State::value_type;
   using Clock = typename State::clock_type;
   State& st = ticket.state();
   const std::string& key = ticket.key();
   if (st.has_tiers()) {
-    // A reload takes only a fresh value from a tier: a stale one there is
-    // the value being replaced (or older).
-    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory(), refresh);
+    // A reload takes a value from a tier only if it is fresher than the one
+    // it replaces by a margin: otherwise it is that value (this instance
+    // wrote it) or an older one.
+    std::optional<std::chrono::nanoseconds> fresher_than;
+    if (refresh) fresher_than = *refresh + reload_margin;
+    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory(), fresher_than);
     if (found) co_return std::move(*found);
   }
   st.events().emit(cache_event_kind::load_started, key);
@@ -152,7 +165,7 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
     // its own accord (a socket closed under it) is a failure like any other.
     asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
     load_failed(st, key, std::exchange(ticket.token(), 0), failure, took,
-                cs.cancelled() != asio::cancellation_type::none, refresh);
+                cs.cancelled() != asio::cancellation_type::none, refresh.has_value());
     std::rethrow_exception(failure);
   }
   st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -119,9 +120,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // Starts a background reload of `key`: for a stale or early read (`early`),
   // or refresh-ahead (`ahead`). It is a load like any other, coalesced with
   // the key's load in flight if there is one; its own wait is bounded by
-  // `refresh_timeout`.
+  // `refresh_timeout`. `replaces`: the fresh time left to the value it is to
+  // replace (unset: memory holds none, and this is a plain load). A TTL that
+  // is not positive starts nothing (the entry's mark is cleared).
   template <class Loader>
-  void start_refresh(std::string key, Loader loader, std::chrono::nanoseconds ttl, bool early, bool ahead) {
+  void start_refresh(std::string key, Loader loader, std::chrono::nanoseconds ttl, reload_of replaces, bool early,
+                     bool ahead) {
+    if (ttl <= std::chrono::nanoseconds::zero()) {
+      memory_.refresh_ended(key, false, true);
+      return;
+    }
     refresh_counts_.started.fetch_add(1, std::memory_order_relaxed);
     if (early) refresh_counts_.early.fetch_add(1, std::memory_order_relaxed);
     events_->emit(cache_event_kind::refresh_started, key);
@@ -129,17 +137,20 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     std::optional<std::chrono::nanoseconds> timeout;
     if (opts_.refresh_timeout != no_timeout) timeout = opts_.refresh_timeout;
     using work_type = load_work<cache_state, Loader>;
-    work_type work{load_ticket<cache_state>(this), std::move(loader), ttl, true};
-    refresh_done done{this->shared_from_this(), key, Clock::now(), ahead};
+    work_type work{load_ticket<cache_state>(this), std::move(loader), ttl, replaces};
+    refresh_done done{this->weak_from_this(), key, Clock::now(), ahead};
     flight_.async_run(std::move(key), run_options{.timeout = timeout}, std::move(work), std::move(done));
   }
 
   // Refresh-ahead: keeps `key` fresh with `loader` until nobody reads it.
+  // Loaders are shared so that none is copied or destroyed under the lock.
   void refresh_ahead(std::string key, ahead_loader loader) {
+    auto shared = std::make_shared<const ahead_loader>(std::move(loader));
     {
       std::lock_guard lk(ahead_mu_);
+      if (ahead_stopped_) return;
       ahead_entry& e = ahead_[key];
-      e.loader = std::move(loader);
+      e.loader.swap(shared);  // the old one, if any, is released after the lock
       e.first = true;
       e.not_before = std::numeric_limits<std::int64_t>::min();
     }
@@ -147,18 +158,29 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   }
 
   bool stop_refresh_ahead(std::string_view key) {
+    std::shared_ptr<const ahead_loader> released;
     std::lock_guard lk(ahead_mu_);
     auto it = ahead_.find(key);
     if (it == ahead_.end()) return false;
+    released = std::move(it->second.loader);
     ahead_.erase(it);
     if (ahead_.empty() && ahead_timer_) ahead_timer_->cancel();
     return true;
   }
 
+  // For the cache's destructor: no reload ahead starts once this returns
+  // (a scan that picked some waits until they are initiated, so that the
+  // destructor's clear of the flight cancels them).
   void stop_refresh_ahead_all() {
-    std::lock_guard lk(ahead_mu_);
-    ahead_.clear();
-    if (ahead_timer_) ahead_timer_->cancel();
+    std::vector<std::shared_ptr<const ahead_loader>> released;
+    {
+      std::lock_guard lk(ahead_mu_);
+      ahead_stopped_ = true;
+      for (auto& [k, e] : ahead_) released.push_back(std::move(e.loader));
+      ahead_.clear();
+      if (ahead_timer_) ahead_timer_->cancel();
+    }
+    while (ahead_starting_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   }
 
   // Removes `key` from memory, voids its load in flight (it will not store)
@@ -219,12 +241,16 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
 
   // The handler of a background reload: counts and reports how it ended, and
   // lets the entry's next stale read start another one if it failed.
+  // Weak: a completion destroyed unrun (its io_context stopped and gone)
+  // must not keep the state alive; a running load keeps it through its ticket.
   struct refresh_done {
-    std::shared_ptr<cache_state> st;
+    std::weak_ptr<cache_state> st;
     std::string key;
     typename Clock::time_point started;
     bool ahead;
-    void operator()(std::exception_ptr e, V) { st->refresh_finished(key, std::move(e), started, ahead); }
+    void operator()(std::exception_ptr e, V) {
+      if (auto self = st.lock()) self->refresh_finished(key, std::move(e), started, ahead);
+    }
   };
 
   void refresh_finished(const std::string& key, std::exception_ptr e, typename Clock::time_point started, bool ahead) {
@@ -252,8 +278,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         --ahead_running_;
         if (auto it = ahead_.find(key); it != ahead_.end()) {
           it->second.running = false;
-          // A failed reload is retried a lead later, not at once.
-          if (e) it->second.not_before = memory_type::deadline(memory_type::now(), opts_.refresh_ahead_lead);
+          // A failed reload is retried a lead later (100 ms at least), not at once.
+          if (e)
+            it->second.not_before = memory_type::deadline(
+                memory_type::now(), std::max<std::chrono::nanoseconds>(opts_.refresh_ahead_lead, ahead_retry));
         }
       }
       ahead_scan();
@@ -265,10 +293,17 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // memory no longer holds), and sets the timer for the next one due.
   void ahead_scan() {
     namespace asio = boost::asio;
-    std::vector<std::pair<std::string, ahead_loader>> start;
+    struct due_key {
+      std::string key;
+      std::shared_ptr<const ahead_loader> loader;
+      reload_of replaces;
+    };
+    std::vector<due_key> start;
     std::vector<std::string> stopped;
+    std::vector<std::shared_ptr<const ahead_loader>> released;
     {
       std::lock_guard lk(ahead_mu_);
+      if (ahead_stopped_) return;
       const std::int64_t now = memory_type::now();
       std::int64_t next = std::numeric_limits<std::int64_t>::max();
       for (auto it = ahead_.begin(); it != ahead_.end();) {
@@ -296,11 +331,18 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
           e.running = true;
           e.first = false;
           ++ahead_running_;
-          start.emplace_back(it->first, e.loader);
+          reload_of replaces;
+          if (f) replaces = std::chrono::nanoseconds(std::max<std::int64_t>(0, f->first - now));
+          start.push_back(due_key{it->first, e.loader, replaces});
         }  // else: started when a running reload ends
         ++it;
       }
-      for (const std::string& k : stopped) ahead_.erase(k);
+      for (const std::string& k : stopped) {
+        auto it = ahead_.find(k);
+        released.push_back(std::move(it->second.loader));
+        ahead_.erase(it);
+      }
+      if (!start.empty()) ahead_starting_.fetch_add(1, std::memory_order_acq_rel);
       if (next != std::numeric_limits<std::int64_t>::max()) {
         if (!ahead_timer_) ahead_timer_.emplace(ex_);
         ahead_timer_->expires_at(typename Clock::time_point(std::chrono::duration_cast<typename Clock::duration>(
@@ -313,8 +355,17 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
         ahead_timer_->cancel();
       }
     }
+    released.clear();
     for (const std::string& k : stopped) events_->emit(cache_event_kind::refresh_ahead_stopped, k);
-    for (auto& [k, loader] : start) start_refresh(k, std::move(loader), opts_.default_ttl, false, true);
+    if (start.empty()) return;
+    struct starting {
+      std::atomic<int>& n;
+      ~starting() { n.fetch_sub(1, std::memory_order_acq_rel); }
+    } guard{ahead_starting_};
+    for (auto& d : start)
+      start_refresh(
+          std::move(d.key), [l = std::move(d.loader)]() { return (*l)(); }, opts_.default_ttl, d.replaces, false,
+          true);
   }
 
   static std::shared_ptr<ready_queue> ready_for(const boost::asio::any_io_executor& ex, bool batch) {
@@ -327,8 +378,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   struct refresh_counters {
     std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, early{0};
   };
+  static constexpr std::chrono::nanoseconds ahead_retry = std::chrono::milliseconds(100);
   struct ahead_entry {
-    ahead_loader loader;
+    std::shared_ptr<const ahead_loader> loader;
     bool running = false;
     bool first = true;  // not reloaded since it was registered: due whether read or not
     std::int64_t not_before = std::numeric_limits<std::int64_t>::min();
@@ -349,6 +401,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   mutable std::mutex ahead_mu_;
   boost::unordered_flat_map<std::string, ahead_entry, string_hash, std::equal_to<>> ahead_;
   std::size_t ahead_running_ = 0;
+  bool ahead_stopped_ = false;
+  std::atomic<int> ahead_starting_{0};  // scans initiating reloads outside the lock
   std::optional<ahead_timer> ahead_timer_;
   memory_type memory_;
   std::shared_ptr<tier_pipeline<V>> tiers_;

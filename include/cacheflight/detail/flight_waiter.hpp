@@ -137,7 +137,7 @@ class waiter_op final : public flight_waiter<V> {
       self->finish(ep, v.get());
       return;
     }
-    auto fn = [self, ep, v]() mutable { self->finish(ep, v.get()); };
+    completion fn{self, ep, v};
     if constexpr (own_executor) {
       if (!self->same_executor_) return submit(self->ex_, std::move(fn), self->alloc_, d);
     }
@@ -152,6 +152,32 @@ class waiter_op final : public flight_waiter<V> {
       auto bound = asio::bind_allocator(alloc, std::forward<Fn>(fn));
       if (d == delivery::post) asio::post(ex, std::move(bound)); else asio::dispatch(ex, std::move(bound));
     }
+  }
+
+  // The call that finishes the waiter on its executor. It owns the waiter
+  // until it runs: one destroyed unrun (its io_context shut down) destroys
+  // the waiter with its handler, as Asio destroys its own operations.
+  struct completion {
+    waiter_op* self;
+    std::exception_ptr ep;
+    std::shared_ptr<const V> v;
+
+    completion(waiter_op* s, std::exception_ptr e, std::shared_ptr<const V> value) noexcept
+        : self(s), ep(std::move(e)), v(std::move(value)) {}
+    completion(completion&& o) noexcept : self(std::exchange(o.self, nullptr)), ep(std::move(o.ep)), v(std::move(o.v)) {}
+    completion& operator=(completion&&) = delete;
+    ~completion() {
+      if (self) self->abandon();
+    }
+    void operator()() { std::exchange(self, nullptr)->finish(ep, v.get()); }
+  };
+
+  // Destroys the waiter and its handler without calling it.
+  void abandon() noexcept {
+    if (slot_.is_connected()) slot_.clear();
+    if constexpr (own_executor) work_.reset();
+    handler_.reset();
+    release();
   }
 
   // Runs on the handler's executor.

@@ -43,6 +43,7 @@ struct read_state {
   bool refresh = false;  // this caller is to start the reload (stale, or early)
   bool early = false;    // the reload is an early one (probabilistic, while still fresh)
   bool after_error = false;  // served stale after its reload failed
+  std::int64_t fresh_left = 0;  // with `refresh`: the fresh time the value had left (0 when stale)
 };
 
 // A uniform double in (0, 1], from a per-thread generator (splitmix64).
@@ -99,9 +100,10 @@ class memory_tier {
     return now + std::max<std::int64_t>(ttl.count(), 0);
   }
 
-  // A reload started by a stale or early read has ended. On failure, the
+  // A reload started by a stale or early read has ended. On failure, a stale
   // entry keeps its value until it expires (`keep`, stale-if-error: later
-  // reads see it as served after an error), or is dropped. Returns whether a
+  // reads see it as served after an error), or is dropped; a value still
+  // fresh (an early reload failed) is kept either way. Returns whether a
   // value is still there to serve.
   bool refresh_ended(const std::string& key, bool failed, bool keep) {
     shard& sh = shard_for(key);
@@ -113,11 +115,13 @@ class memory_tier {
       // A replaced value has a new life of its own: leave it alone.
       if (n && n->refreshing) {
         n->refreshing = false;
-        if (failed && !keep)
+        const std::int64_t t = now();
+        const bool stale = t >= n->fresh_until;
+        if (failed && stale && !keep)
           sh.drop(n, dead);
         else {
-          if (failed) n->refresh_failed = true;
-          kept = n->value() != nullptr && n->expires > now();
+          if (failed && stale) n->refresh_failed = true;
+          kept = n->value() != nullptr && n->expires > t;
         }
       }
     }
@@ -185,10 +189,11 @@ class memory_tier {
                 ++sh.counters.stale_hits;
                 if (n->refresh_failed) ++sh.counters.stale_after_error;
               }
-              if (rs && !n->refreshing) n->refreshing = seen.refresh = true;
+              if (rs && !n->refreshing) n->refreshing = seen.refresh = true;  // fresh_left stays 0
             } else if (rs && !n->refreshing &&
                        early_refresh_due(clock(), n->fresh_until, decode_load_time(n->load_time), early_beta_)) {
               n->refreshing = seen.refresh = seen.early = true;
+              seen.fresh_left = n->fresh_until - clock();
             }
           }
         }

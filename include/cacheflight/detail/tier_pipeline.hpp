@@ -120,11 +120,11 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   // answered, with the value's remaining lifetime. Failures and unreadable
   // bytes are skipped, counted and reported. Throws `operation_aborted` only
   // when the load itself is cancelled. A value past its fresh time keeps its
-  // stale state in memory; with `fresh_only` (a reload), such a value is a
-  // miss.
+  // stale state in memory. With `fresher_than` (a reload), a value with no
+  // more fresh time left than that is a miss.
   template <class Memory>
   boost::asio::awaitable<std::optional<V>> read(const std::string& key, std::uint64_t& token, Memory& memory,
-                                                bool fresh_only = false) {
+                                                std::optional<std::chrono::nanoseconds> fresher_than = {}) {
     namespace asio = boost::asio;
     if constexpr (has_codec<V>) {
       for (std::size_t i = 0; i < tiers_.size(); ++i) {
@@ -150,8 +150,10 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         std::optional<envelope> env = envelope::unwrap(*bytes);
         std::optional<V> v;
         if (env) {
+          const std::int64_t fresh_end = env->fresh_until_ms != 0 ? env->fresh_until_ms : env->expires_ms;
           if ((env->expires_ms != 0 && env->expires_ms <= now_ms) ||  // expired in transit: a plain miss
-              (fresh_only && env->fresh_until_ms != 0 && env->fresh_until_ms <= now_ms)) {
+              (fresher_than && fresh_end != 0 &&
+               std::chrono::milliseconds(fresh_end - now_ms) <= *fresher_than)) {
             c.misses.fetch_add(1, std::memory_order_relaxed);
             emit(cache_event_kind::tier_miss, key, i);
             continue;
@@ -215,16 +217,14 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
       std::int64_t expires_ms = 0, fresh_until_ms = 0;
       if (ttl != no_expiry) {
         const std::int64_t now_ms = envelope::now_ms();
-        const auto fresh = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
+        auto fresh = std::max(std::chrono::ceil<std::chrono::milliseconds>(ttl), std::chrono::milliseconds(1));
         left = fresh;
         if (stale > std::chrono::nanoseconds::zero()) {
-          // Whole milliseconds, the end rounded down: never served past its expiry.
-          const auto total = std::chrono::floor<std::chrono::milliseconds>(
-              ttl > no_expiry - stale ? no_expiry : ttl + stale);
-          if (total > fresh) {
-            left = total;
-            fresh_until_ms = now_ms + fresh.count();
-          }
+          // Whole milliseconds, the end rounded down: never kept past memory's expiry.
+          left = std::max(std::chrono::floor<std::chrono::milliseconds>(ttl > no_expiry - stale ? no_expiry : ttl + stale),
+                          std::chrono::milliseconds(1));
+          fresh = std::min(fresh, left);
+          if (left > fresh) fresh_until_ms = now_ms + fresh.count();
         }
         expires_ms = now_ms + left.count();
       }
