@@ -49,6 +49,23 @@ TEST_F(FlightCancel, TimeoutIsPerWaiterAndAJoinersTimeoutIsHonoured) {
   EXPECT_EQ(log.count(K::task_resolved), 1u);
 }
 
+TEST_F(FlightCancel, ACompletionDestroyedUnrunWithItsContextDestroysItsHandler) {
+  auto token = std::make_shared<int>(0);
+  {
+    asio::io_context ctx;
+    gate g{ctx.get_executor()};
+    {
+      mflight f{ctx};
+      f.async_run("k", g.fn(), [token](std::exception_ptr, int) {});
+      run_until(ctx, [&] { return g.calls() == 1; });
+      ctx.stop();
+      f.clear();  // the waiter's completion is posted to the stopped context
+    }
+    EXPECT_EQ(token.use_count(), 2);  // queued, not run
+  }
+  EXPECT_EQ(token.use_count(), 1);  // destroyed with the context's queue, never called
+}
+
 TEST_F(FlightCancel, WhenEveryWaiterTimesOutTheWorkIsCancelledOnce) {
   mflight f{io, cf::flight_options{.default_timeout = 100ms, .on_event = log.sink()}};
   gate g{io.get_executor()};

@@ -332,7 +332,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
           e.first = false;
           ++ahead_running_;
           reload_of replaces;
-          if (f) replaces = std::chrono::nanoseconds(std::max<std::int64_t>(0, f->first - now));
+          if (f) {
+            replaces = std::chrono::nanoseconds(std::max<std::int64_t>(0, f->first - now));
+            memory_.mark_refreshing(it->first);  // stale reads meanwhile start no second reload
+          }
           start.push_back(due_key{it->first, e.loader, replaces});
         }  // else: started when a running reload ends
         ++it;

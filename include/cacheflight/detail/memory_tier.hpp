@@ -129,6 +129,14 @@ class memory_tier {
     return kept;
   }
 
+  // Marks `key`'s entry as being reloaded (refresh-ahead), so that a stale
+  // read does not start a second reload.
+  void mark_refreshing(std::string_view key) {
+    shard& sh = shard_for(key);
+    std::lock_guard lk(sh.mu);
+    if (node* n = sh.peek(key)) n->refreshing = true;
+  }
+
   // For refresh-ahead: the fresh time of `key`'s value and whether it was read
   // since it was stored; nullopt when memory holds no live value of it.
   std::optional<std::pair<std::int64_t, bool>> freshness_of(std::string_view key) {
