@@ -49,6 +49,9 @@ namespace cacheflight {
 /// The flight may be destroyed with operations pending: the destructor acts as
 /// `clear()`, so every waiter completes with `error::cancelled`. Internal state
 /// is reference counted and outlives the object until the last handler ran.
+/// A completion queued on an `io_context` that is stopped and destroyed
+/// before it runs is destroyed with it, handler included, without being
+/// called, as Asio's own operations are.
 template <class V, class Clock = std::chrono::steady_clock>
 class flight {
   static_assert(std::is_copy_constructible_v<V>, "flight<V>: V must be copy constructible");
