@@ -370,9 +370,8 @@ class cache {
       std::exception_ptr failure;
       detail::read_state rs;
       if (auto v = st_->lookup(key, 2, &failure, true, &rs)) {
-        if (rs.refresh)  // a stale or early read: one background reload (see async_get)
-          st_->start_refresh(std::move(key), std::move(loader), opts.ttl ? *opts.ttl : st_->options().default_ttl,
-                             detail::reload_of(std::chrono::nanoseconds(rs.fresh_left)), rs.early, false);
+        // A stale or early read: one background reload (see async_get).
+        if (rs.refresh) st_->refresh_for_read(std::move(key), std::move(loader), opts.ttl, rs);
         co_return std::move(*v);
       }
       if (failure) std::rethrow_exception(failure);
@@ -591,10 +590,7 @@ class cache {
       if (v) {
         detail::post_result(st->ready(), st->executor(), std::forward<Handler>(handler), std::exception_ptr{},
                             std::move(*v));
-        if (rs.refresh)
-          st->start_refresh(std::move(key), std::forward<Loader>(loader),
-                            opts.ttl ? *opts.ttl : st->options().default_ttl,
-                            detail::reload_of(std::chrono::nanoseconds(rs.fresh_left)), rs.early, false);
+        if (rs.refresh) st->refresh_for_read(std::move(key), std::forward<Loader>(loader), opts.ttl, rs);
         return;
       }
       if (failure) {

@@ -110,17 +110,12 @@ struct load_work {
 template <class State>
 void load_failed(State& st, const std::string& key, std::uint64_t token, const std::exception_ptr& failure,
                  std::chrono::nanoseconds took, bool cancelled, bool refresh) {
-  if (cancelled || refresh) {
-    if (!cancelled) {
-      st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
-      st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
-    }
-    st.memory().end_load(key, token);
-    return;
+  if (!cancelled) {
+    st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
+    st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
   }
-  st.load_stats().failures.fetch_add(1, std::memory_order_relaxed);
-  st.events().emit(cache_event{cache_event_kind::load_failed, key, took, failure, {}});
-  if (const auto& negative = st.options().negative_ttl)
+  const auto& negative = st.options().negative_ttl;
+  if (negative && !cancelled && !refresh)
     st.memory().store(key, nullptr, failure, *negative, token, nullptr, nullptr);
   else
     st.memory().end_load(key, token);

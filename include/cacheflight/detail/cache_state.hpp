@@ -142,6 +142,15 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     flight_.async_run(std::move(key), run_options{.timeout = timeout}, std::move(work), std::move(done));
   }
 
+  // The reload a stale or early read starts (`rs.refresh`), with the
+  // caller's loader and TTL.
+  template <class Loader>
+  void refresh_for_read(std::string key, Loader&& loader, std::optional<std::chrono::nanoseconds> ttl,
+                        const read_state& rs) {
+    start_refresh(std::move(key), std::forward<Loader>(loader), ttl ? *ttl : opts_.default_ttl,
+                  reload_of(std::chrono::nanoseconds(rs.fresh_left)), rs.early, false);
+  }
+
   // Refresh-ahead: keeps `key` fresh with `loader` until nobody reads it.
   // Loaders are shared so that none is copied or destroyed under the lock.
   void refresh_ahead(std::string key, ahead_loader loader) {
@@ -292,7 +301,6 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   // concurrency cap), stops keys nobody read since their last reload (or that
   // memory no longer holds), and sets the timer for the next one due.
   void ahead_scan() {
-    namespace asio = boost::asio;
     struct due_key {
       std::string key;
       std::shared_ptr<const ahead_loader> loader;

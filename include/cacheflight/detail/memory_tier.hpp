@@ -24,7 +24,6 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
-#include <variant>
 
 namespace cacheflight::detail {
 
@@ -103,30 +102,24 @@ class memory_tier {
   // A reload started by a stale or early read has ended. On failure, a stale
   // entry keeps its value until it expires (`keep`, stale-if-error: later
   // reads see it as served after an error), or is dropped; a value still
-  // fresh (an early reload failed) is kept either way. Returns whether a
-  // value is still there to serve.
-  bool refresh_ended(const std::string& key, bool failed, bool keep) {
+  // fresh (an early reload failed) is kept either way.
+  void refresh_ended(const std::string& key, bool failed, bool keep) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
-    bool kept = false;
     {
       std::lock_guard lk(sh.mu);
       node* n = sh.peek(key);
       // A replaced value has a new life of its own: leave it alone.
       if (n && n->refreshing) {
         n->refreshing = false;
-        const std::int64_t t = now();
-        const bool stale = t >= n->fresh_until;
+        const bool stale = now() >= n->fresh_until;
         if (failed && stale && !keep)
           sh.drop(n, dead);
-        else {
-          if (failed && stale) n->refresh_failed = true;
-          kept = n->value() != nullptr && n->expires > t;
-        }
+        else if (failed && stale)
+          n->refresh_failed = true;
       }
     }
     bury(dead);
-    return kept;
   }
 
   // Marks `key`'s entry as being reloaded (refresh-ahead), so that a stale
