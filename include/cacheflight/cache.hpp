@@ -205,11 +205,15 @@ class cache {
 
   /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
   explicit cache(executor_type ex, cache_options opts = {}, weigher_type weigher = {})
-      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher))) {}
+      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher))) {
+    st_->listen_to_tiers();
+  }
 
   /// As above, with a freshness policy deciding each loaded value's times.
   cache(executor_type ex, cache_options opts, weigher_type weigher, freshness_policy policy)
-      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher), std::move(policy))) {}
+      : st_(std::make_shared<state_type>(std::move(ex), std::move(opts), std::move(weigher), std::move(policy))) {
+    st_->listen_to_tiers();
+  }
 
   template <class ExecutionContext>
     requires std::convertible_to<ExecutionContext&, boost::asio::execution_context&>

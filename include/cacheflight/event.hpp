@@ -84,6 +84,13 @@ enum class cache_event_kind {
   /// A key stopped being refreshed ahead: nobody read it during its last fresh
   /// time, or memory no longer holds it.
   refresh_ahead_stopped,
+  /// A tier reported that the key was written or erased elsewhere (another
+  /// instance, through Redis): memory dropped the value it held.
+  invalidated,
+  /// A tier reported that changes may have been missed (its invalidation
+  /// channel was lost or re-established, or Redis was flushed): memory was
+  /// emptied. `key` is empty.
+  memory_flushed,
 };
 
 /// Returns the enumerator's name, e.g. `"load_resolved"`.
@@ -107,6 +114,8 @@ constexpr std::string_view to_string(cache_event_kind k) noexcept {
     case cache_event_kind::refresh_resolved: return "refresh_resolved";
     case cache_event_kind::refresh_failed: return "refresh_failed";
     case cache_event_kind::refresh_ahead_stopped: return "refresh_ahead_stopped";
+    case cache_event_kind::invalidated: return "invalidated";
+    case cache_event_kind::memory_flushed: return "memory_flushed";
   }
   return "unknown";
 }

@@ -24,6 +24,7 @@ struct tier_stats {
   std::size_t queued_writes = 0;    ///< from `tier::health()`
   std::uint64_t writes = 0;         ///< from `tier::health()`
   std::uint64_t writes_dropped = 0; ///< from `tier::health()`
+  tier_health health{};             ///< `tier::health()` whole (fleet counters included)
 };
 
 /// A snapshot of a cache's counters (see `cache::stats`). Counters only grow.
@@ -58,6 +59,14 @@ struct cache_stats {
   std::uint64_t refreshes_failed = 0;     ///< background reloads that failed or timed out
   std::uint64_t early_refreshes = 0;      ///< reloads started early by a read of a fresh value (XFetch)
   std::size_t refresh_ahead_keys = 0;     ///< keys being refreshed ahead now
+  /// Keys dropped from memory because a tier reported them changed elsewhere
+  /// (`redis::tier_options::invalidation`); notices for keys memory did not
+  /// hold are not counted here (the tier's `tier_health::invalidations` counts
+  /// every notice).
+  std::uint64_t invalidations_received = 0;
+  /// Times memory was emptied because a tier's invalidation channel was lost
+  /// or re-established (changes may have been missed meanwhile).
+  std::uint64_t memory_flushes = 0;
 };
 
 namespace detail {
@@ -111,6 +120,10 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
   family("early_refreshes_total", "counter", "Reloads started early by a read of a fresh value.",
          u(s.early_refreshes));
   family("refresh_ahead_keys", "gauge", "Keys being refreshed ahead.", u(s.refresh_ahead_keys));
+  family("invalidations_received_total", "counter", "Keys dropped from memory on a tier's notice of a change elsewhere.",
+         u(s.invalidations_received));
+  family("memory_flushes_total", "counter", "Times memory was emptied because changes may have been missed.",
+         u(s.memory_flushes));
   if (s.tiers.empty()) return out;
   // Per-tier families: one sample per tier, labelled tier="<name>".
   auto tier_family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {

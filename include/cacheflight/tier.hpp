@@ -9,9 +9,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cacheflight {
 
@@ -38,6 +41,28 @@ struct tier_health {
   std::size_t queued_writes = 0;       ///< writes accepted and not yet sent
   std::uint64_t writes = 0;            ///< writes (puts, erases, clears) the backend acknowledged
   std::uint64_t writes_dropped = 0;    ///< writes given up: queue full, breaker open, or failed
+  /// A tier shared by several processes (Redis with `tier_options::invalidation`
+  /// or `leases`); 0 otherwise.
+  std::uint64_t invalidations = 0;     ///< keys reported changed elsewhere, passed to the caches
+  std::uint64_t link_flushes = 0;      ///< times the caches were told to drop everything (link lost or back)
+  std::uint64_t leases_granted = 0;    ///< misses that got the key's lease: this process loads
+  std::uint64_t leases_waited = 0;     ///< misses that found another's lease and waited for its fill
+  std::uint64_t leases_expired = 0;    ///< waits that saw the lease expire unfilled (then took it, or loaded)
+  std::uint64_t leases_lost = 0;       ///< fills not written: the lease was voided or had expired
+};
+
+/// What a cache in front of a shared tier is told of changes made elsewhere
+/// (`tier::add_listener`). A cache registers itself with each of its tiers.
+class tier_listener {
+ public:
+  virtual ~tier_listener() = default;
+  /// `key` was written or erased behind this process's back (another
+  /// instance): drop it from memory and void its load in flight. The tiers
+  /// are not written.
+  virtual void on_invalidate(std::string_view key) = 0;
+  /// Changes may have been missed (the channel that reports them was lost, or
+  /// the backend was flushed): drop everything from memory.
+  virtual void on_invalidate_all() = 0;
 };
 
 /// A storage tier behind a cache's memory (L1): a shared Redis, a local disk,
@@ -88,6 +113,13 @@ class tier {
   /// and no write queue.
   virtual tier_health health() const { return {}; }
 
+  /// Registers a listener to be told of changes made elsewhere (see
+  /// `tier_listener`). It is held weakly: an expired one is dropped. Tiers
+  /// that see no such changes (a local disk) never call it. Thread-safe; the
+  /// listener is called from the tier's own thread of control (a Redis tier:
+  /// its strand), never under a lock of the tier.
+  void add_listener(std::weak_ptr<tier_listener> l) { listeners_->add(std::move(l)); }
+
   /// Reads the bytes stored under `key`.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, std::optional<std::string> bytes) @endcode
@@ -109,6 +141,23 @@ class tier {
     return boost::asio::async_initiate<CompletionToken, done_signature>(
         [this](auto handler, std::string key, std::string bytes, std::chrono::milliseconds ttl) {
           do_put(std::move(key), std::move(bytes), ttl, done_handler(std::move(handler)));
+        },
+        token, std::move(key), std::move(bytes), ttl);
+  }
+
+  /// As `async_put`, for a value the cache loaded (or read from a later tier)
+  /// after this tier missed, rather than one it was given with
+  /// `cache::async_set`. A tier that hands out leases on misses
+  /// (`redis::tier_options::leases`) writes it only while the lease it granted
+  /// for the miss still holds, so that a value superseded meanwhile does not
+  /// land. By default the same as `async_put`.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  template <boost::asio::completion_token_for<done_signature> CompletionToken>
+  auto async_fill(std::string key, std::string bytes, std::chrono::milliseconds ttl, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, done_signature>(
+        [this](auto handler, std::string key, std::string bytes, std::chrono::milliseconds ttl) {
+          do_fill(std::move(key), std::move(bytes), ttl, done_handler(std::move(handler)));
         },
         token, std::move(key), std::move(bytes), ttl);
   }
@@ -137,10 +186,50 @@ class tier {
   using get_handler = boost::asio::any_completion_handler<get_signature>;
   using done_handler = boost::asio::any_completion_handler<done_signature>;
 
+  /// The listeners registered with `add_listener`, for tiers shared with
+  /// other processes to tell of changes made elsewhere. Shared, so that the
+  /// tier's asynchronous parts may keep it after the tier is destroyed.
+  class listener_set {
+   public:
+    void add(std::weak_ptr<tier_listener> l) {
+      std::lock_guard lk(mu_);
+      std::erase_if(list_, [](const std::weak_ptr<tier_listener>& w) { return w.expired(); });
+      list_.push_back(std::move(l));
+    }
+    /// Calls `on_invalidate(key)` on each live listener, outside the lock.
+    void invalidate(std::string_view key) {
+      for (const auto& l : live()) l->on_invalidate(key);
+    }
+    /// Calls `on_invalidate_all()` on each live listener, outside the lock.
+    void invalidate_all() {
+      for (const auto& l : live()) l->on_invalidate_all();
+    }
+
+   private:
+    std::vector<std::shared_ptr<tier_listener>> live() {
+      std::vector<std::shared_ptr<tier_listener>> out;
+      std::lock_guard lk(mu_);
+      out.reserve(list_.size());
+      for (const auto& w : list_)
+        if (auto l = w.lock()) out.push_back(std::move(l));
+      return out;
+    }
+    std::mutex mu_;
+    std::vector<std::weak_ptr<tier_listener>> list_;
+  };
+  const std::shared_ptr<listener_set>& listeners() const noexcept { return listeners_; }
+
   virtual void do_get(std::string key, get_handler handler) = 0;
   virtual void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) = 0;
+  /// `async_fill`'s; the default calls `do_put`.
+  virtual void do_fill(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) {
+    do_put(std::move(key), std::move(bytes), ttl, std::move(handler));
+  }
   virtual void do_erase(std::string key, done_handler handler) = 0;
   virtual void do_clear(done_handler handler) = 0;
+
+ private:
+  std::shared_ptr<listener_set> listeners_ = std::make_shared<listener_set>();
 };
 
 }  // namespace cacheflight

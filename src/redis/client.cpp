@@ -59,6 +59,17 @@ struct client::impl : std::enable_shared_from_this<impl> {
   error_code last_error;  // guarded by error_mu: read from any thread
   std::string server;     // guarded by error_mu
   std::shared_ptr<connection> sentinel_conn;  // the sentinel being asked, on the strand
+  // A user of the client's own (a tier): `setup` runs on each new connection
+  // before commands are let through; `lost` when a connection that was let
+  // through is lost or replaced. On the strand.
+  setup_fn setup;
+  std::function<void()> lost_hook;
+  bool let_through = false;  // the current connection was let through
+
+  void connection_gone() {
+    if (!std::exchange(let_through, false)) return;
+    if (lost_hook) lost_hook();
+  }
   std::size_t first_sentinel = 0;             // the last one that answered
 
   bool with_sentinel() const { return !opts.sentinel.master_name.empty(); }
@@ -72,6 +83,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     if (stopped) return;
     connected = false;
     connecting = true;
+    connection_gone();
     if (conn) std::exchange(conn, nullptr)->close();
     if (sentinel_conn) std::exchange(sentinel_conn, nullptr)->close();
     if (!with_sentinel()) return open(opts.connection, false);
@@ -142,17 +154,18 @@ struct client::impl : std::enable_shared_from_this<impl> {
       // Lost while still being checked (ROLE): that check's failure reconnects.
       if (!self || self->stopped || c != self->conn.get() || self->connecting) return;
       self->connected = false;
+      self->connection_gone();
       self->schedule(self->next_backoff());
     });
     conn->async_connect(asio::bind_executor(strand, [self = shared_from_this(), c = conn, check_role](error_code ec) {
       if (self->stopped || c != self->conn) return;
       if (ec) return self->open_failed(ec);
-      if (!check_role) return self->opened_ok();
+      if (!check_role) return self->set_up(c);
       c->async_exec({"ROLE"}, asio::bind_executor(self->strand, [self, c](error_code ec, reply r) {
         if (self->stopped || c != self->conn) return;
         if (!ec) ec = role_error(r);
         if (ec) return self->open_failed(ec);
-        self->opened_ok();
+        self->set_up(c);
       }));
     }));
   }
@@ -163,6 +176,17 @@ struct client::impl : std::enable_shared_from_this<impl> {
   static error_code role_error(const reply& r) {
     if (r.is_error()) return make_error_code(r.str.starts_with("NOPERM") ? error::auth_failed : error::protocol_error);
     return is_master(r) ? error_code{} : make_error_code(error::not_master);
+  }
+
+  // Runs the user's setup on a connection that is open and checked, then lets
+  // commands through; a setup that fails closes it for reopening.
+  void set_up(const std::shared_ptr<connection>& c) {
+    if (!setup) return opened_ok();
+    setup(c, [self = shared_from_this(), c](error_code ec) {
+      if (self->stopped || c != self->conn) return;
+      if (ec) return self->open_failed(ec);
+      self->opened_ok();
+    });
   }
 
   void open_failed(error_code ec) {
@@ -178,6 +202,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     set_last_error({});
     backoff = opts.reconnect_min;
     connected = true;
+    let_through = true;
     ++opened;
     schedule(opts.health_check_interval);
   }
@@ -359,6 +384,22 @@ void client::start_exec_at(std::string node, std::vector<std::string> args, exec
   asio::post(strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
                       work = std::move(work)]() mutable {
     self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
+  });
+}
+
+}  // namespace cacheflight::redis
+
+namespace cacheflight::redis {
+
+void client::on_connection(setup_fn setup, std::function<void()> lost) {
+  asio::dispatch(impl_->strand, [self = impl_, setup = std::move(setup), lost = std::move(lost)]() mutable {
+    self->setup = std::move(setup);
+    self->lost_hook = std::move(lost);
+    // A connection let through before the hook: it had no setup.
+    if (self->let_through && self->conn) {
+      self->connection_gone();
+      self->connect();
+    }
   });
 }
 

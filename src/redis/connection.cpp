@@ -123,6 +123,15 @@ std::shared_ptr<asio::ssl::context> make_tls_context(const tls_options& t, error
   return ctx;
 }
 
+// A message of a subscribed connection: `message <channel> <payload>`, or
+// `pmessage <pattern> <channel> <payload>`, which may come before the reply
+// of a command in flight.
+bool is_message(const reply& r) {
+  if (r.type != reply::kind::array || r.elements.empty() || r.elements[0].type != reply::kind::bulk) return false;
+  const std::string& k = r.elements[0].str;
+  return (k == "message" && r.elements.size() == 3) || (k == "pmessage" && r.elements.size() == 4);
+}
+
 bool is_ip_address(const std::string& s) {
   error_code ec;
   asio::ip::make_address(s, ec);
@@ -183,6 +192,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool armed = false;                  // the deadline timer has a wait pending
   clock_type::time_point armed_for{};
   std::function<void()> lost;          // run on the strand when an open connection is lost
+  std::function<void(reply&)> push;    // subscribed: run on the strand for each message
 
   // --- connecting ------------------------------------------------------------
   void connect(connect_handler h) {
@@ -422,6 +432,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
           if (perr) return self->fail(perr);
           break;
         }
+        if (self->push && is_message(r)) {
+          self->push(r);
+          if (self->st == state::closed) return;
+          continue;
+        }
         if (self->inflight.empty()) return self->fail(make_error_code(error::protocol_error));
         if (self->inflight.front().skip > 0) {  // the reply to a prefix written with the command
           --self->inflight.front().skip;
@@ -583,6 +598,10 @@ void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
 void connection::exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
                              const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip) {
   impl_->exec_direct(std::move(bytes), fn, std::move(ctx), cancel, skip);
+}
+
+void connection::on_push(std::function<void(reply&)> f) {
+  asio::dispatch(impl_->strand, [self = impl_, f = std::move(f)]() mutable { self->push = std::move(f); });
 }
 
 void connection::on_lost(std::function<void()> f) {

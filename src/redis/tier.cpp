@@ -4,6 +4,8 @@
 
 #include "../common/shutdown_registry.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -12,6 +14,8 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <atomic>
 #include <list>
 #include <optional>
@@ -39,15 +43,61 @@ std::string prefix_pattern(std::string_view prefix) {
   return out;
 }
 
+// The lease key of a value key: in the value key's hash slot (see the class
+// documentation); none when that cannot be, with Cluster.
+std::optional<std::string> lease_key_of(const std::string& k, bool cluster) {
+  const auto open = k.find('{');
+  if (open != std::string::npos) {
+    const auto close = k.find('}', open + 1);
+    if (close != std::string::npos && close > open + 1) return k + ":lease";
+  }
+  if (k.find('}') == std::string::npos) return "{" + k + "}:lease";
+  if (!cluster) return k + ":lease";
+  return std::nullopt;
+}
+
+// KEYS: value, lease. ARGV: token, lease TTL (ms). {1, value}, {2} (the lease
+// is taken), or {3, the lease's PTTL}.
+constexpr const char* get_or_lease_script =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v then return {1, v} end "
+    "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
+    "return {3, redis.call('PTTL', KEYS[2])}";
+
+// KEYS: value, lease. ARGV: token, bytes, TTL (ms; empty: none). 1 when
+// written, 0 when the lease no longer holds the token.
+constexpr const char* fill_script =
+    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
+    "if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) "
+    "else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end "
+    "redis.call('DEL', KEYS[2]) return 1";
+
+// KEYS: value, lease. ARGV: bytes, TTL (ms; empty: none). Sets the value and
+// voids the lease, together.
+constexpr const char* set_void_script =
+    "if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) "
+    "else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end "
+    "redis.call('DEL', KEYS[2]) return 1";
+
+std::string random_hex(std::mt19937_64& rng) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return std::string(buf, 16);
+}
+
 }  // namespace
 
 struct tier::impl : std::enable_shared_from_this<impl> {
   using get_handler = asio::any_completion_handler<cacheflight::tier::get_signature>;
   using done_handler = asio::any_completion_handler<cacheflight::tier::done_signature>;
 
-  impl(std::shared_ptr<client> c, tier_options o)
+  impl(std::shared_ptr<client> c, tier_options o, std::shared_ptr<cacheflight::tier::listener_set> l)
       : cl(std::move(c)), strand(cl->get_strand()), opts(std::move(o)), cluster(!cl->options().cluster.nodes.empty()),
-        open_for(opts.breaker_min) {}
+        open_for(opts.breaker_min), listeners(std::move(l)), sub_timer(strand), sub_backoff(cl->options().reconnect_min),
+        rng(std::random_device{}()) {
+    instance = random_hex(rng);
+    channel = opts.channel.empty() ? opts.prefix + "invalidate" : opts.channel;
+  }
 
   // A write waiting in the queue: the latest for its key (set or erase), or a
   // clear. Its waiters complete when it is done or given up.
@@ -57,6 +107,8 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::string bytes;
     milliseconds ttl{};
     std::vector<done_handler> waiters;
+    bool fill = false;   // a loaded value (`async_fill`), not an explicit set
+    std::string token;   // a fill's lease token: written only while the lease holds it
   };
   using op_list = std::list<write_op>;
 
@@ -94,6 +146,41 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::atomic<breaker_state> state_pub{breaker_state::closed};
   std::atomic<std::size_t> queued_pub{0};
   std::atomic<std::uint64_t> writes{0}, dropped{0};
+  std::atomic<std::uint64_t> invalidations{0}, link_flushes{0}, leases_granted{0}, leases_waited{0},
+      leases_expired{0}, leases_lost{0};
+
+  // --- across instances, on the strand --------------------------------------
+  std::shared_ptr<cacheflight::tier::listener_set> listeners;
+  std::shared_ptr<connection> sub;  // the invalidation connection
+  asio::steady_timer sub_timer;     // its reconnect
+  milliseconds sub_backoff;
+  std::string sub_id;               // its CLIENT ID
+  bool sub_up = false;              // subscribed
+  bool tracking_on = false;         // tracking redirected to sub_id on the current data connection
+  bool linked_state = false;        // invalidations flowing (published in `linked_pub`)
+  std::atomic<bool> linked_pub{false};
+  std::mt19937_64 rng;
+  std::string instance;             // this tier's id in `publish` messages
+  std::string channel;              // `publish`'s channel
+
+  // Leases this tier took, by value key: the token, or empty once voided by a
+  // set or erase through this tier (its fill is then dropped); and when.
+  struct held_lease {
+    std::string token;
+    steady::time_point taken;
+  };
+  std::unordered_map<std::string, held_lease> held;
+  std::size_t held_checked_at = 64;  // `held`'s size at which expired leases are next swept
+
+  // A miss waiting for another instance's fill.
+  struct lease_wait {
+    explicit lease_wait(asio::strand<asio::any_io_executor>& s) : timer(s) {}
+    std::optional<get_handler> h;
+    std::shared_ptr<asio::cancellation_signal> cancel;
+    asio::steady_timer timer;
+    std::string key, lease;
+  };
+  std::unordered_map<std::string, std::vector<std::shared_ptr<lease_wait>>> waits;
 
   std::string full(std::string_view key) const {
     std::string k;
@@ -198,6 +285,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
     const auto g = admit();
     if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
+    if (opts.leases)
+      if (auto lk = lease_key_of(k, cluster))
+        return lease_get(std::move(k), std::move(*lk), std::move(h), std::move(cancel), *g, false);
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
     // No executor bound: the client completes it on its strand, which is this
     // tier's, without wrapping one.
@@ -216,6 +306,104 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                    }));
   }
 
+  // --- leases --------------------------------------------------------------
+
+  // A miss with leases: the value, or the lease, or a wait for another
+  // instance's fill. `waited`: this miss waited already.
+  void lease_get(std::string k, std::string lk, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel,
+                 std::uint64_t g, bool waited) {
+    std::string token = random_hex(rng);
+    asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
+    std::vector<std::string> args{"EVAL", get_or_lease_script, "2", k, lk, token, std::to_string(opts.lease_ttl.count())};
+    cl->async_exec(
+        std::move(args),
+        asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), cancel, g, waited,
+                                            k = std::move(k), lk = std::move(lk),
+                                            token = std::move(token)](error_code ec, reply r) mutable {
+          const bool shaped = !ec && r.type == reply::kind::array && !r.elements.empty() &&
+                              r.elements[0].type == reply::kind::integer;
+          if (!ec && !shaped) ec = make_error_code(error::protocol_error);
+          self->outcome(ec, g);
+          if (ec) return self->complete(std::move(h), ec, std::optional<std::string>{});
+          const long long what = r.elements[0].integer;
+          if (what == 1 && r.elements.size() == 2 && r.elements[1].type == reply::kind::bulk)
+            return self->complete(std::move(h), error_code{}, std::optional<std::string>(std::move(r.elements[1].str)));
+          if (what == 2) {
+            self->leases_granted.fetch_add(1, std::memory_order_relaxed);
+            if (waited) self->leases_expired.fetch_add(1, std::memory_order_relaxed);
+            self->hold(k, std::move(token));
+            return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
+          }
+          if (what != 3) return self->complete(std::move(h), make_error_code(error::protocol_error), std::optional<std::string>{});
+          if (!waited) self->leases_waited.fetch_add(1, std::memory_order_relaxed);
+          long long pttl = r.elements.size() == 2 && r.elements[1].type == reply::kind::integer ? r.elements[1].integer : 0;
+          self->wait_for_fill(std::move(k), std::move(lk), std::move(h), std::move(cancel), pttl);
+        }));
+  }
+
+  void hold(const std::string& k, std::string token) {
+    const auto now = steady::now();
+    if (held.size() >= held_checked_at) {  // leases long expired: their fills will not come
+      std::erase_if(held, [&](const auto& e) { return now - e.second.taken > 2 * opts.lease_ttl; });
+      held_checked_at = std::max<std::size_t>(64, held.size() * 2);
+    }
+    held.insert_or_assign(k, held_lease{std::move(token), now});
+  }
+
+  // Waits for a message about `k` on the invalidation channel, for the
+  // lease's end, or `lease_poll`, whichever comes first, then asks again.
+  void wait_for_fill(std::string k, std::string lk, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel,
+                     long long pttl) {
+    if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    auto w = std::make_shared<lease_wait>(strand);
+    w->h.emplace(std::move(h));
+    w->cancel = std::move(cancel);
+    w->key = k;
+    w->lease = std::move(lk);
+    milliseconds d = opts.lease_poll;
+    if (pttl > 0 && milliseconds(pttl + 1) < d) d = milliseconds(pttl + 1);
+    w->timer.expires_after(d);
+    if (w->cancel)
+      w->cancel->slot().assign([ws = weak_from_this(), ww = std::weak_ptr<lease_wait>(w)](asio::cancellation_type_t) {
+        auto self = ws.lock();
+        auto w = ww.lock();
+        if (!self || !w || !w->h) return;
+        self->drop_wait(*w);
+        auto h = std::move(*w->h);
+        w->h.reset();
+        w->timer.cancel();
+        self->complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+      });
+    w->timer.async_wait(asio::bind_executor(strand, [self = shared_from_this(), w](error_code) { self->retry(w); }));
+    waits[std::move(k)].push_back(std::move(w));
+  }
+
+  void drop_wait(const lease_wait& w) {
+    auto it = waits.find(w.key);
+    if (it == waits.end()) return;
+    std::erase_if(it->second, [&](const std::shared_ptr<lease_wait>& p) { return p.get() == &w; });
+    if (it->second.empty()) waits.erase(it);
+  }
+
+  void retry(const std::shared_ptr<lease_wait>& w) {
+    if (!w->h) return;  // cancelled, or woken already
+    drop_wait(*w);
+    auto h = std::move(*w->h);
+    w->h.reset();
+    if (w->cancel) w->cancel->slot().clear();
+    if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    const auto g = admit();
+    if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
+    lease_get(std::move(w->key), std::move(w->lease), std::move(h), std::move(w->cancel), *g, true);
+  }
+
+  // A message about `k` (with the prefix): its waiting misses ask again now.
+  void wake(const std::string& k) {
+    auto it = waits.find(k);
+    if (it == waits.end()) return;
+    for (auto& w : it->second) w->timer.cancel();
+  }
+
   // --- writes --------------------------------------------------------------
 
   void publish_queue() { queued_pub.store(queue.size(), std::memory_order_relaxed); }
@@ -225,10 +413,25 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     complete(std::move(h), ec);
   }
 
-  void put(std::string key, std::string bytes, milliseconds ttl, done_handler h) {
+  // An explicit set, or with `fill` a loaded value (see `tier::async_fill`).
+  void put(std::string key, std::string bytes, milliseconds ttl, done_handler h, bool fill = false) {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     std::string k = full(key);
+    std::string token;
+    if (opts.leases) {
+      auto it = held.find(k);
+      if (fill && it != held.end()) {
+        token = std::move(it->second.token);
+        held.erase(it);
+        if (token.empty()) {  // a set or erase of this tier voided the lease: the value is superseded
+          leases_lost.fetch_add(1, std::memory_order_relaxed);
+          return complete(std::move(h), error_code{});
+        }
+      } else if (!fill && it != held.end()) {
+        it->second.token.clear();  // the load in flight must not land after this set
+      }
+    }
     if (auto it = index.find(k); it != index.end()) {  // the last write wins, in the older one's place
       write_op& op = *it->second;
       if (op.what == write_op::kind::erase) {
@@ -240,11 +443,13 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       op.what = write_op::kind::set;
       op.bytes = std::move(bytes);
       op.ttl = ttl;
+      op.fill = fill;
+      op.token = std::move(token);
       op.waiters.push_back(std::move(h));
       return;
     }
     if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
-    enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}}, std::move(h));
+    enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}, fill, std::move(token)}, std::move(h));
     ++queued_sets;
   }
 
@@ -252,25 +457,29 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     std::string k = full(key);
+    if (opts.leases)
+      if (auto it = held.find(k); it != held.end()) it->second.token.clear();  // its fill must not land
     if (auto it = index.find(k); it != index.end()) {  // replaces the unsent set, in its place
       write_op& op = *it->second;
       if (op.what == write_op::kind::set) --queued_sets;
       op.what = write_op::kind::erase;
       op.bytes.clear();
+      op.fill = false;
+      op.token.clear();
       op.waiters.push_back(std::move(h));
       return;
     }
     // Erases are not refused: each has a caller waiting for it, or repairs a
     // write that an invalidation overtook; refusing one would leave Redis
     // holding a value memory dropped.
-    enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}}, std::move(h));
+    enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}, false, {}}, std::move(h));
   }
 
   void clear(done_handler h) {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     // Every unsent write is superseded by the clear: its waiters complete with it.
-    write_op c{write_op::kind::clear, {}, {}, {}, {}};
+    write_op c{write_op::kind::clear, {}, {}, {}, {}, false, {}};
     for (write_op& op : queue)
       for (done_handler& w : op.waiters) c.waiters.emplace_back(std::move(w));
     queue.clear();
@@ -328,23 +537,41 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (cluster)
         sent.insert_or_assign(op.key, op.what == write_op::kind::set ? std::optional<std::string>(op.bytes)
                                                                      : std::optional<std::string>());
+      const std::optional<std::string> lk =
+          opts.leases && !(op.what == write_op::kind::set && op.fill && op.token.empty()) ? lease_key_of(op.key, cluster)
+                                                                                           : std::nullopt;
+      const std::string px =
+          op.ttl == milliseconds::max() ? std::string() : std::to_string(std::max<long long>(op.ttl.count(), 1));
       std::vector<std::string> args;
-      args.reserve(5);
-      if (op.what == write_op::kind::set) {
+      bool conditional = false;  // a fill under a lease: 0 when the lease was lost
+      if (op.what == write_op::kind::set && lk && !op.token.empty()) {
+        args = {"EVAL", fill_script, "2", op.key, *lk, op.token, std::move(op.bytes), px};
+        conditional = true;
+      } else if (op.what == write_op::kind::set && lk && !op.fill) {
+        args = {"EVAL", set_void_script, "2", op.key, *lk, std::move(op.bytes), px};
+      } else if (op.what == write_op::kind::set) {
+        args.reserve(5);
         args.emplace_back("SET");
         args.push_back(op.key);
         args.push_back(std::move(op.bytes));
-        if (op.ttl != milliseconds::max()) {
+        if (!px.empty()) {
           args.emplace_back("PX");
-          args.push_back(std::to_string(std::max<long long>(op.ttl.count(), 1)));
+          args.push_back(px);
         }
       } else {
-        args.emplace_back("UNLINK");
-        args.push_back(op.key);
+        args = {"UNLINK", op.key};
+        if (lk) args.push_back(*lk);  // the lease goes with the value: a fill in flight will not land
       }
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
-                                                                   remaining, i, g = *g](error_code ec, reply r) {
+                                                                   remaining, i, g = *g, conditional,
+                                                                   key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
+                       bool written = !ec;
+                       if (!ec && conditional && r.type == reply::kind::integer && r.integer == 0) {
+                         self->leases_lost.fetch_add(1, std::memory_order_relaxed);
+                         written = false;
+                       }
+                       if (written) self->announce(key);
                        (*results)[i] = ec;
                        if (--*remaining == 0) self->batch_done(*batch, *results, g);
                      }));
@@ -423,19 +650,228 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
     writing = false;
     clearing = false;
+    if (!ec) announce({});
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
     outcome(ec, g);
     pump();
   }
 
+  // --- invalidation across instances ---------------------------------------
+
+  // With `publish`: tells the other instances that `k` (with the prefix; empty:
+  // everything) was written. Its outcome does not change the write's.
+  void announce(const std::string& k) {
+    if (opts.invalidation != invalidation_mode::publish) return;
+    cl->async_exec({"PUBLISH", channel, instance + k}, asio::bind_executor(strand, [](error_code, reply) {}));
+  }
+
+  void set_linked(bool up) {
+    linked_state = up;
+    linked_pub.store(up, std::memory_order_relaxed);
+  }
+
+  // Invalidations may have been missed: the caches empty their memory.
+  void flush_caches() {
+    link_flushes.fetch_add(1, std::memory_order_relaxed);
+    listeners->invalidate_all();
+  }
+
+  void link_lost() {
+    const bool was = linked_state;
+    set_linked(false);
+    if (was) flush_caches();
+  }
+
+  // Subscribed (and with `tracking`, tracking redirected to the subscriber):
+  // what changed while the link was down is unknown, so memory goes.
+  void link_up() {
+    set_linked(true);
+    flush_caches();
+  }
+
+  void start_invalidation() {
+    if (opts.invalidation == invalidation_mode::off) return;
+    if (opts.invalidation == invalidation_mode::tracking) {
+      std::weak_ptr<impl> w = weak_from_this();
+      cl->on_connection(
+          [w](const std::shared_ptr<connection>& c, std::function<void(error_code)> done) {
+            auto self = w.lock();
+            if (!self || self->stopped) return done({});
+            self->tracking_on = false;
+            if (!self->sub_up) return done({});  // enabled once the subscriber is back
+            c->async_exec(self->tracking_command(),
+                          asio::bind_executor(self->strand, [w, c, done = std::move(done)](error_code ec, reply r) {
+                            auto self = w.lock();
+                            done({});  // the data connection is usable either way
+                            if (!self || self->stopped) return;
+                            self->tracking_result(ec, r);
+                          }));
+          },
+          [w] {
+            auto self = w.lock();
+            if (!self || self->stopped) return;
+            self->tracking_on = false;
+            self->link_lost();
+          });
+    }
+    sub_connect();
+  }
+
+  std::vector<std::string> tracking_command() const {
+    return {"CLIENT", "TRACKING", "on", "REDIRECT", sub_id, "BCAST", "PREFIX", opts.prefix, "NOLOOP"};
+  }
+
+  void tracking_result(error_code ec, const reply& r) {
+    if (!ec && !r.is_error()) {
+      tracking_on = true;
+      if (sub_up) link_up();
+      return;
+    }
+    // Refused (the subscriber's id is not on this server, after a failover) or
+    // lost: the subscriber starts over, and enables it again once back.
+    if (!ec && sub) {
+      auto c = std::exchange(sub, nullptr);
+      c->close();
+      sub_lost_now();
+    }
+  }
+
+  // Where the invalidation connection goes: the data connection's server.
+  connection_options sub_options() const {
+    connection_options co = cl->options().connection;
+    if (cluster) {
+      const auto masters = cl->masters();
+      const std::string& node = masters.empty() ? cl->options().cluster.nodes.front() : masters.front();
+      if (auto hp = split_host_port(node)) std::tie(co.host, co.port) = *hp;
+    } else if (!cl->options().sentinel.master_name.empty()) {
+      if (auto hp = split_host_port(cl->server())) std::tie(co.host, co.port) = *hp;
+    }
+    co.max_pending = 16;
+    return co;
+  }
+
+  static std::optional<std::pair<std::string, std::string>> split_host_port(const std::string& a) {
+    const auto colon = a.rfind(':');
+    if (colon == std::string::npos || colon == 0) return std::nullopt;
+    std::string host = a.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    return std::pair{std::move(host), a.substr(colon + 1)};
+  }
+
+  void sub_connect() {
+    if (stopped) return;
+    auto c = std::make_shared<connection>(strand, sub_options());
+    sub = c;
+    std::weak_ptr<impl> w = weak_from_this();
+    c->on_push([w](reply& r) {
+      if (auto self = w.lock()) self->on_message(r);
+    });
+    c->on_lost([w, raw = c.get()] {
+      auto self = w.lock();
+      if (!self || self->stopped || raw != self->sub.get()) return;
+      self->sub.reset();
+      self->sub_lost_now();
+    });
+    c->async_connect(asio::bind_executor(strand, [w, c](error_code ec) {
+      auto self = w.lock();
+      if (!self || self->stopped || c != self->sub) return c->close();
+      if (ec) return self->sub_failed(c);
+      c->async_exec({"CLIENT", "ID"}, asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
+        auto self = w.lock();
+        if (!self || self->stopped || c != self->sub) return;
+        if (ec || r.type != reply::kind::integer) return self->sub_failed(c);
+        self->sub_id = std::to_string(r.integer);
+        const bool tracking = self->opts.invalidation == invalidation_mode::tracking;
+        c->async_exec({"SUBSCRIBE", tracking ? std::string("__redis__:invalidate") : self->channel},
+                      asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
+                        auto self = w.lock();
+                        if (!self || self->stopped || c != self->sub) return;
+                        if (ec || r.is_error()) return self->sub_failed(c);
+                        self->sub_up = true;
+                        self->sub_backoff = self->cl->options().reconnect_min;
+                        if (self->opts.invalidation == invalidation_mode::publish) return self->link_up();
+                        // Tracking, redirected to this connection, on the data connection.
+                        self->cl->async_exec({"CLIENT", "TRACKING", "off"},
+                                             asio::bind_executor(self->strand, [](error_code, reply) {}));
+                        self->cl->async_exec(self->tracking_command(),
+                                             asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
+                                               auto self = w.lock();
+                                               if (!self || self->stopped || c != self->sub) return;
+                                               // Not connected: the client's setup enables it on connecting.
+                                               if (ec == error::not_connected) return;
+                                               self->tracking_result(ec, r);
+                                             }));
+                      }));
+      }));
+    }));
+  }
+
+  void sub_failed(const std::shared_ptr<connection>& c) {
+    c->close();
+    if (c == sub) sub.reset();
+    sub_lost_now();
+  }
+
+  // The invalidation connection is gone (or never came): memory goes, and it
+  // is reopened after a backoff.
+  void sub_lost_now() {
+    sub_up = false;
+    link_lost();
+    if (stopped) return;
+    const milliseconds d = sub_backoff;
+    sub_backoff = std::min(sub_backoff * 2, cl->options().reconnect_max);
+    sub_timer.expires_after(d);
+    sub_timer.async_wait(asio::bind_executor(strand, [w = weak_from_this()](error_code ec) {
+      auto self = w.lock();
+      if (ec || !self || self->stopped || self->sub) return;
+      self->sub_connect();
+    }));
+  }
+
+  // A message on the invalidation connection.
+  void on_message(reply& r) {
+    if (r.elements.size() != 3 || r.elements[0].str != "message") return;
+    reply& payload = r.elements[2];
+    if (opts.invalidation == invalidation_mode::tracking) {
+      if (payload.type == reply::kind::nil) return flush_caches();  // FLUSHDB / FLUSHALL
+      if (payload.type != reply::kind::array) return;
+      for (reply& k : payload.elements)
+        if (k.type == reply::kind::bulk) invalidated(k.str);
+      return;
+    }
+    if (payload.type != reply::kind::bulk || payload.str.size() < instance.size()) return;
+    if (std::string_view(payload.str).substr(0, instance.size()) == instance) return;  // this tier's own write
+    const std::string k = payload.str.substr(instance.size());
+    if (k.empty()) return flush_caches();  // a clear elsewhere
+    invalidated(k);
+  }
+
+  void invalidated(const std::string& k) {
+    if (!k.starts_with(opts.prefix)) return;
+    wake(k);
+    invalidations.fetch_add(1, std::memory_order_relaxed);
+    listeners->invalidate(std::string_view(k).substr(opts.prefix.size()));
+  }
+
   void stop() {
     stopped = true;
     fail_queue(asio::error::operation_aborted);
+    sub_timer.cancel();
+    if (sub) std::exchange(sub, nullptr)->close();
+    set_linked(false);
+    auto w = std::move(waits);
+    waits.clear();
+    for (auto& [k, list] : w)
+      for (auto& one : list) one->timer.cancel();  // each completes with operation_aborted (stopped)
   }
 
   // The execution context is shutting down (see src/common/shutdown_registry.hpp).
   void drop_handlers() {
+    auto doomed_waits = std::move(waits);
+    waits.clear();
+    for (auto& [k, list] : doomed_waits)
+      for (auto& one : list) one->h.reset();
     op_list doomed = std::move(queue);
     queue.clear();
     index.clear();
@@ -452,8 +888,14 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
     cacheflight::detail::throw_invalid_option("redis::tier_options::breaker_failures must be positive");
   if (opts.breaker_min <= milliseconds::zero() || opts.breaker_max < opts.breaker_min)
     cacheflight::detail::throw_invalid_option("redis::tier_options: need 0 < breaker_min <= breaker_max");
-  impl_ = std::make_shared<impl>(std::move(c), std::move(opts));
+  if (opts.leases && (opts.lease_ttl <= milliseconds::zero() || opts.lease_poll <= milliseconds::zero()))
+    cacheflight::detail::throw_invalid_option("redis::tier_options: lease_ttl and lease_poll must be positive");
+  if (opts.invalidation == invalidation_mode::tracking && !c->options().cluster.nodes.empty())
+    cacheflight::detail::throw_invalid_option(
+        "redis::tier_options: invalidation_mode::tracking cannot be used with Cluster (use publish)");
+  impl_ = std::make_shared<impl>(std::move(c), std::move(opts), listeners());
   cacheflight::detail::drop_handlers_at_shutdown(impl_->strand, impl_);
+  asio::post(impl_->strand, [self = impl_] { self->start_invalidation(); });
 }
 
 tier::tier(executor_type ex, client_options copts, tier_options opts)
@@ -464,9 +906,20 @@ tier::~tier() {
 }
 
 tier_health tier::health() const {
-  return tier_health{impl_->state_pub.load(std::memory_order_relaxed), impl_->queued_pub.load(std::memory_order_relaxed),
-                     impl_->writes.load(std::memory_order_relaxed), impl_->dropped.load(std::memory_order_relaxed)};
+  const auto r = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  return tier_health{impl_->state_pub.load(std::memory_order_relaxed),
+                     impl_->queued_pub.load(std::memory_order_relaxed),
+                     r(impl_->writes),
+                     r(impl_->dropped),
+                     r(impl_->invalidations),
+                     r(impl_->link_flushes),
+                     r(impl_->leases_granted),
+                     r(impl_->leases_waited),
+                     r(impl_->leases_expired),
+                     r(impl_->leases_lost)};
 }
+
+bool tier::linked() const noexcept { return impl_->linked_pub.load(std::memory_order_relaxed); }
 
 client& tier::get_client() noexcept { return *impl_->cl; }
 
@@ -490,6 +943,13 @@ void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_han
   asio::post(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
                              h = std::move(handler)]() mutable {
     self->put(std::move(key), std::move(bytes), ttl, std::move(h));
+  });
+}
+
+void tier::do_fill(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
+  asio::post(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
+                             h = std::move(handler)]() mutable {
+    self->put(std::move(key), std::move(bytes), ttl, std::move(h), true);
   });
 }
 

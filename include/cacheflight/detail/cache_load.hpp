@@ -178,7 +178,7 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   if (st.memory().store(key, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
                         &epoch, stale, took) &&
       st.has_tiers())
-    st.tiers().write(key, *value, fresh, epoch, false, stale);
+    st.tiers().write(key, *value, fresh, epoch, false, stale, true);
   co_return std::move(*value);
 }
 

@@ -39,7 +39,7 @@ namespace cacheflight::detail {
 // event sink. Kept alive by the operations (a load holds it through its
 // ticket), so that a cache may be destroyed with loads in flight.
 template <class V, class Clock>
-class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
+class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, public tier_listener {
  public:
   using value_type = V;
   using clock_type = Clock;
@@ -207,6 +207,36 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     flight_.forget_all();
   }
 
+  // A tier's notice that `key` changed elsewhere: memory drops it and its
+  // load in flight stores nothing (nor writes to the tiers). Keys this cache
+  // could not hold (empty, too long) are ignored.
+  void on_invalidate(std::string_view key) override {
+    if (!valid_key(key)) return;
+    // The key's tier epoch is left alone: bumping it would make a write of
+    // this cache's in progress erase, on its recheck, the very value whose
+    // write is being reported.
+    const std::string k(key);
+    const bool held = memory_.erase(k, nullptr);
+    flight_.forget(k);
+    if (!held) return;
+    remote_.invalidations.fetch_add(1, std::memory_order_relaxed);
+    events_->emit(cache_event_kind::invalidated, key);
+  }
+
+  // A tier's notice that changes may have been missed: memory is emptied.
+  void on_invalidate_all() override {
+    memory_.clear([] {});  // the tier epochs are left alone, as in on_invalidate
+    flight_.forget_all();
+    remote_.flushes.fetch_add(1, std::memory_order_relaxed);
+    events_->emit(cache_event_kind::memory_flushed, {});
+  }
+
+  // Registers with every tier for its notices (see `tier_listener`).
+  void listen_to_tiers() {
+    for (const auto& t : opts_.tiers)
+      if (t) t->add_listener(std::weak_ptr<tier_listener>(this->shared_from_this()));
+  }
+
   invalidation invalidate_key(std::string_view key) { return tiers_->invalidate_key(key); }
   invalidation invalidate_all() { return tiers_->invalidate_all(); }
 
@@ -218,6 +248,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
     s.refreshes_succeeded = refresh_counts_.succeeded.load(std::memory_order_relaxed);
     s.refreshes_failed = refresh_counts_.failed.load(std::memory_order_relaxed);
     s.early_refreshes = refresh_counts_.early.load(std::memory_order_relaxed);
+    s.invalidations_received = remote_.invalidations.load(std::memory_order_relaxed);
+    s.memory_flushes = remote_.flushes.load(std::memory_order_relaxed);
     {
       std::lock_guard lk(ahead_mu_);
       s.refresh_ahead_keys = ahead_.size();
@@ -409,6 +441,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>> {
   std::shared_ptr<const cache_events> events_;
   freshness_policy policy_;
   refresh_counters refresh_counts_;
+  struct {
+    std::atomic<std::uint64_t> invalidations{0}, flushes{0};
+  } remote_;  // tiers' notices (see `on_invalidate`)
   mutable std::mutex ahead_mu_;
   boost::unordered_flat_map<std::string, ahead_entry, string_hash, std::equal_to<>> ahead_;
   std::size_t ahead_running_ = 0;

@@ -191,7 +191,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         const bool kept =
             memory.store(key, &*v, nullptr, fresh, std::exchange(token, 0), epoch_of(key), &epoch, stale);
         if (kept && i > 0) {
-          for (std::size_t j = 0; j < i; ++j) put(j, key, *bytes, left);
+          for (std::size_t j = 0; j < i; ++j) put(j, key, *bytes, left, true);
           recheck(key, epoch);
         }
         co_return v;
@@ -206,8 +206,9 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   // must not keep the value it replaced) and rethrown when `rethrow` is set.
   // `ttl` is its fresh time, `stale` the window after it; the tiers keep it
   // for both.
+  // `fill`: a loaded value (see `tier::async_fill`), not an explicit set.
   void write(const std::string& key, const V& v, std::chrono::nanoseconds ttl, std::uint64_t epoch, bool rethrow,
-             std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero()) {
+             std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero(), bool fill = false) {
     if constexpr (has_codec<V>) {
       if (empty()) return;
       // An invalidation overtook this value since it was stored: its own tier
@@ -241,8 +242,8 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
         if (rethrow) throw;
         return;
       }
-      for (std::size_t i = 0; i + 1 < tiers_.size(); ++i) put(i, key, bytes, left);
-      put(tiers_.size() - 1, key, std::move(bytes), left);
+      for (std::size_t i = 0; i + 1 < tiers_.size(); ++i) put(i, key, bytes, left, fill);
+      put(tiers_.size() - 1, key, std::move(bytes), left, fill);
       recheck(key, epoch);
     }
   }
@@ -286,7 +287,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
       s.tiers.push_back(tier_stats{std::string(tiers_[i]->name()), c.hits.load(std::memory_order_relaxed),
                                    c.misses.load(std::memory_order_relaxed), c.errors.load(std::memory_order_relaxed),
                                    c.corrupt.load(std::memory_order_relaxed), h.breaker, h.queued_writes, h.writes,
-                                   h.writes_dropped});
+                                   h.writes_dropped, h});
     }
     if (!s.tiers.empty()) {
       s.l2_hits = s.tiers[0].hits;
@@ -312,11 +313,15 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
     if (epochs_[stripe_of(key)].load(std::memory_order_relaxed) != epoch) erase(key);
   }
 
-  void put(std::size_t i, const std::string& key, std::string bytes, std::chrono::milliseconds ttl) {
-    tiers_[i]->async_put(key, std::move(bytes), ttl, [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
+  void put(std::size_t i, const std::string& key, std::string bytes, std::chrono::milliseconds ttl, bool fill) {
+    auto done = [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
       if (!ec) return;
       if (auto self = w.lock()) self->failed(i, key, ec);
-    });
+    };
+    if (fill)
+      tiers_[i]->async_fill(key, std::move(bytes), ttl, std::move(done));
+    else
+      tiers_[i]->async_put(key, std::move(bytes), ttl, std::move(done));
   }
 
   void failed(std::size_t i, std::string_view key, const boost::system::error_code& ec) {

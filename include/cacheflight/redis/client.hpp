@@ -10,6 +10,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <cstdint>
 #include <string>
@@ -263,8 +264,17 @@ class client {
   std::string server() const;
 
  private:
+  friend class tier;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
   void start_exec(std::vector<std::string> args, exec_handler h);
+  // For `tier` (one server or Sentinel): `setup(conn, done)` runs on the
+  // strand on each new connection, once it is open and checked, and commands
+  // are let through after it calls `done({})` (an error closes the connection
+  // for reopening); `lost()` runs on the strand when a connection that was let
+  // through is lost or replaced. A connection open before this call is
+  // reopened so that it gets its setup.
+  using setup_fn = std::function<void(const std::shared_ptr<connection>&, std::function<void(boost::system::error_code)>)>;
+  void on_connection(setup_fn setup, std::function<void()> lost);
   void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h);
 
   struct impl;

@@ -150,6 +150,7 @@ class connection {
 
  private:
   friend class client;
+  friend class tier;
   using connect_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
@@ -169,6 +170,10 @@ class connection {
   void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
                       boost::asio::any_completion_executor work);
   void on_lost(std::function<void()> f);
+  // For a subscribed connection (SUBSCRIBE): each `message` or `pmessage`
+  // reply is given to `f` on the strand instead of being taken for a
+  // command's reply. Set it before subscribing.
+  void on_push(std::function<void(reply&)> f);
   // On the strand only: a command already serialized (RESP), completed by
   // `fn(ctx, ec, reply)` called on the strand, never inside this call. The
   // first `skip` replies are those of commands written before it in `bytes`

@@ -15,6 +15,29 @@
 
 namespace cacheflight::redis {
 
+/// How a Redis `tier` learns that another instance wrote or erased a key, so
+/// that the caches in front of it drop their copy from memory
+/// (`tier_options::invalidation`).
+enum class invalidation_mode {
+  /// None: a copy in memory lasts until its TTL ends.
+  off,
+  /// Redis' server-assisted client-side caching in its two-connection mode:
+  /// the data connection runs `CLIENT TRACKING on REDIRECT <id> BCAST PREFIX
+  /// <prefix> NOLOOP`, and a second connection of the tier (`<id>`) subscribes
+  /// to `__redis__:invalidate`. Every write to a key under the prefix, by
+  /// anyone (another instance, a script, `redis-cli`, an expiry), is reported;
+  /// this process's own writes are not (NOLOOP). Redis 6 or later; not with
+  /// Cluster (use `publish`); refused by some managed services.
+  tracking,
+  /// An application channel: after each write of this tier succeeds (a set,
+  /// a fill, an erase, a clear) it publishes `PUBLISH <channel> <instance id><key>`,
+  /// and a second connection of the tier subscribes to the channel. Only
+  /// writes made through cacheflight are reported. Works wherever PUBLISH
+  /// does, Cluster included (a message published on one node reaches
+  /// subscribers on every node).
+  publish,
+};
+
 /// Options of a Redis `tier`. An aggregate: use designated initializers.
 struct tier_options {
   /// Prepended to every key; `async_clear` removes only keys with it. Must not
@@ -38,6 +61,23 @@ struct tier_options {
   /// Called on every change of the breaker's state, on the tier's strand.
   /// Exceptions it throws are discarded.
   std::function<void(breaker_state)> on_breaker{};
+  /// Invalidation across instances (see `invalidation_mode` and the class
+  /// documentation); off by default.
+  invalidation_mode invalidation = invalidation_mode::off;
+  /// The channel of `invalidation_mode::publish`; empty: the prefix followed
+  /// by `"invalidate"`. Instances sharing a prefix must share the channel.
+  std::string channel{};
+  /// One load per key for the whole fleet (see the class documentation): a
+  /// miss in Redis takes the key's lease, or waits for the instance that holds
+  /// it to fill the key. Off by default.
+  bool leases = false;
+  /// How long a lease lasts: an instance that took one and did not fill the
+  /// key by then (it crashed, or its loader failed) lets the next one load.
+  /// Longer than a load takes.
+  std::chrono::milliseconds lease_ttl{3000};
+  /// How often a miss waiting for another instance's fill asks Redis again
+  /// when no invalidation wakes it first.
+  std::chrono::milliseconds lease_poll{50};
 };
 
 /// A cache tier in Redis, shared by every cache instance that uses the same
@@ -75,6 +115,36 @@ struct tier_options {
 ///   commands of your own over several of them) share a hash tag: the prefix
 ///   is part of the key, so put the tag in the cache key (`{user:42}:name`).
 ///
+/// @par Across instances
+/// With `tier_options::invalidation`, a cache whose tier this is drops a key
+/// from memory (and voids its load in flight) when another instance writes or
+/// erases it: see `invalidation_mode` for the two ways. Invalidations travel on
+/// a second connection the tier opens to the same server (with Sentinel, to
+/// the current master; with Cluster, to one of the masters). When that
+/// connection or the data connection is lost, the caches empty their memory
+/// (writes made meanwhile would go unreported), and again once the
+/// subscription and tracking are back (`tier_health::link_flushes`); while
+/// they are down, memory is only as fresh as its TTL allows. `linked()` tells
+/// whether invalidations are flowing now. Messages that arrive are counted in
+/// `tier_health::invalidations`, whether or not a cache held the key.
+///
+/// With `tier_options::leases`, a miss runs one script that returns the value
+/// or, when Redis holds none, sets the key's lease (`SET <lease key> <token>
+/// NX PX lease_ttl`, a random token) and reports it taken. The instance that
+/// got the lease loads; its fill (`tier::async_fill`) is written by a second
+/// script only if the lease still holds that token, and removes the lease.
+/// The other instances' misses wait: a message on the invalidation channel
+/// for the key wakes them, and they also ask again each `lease_poll`; they
+/// get the filled value, or the lease once it expired unfilled (then they
+/// load). A set or an erase through any instance removes the lease in the
+/// same script or command, so a fill from a load that started before it
+/// never lands (`tier_health::leases_lost`). The lease key shares the value
+/// key's hash slot: `<key>:lease` when the key has a hash tag, else
+/// `{<key>}:lease` (with Cluster, keys with a `}` but no hash tag are read
+/// without a lease). A load that fails leaves its lease to expire: the others
+/// wait for `lease_ttl` at most, then one of them loads. Coalescing in each
+/// process applies first: one script per key per instance.
+///
 /// @par Threads
 /// Every member may be called from any thread; the state lives on a strand.
 ///
@@ -86,7 +156,8 @@ class tier final : public cacheflight::tier {
   using executor_type = boost::asio::any_io_executor;
 
   /// Uses a client of the caller's, which may be shared with other uses.
-  /// @throws boost::system::system_error with `error::invalid_option` for options out of range.
+  /// @throws boost::system::system_error with `error::invalid_option` for options out of range
+  /// (a lease TTL or poll interval that is not positive, `invalidation_mode::tracking` with Cluster).
   tier(std::shared_ptr<client> c, tier_options opts = {});
   /// Makes and owns a client with these options.
   tier(executor_type ex, client_options copts, tier_options opts = {});
@@ -98,9 +169,15 @@ class tier final : public cacheflight::tier {
   /// The client this tier uses.
   client& get_client() noexcept;
 
+  /// With `tier_options::invalidation`: whether invalidations are flowing now
+  /// (subscribed, and with `tracking` enabled on the current data connection).
+  /// Always false with invalidation off.
+  bool linked() const noexcept;
+
  protected:
   void do_get(std::string key, get_handler handler) override;
   void do_put(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) override;
+  void do_fill(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler handler) override;
   void do_erase(std::string key, done_handler handler) override;
   void do_clear(done_handler handler) override;
 
