@@ -8,6 +8,7 @@
 //                            [--redis-sentinel HOST:PORT[,HOST:PORT...] --redis-master NAME]
 //                            [--redis-cluster HOST:PORT[,HOST:PORT...]]
 //                            [--disk PATH] [--disk-max-mb 1024] [--disk-durability durable]
+//                            [--fleet] [--fleet-invalidation tracking|publish] [--lease-ms MS]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
 // value is an error (exit status 2).
@@ -19,7 +20,14 @@
 // than --ttl-ms is still served for that long while one background reload
 // replaces it, so requests do not wait for the database when a hot user expires.
 //
+// With --fleet (and a Redis option), instances sharing the server and prefix
+// act as one: a write through any of them drops the user from the others'
+// memory (Redis client-side caching with tracking, or a PUBLISH channel), and
+// a user none of them holds is loaded from the database once for all of them
+// (a lease in Redis; the others wait for its fill).
+//
 // GET /user/{id}  the user, through the cache (JSON)
+// PUT /user/{id}  body: the new name; updates the database row and sets the cache
 // GET /stats      database calls and cache figures (JSON)
 // GET /metrics    the same in the Prometheus text format
 // GET /healthz    "ok"
@@ -46,6 +54,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -79,6 +89,9 @@ struct config {
   std::string disk;  // a directory; empty: no disk tier
   std::uint64_t disk_max_mb = 1024;
   bool disk_relaxed = false;
+  bool fleet = false;
+  bool fleet_publish = false;           // --fleet-invalidation publish (forced with a cluster)
+  std::chrono::milliseconds lease{0};   // 0: from the database latency
 };
 
 // A Redis L2 when asked for.
@@ -115,7 +128,15 @@ std::shared_ptr<cf::tier> make_redis(asio::io_context& io, const config& cfg) {
     c.sentinel.tls.server_name.clear();  // the sentinels' own addresses
     c.sentinel.password = cfg.redis_sentinel_password;
   }
-  return std::make_shared<cf::redis::tier>(io.get_executor(), c, cf::redis::tier_options{.prefix = cfg.redis_prefix});
+  cf::redis::tier_options t{.prefix = cfg.redis_prefix};
+  if (cfg.fleet) {
+    t.invalidation = cfg.fleet_publish || !cfg.redis_cluster.empty() ? cf::redis::invalidation_mode::publish
+                                                                      : cf::redis::invalidation_mode::tracking;
+    t.leases = true;
+    t.lease_ttl = cfg.lease > 0ms ? cfg.lease : std::max(std::chrono::milliseconds(1000), 2 * cfg.db_latency + 500ms);
+    t.lease_poll = 20ms;
+  }
+  return std::make_shared<cf::redis::tier>(io.get_executor(), c, std::move(t));
 #else
   (void)io;
   throw std::runtime_error("--redis: this build has no Redis component (CACHEFLIGHT_WITH_REDIS=OFF)");
@@ -155,18 +176,43 @@ struct service {
   explicit service(asio::io_context& io, const config& cfg)
       : cfg(cfg),
         disk(make_disk(io, cfg)),
+        redis(make_redis(io, cfg)),
         users(io, cf::cache_options{.max_entries = 100'000,
                                     .default_ttl = cfg.ttl,
                                     .shards = 16,
-                                    .tiers = tiers_of(make_redis(io, cfg), disk),
+                                    .tiers = tiers_of(redis, disk),
                                     .stale_while_revalidate = cfg.stale}) {}
 
-  // The database: a timer stands in for the query's latency.
+  static std::string render(long id, const std::string& name) {
+    return json::serialize(json::object{{"id", id}, {"name", name}});
+  }
+
+  // The database: a timer stands in for the query's latency. A user nobody
+  // renamed is called "user-<id>".
   asio::awaitable<std::string> load_user(long id) {
     db_calls.fetch_add(1, std::memory_order_relaxed);
     asio::steady_timer t(co_await asio::this_coro::executor, cfg.db_latency);
     co_await t.async_wait(asio::use_awaitable);
-    co_return json::serialize(json::object{{"id", id}, {"name", "user-" + std::to_string(id)}});
+    co_return render(id, name_of(id));
+  }
+
+  std::string name_of(long id) {
+    std::lock_guard lk(db_mu);
+    auto it = renamed.find(id);
+    return it != renamed.end() ? it->second : "user-" + std::to_string(id);
+  }
+
+  // A write: the database row first, then the cache (memory and the tiers; with
+  // --fleet the other instances drop their copy).
+  asio::awaitable<std::string> rename_user(long id, std::string name) {
+    db_writes.fetch_add(1, std::memory_order_relaxed);
+    {
+      std::lock_guard lk(db_mu);
+      renamed[id] = name;
+    }
+    std::string body = render(id, name);
+    co_await users.async_set("user:" + std::to_string(id), body, asio::use_awaitable);
+    co_return body;
   }
 
   json::object stats_json() const {
@@ -174,6 +220,7 @@ struct service {
     json::object out{
         {"requests", requests.load()},
         {"db_calls", db_calls.load()},
+        {"db_writes", db_writes.load()},
         {"in_flight", s.loads_in_flight},
         {"cache",
          json::object{{"hits", s.hits},
@@ -194,7 +241,27 @@ struct service {
                       {"l2_breaker", s.tiers.empty() ? "none" : to_string(s.tiers[0].breaker)}}},
     };
     if (disk) out["disk"] = disk_json(s);
+    if (cfg.fleet && !s.tiers.empty()) {
+      const cf::tier_health& h = s.tiers[0].health;
+      out["fleet"] = json::object{{"linked", linked()},
+                                  {"invalidations", h.invalidations},
+                                  {"invalidations_received", s.invalidations_received},
+                                  {"memory_flushes", s.memory_flushes},
+                                  {"link_flushes", h.link_flushes},
+                                  {"leases_granted", h.leases_granted},
+                                  {"leases_waited", h.leases_waited},
+                                  {"leases_expired", h.leases_expired},
+                                  {"leases_lost", h.leases_lost}};
+    }
     return out;
+  }
+
+  // Whether invalidations from the other instances are flowing now.
+  bool linked() const {
+#ifdef CACHEFLIGHT_EXAMPLE_WITH_REDIS
+    if (auto* r = dynamic_cast<cf::redis::tier*>(redis.get())) return r->linked();
+#endif
+    return false;
   }
 
   // The disk tier's figures: the cache's view of it, and the store's.
@@ -236,9 +303,13 @@ struct service {
 
   const config cfg;
   std::shared_ptr<disk_tier> disk;
+  std::shared_ptr<cf::tier> redis;
   cf::cache<std::string> users;
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> db_calls{0};
+  std::atomic<std::uint64_t> db_writes{0};
+  std::mutex db_mu;
+  std::map<long, std::string> renamed;  // the database's rows that were written; guarded by db_mu
 };
 
 using request = http::request<http::string_body>;
@@ -265,9 +336,15 @@ response json_response(const request& req, const json::value& v) {
 asio::awaitable<response> route(service& svc, const request& req) {
   const std::string_view target = req.target();
   const std::string_view path = target.substr(0, target.find('?'));
-  if (req.method() != http::verb::get && req.method() != http::verb::head) {
-    response res = text(req, http::status::method_not_allowed, "only GET is supported");
+  const bool put = req.method() == http::verb::put;
+  if (put && !path.starts_with("/user/")) {
+    response res = text(req, http::status::method_not_allowed, "only GET is supported here");
     res.set(http::field::allow, "GET, HEAD");
+    co_return res;
+  }
+  if (!put && req.method() != http::verb::get && req.method() != http::verb::head) {
+    response res = text(req, http::status::method_not_allowed, "only GET, and PUT on /user/{id}, are supported");
+    res.set(http::field::allow, path.starts_with("/user/") ? "GET, HEAD, PUT" : "GET, HEAD");
     co_return res;
   }
   if (path.starts_with("/user/")) {
@@ -276,6 +353,14 @@ asio::awaitable<response> route(service& svc, const request& req) {
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
     if (digits.empty() || digits.size() > 18 || ec != std::errc{} || end != digits.data() + digits.size() || id < 0)
       co_return text(req, http::status::bad_request, "the user id must be a non-negative integer");
+    if (put) {
+      std::string name = req.body();
+      while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
+      if (name.empty() || name.size() > 256)
+        co_return text(req, http::status::bad_request, "the body must be the new name: 1 to 256 bytes");
+      std::string body = co_await svc.rename_user(id, std::move(name));
+      co_return make(req, http::status::ok, "application/json", std::move(body));
+    }
     std::string key = "user:" + std::to_string(id);
     auto loader = [&svc, id] { return svc.load_user(id); };
     std::string body = co_await svc.users.async_get(std::move(key), loader, asio::use_awaitable);
@@ -296,7 +381,7 @@ asio::awaitable<void> session(service& svc, tcp::socket socket) {
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.header_limit(8 * 1024);
-      parser.body_limit(8 * 1024);  // a GET service: large bodies are refused
+      parser.body_limit(8 * 1024);  // a new name at most: large bodies are refused
       stream.expires_after(30s);
       boost::system::error_code ec;
       co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
@@ -358,6 +443,8 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   long port = cfg.port, threads = cfg.threads, db_latency = cfg.db_latency.count(), ttl = cfg.ttl.count(),
        stale = cfg.stale.count();
   long disk_max_mb = static_cast<long>(cfg.disk_max_mb);
+  long lease = 0;
+  std::string fleet_invalidation = "tracking";
   std::string disk_durability = "durable";
   po::options_description desc(
       "cacheflight_http_service: an HTTP service whose endpoints hit one cache in front of a slow database\n\n"
@@ -399,7 +486,15 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("disk-max-mb", po::value(&disk_max_mb)->default_value(disk_max_mb),
        "the disk tier's budget in MiB (1 or more)")  //
       ("disk-durability", po::value(&disk_durability)->default_value(disk_durability),
-       "durable (a completed write survives a power loss) or relaxed (one sync a commit)");
+       "durable (a completed write survives a power loss) or relaxed (one sync a commit)")  //
+      ("fleet", po::bool_switch(&cfg.fleet),
+       "with a Redis option: instances sharing the server and prefix drop users written through the others, and "
+       "load a user nobody holds once for all of them (a lease in Redis)")  //
+      ("fleet-invalidation", po::value(&fleet_invalidation)->default_value(fleet_invalidation),
+       "how --fleet learns of writes: tracking (Redis client-side caching; any write to Redis is seen) or publish "
+       "(a PUBLISH channel; writes made through instances only). A cluster always uses publish")  //
+      ("lease-ms", po::value(&lease)->default_value(0, "2 x db-latency + 500, 1000 at least"),
+       "with --fleet, how long a lease lasts: an instance that dies mid-load holds the others up this long at most");
   po::variables_map vm;
   auto fail = [&](const std::string& why) {
     std::cerr << argv[0] << ": " << why << " (--help lists the options)\n";
@@ -450,6 +545,13 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (disk_max_mb < 1 || disk_max_mb > (1L << 24)) return fail("--disk-max-mb must be in [1, 16777216]");
   if (disk_durability != "durable" && disk_durability != "relaxed")
     return fail("--disk-durability must be durable or relaxed");
+  if (cfg.fleet && cfg.redis.empty() && cfg.redis_sentinel.empty() && cfg.redis_cluster.empty())
+    return fail("--fleet needs --redis, --redis-sentinel or --redis-cluster");
+  if (fleet_invalidation != "tracking" && fleet_invalidation != "publish")
+    return fail("--fleet-invalidation must be tracking or publish");
+  if (lease < 0 || lease > 3'600'000) return fail("--lease-ms must be in [0, 3600000]");
+  cfg.fleet_publish = fleet_invalidation == "publish";
+  cfg.lease = std::chrono::milliseconds(lease);
   cfg.disk_max_mb = static_cast<std::uint64_t>(disk_max_mb);
   cfg.disk_relaxed = disk_durability == "relaxed";
   cfg.port = static_cast<unsigned short>(port);
@@ -491,6 +593,10 @@ int main(int argc, char** argv) {
     std::cout << "L2: redis at " << cfg.redis << (cfg.redis_tls ? " (TLS)" : "") << ", prefix " << cfg.redis_prefix
               << std::endl;
   if (!cfg.disk.empty()) std::cout << "disk tier: " << cfg.disk << std::endl;
+  if (cfg.fleet)
+    std::cout << "fleet: invalidation by "
+              << (cfg.fleet_publish || !cfg.redis_cluster.empty() ? "a PUBLISH channel" : "client tracking")
+              << ", leases on misses" << std::endl;
 
   asio::co_spawn(main_io, listen(svc, acceptor, ios), asio::detached);
 

@@ -547,6 +547,23 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (op.what == write_op::kind::set && lk && !op.token.empty()) {
         args = {"EVAL", fill_script, "2", op.key, *lk, op.token, std::move(op.bytes), px};
         conditional = true;
+      } else if (op.what == write_op::kind::set && lk && !op.fill &&
+                 opts.invalidation == invalidation_mode::tracking) {
+        // A transaction rather than a script: Redis reports a script's writes
+        // to its caller despite NOLOOP, and this instance would drop its own
+        // value. The three commands go out together, before anything else
+        // this strand queues (a transaction never spans Cluster nodes, and
+        // tracking is not used with Cluster).
+        auto ignore = asio::bind_executor(strand, [](error_code, reply) {});
+        cl->async_exec({"MULTI"}, ignore);
+        std::vector<std::string> set{"SET", op.key, std::move(op.bytes)};
+        if (!px.empty()) {
+          set.emplace_back("PX");
+          set.push_back(px);
+        }
+        cl->async_exec(std::move(set), ignore);
+        cl->async_exec({"DEL", *lk}, ignore);
+        args = {"EXEC"};
       } else if (op.what == write_op::kind::set && lk && !op.fill) {
         args = {"EVAL", set_void_script, "2", op.key, *lk, std::move(op.bytes), px};
       } else if (op.what == write_op::kind::set) {
@@ -566,6 +583,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                                                                    remaining, i, g = *g, conditional,
                                                                    key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
+                       // EXEC: the transaction's replies, the SET's first.
+                       if (!ec && r.type == reply::kind::array && (r.elements.empty() || r.elements[0].is_error()))
+                         ec = make_error_code(error::protocol_error);
+                       if (!ec && r.type == reply::kind::nil) ec = make_error_code(error::protocol_error);
                        bool written = !ec;
                        if (!ec && conditional && r.type == reply::kind::integer && r.integer == 0) {
                          self->leases_lost.fetch_add(1, std::memory_order_relaxed);

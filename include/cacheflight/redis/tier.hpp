@@ -26,7 +26,9 @@ enum class invalidation_mode {
   /// <prefix> NOLOOP`, and a second connection of the tier (`<id>`) subscribes
   /// to `__redis__:invalidate`. Every write to a key under the prefix, by
   /// anyone (another instance, a script, `redis-cli`, an expiry), is reported;
-  /// this process's own writes are not (NOLOOP). Redis 6 or later; not with
+  /// this process's own writes are not (NOLOOP), except a fill under a lease:
+  /// Redis reports a script's writes to its caller too, so the instance that
+  /// filled the key reads it back from Redis once. Redis 6 or later; not with
   /// Cluster (use `publish`); refused by some managed services.
   tracking,
   /// An application channel: after each write of this tier succeeds (a set,
