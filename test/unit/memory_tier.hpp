@@ -40,6 +40,12 @@ class memory_tier final : public cf::tier {
   std::vector<std::string> log;  // "get k", "put k", "erase k", "clear"
   bool fail = false;
   bool hold_gets = false;
+  int fills = 0;  // puts that came through async_fill (loaded values)
+
+  // What a tier shared with other processes does when it learns of a change
+  // made elsewhere.
+  void report_change(std::string_view key) { listeners()->invalidate(key); }
+  void report_lost_link() { listeners()->invalidate_all(); }
   // Run once each, inside do_put: right before and right after the put is applied.
   std::function<void()> before_put, after_put;
 
@@ -70,6 +76,10 @@ class memory_tier final : public cf::tier {
     data[key] = std::move(bytes);
     if (after_put) std::exchange(after_put, nullptr)();
     complete(std::move(h), error_code{});
+  }
+  void do_fill(std::string key, std::string bytes, std::chrono::milliseconds ttl, done_handler h) override {
+    ++fills;
+    do_put(std::move(key), std::move(bytes), ttl, std::move(h));
   }
   void do_erase(std::string key, done_handler h) override {
     log.push_back("erase " + key);

@@ -4,6 +4,7 @@
 #include "memory_tier.hpp"
 #include "test_support.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <map>
 
@@ -381,3 +382,88 @@ TEST_F(Tier, ALoadAfterACompletedEraseNeverReadsAnOlderLoadsLateWrite) {
     EXPECT_EQ(cf::detail::decode_stored<int>(t->data["k"], cf::detail::envelope::now_ms(), nullptr), 2);
   }
 }
+
+namespace {
+
+TEST_F(Tier, ALoadedValueIsWrittenAsAFillAndAnExplicitSetAsAPut) {
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  tcache c{io, with({t})};
+  get(c, "k", 1);
+  EXPECT_EQ(t->fills, 1);
+  c.async_set("k", 2, [](std::exception_ptr) {});
+  drain(io);
+  EXPECT_EQ(t->fills, 1);
+  EXPECT_EQ(t->puts.size(), 2u);
+}
+
+TEST_F(Tier, AChangeReportedByATierDropsTheKeyFromMemoryOnlyAndVoidsItsLoad) {
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  tcache c{io, with({t})};
+  get(c, "a", 1);
+  get(c, "b", 2);
+  ASSERT_EQ(c.peek("a"), 1);
+  t->report_change("a");
+  EXPECT_FALSE(c.peek("a"));
+  EXPECT_EQ(c.peek("b"), 2);
+  EXPECT_TRUE(t->data.contains("a"));  // the tier is not written: the change came from it
+  EXPECT_EQ(std::count(t->log.begin(), t->log.end(), "erase a"), 0);
+  EXPECT_EQ(c.stats().invalidations_received, 1u);
+  EXPECT_EQ(log.count(CK::invalidated), 1u);
+  // A key memory does not hold is ignored, and not counted.
+  t->report_change("nobody");
+  t->report_change("");
+  EXPECT_EQ(c.stats().invalidations_received, 1u);
+
+  // A load in flight when the change is reported neither stores its value nor
+  // writes it to the tier, and a later caller starts a load of its own.
+  t->hold_gets = true;
+  outcome<> first, second;
+  c.async_get("c", loader(3), first.handler());
+  run_until(io, [&] { return t->log.back() == "get c"; });  // the tier is reading
+  t->report_change("c");
+  t->hold_gets = false;
+  c.async_get("c", loader(4), second.handler());
+  t->release();
+  drain(io);
+  EXPECT_EQ(first.value, 3);
+  EXPECT_EQ(second.value, 4);
+  EXPECT_EQ(c.peek("c"), 4);
+  EXPECT_EQ(t->puts.back().key, "c");
+  std::chrono::milliseconds left{};
+  EXPECT_EQ(cf::detail::decode_stored<int>(t->data["c"], cf::detail::envelope::now_ms(), &left), 4);
+}
+
+TEST_F(Tier, ALostLinkReportedByATierEmptiesMemoryOnly) {
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  tcache c{io, with({t})};
+  get(c, "a", 1);
+  get(c, "b", 2);
+  t->report_lost_link();
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(t->data.size(), 2u);
+  EXPECT_EQ(c.stats().memory_flushes, 1u);
+  EXPECT_EQ(log.count(CK::memory_flushed), 1u);
+  // Served again from the tier, without the loader.
+  const int before = loads;
+  EXPECT_EQ(get(c, "a", 9).value, 1);
+  EXPECT_EQ(loads, before);
+}
+
+TEST_F(Tier, ATierOutlivingItsCacheReportsToNobody) {
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  {
+    tcache c{io, with({t})};
+    get(c, "a", 1);
+  }
+  drain(io);
+  t->report_change("a");
+  t->report_lost_link();
+  // A cache made afterwards is told; the one destroyed is no longer listed.
+  tcache d{io, with({t})};
+  get(d, "a", 1);
+  t->report_change("a");
+  EXPECT_EQ(d.stats().invalidations_received, 1u);
+  EXPECT_FALSE(d.peek("a"));
+}
+
+}  // namespace
