@@ -811,6 +811,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                         if (ec || r.is_error()) return self->sub_failed(c);
                         self->sub_up = true;
                         self->sub_backoff = self->cl->options().reconnect_min;
+                        self->sub_check(c);
                         if (self->opts.invalidation == invalidation_mode::publish) return self->link_up();
                         // Tracking, redirected to this connection, on the data connection.
                         self->cl->async_exec({"CLIENT", "TRACKING", "off"},
@@ -824,6 +825,23 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                                                self->tracking_result(ec, r);
                                              }));
                       }));
+      }));
+    }));
+  }
+
+  // PINGs the invalidation connection each health-check interval: one that
+  // fails (a server gone silent, no reset seen) is closed and reopened, and
+  // memory flushed, as for a lost one.
+  void sub_check(const std::shared_ptr<connection>& c) {
+    auto t = std::make_shared<asio::steady_timer>(strand, cl->options().health_check_interval);
+    t->async_wait(asio::bind_executor(strand, [w = weak_from_this(), c, t](error_code ec) {
+      auto self = w.lock();
+      if (ec || !self || self->stopped || c != self->sub) return;
+      c->async_exec({"PING"}, asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
+        auto self = w.lock();
+        if (!self || self->stopped || c != self->sub) return;
+        if (ec || r.is_error()) return self->sub_failed(c);
+        self->sub_check(c);
       }));
     }));
   }

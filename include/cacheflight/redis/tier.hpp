@@ -122,10 +122,12 @@ struct tier_options {
 /// from memory (and voids its load in flight) when another instance writes or
 /// erases it: see `invalidation_mode` for the two ways. Invalidations travel on
 /// a second connection the tier opens to the same server (with Sentinel, to
-/// the current master; with Cluster, to one of the masters). When that
-/// connection or the data connection is lost, the caches empty their memory
-/// (writes made meanwhile would go unreported), and again once the
-/// subscription and tracking are back (`tier_health::link_flushes`); while
+/// the current master; with Cluster, to one of the masters), checked with a
+/// PING each `client_options::health_check_interval`. When that connection is
+/// lost (or its PING fails), or with `tracking` the data connection, the
+/// caches empty their memory (writes made meanwhile would go unreported), and
+/// again once the subscription and tracking are back
+/// (`tier_health::link_flushes`); while
 /// they are down, memory is only as fresh as its TTL allows. `linked()` tells
 /// whether invalidations are flowing now. Messages that arrive are counted in
 /// `tier_health::invalidations`, whether or not a cache held the key.
