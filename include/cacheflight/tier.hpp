@@ -51,17 +51,22 @@ struct tier_health {
   std::uint64_t leases_lost = 0;       ///< fills not written: the lease was voided or had expired
 };
 
+class tier;
+
 /// What a cache in front of a shared tier is told of changes made elsewhere
 /// (`tier::add_listener`). A cache registers itself with each of its tiers.
 class tier_listener {
  public:
   virtual ~tier_listener() = default;
   /// `key` was written or erased behind this process's back (another
-  /// instance): drop it from memory and void its load in flight. The tiers
-  /// are not written.
-  virtual void on_invalidate(std::string_view key) = 0;
+  /// instance), as `from` reports: drop it from memory, void its load in
+  /// flight, and erase it from the other tiers (a local disk behind a shared
+  /// Redis must not bring the old value back). `from` is not written, and is
+  /// given for its identity only.
+  virtual void on_invalidate(std::string_view key, const tier* from) = 0;
   /// Changes may have been missed (the channel that reports them was lost, or
-  /// the backend was flushed): drop everything from memory.
+  /// the backend was flushed): drop everything from memory. The tiers are not
+  /// touched.
   virtual void on_invalidate_all() = 0;
 };
 
@@ -191,14 +196,15 @@ class tier {
   /// tier's asynchronous parts may keep it after the tier is destroyed.
   class listener_set {
    public:
+    explicit listener_set(const tier* owner) noexcept : owner_(owner) {}
     void add(std::weak_ptr<tier_listener> l) {
       std::lock_guard lk(mu_);
       std::erase_if(list_, [](const std::weak_ptr<tier_listener>& w) { return w.expired(); });
       list_.push_back(std::move(l));
     }
-    /// Calls `on_invalidate(key)` on each live listener, outside the lock.
+    /// Calls `on_invalidate(key, the tier)` on each live listener, outside the lock.
     void invalidate(std::string_view key) {
-      for (const auto& l : live()) l->on_invalidate(key);
+      for (const auto& l : live()) l->on_invalidate(key, owner_);
     }
     /// Calls `on_invalidate_all()` on each live listener, outside the lock.
     void invalidate_all() {
@@ -214,6 +220,7 @@ class tier {
         if (auto l = w.lock()) out.push_back(std::move(l));
       return out;
     }
+    const tier* owner_;
     std::mutex mu_;
     std::vector<std::weak_ptr<tier_listener>> list_;
   };
@@ -229,7 +236,7 @@ class tier {
   virtual void do_clear(done_handler handler) = 0;
 
  private:
-  std::shared_ptr<listener_set> listeners_ = std::make_shared<listener_set>();
+  std::shared_ptr<listener_set> listeners_ = std::make_shared<listener_set>(this);
 };
 
 }  // namespace cacheflight

@@ -64,6 +64,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   // through is lost or replaced. On the strand.
   setup_fn setup;
   std::function<void()> lost_hook;
+  std::atomic<bool> hook_claimed{false};  // a tier took the hooks (`claim_connection_hook`)
   bool let_through = false;  // the current connection was let through
 
   void connection_gone() {
@@ -390,6 +391,10 @@ void client::start_exec_at(std::string node, std::vector<std::string> args, exec
 }  // namespace cacheflight::redis
 
 namespace cacheflight::redis {
+
+bool client::claim_connection_hook() noexcept {
+  return impl_ && !impl_->hook_claimed.exchange(true);
+}
 
 void client::on_connection(setup_fn setup, std::function<void()> lost) {
   asio::dispatch(impl_->strand, [self = impl_, setup = std::move(setup), lost = std::move(lost)]() mutable {

@@ -43,26 +43,35 @@ std::string prefix_pattern(std::string_view prefix) {
   return out;
 }
 
-// The lease key of a value key: in the value key's hash slot (see the class
-// documentation); none when that cannot be, with Cluster.
+// A read's cancellation, handed to the strand: the signal the command in
+// flight listens to, and whether it was emitted (a read waiting for a lease's
+// fill checks it between its steps).
+struct read_cancel : asio::cancellation_signal {
+  bool requested = false;  // on the strand
+};
+
+// The lease key of a value key: in the value key's hash slot, and outside
+// the prefix (so that a lease is not reported as a change of a cached key):
+// `{<tag>}:lease:<key>` for a key with a hash tag, else `{<key>}:lease`; none
+// when that cannot be, with Cluster (a key with a `}` but no hash tag).
 std::optional<std::string> lease_key_of(const std::string& k, bool cluster) {
   const auto open = k.find('{');
   if (open != std::string::npos) {
     const auto close = k.find('}', open + 1);
-    if (close != std::string::npos && close > open + 1) return k + ":lease";
+    if (close != std::string::npos && close > open + 1) return k.substr(open, close - open + 1) + ":lease:" + k;
   }
   if (k.find('}') == std::string::npos) return "{" + k + "}:lease";
-  if (!cluster) return k + ":lease";
+  if (!cluster) return "cflease:" + k;
   return std::nullopt;
 }
 
 // KEYS: value, lease. ARGV: token, lease TTL (ms). {1, value}, {2} (the lease
-// is taken), or {3, the lease's PTTL}.
+// is taken), or {3, the lease's PTTL, its token}.
 constexpr const char* get_or_lease_script =
     "local v = redis.call('GET', KEYS[1]) "
     "if v then return {1, v} end "
     "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
-    "return {3, redis.call('PTTL', KEYS[2])}";
+    "return {3, redis.call('PTTL', KEYS[2]), redis.call('GET', KEYS[2])}";
 
 // KEYS: value, lease. ARGV: token, bytes, TTL (ms; empty: none). 1 when
 // written, 0 when the lease no longer holds the token.
@@ -72,12 +81,21 @@ constexpr const char* fill_script =
     "else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end "
     "redis.call('DEL', KEYS[2]) return 1";
 
-// KEYS: value, lease. ARGV: bytes, TTL (ms; empty: none). Sets the value and
-// voids the lease, together.
-constexpr const char* set_void_script =
-    "if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) "
-    "else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end "
-    "redis.call('DEL', KEYS[2]) return 1";
+// Every write with `invalidation_mode::publish`: the write and its message
+// together, so that a write that happened is always announced. KEYS: value,
+// and the lease with leases. ARGV: the operation (s: a set, which voids the
+// lease; f: a fill under the lease whose token is ARGV[2]; p: a plain fill;
+// e: an erase, which voids the lease), bytes, TTL (ms; empty: none), channel,
+// message. 1 when written, 0 when a fill's lease was lost.
+constexpr const char* publish_write_script =
+    "local op = ARGV[1] "
+    "if op == 'f' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end "
+    "if op == 'e' then redis.call('UNLINK', KEYS[1]) "
+    "elseif ARGV[4] == '' then redis.call('SET', KEYS[1], ARGV[3]) "
+    "else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end "
+    "if KEYS[2] and op ~= 'p' then redis.call('DEL', KEYS[2]) end "
+    "redis.call('PUBLISH', ARGV[5], ARGV[6]) "
+    "return 1";
 
 std::string random_hex(std::mt19937_64& rng) {
   char buf[17];
@@ -109,6 +127,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::vector<done_handler> waiters;
     bool fill = false;   // a loaded value (`async_fill`), not an explicit set
     std::string token;   // a fill's lease token: written only while the lease holds it
+    bool void_lease = false;  // a set, or a write that took an erase's place: removes the key's lease
   };
   using op_list = std::list<write_op>;
 
@@ -155,6 +174,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   asio::steady_timer sub_timer;     // its reconnect
   milliseconds sub_backoff;
   std::string sub_id;               // its CLIENT ID
+  std::string sub_server;           // the server it reaches (`server_now()` when it was opened)
   bool sub_up = false;              // subscribed
   bool tracking_on = false;         // tracking redirected to sub_id on the current data connection
   bool linked_state = false;        // invalidations flowing (published in `linked_pub`)
@@ -176,7 +196,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   struct lease_wait {
     explicit lease_wait(asio::strand<asio::any_io_executor>& s) : timer(s) {}
     std::optional<get_handler> h;
-    std::shared_ptr<asio::cancellation_signal> cancel;
+    std::shared_ptr<read_cancel> cancel;
     asio::steady_timer timer;
     std::string key, lease;
   };
@@ -267,7 +287,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // --- reads ---------------------------------------------------------------
 
   // `cancel`, when set, is emitted on the strand when the caller cancels.
-  void get(std::string key, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel) {
+  void get(std::string key, get_handler h, std::shared_ptr<read_cancel> cancel) {
     if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
@@ -310,7 +330,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // A miss with leases: the value, or the lease, or a wait for another
   // instance's fill. `waited`: this miss waited already.
-  void lease_get(std::string k, std::string lk, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel,
+  void lease_get(std::string k, std::string lk, get_handler h, std::shared_ptr<read_cancel> cancel,
                  std::uint64_t g, bool waited) {
     std::string token = random_hex(rng);
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
@@ -335,8 +355,15 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
           }
           if (what != 3) return self->complete(std::move(h), make_error_code(error::protocol_error), std::optional<std::string>{});
+          // The lease is this instance's own, taken by a load that was voided
+          // before it could fill (memory flushed, the key erased): this load
+          // takes it over rather than wait for it to expire.
+          if (r.elements.size() == 3 && r.elements[2].type == reply::kind::bulk)
+            if (auto it = self->held.find(k); it != self->held.end() && !it->second.token.empty() &&
+                                              it->second.token == r.elements[2].str)
+              return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
           if (!waited) self->leases_waited.fetch_add(1, std::memory_order_relaxed);
-          long long pttl = r.elements.size() == 2 && r.elements[1].type == reply::kind::integer ? r.elements[1].integer : 0;
+          long long pttl = r.elements.size() >= 2 && r.elements[1].type == reply::kind::integer ? r.elements[1].integer : 0;
           self->wait_for_fill(std::move(k), std::move(lk), std::move(h), std::move(cancel), pttl);
         }));
   }
@@ -352,9 +379,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // Waits for a message about `k` on the invalidation channel, for the
   // lease's end, or `lease_poll`, whichever comes first, then asks again.
-  void wait_for_fill(std::string k, std::string lk, get_handler h, std::shared_ptr<asio::cancellation_signal> cancel,
+  void wait_for_fill(std::string k, std::string lk, get_handler h, std::shared_ptr<read_cancel> cancel,
                      long long pttl) {
-    if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    if (stopped || (cancel && cancel->requested))
+      return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
     auto w = std::make_shared<lease_wait>(strand);
     w->h.emplace(std::move(h));
     w->cancel = std::move(cancel);
@@ -440,6 +468,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
         ++queued_sets;
       }
+      // A write taking the place of a set or an erase still removes the lease
+      // they would have removed.
+      op.void_lease = op.void_lease || op.what == write_op::kind::erase || !fill;
       op.what = write_op::kind::set;
       op.bytes = std::move(bytes);
       op.ttl = ttl;
@@ -449,7 +480,8 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       return;
     }
     if (queued_sets >= opts.max_queued_writes) return give_up(std::move(h), make_error_code(error::queue_full));
-    enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}, fill, std::move(token)}, std::move(h));
+    enqueue(write_op{write_op::kind::set, std::move(k), std::move(bytes), ttl, {}, fill, std::move(token), !fill},
+            std::move(h));
     ++queued_sets;
   }
 
@@ -466,20 +498,21 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       op.bytes.clear();
       op.fill = false;
       op.token.clear();
+      op.void_lease = true;
       op.waiters.push_back(std::move(h));
       return;
     }
     // Erases are not refused: each has a caller waiting for it, or repairs a
     // write that an invalidation overtook; refusing one would leave Redis
     // holding a value memory dropped.
-    enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}, false, {}}, std::move(h));
+    enqueue(write_op{write_op::kind::erase, std::move(k), {}, {}, {}, false, {}, true}, std::move(h));
   }
 
   void clear(done_handler h) {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     // Every unsent write is superseded by the clear: its waiters complete with it.
-    write_op c{write_op::kind::clear, {}, {}, {}, {}, false, {}};
+    write_op c{write_op::kind::clear, {}, {}, {}, {}, false, {}, false};
     for (write_op& op : queue)
       for (done_handler& w : op.waiters) c.waiters.emplace_back(std::move(w));
     queue.clear();
@@ -531,42 +564,44 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     publish_queue();
     auto results = std::make_shared<std::vector<error_code>>(batch->size());
+    auto lost = std::make_shared<std::vector<char>>(batch->size());  // fills whose lease was lost
     auto remaining = std::make_shared<std::size_t>(batch->size());
     std::size_t i = 0;
     for (write_op& op : *batch) {
       if (cluster)
         sent.insert_or_assign(op.key, op.what == write_op::kind::set ? std::optional<std::string>(op.bytes)
                                                                      : std::optional<std::string>());
-      const std::optional<std::string> lk =
-          opts.leases && !(op.what == write_op::kind::set && op.fill && op.token.empty()) ? lease_key_of(op.key, cluster)
-                                                                                           : std::nullopt;
+      const std::optional<std::string> lk = opts.leases ? lease_key_of(op.key, cluster) : std::nullopt;
       const std::string px =
           op.ttl == milliseconds::max() ? std::string() : std::to_string(std::max<long long>(op.ttl.count(), 1));
+      // s: a set (voids the lease), f: a fill under its lease, p: a plain fill, e: an erase.
+      const char kind = op.what == write_op::kind::erase ? 'e'
+                        : !op.token.empty() && lk   ? 'f'
+                        : op.void_lease             ? 's'
+                                                    : 'p';
       std::vector<std::string> args;
-      bool conditional = false;  // a fill under a lease: 0 when the lease was lost
-      if (op.what == write_op::kind::set && lk && !op.token.empty()) {
+      if (opts.invalidation == invalidation_mode::publish) {
+        args = {"EVAL", publish_write_script, lk ? "2" : "1", op.key};
+        if (lk) args.push_back(*lk);
+        args.push_back(std::string(1, kind));
+        args.push_back(op.token);
+        args.push_back(std::move(op.bytes));
+        args.push_back(px);
+        args.push_back(channel);
+        args.push_back(instance + op.key);
+      } else if (kind == 'f') {
         args = {"EVAL", fill_script, "2", op.key, *lk, op.token, std::move(op.bytes), px};
-        conditional = true;
-      } else if (op.what == write_op::kind::set && lk && !op.fill &&
-                 opts.invalidation == invalidation_mode::tracking) {
-        // A transaction rather than a script: Redis reports a script's writes
-        // to its caller despite NOLOOP, and this instance would drop its own
-        // value. The three commands go out together, before anything else
-        // this strand queues (a transaction never spans Cluster nodes, and
-        // tracking is not used with Cluster).
-        auto ignore = asio::bind_executor(strand, [](error_code, reply) {});
-        cl->async_exec({"MULTI"}, ignore);
-        std::vector<std::string> set{"SET", op.key, std::move(op.bytes)};
-        if (!px.empty()) {
-          set.emplace_back("PX");
-          set.push_back(px);
-        }
-        cl->async_exec(std::move(set), ignore);
-        cl->async_exec({"DEL", *lk}, ignore);
-        args = {"EXEC"};
-      } else if (op.what == write_op::kind::set && lk && !op.fill) {
-        args = {"EVAL", set_void_script, "2", op.key, *lk, std::move(op.bytes), px};
-      } else if (op.what == write_op::kind::set) {
+      } else if (kind == 'e') {
+        args = {"UNLINK", op.key};
+        if (lk) args.push_back(*lk);  // the lease goes with the value: a fill in flight will not land
+      } else {
+        // The lease is removed before the value is set, by plain commands (a
+        // script's writes would be reported back to this instance despite
+        // NOLOOP). A fill between the two finds no lease and does not land;
+        // a lease taken between them is for a load that starts after this
+        // set's source of truth was written, whose fill may land.
+        if (kind == 's' && lk)
+          cl->async_exec({"DEL", *lk}, asio::bind_executor(strand, [](error_code, reply) {}));
         args.reserve(5);
         args.emplace_back("SET");
         args.push_back(op.key);
@@ -575,42 +610,39 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           args.emplace_back("PX");
           args.push_back(px);
         }
-      } else {
-        args = {"UNLINK", op.key};
-        if (lk) args.push_back(*lk);  // the lease goes with the value: a fill in flight will not land
       }
+      const bool conditional = kind == 'f' || opts.invalidation == invalidation_mode::publish;
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
-                                                                   remaining, i, g = *g, conditional,
+                                                                   remaining, lost, i, g = *g, conditional,
                                                                    key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
-                       // EXEC: the transaction's replies, the SET's first.
-                       if (!ec && r.type == reply::kind::array && (r.elements.empty() || r.elements[0].is_error()))
-                         ec = make_error_code(error::protocol_error);
-                       if (!ec && r.type == reply::kind::nil) ec = make_error_code(error::protocol_error);
-                       bool written = !ec;
                        if (!ec && conditional && r.type == reply::kind::integer && r.integer == 0) {
+                         // The fill's lease was voided or expired: a newer value stands (or
+                         // none), which this instance's memory must not outlast.
                          self->leases_lost.fetch_add(1, std::memory_order_relaxed);
-                         written = false;
+                         (*lost)[i] = 1;
+                         self->listeners->invalidate(std::string_view(key).substr(self->opts.prefix.size()));
                        }
-                       if (written) self->announce(key);
                        (*results)[i] = ec;
-                       if (--*remaining == 0) self->batch_done(*batch, *results, g);
+                       if (--*remaining == 0) self->batch_done(*batch, *results, *lost, g);
                      }));
       ++i;
     }
   }
 
-  void batch_done(op_list& batch, const std::vector<error_code>& results, std::uint64_t g) {
+  void batch_done(op_list& batch, const std::vector<error_code>& results, const std::vector<char>& lost,
+                  std::uint64_t g) {
     writing = false;
     sent.clear();
     error_code first;
     std::size_t i = 0;
     for (write_op& op : batch) {
+      const bool was_lost = lost[i] != 0;
       const error_code ec = results[i++];
       if (ec) {
         dropped.fetch_add(1, std::memory_order_relaxed);
         if (!first) first = ec;
-      } else {
+      } else if (!was_lost) {  // a lost fill is counted in leases_lost only
         writes.fetch_add(1, std::memory_order_relaxed);
       }
       for (done_handler& w : op.waiters) complete(std::move(w), ec);
@@ -671,7 +703,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
     writing = false;
     clearing = false;
-    if (!ec) announce({});
+    announce({});  // a clear that failed part of the way changed something too
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
     outcome(ec, g);
@@ -680,8 +712,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // --- invalidation across instances ---------------------------------------
 
-  // With `publish`: tells the other instances that `k` (with the prefix; empty:
-  // everything) was written. Its outcome does not change the write's.
+  // With `publish`: tells the other instances that everything may have
+  // changed (a clear; other writes publish in their own script). Its outcome
+  // does not change the clear's.
   void announce(const std::string& k) {
     if (opts.invalidation != invalidation_mode::publish) return;
     cl->async_exec({"PUBLISH", channel, instance + k}, asio::bind_executor(strand, [](error_code, reply) {}));
@@ -720,12 +753,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             auto self = w.lock();
             if (!self || self->stopped) return done({});
             self->tracking_on = false;
+            // After a failover the data connection reaches another server: the
+            // subscriber follows it, and enables tracking once it is there.
+            if (self->sub && self->sub_server != self->server_now()) self->restart_sub();
             if (!self->sub_up) return done({});  // enabled once the subscriber is back
             c->async_exec(self->tracking_command(),
-                          asio::bind_executor(self->strand, [w, c, done = std::move(done)](error_code ec, reply r) {
+                          asio::bind_executor(self->strand, [w, c, sub = self->sub, done = std::move(done)](
+                                                                error_code ec, reply r) {
+                            done(ec);  // usable unless lost; a refusal is the tier's business
                             auto self = w.lock();
-                            done({});  // the data connection is usable either way
-                            if (!self || self->stopped) return;
+                            if (!self || self->stopped || sub != self->sub) return;
                             self->tracking_result(ec, r);
                           }));
           },
@@ -749,13 +786,22 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (sub_up) link_up();
       return;
     }
-    // Refused (the subscriber's id is not on this server, after a failover) or
-    // lost: the subscriber starts over, and enables it again once back.
-    if (!ec && sub) {
-      auto c = std::exchange(sub, nullptr);
-      c->close();
-      sub_lost_now();
-    }
+    // The data connection lost: its setup enables tracking on the next one.
+    if (ec == error::not_connected || !cl->is_connected()) return;
+    // Refused (the subscriber's id is not on this server) or timed out: the
+    // subscriber starts over, and enables it again once back.
+    if (sub) restart_sub();
+  }
+
+  // The address the data connection reaches now ("host:port"; empty with
+  // Sentinel until a master was named).
+  std::string server_now() const { return cl->options().sentinel.master_name.empty() ? std::string("-") : cl->server(); }
+
+  // Closes the invalidation connection and opens a new one (memory is flushed).
+  void restart_sub() {
+    auto c = std::exchange(sub, nullptr);
+    if (c) c->close();
+    sub_lost_now();
   }
 
   // Where the invalidation connection goes: the data connection's server.
@@ -766,7 +812,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       const std::string& node = masters.empty() ? cl->options().cluster.nodes.front() : masters.front();
       if (auto hp = split_host_port(node)) std::tie(co.host, co.port) = *hp;
     } else if (!cl->options().sentinel.master_name.empty()) {
-      if (auto hp = split_host_port(cl->server())) std::tie(co.host, co.port) = *hp;
+      if (auto hp = split_host_port(server_now())) std::tie(co.host, co.port) = *hp;
     }
     co.max_pending = 16;
     return co;
@@ -782,8 +828,13 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void sub_connect() {
     if (stopped) return;
+    // With Sentinel, the subscriber goes where the data connection went: not
+    // before the sentinels named a master and the client reached it.
+    if (!cl->options().sentinel.master_name.empty() && (!cl->is_connected() || server_now().empty()))
+      return sub_lost_now();
     auto c = std::make_shared<connection>(strand, sub_options());
     sub = c;
+    sub_server = server_now();
     std::weak_ptr<impl> w = weak_from_this();
     c->on_push([w](reply& r) {
       if (auto self = w.lock()) self->on_message(r);
@@ -837,6 +888,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     t->async_wait(asio::bind_executor(strand, [w = weak_from_this(), c, t](error_code ec) {
       auto self = w.lock();
       if (ec || !self || self->stopped || c != self->sub) return;
+      if (self->cl->is_connected() && self->server_now() != self->sub_server) return self->restart_sub();  // a failover
       c->async_exec({"PING"}, asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
         auto self = w.lock();
         if (!self || self->stopped || c != self->sub) return;
@@ -888,8 +940,11 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void invalidated(const std::string& k) {
     if (!k.starts_with(opts.prefix)) return;
-    wake(k);
     invalidations.fetch_add(1, std::memory_order_relaxed);
+    // A miss of this instance waiting for the key's fill is the cache's load
+    // of it, and has read nothing yet: it asks again now and gets the new
+    // value, which the caches' notice would only keep out of memory.
+    if (waits.contains(k)) return wake(k);
     listeners->invalidate(std::string_view(k).substr(opts.prefix.size()));
   }
 
@@ -932,6 +987,9 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
   if (opts.invalidation == invalidation_mode::tracking && !c->options().cluster.nodes.empty())
     cacheflight::detail::throw_invalid_option(
         "redis::tier_options: invalidation_mode::tracking cannot be used with Cluster (use publish)");
+  if (opts.invalidation == invalidation_mode::tracking && !c->claim_connection_hook())
+    cacheflight::detail::throw_invalid_option(
+        "redis::tier_options: invalidation_mode::tracking needs a client no other tracking tier uses");
   impl_ = std::make_shared<impl>(std::move(c), std::move(opts), listeners());
   cacheflight::detail::drop_handlers_at_shutdown(impl_->strand, impl_);
   asio::post(impl_->strand, [self = impl_] { self->start_invalidation(); });
@@ -966,11 +1024,14 @@ void tier::do_get(std::string key, get_handler handler) {
   // The caller's slot is assigned here, in the caller's context, which is
   // where it is emitted and cleared; its handler hands the cancellation to the
   // strand, where the command's own slot lives.
-  std::shared_ptr<asio::cancellation_signal> cancel;
+  std::shared_ptr<read_cancel> cancel;
   if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
-    cancel = std::make_shared<asio::cancellation_signal>();
+    cancel = std::make_shared<read_cancel>();
     slot.assign([cancel, strand = impl_->strand](asio::cancellation_type_t t) {
-      asio::post(strand, [cancel, t] { cancel->emit(t); });
+      asio::post(strand, [cancel, t] {
+        cancel->requested = true;
+        cancel->emit(t);
+      });
     });
   }
   asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), cancel]() mutable {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -331,6 +332,54 @@ TEST_F(RedisCluster, ATierReadsItsOwnWritesAndClears) {
   EXPECT_EQ(after_put->value_or("none"), "v1");
   EXPECT_FALSE(after_clear->has_value()) << **after_clear;
   ASSERT_TRUE(run_until([&] { return tier->health().queued_writes == 0; }));
+}
+
+TEST_F(RedisCluster, PublishInvalidationAndLeasesWorkAcrossMasters) {
+  const std::string prefix = "cffleet:" + std::to_string(std::random_device{}()) + ":";
+  const redis::tier_options o{.prefix = prefix, .invalidation = redis::invalidation_mode::publish, .leases = true};
+  auto ta = std::make_shared<redis::tier>(io.get_executor(), cluster_options(), o);
+  auto tb = std::make_shared<redis::tier>(io.get_executor(), cluster_options(), o);
+  cf::cache<std::string> a{io, cf::cache_options{.tiers = {ta}}};
+  cf::cache<std::string> b{io, cf::cache_options{.tiers = {tb}}};
+  ASSERT_TRUE(run_until([&] { return ta->linked() && tb->linked(); }, 10s));
+  ASSERT_TRUE(run_until([&] { return ta->get_client().is_connected() && tb->get_client().is_connected(); }, 10s));
+  std::atomic<int> calls{0};
+  auto slow = [&calls](std::string v) {
+    return [&calls, v]() -> asio::awaitable<std::string> {
+      ++calls;
+      asio::steady_timer t(co_await asio::this_coro::executor, 100ms);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return v;
+    };
+  };
+  // Keys on every master: each cold key is loaded once for both instances.
+  std::vector<std::string> keys;
+  for (int i = 0; i < 12; ++i) keys.push_back("k" + std::to_string(i));
+  std::map<std::string, std::string> got_a, got_b;
+  for (auto& k : keys) {
+    a.async_get(k, slow("a"), [&got_a, k](std::exception_ptr e, std::string v) { if (!e) got_a[k] = v; });
+    b.async_get(k, slow("b"), [&got_b, k](std::exception_ptr e, std::string v) { if (!e) got_b[k] = v; });
+  }
+  ASSERT_TRUE(run_until([&] { return got_a.size() == keys.size() && got_b.size() == keys.size(); }, 10s));
+  EXPECT_EQ(calls, static_cast<int>(keys.size()));
+  for (auto& k : keys) EXPECT_EQ(got_a[k], got_b[k]) << k;
+  std::set<std::string> used;
+  for (auto& k : keys) used.insert(owner(ta->get_client(), redis::key_slot(prefix + k)));
+  EXPECT_EQ(used.size(), 3u);  // the keys spread over every master
+  // A set through one instance reaches the other, whatever the key's master.
+  for (auto& k : keys) {
+    bool done = false;
+    a.async_set(k, "new-" + k, [&](std::exception_ptr) { done = true; });
+    ASSERT_TRUE(run_until([&] { return done; }));
+  }
+  ASSERT_TRUE(run_until([&] {
+    for (auto& k : keys)
+      if (b.peek(k)) return false;
+    return true;
+  }, 5s));
+  // b was told of every set (and of a's fills before them).
+  EXPECT_GE(tb->health().invalidations, keys.size());
+  EXPECT_GE(b.stats().invalidations_received, 1u);
 }
 
 TEST_F(RedisCluster, ACancelledCommandCompletesWithOperationAborted) {

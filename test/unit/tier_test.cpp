@@ -433,6 +433,19 @@ TEST_F(Tier, AChangeReportedByATierDropsTheKeyFromMemoryOnlyAndVoidsItsLoad) {
   EXPECT_EQ(cf::detail::decode_stored<int>(t->data["c"], cf::detail::envelope::now_ms(), &left), 4);
 }
 
+TEST_F(Tier, AChangeReportedByOneTierErasesTheKeyFromTheOthers) {
+  auto shared = std::make_shared<memory_tier>(io.get_executor(), "shared");
+  auto local = std::make_shared<memory_tier>(io.get_executor(), "local");
+  tcache c{io, with({shared, local})};
+  get(c, "a", 1);
+  ASSERT_TRUE(local->data.contains("a"));
+  shared->report_change("a");
+  drain(io);
+  EXPECT_FALSE(local->data.contains("a"));  // the local copy would have come back on the next miss
+  EXPECT_TRUE(shared->data.contains("a"));  // the reporting tier holds the new value: not written
+  EXPECT_EQ(std::count(shared->log.begin(), shared->log.end(), "erase a"), 0);
+}
+
 TEST_F(Tier, ALostLinkReportedByATierEmptiesMemoryOnly) {
   auto t = std::make_shared<memory_tier>(io.get_executor());
   tcache c{io, with({t})};

@@ -78,6 +78,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   }
 
   bool empty() const noexcept { return tiers_.empty(); }
+  std::size_t size() const noexcept { return tiers_.size(); }
 
   // The key's epoch, or null without tiers (see above).
   epoch_counter* epoch_of(std::string_view key) noexcept { return empty() ? nullptr : &epochs_[stripe_of(key)]; }
@@ -245,6 +246,17 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
       for (std::size_t i = 0; i + 1 < tiers_.size(); ++i) put(i, key, bytes, left, fill);
       put(tiers_.size() - 1, key, std::move(bytes), left, fill);
       recheck(key, epoch);
+    }
+  }
+
+  // Erases `key` from every tier but `from`; failures are counted and reported.
+  void erase_except(const std::string& key, const tier* from) {
+    for (std::size_t i = 0; i < tiers_.size(); ++i) {
+      if (tiers_[i].get() == from) continue;
+      tiers_[i]->async_erase(key, [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
+        if (!ec) return;
+        if (auto self = w.lock()) self->failed(i, key, ec);
+      });
     }
   }
 

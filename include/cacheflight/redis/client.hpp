@@ -275,6 +275,8 @@ class client {
   // reopened so that it gets its setup.
   using setup_fn = std::function<void(const std::shared_ptr<connection>&, std::function<void(boost::system::error_code)>)>;
   void on_connection(setup_fn setup, std::function<void()> lost);
+  // Whether the hooks above are free, taking them if so (false with Cluster).
+  bool claim_connection_hook() noexcept;
   void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h);
 
   struct impl;

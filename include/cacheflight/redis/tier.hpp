@@ -29,14 +29,18 @@ enum class invalidation_mode {
   /// this process's own writes are not (NOLOOP), except a fill under a lease:
   /// Redis reports a script's writes to its caller too, so the instance that
   /// filled the key reads it back from Redis once. Redis 6 or later; not with
-  /// Cluster (use `publish`); refused by some managed services.
+  /// Cluster (use `publish`); refused by some managed services. The tier
+  /// installs the setup of the client's connections, so a client serves one
+  /// tracking tier (a second is refused with `error::invalid_option`).
   tracking,
-  /// An application channel: after each write of this tier succeeds (a set,
-  /// a fill, an erase, a clear) it publishes `PUBLISH <channel> <instance id><key>`,
-  /// and a second connection of the tier subscribes to the channel. Only
-  /// writes made through cacheflight are reported. Works wherever PUBLISH
-  /// does, Cluster included (a message published on one node reaches
-  /// subscribers on every node).
+  /// An application channel: each write of this tier (a set, a fill, an
+  /// erase) runs as a script that also publishes `<instance id><key>` on the
+  /// channel, so a write that happened is always announced; a clear publishes
+  /// `<instance id>` alone once it ends (everything is dropped). A second
+  /// connection of the tier subscribes to the channel. Only writes made
+  /// through cacheflight are reported. Works wherever scripts and PUBLISH do,
+  /// Cluster included (a message published on one node reaches subscribers
+  /// on every node).
   publish,
 };
 
@@ -119,10 +123,12 @@ struct tier_options {
 ///
 /// @par Across instances
 /// With `tier_options::invalidation`, a cache whose tier this is drops a key
-/// from memory (and voids its load in flight) when another instance writes or
-/// erases it: see `invalidation_mode` for the two ways. Invalidations travel on
-/// a second connection the tier opens to the same server (with Sentinel, to
-/// the current master; with Cluster, to one of the masters), checked with a
+/// from memory (and voids its load in flight, and erases the key from its
+/// other tiers, such as a local disk) when another instance writes or erases
+/// it: see `invalidation_mode` for the two ways. Invalidations travel on a
+/// second connection the tier opens to the same server (with Sentinel, to the
+/// master the data connection reaches, followed after a failover; with
+/// Cluster, to one of the masters), checked with a
 /// PING each `client_options::health_check_interval`. When that connection is
 /// lost (or its PING fails), or with `tracking` the data connection, the
 /// caches empty their memory (writes made meanwhile would go unreported), and
@@ -137,17 +143,23 @@ struct tier_options {
 /// NX PX lease_ttl`, a random token) and reports it taken. The instance that
 /// got the lease loads; its fill (`tier::async_fill`) is written by a second
 /// script only if the lease still holds that token, and removes the lease.
+/// A fill that finds its lease gone is not written (`tier_health::leases_lost`)
+/// and the key is dropped from the caches' memory: a newer value stands.
 /// The other instances' misses wait: a message on the invalidation channel
 /// for the key wakes them, and they also ask again each `lease_poll`; they
 /// get the filled value, or the lease once it expired unfilled (then they
-/// load). A set or an erase through any instance removes the lease in the
-/// same script or command, so a fill from a load that started before it
-/// never lands (`tier_health::leases_lost`). The lease key shares the value
-/// key's hash slot: `<key>:lease` when the key has a hash tag, else
-/// `{<key>}:lease` (with Cluster, keys with a `}` but no hash tag are read
-/// without a lease). A load that fails leaves its lease to expire: the others
-/// wait for `lease_ttl` at most, then one of them loads. Coalescing in each
-/// process applies first: one script per key per instance.
+/// load). A lease of this instance's own whose load was voided (memory
+/// flushed, the key erased) is taken over by the next miss rather than waited
+/// for. A set removes the lease before it writes the value, and an erase
+/// removes both at once, so a fill from a load that started before either
+/// never lands. The lease key shares the value key's hash slot and lies
+/// outside the prefix: `{<tag>}:lease:<key>` when the key has a hash tag,
+/// else `{<key>}:lease` (with Cluster, keys with a `}` but no hash tag are
+/// read without a lease). A load that fails leaves its lease to expire: the
+/// others wait about `lease_ttl` for each lease that expires unfilled (a
+/// waiter can lose the race for the next lease to another instance), then
+/// one of them loads. Coalescing in each process applies first: one script
+/// per key per instance.
 ///
 /// @par Threads
 /// Every member may be called from any thread; the state lives on a strand.
