@@ -47,7 +47,7 @@ struct tier_health {
   std::uint64_t link_flushes = 0;      ///< times the caches were told to drop everything (link lost or back)
   std::uint64_t leases_granted = 0;    ///< misses that got the key's lease: this process loads
   std::uint64_t leases_waited = 0;     ///< misses that found another's lease and waited for its fill
-  std::uint64_t leases_expired = 0;    ///< waits that saw the lease expire unfilled (then took it, or loaded)
+  std::uint64_t leases_expired = 0;    ///< waits that ended with this process taking the lease (the other expired unfilled, or was voided)
   std::uint64_t leases_lost = 0;       ///< fills not written: the lease was voided or had expired
 };
 

@@ -294,6 +294,30 @@ TEST_F(RedisFleet, ASetVoidsTheLeaseSoAFillFromBeforeItDoesNotLand) {
   EXPECT_EQ(r.str.find("old"), std::string::npos);
   auto [ec2, lease] = exec(*raw, {"EXISTS", "{" + prefix + "k}:lease"});
   EXPECT_EQ(lease.integer, 0);
+  // The loser's memory does not keep the value that lost: a newer one stands.
+  EXPECT_EQ(*out, "old");
+  EXPECT_FALSE(a.cache->peek("k"));
+  EXPECT_EQ(get_now(a, "k", "never", calls), "new");
+}
+
+TEST_F(RedisFleet, ALeaseOfThisInstanceWhoseLoadWasVoidedIsTakenOverNotWaitedFor) {
+  auto a = make({.invalidation = redis::invalidation_mode::tracking, .leases = true, .lease_ttl = 5000ms});
+  ASSERT_TRUE(linked(a));
+  std::atomic<int> calls{0};
+  std::optional<std::string> first, second;
+  get(a, "k", "first", calls, first, 300ms);
+  ASSERT_TRUE(run_until([&] { return a.tier->health().leases_granted == 1; }));
+  // The invalidation connection lost: memory is flushed and the load voided.
+  auto [ec, r] = exec(*raw, {"CLIENT", "KILL", "TYPE", "pubsub"});
+  ASSERT_FALSE(ec);
+  ASSERT_TRUE(run_until([&] { return a.cache->stats().memory_flushes >= 2; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  get(a, "k", "second", calls, second);
+  ASSERT_TRUE(run_until([&] { return first && second; }, 3s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);  // not the lease's 5 s
+  EXPECT_EQ(*second, "second");
+  EXPECT_EQ(a.tier->health().leases_waited, 0u);
+  EXPECT_EQ(calls, 2);
 }
 
 TEST_F(RedisFleet, ImpossibleFleetOptionsAreRefused) {
@@ -305,6 +329,12 @@ TEST_F(RedisFleet, ImpossibleFleetOptionsAreRefused) {
   co.cluster.nodes = {"127.0.0.1:" + port};
   EXPECT_THROW(redis::tier(io.get_executor(), co, {.invalidation = redis::invalidation_mode::tracking}),
                boost::system::system_error);
+  // Tracking sets up the client's connections: one tracking tier per client.
+  auto shared = std::make_shared<redis::client>(io.get_executor(), client_options());
+  redis::tier first(shared, {.prefix = prefix + "a:", .invalidation = redis::invalidation_mode::tracking});
+  EXPECT_THROW(redis::tier(shared, {.prefix = prefix + "b:", .invalidation = redis::invalidation_mode::tracking}),
+               boost::system::system_error);
+  redis::tier publishing(shared, {.prefix = prefix + "c:", .invalidation = redis::invalidation_mode::publish});
 }
 
 }  // namespace
