@@ -48,6 +48,24 @@ class RedisFleet : public redis_fixture {
     return run_until([&] { return i.tier->linked(); });
   }
 
+  // Two instances with client tracking, their invalidations flowing.
+  std::pair<instance, instance> tracking_pair() {
+    auto a = make({.invalidation = redis::invalidation_mode::tracking});
+    auto b = make({.invalidation = redis::invalidation_mode::tracking});
+    EXPECT_TRUE(linked(a));
+    EXPECT_TRUE(linked(b));
+    return {std::move(a), std::move(b)};
+  }
+
+  // b holds `key`; a set of it through a makes b drop it.
+  void expect_propagation(instance& a, instance& b, const std::string& key) {
+    std::atomic<int> calls{0};
+    get_now(b, key, "v", calls);
+    ASSERT_TRUE(b.cache->peek(key));
+    set_now(a, key, "w");
+    ASSERT_TRUE(run_until([&] { return !b.cache->peek(key); }, 2s)) << "the set did not reach the other instance";
+  }
+
   // async_get with a loader returning `v` (counted in `calls`) after `delay`.
   void get(instance& i, const std::string& key, std::string v, std::atomic<int>& calls,
            std::optional<std::string>& out, std::chrono::milliseconds delay = 0ms) {
@@ -103,10 +121,7 @@ class RedisFleet : public redis_fixture {
 };
 
 TEST_F(RedisFleet, TrackingDropsAKeySetElsewhereFromMemoryAndNotTheWritersOwn) {
-  auto a = make({.invalidation = redis::invalidation_mode::tracking});
-  auto b = make({.invalidation = redis::invalidation_mode::tracking});
-  ASSERT_TRUE(linked(a));
-  ASSERT_TRUE(linked(b));
+  auto [a, b] = tracking_pair();
   std::atomic<int> calls{0};
   EXPECT_EQ(get_now(a, "user:1", "ada", calls), "ada");
   EXPECT_EQ(get_now(b, "user:1", "never", calls), "ada");  // from Redis
@@ -171,10 +186,7 @@ TEST_F(RedisFleet, PublishModeDropsKeysSetOrErasedByOtherInstancesOnly) {
 }
 
 TEST_F(RedisFleet, KillingTheInvalidationConnectionFlushesMemoryAndTrackingComesBack) {
-  auto a = make({.invalidation = redis::invalidation_mode::tracking});
-  auto b = make({.invalidation = redis::invalidation_mode::tracking});
-  ASSERT_TRUE(linked(a));
-  ASSERT_TRUE(linked(b));
+  auto [a, b] = tracking_pair();
   std::atomic<int> calls{0};
   get_now(b, "k1", "v", calls);
   get_now(b, "k2", "v", calls);
@@ -188,18 +200,11 @@ TEST_F(RedisFleet, KillingTheInvalidationConnectionFlushesMemoryAndTrackingComes
   ASSERT_TRUE(run_until([&] { return b.cache->size() == 0; }, 2s)) << "memory not flushed";
   EXPECT_GT(b.cache->stats().memory_flushes, flushes);
   ASSERT_TRUE(run_until([&] { return a.tier->linked() && b.tier->linked(); }, 3s)) << "tracking not back";
-
-  // Invalidations flow again, to the new connection.
-  get_now(b, "k1", "v", calls);
-  set_now(a, "k1", "w");
-  ASSERT_TRUE(run_until([&] { return !b.cache->peek("k1"); }, 2s));
+  expect_propagation(a, b, "k1");  // to the new connection
 }
 
 TEST_F(RedisFleet, KillingTheDataConnectionFlushesMemoryAndReenablesTracking) {
-  auto a = make({.invalidation = redis::invalidation_mode::tracking});
-  auto b = make({.invalidation = redis::invalidation_mode::tracking});
-  ASSERT_TRUE(linked(a));
-  ASSERT_TRUE(linked(b));
+  auto [a, b] = tracking_pair();
   std::atomic<int> calls{0};
   get_now(b, "k1", "v", calls);
   ASSERT_EQ(b.cache->size(), 1u);
@@ -213,24 +218,18 @@ TEST_F(RedisFleet, KillingTheDataConnectionFlushesMemoryAndReenablesTracking) {
   ASSERT_TRUE(run_until([&] { return b.cache->size() == 0; }, 2s)) << "memory not flushed";
   ASSERT_TRUE(run_until([&] { return clients_with_flag('t').size() == 2 && a.tier->linked() && b.tier->linked(); }, 3s))
       << "tracking not re-enabled";
-  get_now(b, "k1", "v", calls);
-  set_now(a, "k1", "w");
-  ASSERT_TRUE(run_until([&] { return !b.cache->peek("k1"); }, 2s));
+  expect_propagation(a, b, "k1");
 }
 
 TEST_F(RedisFleet, ARestartedServerIsRelinkedAndServed) {
-  auto a = make({.invalidation = redis::invalidation_mode::tracking});
-  auto b = make({.invalidation = redis::invalidation_mode::tracking});
-  ASSERT_TRUE(linked(a));
-  ASSERT_TRUE(linked(b));
+  auto [a, b] = tracking_pair();
   std::atomic<int> calls{0};
   get_now(b, "k", "v", calls);
   server("restart");
   ASSERT_TRUE(run_until([&] { return b.cache->size() == 0; }, 5s));
   ASSERT_TRUE(run_until([&] { return a.tier->linked() && b.tier->linked(); }, 10s));
   EXPECT_EQ(get_now(b, "k", "v2", calls), "v2");
-  set_now(a, "k", "v3");
-  ASSERT_TRUE(run_until([&] { return !b.cache->peek("k"); }, 2s));
+  expect_propagation(a, b, "k2");
   ASSERT_TRUE(run_until([&] { return raw->is_connected(); }));
 }
 
