@@ -60,9 +60,9 @@ class tier_listener {
   virtual ~tier_listener() = default;
   /// `key` was written or erased behind this process's back (another
   /// instance), as `from` reports: drop it from memory, void its load in
-  /// flight, and erase it from the other tiers (a local disk behind a shared
-  /// Redis must not bring the old value back). `from` is not written, and is
-  /// given for its identity only.
+  /// flight, and erase it from the tiers that are not shared (`tier::shared`;
+  /// a local disk behind a shared Redis must not bring the old value back).
+  /// `from` is given for its identity only.
   virtual void on_invalidate(std::string_view key, const tier* from) = 0;
   /// Changes may have been missed (the channel that reports them was lost, or
   /// the backend was flushed): drop everything from memory. The tiers are not
@@ -117,6 +117,13 @@ class tier {
   /// The tier's own state; thread-safe. The default reports a closed breaker
   /// and no write queue.
   virtual tier_health health() const { return {}; }
+
+  /// Whether other processes read and write what this tier holds (a Redis
+  /// tier: true; the default: false, a tier local to this process). A change
+  /// one tier reports (`tier_listener::on_invalidate`) is erased from the
+  /// cache's tiers that are not shared: a shared one holds what the other
+  /// processes wrote, and tells its own listeners of it.
+  virtual bool shared() const noexcept { return false; }
 
   /// Registers a listener to be told of changes made elsewhere (see
   /// `tier_listener`). It is held weakly: an expired one is dropped. Tiers

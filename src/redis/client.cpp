@@ -396,6 +396,15 @@ bool client::claim_connection_hook() noexcept {
   return impl_ && !impl_->hook_claimed.exchange(true);
 }
 
+void client::release_connection_hook() {
+  if (!impl_) return;
+  asio::dispatch(impl_->strand, [self = impl_] {
+    self->setup = nullptr;
+    self->lost_hook = nullptr;
+    self->hook_claimed = false;
+  });
+}
+
 void client::on_connection(setup_fn setup, std::function<void()> lost) {
   asio::dispatch(impl_->strand, [self = impl_, setup = std::move(setup), lost = std::move(lost)]() mutable {
     self->setup = std::move(setup);

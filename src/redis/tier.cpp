@@ -65,13 +65,17 @@ std::optional<std::string> lease_key_of(const std::string& k, bool cluster) {
   return std::nullopt;
 }
 
-// KEYS: value, lease. ARGV: token, lease TTL (ms). {1, value}, {2} (the lease
-// is taken), or {3, the lease's PTTL, its token}.
+// KEYS: value, lease. ARGV: token, lease TTL (ms), the token of a lease of
+// this instance's for the key (or empty). {1, value}, {2} (the lease is
+// taken), {4} (this instance's own lease, renewed: its load was voided before
+// it could fill), or {3, the lease's PTTL}.
 constexpr const char* get_or_lease_script =
     "local v = redis.call('GET', KEYS[1]) "
     "if v then return {1, v} end "
     "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
-    "return {3, redis.call('PTTL', KEYS[2]), redis.call('GET', KEYS[2])}";
+    "if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then "
+    "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return {4} end "
+    "return {3, redis.call('PTTL', KEYS[2])}";
 
 // KEYS: value, lease. ARGV: token, bytes, TTL (ms; empty: none). 1 when
 // written, 0 when the lease no longer holds the token.
@@ -201,6 +205,14 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     std::string key, lease;
   };
   std::unordered_map<std::string, std::vector<std::shared_ptr<lease_wait>>> waits;
+
+  // With tracking: this instance's fill scripts whose report is still to
+  // come, by key (see `invalidated`): how many, and the last one's bytes' hash.
+  struct echo {
+    std::size_t count = 0;
+    std::size_t digest = 0;
+  };
+  std::unordered_map<std::string, echo> echoes;
 
   std::string full(std::string_view key) const {
     std::string k;
@@ -334,7 +346,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                  std::uint64_t g, bool waited) {
     std::string token = random_hex(rng);
     asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
-    std::vector<std::string> args{"EVAL", get_or_lease_script, "2", k, lk, token, std::to_string(opts.lease_ttl.count())};
+    std::string mine;
+    if (auto it = held.find(k); it != held.end()) mine = it->second.token;
+    std::vector<std::string> args{"EVAL", get_or_lease_script, "2", k, lk, token, std::to_string(opts.lease_ttl.count()),
+                                  std::move(mine)};
     cl->async_exec(
         std::move(args),
         asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), cancel, g, waited,
@@ -354,14 +369,15 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             self->hold(k, std::move(token));
             return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
           }
-          if (what != 3) return self->complete(std::move(h), make_error_code(error::protocol_error), std::optional<std::string>{});
+          if (what != 3 && what != 4)
+            return self->complete(std::move(h), make_error_code(error::protocol_error), std::optional<std::string>{});
           // The lease is this instance's own, taken by a load that was voided
           // before it could fill (memory flushed, the key erased): this load
-          // takes it over rather than wait for it to expire.
-          if (r.elements.size() == 3 && r.elements[2].type == reply::kind::bulk)
-            if (auto it = self->held.find(k); it != self->held.end() && !it->second.token.empty() &&
-                                              it->second.token == r.elements[2].str)
-              return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
+          // takes it over, renewed, rather than wait for it to expire.
+          if (what == 4) {
+            if (auto it = self->held.find(k); it != self->held.end()) it->second.taken = steady::now();
+            return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
+          }
           if (!waited) self->leases_waited.fetch_add(1, std::memory_order_relaxed);
           long long pttl = r.elements.size() >= 2 && r.elements[1].type == reply::kind::integer ? r.elements[1].integer : 0;
           self->wait_for_fill(std::move(k), std::move(lk), std::move(h), std::move(cancel), pttl);
@@ -447,19 +463,18 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     std::string k = full(key);
     std::string token;
-    if (opts.leases) {
-      auto it = held.find(k);
-      if (fill && it != held.end()) {
+    if (opts.leases && fill)
+      if (auto it = held.find(k); it != held.end()) {
         token = std::move(it->second.token);
         held.erase(it);
-        if (token.empty()) {  // a set or erase of this tier voided the lease: the value is superseded
+        // A set or an erase of the key is queued, unsent: it removes the lease
+        // before this fill would be written, which it supersedes. (Once sent,
+        // Redis itself refuses the fill: the lease is gone.)
+        if (auto q = index.find(k); q != index.end() && q->second->void_lease) {
           leases_lost.fetch_add(1, std::memory_order_relaxed);
           return complete(std::move(h), error_code{});
         }
-      } else if (!fill && it != held.end()) {
-        it->second.token.clear();  // the load in flight must not land after this set
       }
-    }
     if (auto it = index.find(k); it != index.end()) {  // the last write wins, in the older one's place
       write_op& op = *it->second;
       if (op.what == write_op::kind::erase) {
@@ -489,8 +504,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (stopped) return give_up(std::move(h), asio::error::operation_aborted);
     if (open_now()) return give_up(std::move(h), make_error_code(error::tier_unavailable));
     std::string k = full(key);
-    if (opts.leases)
-      if (auto it = held.find(k); it != held.end()) it->second.token.clear();  // its fill must not land
     if (auto it = index.find(k); it != index.end()) {  // replaces the unsent set, in its place
       write_op& op = *it->second;
       if (op.what == write_op::kind::set) --queued_sets;
@@ -590,6 +603,11 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         args.push_back(channel);
         args.push_back(instance + op.key);
       } else if (kind == 'f') {
+        if (opts.invalidation == invalidation_mode::tracking) {
+          echo& e = echoes[op.key];
+          ++e.count;
+          e.digest = std::hash<std::string>{}(op.bytes);
+        }
         args = {"EVAL", fill_script, "2", op.key, *lk, op.token, std::move(op.bytes), px};
       } else if (kind == 'e') {
         args = {"UNLINK", op.key};
@@ -612,10 +630,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         }
       }
       const bool conditional = kind == 'f' || opts.invalidation == invalidation_mode::publish;
+      const bool echoed = kind == 'f' && opts.invalidation == invalidation_mode::tracking;
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
-                                                                   remaining, lost, i, g = *g, conditional,
+                                                                   remaining, lost, i, g = *g, conditional, echoed,
                                                                    key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
+                       // No write, no report to expect (after a failure, one that comes is
+                       // passed on).
+                       if (echoed && (ec || (r.type == reply::kind::integer && r.integer == 0)))
+                         if (auto e = self->echoes.find(key); e != self->echoes.end() && --e->second.count == 0)
+                           self->echoes.erase(e);
                        if (!ec && conditional && r.type == reply::kind::integer && r.integer == 0) {
                          // The fill's lease was voided or expired: a newer value stands (or
                          // none), which this instance's memory must not outlast.
@@ -732,6 +756,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   }
 
   void link_lost() {
+    echoes.clear();  // reports on the way are lost with the link
     const bool was = linked_state;
     set_linked(false);
     if (was) flush_caches();
@@ -740,6 +765,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // Subscribed (and with `tracking`, tracking redirected to the subscriber):
   // what changed while the link was down is unknown, so memory goes.
   void link_up() {
+    sub_backoff = cl->options().reconnect_min;  // not before: a refused TRACKING retries with a growing delay
     set_linked(true);
     flush_caches();
   }
@@ -756,13 +782,31 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             // After a failover the data connection reaches another server: the
             // subscriber follows it, and enables tracking once it is there.
             if (self->sub && self->sub_server != self->server_now()) self->restart_sub();
-            if (!self->sub_up) return done({});  // enabled once the subscriber is back
+            if (!self->sub_up) {
+              // Enabled once the subscriber is back; with Sentinel it may have
+              // waited for this connection: it is opened now.
+              done({});
+              if (!self->sub) {
+                self->sub_timer.cancel();
+                asio::post(self->strand, [w] {
+                  auto self = w.lock();
+                  if (self && !self->stopped && !self->sub) self->sub_connect();
+                });
+              }
+              return;
+            }
             c->async_exec(self->tracking_command(),
                           asio::bind_executor(self->strand, [w, c, sub = self->sub, done = std::move(done)](
                                                                 error_code ec, reply r) {
                             done(ec);  // usable unless lost; a refusal is the tier's business
                             auto self = w.lock();
-                            if (!self || self->stopped || sub != self->sub) return;
+                            if (!self || self->stopped) return;
+                            // Redirected to a subscriber replaced meanwhile, whose own
+                            // attempt found no connection: redirect to the new one.
+                            if (sub != self->sub) {
+                              if (self->sub_up && !ec) self->enable_tracking();
+                              return;
+                            }
                             self->tracking_result(ec, r);
                           }));
           },
@@ -774,6 +818,19 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           });
     }
     sub_connect();
+  }
+
+  // Tracking on the current data connection, redirected to the subscriber
+  // (off first: a connection already tracking keeps its prefix otherwise).
+  void enable_tracking() {
+    cl->async_exec({"CLIENT", "TRACKING", "off"}, asio::bind_executor(strand, [](error_code, reply) {}));
+    cl->async_exec(tracking_command(), asio::bind_executor(strand, [w = weak_from_this(), c = sub](error_code ec, reply r) {
+      auto self = w.lock();
+      if (!self || self->stopped || c != self->sub) return;
+      // Not connected: the client's setup enables it on connecting.
+      if (ec == error::not_connected) return;
+      self->tracking_result(ec, r);
+    }));
   }
 
   std::vector<std::string> tracking_command() const {
@@ -861,20 +918,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                         if (!self || self->stopped || c != self->sub) return;
                         if (ec || r.is_error()) return self->sub_failed(c);
                         self->sub_up = true;
-                        self->sub_backoff = self->cl->options().reconnect_min;
                         self->sub_check(c);
                         if (self->opts.invalidation == invalidation_mode::publish) return self->link_up();
-                        // Tracking, redirected to this connection, on the data connection.
-                        self->cl->async_exec({"CLIENT", "TRACKING", "off"},
-                                             asio::bind_executor(self->strand, [](error_code, reply) {}));
-                        self->cl->async_exec(self->tracking_command(),
-                                             asio::bind_executor(self->strand, [w, c](error_code ec, reply r) {
-                                               auto self = w.lock();
-                                               if (!self || self->stopped || c != self->sub) return;
-                                               // Not connected: the client's setup enables it on connecting.
-                                               if (ec == error::not_connected) return;
-                                               self->tracking_result(ec, r);
-                                             }));
+                        self->enable_tracking();
                       }));
       }));
     }));
@@ -941,16 +987,29 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void invalidated(const std::string& k) {
     if (!k.starts_with(opts.prefix)) return;
     invalidations.fetch_add(1, std::memory_order_relaxed);
-    // A miss of this instance waiting for the key's fill is the cache's load
-    // of it, and has read nothing yet: it asks again now and gets the new
-    // value, which the caches' notice would only keep out of memory.
-    if (waits.contains(k)) return wake(k);
+    wake(k);
+    // With tracking, Redis reports this instance's own fill scripts back to
+    // it: a report for a key with such a fill outstanding is checked against
+    // Redis, and passed on only if Redis holds something else (a write of
+    // another's came with it).
+    if (auto e = echoes.find(k); e != echoes.end()) {
+      const std::size_t digest = e->second.digest;
+      if (--e->second.count == 0) echoes.erase(e);
+      cl->async_exec({"GET", k}, asio::bind_executor(strand, [w = weak_from_this(), k, digest](error_code ec, reply r) {
+        auto self = w.lock();
+        if (!self || self->stopped) return;
+        if (!ec && r.type == reply::kind::bulk && std::hash<std::string>{}(r.str) == digest) return;
+        self->listeners->invalidate(std::string_view(k).substr(self->opts.prefix.size()));
+      }));
+      return;
+    }
     listeners->invalidate(std::string_view(k).substr(opts.prefix.size()));
   }
 
   void stop() {
     stopped = true;
     fail_queue(asio::error::operation_aborted);
+    if (opts.invalidation == invalidation_mode::tracking) cl->release_connection_hook();
     sub_timer.cancel();
     if (sub) std::exchange(sub, nullptr)->close();
     set_linked(false);

@@ -79,6 +79,9 @@ case "$cmd" in
       ports+=("$p")
     done
     for p in "${ports[@]}"; do
+      # A node of an earlier cluster that used this port left its nodes.conf:
+      # a new node must start empty.
+      rm -rf "${dir:?}/$p"
       mkdir -p "$dir/$p"
       if [ ${#tls[@]} -gt 0 ]; then listen=(--port 0 --tls-port "$p" "${tls[@]}"); else listen=(--port "$p"); fi
       redis-server "${listen[@]}" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \

@@ -213,9 +213,9 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
   void on_invalidate(std::string_view key, const tier* from) override {
     if (!valid_key(key)) return;
     const std::string k(key);
-    // The other tiers (a disk behind Redis) may hold the old value: erased
-    // there, so that a miss does not bring it back.
-    if (tiers_->size() > 1) tiers_->erase_except(k, from);
+    // A local tier (a disk behind Redis) may hold the old value: erased there,
+    // so that a miss does not bring it back.
+    if (tiers_->size() > 1) tiers_->erase_local(k, from);
     // The key's tier epoch is left alone: bumping it would make a write of
     // this cache's in progress erase, on its recheck, the very value whose
     // write is being reported.

@@ -249,10 +249,11 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
     }
   }
 
-  // Erases `key` from every tier but `from`; failures are counted and reported.
-  void erase_except(const std::string& key, const tier* from) {
+  // Erases `key` from every tier local to this process but `from`; failures
+  // are counted and reported.
+  void erase_local(const std::string& key, const tier* from) {
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
-      if (tiers_[i].get() == from) continue;
+      if (tiers_[i].get() == from || tiers_[i]->shared()) continue;
       tiers_[i]->async_erase(key, [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
         if (!ec) return;
         if (auto self = w.lock()) self->failed(i, key, ec);

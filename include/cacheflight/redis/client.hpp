@@ -277,6 +277,8 @@ class client {
   void on_connection(setup_fn setup, std::function<void()> lost);
   // Whether the hooks above are free, taking them if so (false with Cluster).
   bool claim_connection_hook() noexcept;
+  // Removes the hooks and frees them for another claim.
+  void release_connection_hook();
   void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h);
 
   struct impl;

@@ -28,7 +28,8 @@ enum class invalidation_mode {
   /// anyone (another instance, a script, `redis-cli`, an expiry), is reported;
   /// this process's own writes are not (NOLOOP), except a fill under a lease:
   /// Redis reports a script's writes to its caller too, so the instance that
-  /// filled the key reads it back from Redis once. Redis 6 or later; not with
+  /// filled the key checks such a report with one GET, and keeps its value
+  /// when Redis holds what it wrote. Redis 6 or later; not with
   /// Cluster (use `publish`); refused by some managed services. The tier
   /// installs the setup of the client's connections, so a client serves one
   /// tracking tier (a second is refused with `error::invalid_option`).
@@ -158,8 +159,11 @@ struct tier_options {
 /// read without a lease). A load that fails leaves its lease to expire: the
 /// others wait about `lease_ttl` for each lease that expires unfilled (a
 /// waiter can lose the race for the next lease to another instance), then
-/// one of them loads. Coalescing in each process applies first: one script
-/// per key per instance.
+/// one of them loads. `async_clear` removes the prefix's values, not the
+/// leases, which expire on their own. With a prefix that starts with a hash
+/// tag, lease keys of tagged keys start with the prefix too, and tracking
+/// reports their changes as changes of keys no cache holds. Coalescing in
+/// each process applies first: one script per key per instance.
 ///
 /// @par Threads
 /// Every member may be called from any thread; the state lives on a strand.
@@ -181,6 +185,8 @@ class tier final : public cacheflight::tier {
 
   std::string_view name() const noexcept override { return "redis"; }
   tier_health health() const override;
+  /// True: every instance using the server and prefix shares it.
+  bool shared() const noexcept override { return true; }
 
   /// The client this tier uses.
   client& get_client() noexcept;
