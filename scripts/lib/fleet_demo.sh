@@ -89,21 +89,20 @@ burst_all() {
   done
 }
 
-echo
-echo "== 3000 concurrent requests for one cold id (/user/9000), 1000 at each instance"
-before=$(db_calls_total "$a" "$b" "$c")
-burst_all 9000 1
-one=$(( $(db_calls_total "$a" "$b" "$c") - before ))
-echo "=> database calls, all instances together: $one"
-expect "one cold id over three instances: one database call" 1 "$one"
-
-echo
-echo "== 3000 concurrent requests over 100 cold ids (/user/7000 .. /user/7099), 1000 at each instance"
-before=$(db_calls_total "$a" "$b" "$c")
-burst_all 7000 100
-hundred=$(( $(db_calls_total "$a" "$b" "$c") - before ))
-echo "=> database calls, all instances together: $hundred"
-expect "100 cold ids over three instances: 100 database calls" 100 "$hundred"
+# bursts_count FIRST SPREAD TITLE: the bursts, and the database calls of all
+# three instances together, which must be SPREAD: one per cold id.
+bursts_count() {
+  echo
+  echo "== 3000 concurrent requests $3, 1000 at each instance"
+  local before calls
+  before=$(db_calls_total "$a" "$b" "$c")
+  burst_all "$1" "$2"
+  calls=$(( $(db_calls_total "$a" "$b" "$c") - before ))
+  echo "=> database calls, all instances together: $calls"
+  expect "$2 cold id(s) over three instances: $2 database call(s)" "$2" "$calls"
+}
+bursts_count 9000 1 "for one cold id (/user/9000)"
+bursts_count 7000 100 "over 100 cold ids (/user/7000 .. /user/7099)"
 
 echo
 echo "== PUT /user/7000 through :$a, read back from :$b and :$c"

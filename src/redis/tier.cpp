@@ -180,7 +180,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   std::string sub_id;               // its CLIENT ID
   std::string sub_server;           // the server it reaches (`server_now()` when it was opened)
   bool sub_up = false;              // subscribed
-  bool tracking_on = false;         // tracking redirected to sub_id on the current data connection
   bool linked_state = false;        // invalidations flowing (published in `linked_pub`)
   std::atomic<bool> linked_pub{false};
   std::mt19937_64 rng;
@@ -298,9 +297,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // --- reads ---------------------------------------------------------------
 
+  // Completes a read without bytes: a miss (`ec` empty) or a failure.
+  void end_read(get_handler h, error_code ec) { complete(std::move(h), ec, std::optional<std::string>{}); }
+
   // `cancel`, when set, is emitted on the strand when the caller cancels.
   void get(std::string key, get_handler h, std::shared_ptr<read_cancel> cancel) {
-    if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    if (stopped) return end_read(std::move(h), error_code(asio::error::operation_aborted));
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
@@ -311,12 +313,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       if (op.what == write_op::kind::set) v = op.bytes;
       return complete(std::move(h), error_code{}, std::move(v));
     }
-    if (queued_clears != 0 || clearing) return complete(std::move(h), error_code{}, std::optional<std::string>{});
+    if (queued_clears != 0 || clearing) return end_read(std::move(h), error_code{});
     if (!sent.empty())
       if (auto it = sent.find(k); it != sent.end())
         return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
     const auto g = admit();
-    if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
+    if (!g) return end_read(std::move(h), make_error_code(error::tier_unavailable));
     if (opts.leases)
       if (auto lk = lease_key_of(k, cluster))
         return lease_get(std::move(k), std::move(*lk), std::move(h), std::move(cancel), *g, false);
@@ -359,7 +361,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                               r.elements[0].type == reply::kind::integer;
           if (!ec && !shaped) ec = make_error_code(error::protocol_error);
           self->outcome(ec, g);
-          if (ec) return self->complete(std::move(h), ec, std::optional<std::string>{});
+          if (ec) return self->end_read(std::move(h), ec);
           const long long what = r.elements[0].integer;
           if (what == 1 && r.elements.size() == 2 && r.elements[1].type == reply::kind::bulk)
             return self->complete(std::move(h), error_code{}, std::optional<std::string>(std::move(r.elements[1].str)));
@@ -367,16 +369,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             self->leases_granted.fetch_add(1, std::memory_order_relaxed);
             if (waited) self->leases_expired.fetch_add(1, std::memory_order_relaxed);
             self->hold(k, std::move(token));
-            return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
+            return self->end_read(std::move(h), error_code{});
           }
           if (what != 3 && what != 4)
-            return self->complete(std::move(h), make_error_code(error::protocol_error), std::optional<std::string>{});
+            return self->end_read(std::move(h), make_error_code(error::protocol_error));
           // The lease is this instance's own, taken by a load that was voided
           // before it could fill (memory flushed, the key erased): this load
           // takes it over, renewed, rather than wait for it to expire.
           if (what == 4) {
             if (auto it = self->held.find(k); it != self->held.end()) it->second.taken = steady::now();
-            return self->complete(std::move(h), error_code{}, std::optional<std::string>{});
+            return self->end_read(std::move(h), error_code{});
           }
           if (!waited) self->leases_waited.fetch_add(1, std::memory_order_relaxed);
           long long pttl = r.elements.size() >= 2 && r.elements[1].type == reply::kind::integer ? r.elements[1].integer : 0;
@@ -398,7 +400,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void wait_for_fill(std::string k, std::string lk, get_handler h, std::shared_ptr<read_cancel> cancel,
                      long long pttl) {
     if (stopped || (cancel && cancel->requested))
-      return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+      return end_read(std::move(h), error_code(asio::error::operation_aborted));
     auto w = std::make_shared<lease_wait>(strand);
     w->h.emplace(std::move(h));
     w->cancel = std::move(cancel);
@@ -416,7 +418,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         auto h = std::move(*w->h);
         w->h.reset();
         w->timer.cancel();
-        self->complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+        self->end_read(std::move(h), error_code(asio::error::operation_aborted));
       });
     w->timer.async_wait(asio::bind_executor(strand, [self = shared_from_this(), w](error_code) { self->retry(w); }));
     waits[std::move(k)].push_back(std::move(w));
@@ -435,9 +437,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     auto h = std::move(*w->h);
     w->h.reset();
     if (w->cancel) w->cancel->slot().clear();
-    if (stopped) return complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});
+    if (stopped) return end_read(std::move(h), error_code(asio::error::operation_aborted));
     const auto g = admit();
-    if (!g) return complete(std::move(h), make_error_code(error::tier_unavailable), std::optional<std::string>{});
+    if (!g) return end_read(std::move(h), make_error_code(error::tier_unavailable));
     lease_get(std::move(w->key), std::move(w->lease), std::move(h), std::move(w->cancel), *g, true);
   }
 
@@ -727,7 +729,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
     writing = false;
     clearing = false;
-    announce({});  // a clear that failed part of the way changed something too
+    announce_clear();  // a clear that failed part of the way changed something too
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
     outcome(ec, g);
@@ -739,9 +741,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // With `publish`: tells the other instances that everything may have
   // changed (a clear; other writes publish in their own script). Its outcome
   // does not change the clear's.
-  void announce(const std::string& k) {
+  void announce_clear() {
     if (opts.invalidation != invalidation_mode::publish) return;
-    cl->async_exec({"PUBLISH", channel, instance + k}, asio::bind_executor(strand, [](error_code, reply) {}));
+    cl->async_exec({"PUBLISH", channel, instance}, asio::bind_executor(strand, [](error_code, reply) {}));
   }
 
   void set_linked(bool up) {
@@ -778,7 +780,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           [w](const std::shared_ptr<connection>& c, std::function<void(error_code)> done) {
             auto self = w.lock();
             if (!self || self->stopped) return done({});
-            self->tracking_on = false;
             // After a failover the data connection reaches another server: the
             // subscriber follows it, and enables tracking once it is there.
             if (self->sub && self->sub_server != self->server_now()) self->restart_sub();
@@ -813,7 +814,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
           [w] {
             auto self = w.lock();
             if (!self || self->stopped) return;
-            self->tracking_on = false;
             self->link_lost();
           });
     }
@@ -839,7 +839,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   void tracking_result(error_code ec, const reply& r) {
     if (!ec && !r.is_error()) {
-      tracking_on = true;
       if (sub_up) link_up();
       return;
     }
@@ -875,6 +874,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return co;
   }
 
+  // "host:port" as `client::server()` and `client::masters()` give it: an
+  // IPv6 host without brackets, so split at the last colon (unlike
+  // `detail::split_address`, which parses what users write).
   static std::optional<std::pair<std::string, std::string>> split_host_port(const std::string& a) {
     const auto colon = a.rfind(':');
     if (colon == std::string::npos || colon == 0) return std::nullopt;

@@ -254,10 +254,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   void erase_local(const std::string& key, const tier* from) {
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       if (tiers_[i].get() == from || tiers_[i]->shared()) continue;
-      tiers_[i]->async_erase(key, [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
-        if (!ec) return;
-        if (auto self = w.lock()) self->failed(i, key, ec);
-      });
+      tiers_[i]->async_erase(key, report_failure(i, key));
     }
   }
 
@@ -326,15 +323,20 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
     if (epochs_[stripe_of(key)].load(std::memory_order_relaxed) != epoch) erase(key);
   }
 
-  void put(std::size_t i, const std::string& key, std::string bytes, std::chrono::milliseconds ttl, bool fill) {
-    auto done = [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
+  // A tier operation's handler that counts and reports its failure, if any.
+  // Weak: a tier's queue must not keep the cache alive.
+  auto report_failure(std::size_t i, const std::string& key) {
+    return [w = this->weak_from_this(), i, key](boost::system::error_code ec) {
       if (!ec) return;
       if (auto self = w.lock()) self->failed(i, key, ec);
     };
+  }
+
+  void put(std::size_t i, const std::string& key, std::string bytes, std::chrono::milliseconds ttl, bool fill) {
     if (fill)
-      tiers_[i]->async_fill(key, std::move(bytes), ttl, std::move(done));
+      tiers_[i]->async_fill(key, std::move(bytes), ttl, report_failure(i, key));
     else
-      tiers_[i]->async_put(key, std::move(bytes), ttl, std::move(done));
+      tiers_[i]->async_put(key, std::move(bytes), ttl, report_failure(i, key));
   }
 
   void failed(std::size_t i, std::string_view key, const boost::system::error_code& ec) {
