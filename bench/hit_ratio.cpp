@@ -75,10 +75,12 @@ double replay(const trace& t, cf::eviction_policy p, std::size_t capacity) {
   std::string key;
   for (std::uint64_t k : t.keys) {
     key.assign(reinterpret_cast<const char*>(&k), sizeof k);
-    if (shard.find(key, [] { return std::int64_t(0); }, dead)) {
+    const cf::detail::hashed_key hk(key);
+    if (shard.find(hk, [] { return std::int64_t(0); }, dead)) {
       ++hits;
     } else {
-      shard.put(std::string(key), std::numeric_limits<std::int64_t>::max(), 1, [](auto& n) { n.set_value(1); }, dead);
+      shard.put(std::string(key), hk.hash, std::numeric_limits<std::int64_t>::max(), 1, [](auto& n) { n.set_value(1); },
+                dead);
     }
     while (auto* n = dead.pop_front()) delete n;
   }

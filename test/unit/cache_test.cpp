@@ -789,3 +789,31 @@ TEST_F(Cache, AStoreRefusedByAThrowingWeigherReleasesTheLoadsToken) {
   EXPECT_FALSE(memory.store("k", &v, nullptr, std::chrono::seconds(1), token, nullptr, nullptr));
   EXPECT_EQ(memory.lookup("k", 0, nullptr), std::nullopt);
 }
+
+// Load registrations are filed by the key's hash alone: two keys of one
+// hash can only void each other's registration, so that neither load stores
+// its result; neither is ever let in over an invalidation.
+TEST_F(Cache, LoadsOfKeysOfOneHashFailSafe) {
+  using shard_t = cf::detail::l1_shard<int>;
+  shard_t shard;
+  shard.configure(cf::eviction_policy::s3fifo, 100, 100);
+  const std::string a = "alpha", b = "beta";
+  const cf::detail::hashed_key ka(a, 7), kb(b, 7);
+
+  // b's registration replaces a's: a's load may no longer store; b's may.
+  shard.begin_load(ka, 1);
+  shard.begin_load(kb, 2);
+  EXPECT_FALSE(shard.end_load(ka, 1));
+  EXPECT_TRUE(shard.end_load(kb, 2));
+  // An invalidation of a voids b's load too.
+  shard.begin_load(kb, 3);
+  shard.invalidate_load(ka);
+  EXPECT_FALSE(shard.end_load(kb, 3));
+  // A key of another hash is not disturbed by either.
+  const cf::detail::hashed_key kc("gamma", 8);
+  shard.begin_load(kc, 4);
+  shard.begin_load(ka, 5);
+  shard.invalidate_load(kb);
+  EXPECT_TRUE(shard.end_load(kc, 4));
+  EXPECT_FALSE(shard.end_load(ka, 5));
+}

@@ -38,18 +38,19 @@ struct load_counters {
 // it. Released when the load ends without storing, however it ends (thrown,
 // cancelled before it started, destroyed unrun at shutdown). Until it is
 // issued, it holds neither the state nor the key: a caller that joins a load
-// already in flight builds one and drops it without touching either.
+// already in flight builds one and drops it without touching either. It
+// carries the key's hash, computed once by the caller.
 //
 // `State` is the cache's state (cache_state.hpp): `memory()` gives its memory tier.
 template <class State>
 class load_ticket {
  public:
-  explicit load_ticket(State* st) noexcept : raw_(st) {}
+  load_ticket(State* st, std::size_t hash) noexcept : raw_(st), hash_(hash) {}
   load_ticket(load_ticket&& o) noexcept
-      : raw_(o.raw_), st_(std::move(o.st_)), key_(std::move(o.key_)), token_(std::exchange(o.token_, 0)) {}
+      : raw_(o.raw_), st_(std::move(o.st_)), key_(std::move(o.key_)), hash_(o.hash_), token_(std::exchange(o.token_, 0)) {}
   load_ticket& operator=(load_ticket&&) = delete;
   ~load_ticket() {
-    if (token_) st_->memory().end_load(key_, token_);
+    if (token_) st_->memory().end_load(hashed(), token_);
   }
 
   // Called once, as the load's entry is created: keeps the state alive for
@@ -57,16 +58,19 @@ class load_ticket {
   void issue(const std::string& key) {
     key_ = key;
     st_ = raw_->shared_from_this();
-    token_ = st_->memory().begin_load(key_);
+    token_ = st_->memory().begin_load(hashed());
   }
   State& state() const noexcept { return *raw_; }
   const std::string& key() const noexcept { return key_; }
+  std::size_t hash() const noexcept { return hash_; }
+  hashed_key hashed() const noexcept { return hashed_key(key_, hash_); }
   std::uint64_t& token() noexcept { return token_; }
 
  private:
   State* raw_;
   std::shared_ptr<State> st_;  // from issue() on
   std::string key_;
+  std::size_t hash_;
   std::uint64_t token_ = 0;
 };
 
@@ -94,6 +98,8 @@ struct load_work {
   reload_of refresh{};  // a background reload of a stale (or soon stale) value
 
   void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
+  // The key's hash, which the flight takes instead of hashing the key again.
+  std::size_t key_hash(entry_created_tag) const noexcept { return ticket.hash(); }
   // Its call moves the ticket, the loader and the TTL into the coroutine.
   using self_contained_call = void;
   boost::asio::awaitable<typename State::value_type> operator()() {
@@ -132,6 +138,7 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   using Clock = typename State::clock_type;
   State& st = ticket.state();
   const std::string& key = ticket.key();
+  const hashed_key hkey = ticket.hashed();
   if (st.has_tiers()) {
     // A reload takes a value from a tier only if it is fresher than the one
     // it replaces by a margin: otherwise it is that value (this instance
@@ -168,14 +175,14 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   // The freshness policy (user code) decides the value's times, if there is one.
   const auto [fresh, stale] = st.entry_times(key, *value, ttl, took);
   if (fresh <= std::chrono::nanoseconds::zero()) {  // served, not stored
-    st.memory().end_load(key, std::exchange(ticket.token(), 0));
+    st.memory().end_load(hkey, std::exchange(ticket.token(), 0));
     co_return std::move(*value);
   }
   std::uint64_t epoch = 0;
   // Loads of this key skip the tiers from before the store until the write and
   // its recheck are initiated (see tier_pipeline.hpp).
   auto writing = st.tiers().invalidate_key(key);
-  if (st.memory().store(key, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
+  if (st.memory().store(hkey, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
                         &epoch, stale, took) &&
       st.has_tiers())
     st.tiers().write(key, *value, fresh, epoch, false, stale, true);

@@ -83,7 +83,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
 
   bool valid_key(std::string_view key) const noexcept { return !key.empty() && key.size() <= opts_.max_key_length; }
 
-  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true,
+  std::optional<V> lookup(hashed_key key, std::size_t purge, std::exception_ptr* failure, bool count = true,
                           read_state* rs = nullptr) {
     return memory_.lookup(key, purge, failure, count, rs);
   }
@@ -137,7 +137,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
     std::optional<std::chrono::nanoseconds> timeout;
     if (opts_.refresh_timeout != no_timeout) timeout = opts_.refresh_timeout;
     using work_type = load_work<cache_state, Loader>;
-    work_type work{load_ticket<cache_state>(this), std::move(loader), ttl, replaces};
+    work_type work{load_ticket<cache_state>(this, hashed_key::hash_of(key)), std::move(loader), ttl, replaces};
     refresh_done done{this->weak_from_this(), key, Clock::now(), ahead};
     flight_.async_run(std::move(key), run_options{.timeout = timeout}, std::move(work), std::move(done));
   }

@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
 #define CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
 
+#include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/error.hpp>
@@ -94,12 +95,14 @@ template <class V>
 struct flight_entry {
   // `track`: whether the entry must keep the context busy itself (coroutine
   // work is tracked by co_spawn from its start to its completion).
-  flight_entry(std::string k, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial, bool track)
-      : key(std::move(k)), shard(s), strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))) {
+  flight_entry(std::string k, std::size_t h, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial,
+               bool track)
+      : key(std::move(k)), hash(h), shard(s), strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))) {
     if (track) work = asio::prefer(ex, asio::execution::outstanding_work.tracked);
   }
 
   const std::string key;
+  const std::size_t hash;  // of `key`
   flight_shard<V>* const shard;
 
   // Guarded by shard->mu.
@@ -125,7 +128,8 @@ struct flight_entry {
 template <class V>
 struct alignas(64) flight_shard {
   shard_mutex mu;
-  boost::unordered_flat_map<std::string_view, std::shared_ptr<flight_entry<V>>, boost::hash<std::string_view>> map;
+  // Keyed by views of the entries' own keys, with their hashes.
+  boost::unordered_flat_map<hashed_key, std::shared_ptr<flight_entry<V>>, hashed_key_hash, hashed_key_eq> map;
   // Entries still running after `forget`: out of `map`, so new callers start
   // fresh work, but still cancellable by `clear`.
   boost::unordered_flat_map<const flight_entry<V>*, std::shared_ptr<flight_entry<V>>> forgotten;
@@ -139,6 +143,12 @@ struct alignas(64) flight_shard {
 struct entry_created_tag {};
 template <class Fn>
 concept observes_creation = requires(Fn& f, const std::string& key) { f.on_entry_created(entry_created_tag{}, key); };
+// Work functions that carry their key's hash (the cache's loads, whose caller
+// hashed the key already).
+template <class Fn>
+concept carries_key_hash = requires(const Fn& f) {
+  { f.key_hash(entry_created_tag{}) } -> std::convertible_to<std::size_t>;
+};
 
 enum class leave_reason { cancelled, timed_out };
 
@@ -184,22 +194,24 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   std::size_t size() const noexcept { return keys_.load(std::memory_order_relaxed); }
 
   bool has(std::string_view key) {
-    shard& sh = shard_for(key);
+    const hashed_key hk(key);
+    shard& sh = shard_for(hk);
     std::lock_guard lk(sh.mu);
-    return sh.map.contains(key);
+    return sh.map.contains(hk);
   }
 
   template <class Handler, class Fn>
   void run(Handler&& handler, std::string&& key, run_options ro, Fn&& fn);
 
   bool cancel(std::string_view key) {
-    shard& sh = shard_for(key);
+    const hashed_key hk(key);
+    shard& sh = shard_for(hk);
     entry_ptr e;
     intrusive_list<waiter> waiters;
     std::chrono::nanoseconds dur{};
     {
       std::lock_guard lk(sh.mu);
-      auto it = sh.map.find(key);
+      auto it = sh.map.find(hk);
       if (it == sh.map.end()) return false;
       e = take_locked(sh, *it->second);
       dur = detach_locked(*e, waiters);
@@ -238,9 +250,10 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   // Detaches the key's entry from the map: callers from now on start fresh
   // work; the entry's own waiters still get its result.
   bool forget(std::string_view key) {
-    shard& sh = shard_for(key);
+    const hashed_key hk(key);
+    shard& sh = shard_for(hk);
     std::lock_guard lk(sh.mu);
-    return forget_locked(sh, key);
+    return forget_locked(sh, hk);
   }
 
   std::size_t forget_all() {
@@ -301,9 +314,9 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   template <class Keep>
   struct task_handler;
 
-  shard& shard_for(std::string_view key) const noexcept {
-    if (opts_.shards == 1) return shards_[0];
-    return shards_[boost::hash<std::string_view>{}(key) % opts_.shards];
+  // The shard of a key, from the hash it carries (see shard_index).
+  shard& shard_for(const hashed_key& key) const noexcept {
+    return opts_.shards == 1 ? shards_[0] : shards_[shard_index(key.hash, opts_.shards)];
   }
 
   // Whether the caller runs on the thread of the flight's io_context, so that
@@ -326,7 +339,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   entry_ptr take_locked(shard& sh, entry& e) {
     entry_ptr p;
     if (e.in_map) {
-      auto it = sh.map.find(std::string_view(e.key));
+      auto it = sh.map.find(hashed_key(e.key, e.hash));
       p = std::move(it->second);
       sh.map.erase(it);
       e.in_map = false;
@@ -339,7 +352,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     return p;
   }
 
-  bool forget_locked(shard& sh, std::string_view key) {
+  bool forget_locked(shard& sh, hashed_key key) {
     auto it = sh.map.find(key);
     if (it == sh.map.end()) return false;
     entry& e = *it->second;
@@ -554,7 +567,13 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   }
   op->prepare(*this, ro.timeout ? *ro.timeout : opts_.default_timeout, ex_);
 
-  shard& sh = shard_for(key);
+  hashed_key hk = [&] {
+    if constexpr (carries_key_hash<std::remove_cvref_t<Fn>>)
+      return hashed_key(key, fn.key_hash(entry_created_tag{}));
+    else
+      return hashed_key(key);
+  }();
+  shard& sh = shard_for(hk);
   op->shard = &sh;
   bool joined = false;
   auto link_locked = [op](entry& e) {
@@ -566,7 +585,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
 
   {
     std::lock_guard lk(sh.mu);
-    if (auto it = sh.map.find(std::string_view(key)); it != sh.map.end()) {
+    if (auto it = sh.map.find(hk); it != sh.map.end()) {
       link_locked(*it->second);
       joined = true;
     }
@@ -580,7 +599,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   // caller got there first.
   std::shared_ptr<entry> fresh;
   try {
-    fresh = std::make_shared<entry>(std::move(key), &sh, ex_, serial_, !coroutine_work<std::decay_t<Fn>, V>);
+    fresh = std::make_shared<entry>(std::move(key), hk.hash, &sh, ex_, serial_, !coroutine_work<std::decay_t<Fn>, V>);
   } catch (...) {
     op->complete(std::current_exception(), nullptr, ex_, delivery::post);
     return;
@@ -589,7 +608,8 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   std::exception_ptr failure;
   {
     std::lock_guard lk(sh.mu);
-    if (auto it = sh.map.find(std::string_view(fresh->key)); it != sh.map.end()) {
+    hk = hashed_key(fresh->key, fresh->hash);  // the key now lives in the entry
+    if (auto it = sh.map.find(hk); it != sh.map.end()) {
       link_locked(*it->second);
       joined = true;
     } else if (!reserve_key()) {
@@ -597,7 +617,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     } else {
       try {
         if constexpr (observes_creation<std::remove_reference_t<Fn>>) fn.on_entry_created(entry_created_tag{}, fresh->key);
-        sh.map.emplace(std::string_view(fresh->key), fresh);
+        sh.map.emplace(hk, fresh);
       } catch (...) {
         keys_.fetch_sub(1, std::memory_order_relaxed);
         failure = std::current_exception();

@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_L1_STORE_HPP
 #define CACHEFLIGHT_DETAIL_L1_STORE_HPP
 
+#include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/options.hpp>
@@ -176,13 +177,15 @@ struct l1_node final : list_hook {
 template <class Node>
 struct l1_node_hash {
   using is_transparent = void;
-  std::size_t operator()(std::string_view k) const noexcept { return boost::hash<std::string_view>{}(k); }
-  std::size_t operator()(const Node* n) const noexcept { return (*this)(std::string_view(n->key)); }
+  std::size_t operator()(std::string_view k) const noexcept { return hashed_key::hash_of(k); }
+  std::size_t operator()(const hashed_key& k) const noexcept { return k.hash; }
+  std::size_t operator()(const Node* n) const noexcept { return hashed_key::hash_of(n->key); }
 };
 template <class Node>
 struct l1_node_eq {
   using is_transparent = void;
   static std::string_view view(std::string_view k) noexcept { return k; }
+  static std::string_view view(const hashed_key& k) noexcept { return k.key; }
   static std::string_view view(const Node* n) noexcept { return n->key; }
   template <class A, class B>
   bool operator()(const A& a, const B& b) const noexcept {
@@ -238,7 +241,7 @@ class alignas(64) l1_shard {
   // removed onto `dead`. A hit records the access for the eviction policy.
   // `now()` gives the clock, read only for an entry that can expire.
   template <class Now>
-  node* find(std::string_view key, Now&& now, graveyard& dead) {
+  node* find(const hashed_key& key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return nullptr;
     node* n = *it;
@@ -251,7 +254,7 @@ class alignas(64) l1_shard {
   }
 
   // The entry of `key`, expired or not, without recording an access.
-  node* peek(std::string_view key) const {
+  node* peek(const hashed_key& key) const {
     auto it = map_.find(key);
     return it == map_.end() ? nullptr : *it;
   }
@@ -262,14 +265,15 @@ class alignas(64) l1_shard {
   // Inserts or replaces. Returns false (storing nothing) for an entry heavier
   // than the shard's capacity. Evictions go onto `dead`.
   template <class Fill>
-  bool put(std::string&& key, std::int64_t expires, std::size_t w, Fill&& fill, graveyard& dead) {
+  bool put(std::string&& key, std::size_t hash, std::int64_t expires, std::size_t w, Fill&& fill, graveyard& dead) {
     if (stores_nothing()) return true;
+    const hashed_key hk(key, hash);
     if (w > max_weight_) {
       ++counters.evictions_oversized;
-      if (auto it = map_.find(std::string_view(key)); it != map_.end()) remove(*it, removal::replaced, dead);
+      if (auto it = map_.find(hk); it != map_.end()) remove(*it, removal::replaced, dead);
       return false;
     }
-    if (auto it = map_.find(std::string_view(key)); it != map_.end()) {
+    if (auto it = map_.find(hk); it != map_.end()) {
       node* n = *it;
       try {
         fill(*n);
@@ -289,7 +293,7 @@ class alignas(64) l1_shard {
       // Nothing is linked until every step that may throw has succeeded.
       auto owned = std::make_unique<node>();
       node* n = owned.get();
-      n->key = std::move(key);
+      n->key = std::move(key);  // `hk` views `key`: not used from here on
       fill(*n);
       n->weight = w;
       if (expires != std::numeric_limits<std::int64_t>::max()) heap_.reserve(heap_.size() + 1);
@@ -297,7 +301,7 @@ class alignas(64) l1_shard {
       owned.release();
       weight_ += w;
       set_expiry(n, expires);
-      admit(n);
+      admit(n, hash);
     }
     evict(dead);
     return true;
@@ -306,7 +310,7 @@ class alignas(64) l1_shard {
   // Removes `key`. Returns whether a fresh entry was removed: an expired one
   // is reclaimed as an expiration and reported as absent, as `find` would.
   template <class Now>
-  bool erase(std::string_view key, Now&& now, graveyard& dead) {
+  bool erase(const hashed_key& key, Now&& now, graveyard& dead) {
     auto it = map_.find(key);
     if (it == map_.end()) return false;
     node* n = *it;
@@ -338,15 +342,18 @@ class alignas(64) l1_shard {
 
   // Generation tokens of loads in flight: a load stores its result only if its
   // token is still registered (no erase, clear or set of the key meanwhile).
-  void begin_load(const std::string& key, std::uint64_t token) { loading_[key] = token; }
-  bool end_load(const std::string& key, std::uint64_t token) {
-    auto it = loading_.find(key);
+  // They are filed by the key's hash alone. Tokens are unique, so two keys
+  // of one hash can only void each other's registration: a load then does not
+  // store its result, and nothing stale is ever stored.
+  void begin_load(const hashed_key& key, std::uint64_t token) { loading_.insert_or_assign(key.hash, token); }
+  bool end_load(const hashed_key& key, std::uint64_t token) {
+    auto it = loading_.find(key.hash);
     if (it == loading_.end() || it->second != token) return false;
     loading_.erase(it);
     return true;
   }
-  void invalidate_load(const std::string& key) {
-    if (auto it = loading_.find(key); it != loading_.end()) loading_.erase(it);
+  void invalidate_load(const hashed_key& key) {
+    if (auto it = loading_.find(key.hash); it != loading_.end()) loading_.erase(it);
   }
   void invalidate_loads() { loading_.clear(); }
 
@@ -360,13 +367,13 @@ class alignas(64) l1_shard {
     }
   }
 
-  void admit(node* n) {
+  // `h`: the hash of the node's key.
+  void admit(node* n, std::uint64_t h) {
     if (policy_ == eviction_policy::lru) {
       n->in_main = true;
       main_.push_front(n);
       return;
     }
-    const std::uint64_t h = boost::hash<std::string_view>{}(n->key);
     auto g = ghost_set_.find(h);
     if (g != ghost_set_.end()) {
       // Recently evicted from the small queue: it has proven reuse.
@@ -412,8 +419,9 @@ class alignas(64) l1_shard {
       main_weight_ += n->weight;
       return;
     }
-    remember(boost::hash<std::string_view>{}(n->key));
-    remove(n, removal::capacity, dead);
+    const std::size_t h = hashed_key::hash_of(n->key);
+    remember(h);
+    remove(n, removal::capacity, dead, &h);
   }
 
   void evict_main(graveyard& dead) {
@@ -441,7 +449,8 @@ class alignas(64) l1_shard {
     }
   }
 
-  void remove(node* n, removal why, graveyard& dead) {
+  // `hash`, if given, is the hash of the node's key.
+  void remove(node* n, removal why, graveyard& dead, const std::size_t* hash = nullptr) {
     if (policy_ == eviction_policy::lru || n->in_main) {
       main_.erase(n);
       if (policy_ != eviction_policy::lru) main_weight_ -= n->weight;
@@ -450,7 +459,10 @@ class alignas(64) l1_shard {
       small_weight_ -= n->weight;
     }
     heap_erase(n);
-    map_.erase(n);
+    if (hash)
+      map_.erase(hashed_key(n->key, *hash));
+    else
+      map_.erase(n);
     weight_ -= n->weight;
     if (why == removal::capacity) ++counters.evictions_capacity;
     if (why == removal::expired) ++counters.expirations;
@@ -523,7 +535,7 @@ class alignas(64) l1_shard {
   std::deque<std::uint64_t> ghost_;
   boost::unordered_flat_map<std::uint64_t, std::uint32_t> ghost_set_;
   std::vector<node*> heap_;
-  boost::unordered_flat_map<std::string, std::uint64_t> loading_;
+  boost::unordered_flat_map<std::size_t, std::uint64_t> loading_;  // key hash -> token
 };
 
 }  // namespace detail

@@ -103,7 +103,7 @@ class memory_tier {
   // entry keeps its value until it expires (`keep`, stale-if-error: later
   // reads see it as served after an error), or is dropped; a value still
   // fresh (an early reload failed) is kept either way.
-  void refresh_ended(const std::string& key, bool failed, bool keep) {
+  void refresh_ended(hashed_key key, bool failed, bool keep) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     {
@@ -124,7 +124,7 @@ class memory_tier {
 
   // Marks `key`'s entry as being reloaded (refresh-ahead), so that a stale
   // read does not start a second reload.
-  void mark_refreshing(std::string_view key) {
+  void mark_refreshing(hashed_key key) {
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
     if (node* n = sh.peek(key)) n->refreshing = true;
@@ -132,7 +132,7 @@ class memory_tier {
 
   // For refresh-ahead: the fresh time of `key`'s value and whether it was read
   // since it was stored; nullopt when memory holds no live value of it.
-  std::optional<std::pair<std::int64_t, bool>> freshness_of(std::string_view key) {
+  std::optional<std::pair<std::int64_t, bool>> freshness_of(hashed_key key) {
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
     node* n = sh.peek(key);
@@ -147,7 +147,7 @@ class memory_tier {
   // (stale) until it expires; a caller that passes `rs` can start its reload:
   // `rs->refresh` is set for one caller at a time (the entry remembers that a
   // reload was started until it is replaced or the reload ends).
-  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true,
+  std::optional<V> lookup(hashed_key key, std::size_t purge, std::exception_ptr* failure, bool count = true,
                           read_state* rs = nullptr) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
@@ -209,9 +209,9 @@ class memory_tier {
       }
     }
     if (count && events_) {
-      events_.emit(hit ? cache_event_kind::hit : cache_event_kind::miss, key);
-      if (seen.stale) events_.emit(cache_event_kind::stale_hit, key);
-      if (seen.after_error) events_.emit(cache_event_kind::stale_after_error, key);
+      events_.emit(hit ? cache_event_kind::hit : cache_event_kind::miss, key.key);
+      if (seen.stale) events_.emit(cache_event_kind::stale_hit, key.key);
+      if (seen.after_error) events_.emit(cache_event_kind::stale_after_error, key.key);
     }
     if (!dead.empty()) bury(dead);
     return v;
@@ -227,7 +227,7 @@ class memory_tier {
   // store. The weigher and V's copy run first, outside the lock: if either
   // throws, nothing is stored, the load's token is released, and the
   // exception propagates.
-  bool store(const std::string& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
+  bool store(hashed_key key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
              std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen,
              std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero(),
              std::chrono::nanoseconds took = std::chrono::nanoseconds(-1)) {
@@ -238,7 +238,7 @@ class memory_tier {
     std::exception_ptr old_error;
     std::exception_ptr failed;
     try {
-      if (v && weigher_) w = weigher_(key, *v);  // user code: outside the lock
+      if (v && weigher_) w = weigher_(key.key, *v);  // user code: outside the lock
       if (v && !sh.stores_nothing()) copy.emplace(*v);
     } catch (...) {
       if (token) end_load(key, *token);
@@ -246,7 +246,7 @@ class memory_tier {
     }
     typename shard::graveyard dead;
     bool oversized = false;
-    std::string k = key;
+    std::string k(key.key);
     {
       std::lock_guard lk(sh.mu);
       if (token) {
@@ -261,7 +261,7 @@ class memory_tier {
       const std::int64_t fresh_until = deadline(t, ttl);
       const std::int64_t expires = deadline(fresh_until, stale);
       try {
-        oversized = !sh.put(std::move(k), expires, w,
+        oversized = !sh.put(std::move(k), key.hash, expires, w,
                             [&](node& n) {
                               // The old value, if any, is destroyed after the lock.
                               n.take_slot(old_value, old_error);
@@ -278,7 +278,7 @@ class memory_tier {
         failed = std::current_exception();  // V's move threw: the key's entry is gone
       }
     }
-    if (oversized) events_.emit(cache_event{cache_event_kind::eviction, key, {}, {}, eviction_cause::oversized});
+    if (oversized) events_.emit(cache_event{cache_event_kind::eviction, key.key, {}, {}, eviction_cause::oversized});
     bury(dead);
     if (failed) std::rethrow_exception(failed);
     return true;
@@ -286,7 +286,7 @@ class memory_tier {
 
   // Removes `key` and voids its load in flight; bumps `epoch`. Returns whether
   // a fresh value was removed (an expired one is reclaimed as an expiration).
-  bool erase(const std::string& key, epoch_counter* epoch) {
+  bool erase(hashed_key key, epoch_counter* epoch) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     bool erased;
@@ -318,7 +318,7 @@ class memory_tier {
 
   // Load tokens: a load stores its result only while its token is registered
   // (no erase, clear or set of the key meanwhile).
-  std::uint64_t begin_load(const std::string& key) {
+  std::uint64_t begin_load(hashed_key key) {
     const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
@@ -326,7 +326,7 @@ class memory_tier {
     return token;
   }
 
-  void end_load(const std::string& key, std::uint64_t token) {
+  void end_load(hashed_key key, std::uint64_t token) {
     if (!token) return;
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
@@ -358,13 +358,9 @@ class memory_tier {
   }
 
  private:
-  // The shard of a key: the high bits of its hash times an odd constant,
-  // scaled to the number of shards by a multiplication (no division). The
-  // shard's index mixes the hash its own way.
-  shard& shard_for(std::string_view key) const noexcept {
-    if (nshards_ == 1) return shards_[0];
-    const std::uint64_t mixed = std::uint64_t(boost::hash<std::string_view>{}(key)) * 0xd6e8feb86659fd93ull;
-    return shards_[std::size_t(((mixed >> 32) * std::uint64_t(nshards_)) >> 32)];  // nshards_ <= 1024
+  // The shard of a key, from the hash it carries (see shard_index).
+  shard& shard_for(const hashed_key& key) const noexcept {
+    return nshards_ == 1 ? shards_[0] : shards_[shard_index(key.hash, nshards_)];
   }
 
   // Emits the events of removed entries and frees them, outside any lock.

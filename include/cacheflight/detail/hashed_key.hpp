@@ -1,0 +1,55 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_HASHED_KEY_HPP
+#define CACHEFLIGHT_DETAIL_HASHED_KEY_HPP
+
+#include <boost/container_hash/hash.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace cacheflight::detail {
+
+// A key seen with its hash, computed once per operation: the memory's and
+// the flight's shard choice, their index probes, the load's token and the
+// ghost queue's record all take it from here instead of hashing the key again.
+// It views the key: the key must outlive it.
+struct hashed_key {
+  std::string_view key;
+  std::size_t hash;
+
+  static std::size_t hash_of(std::string_view k) noexcept { return boost::hash<std::string_view>{}(k); }
+
+  hashed_key(std::string_view k) noexcept : key(k), hash(hash_of(k)) {}
+  hashed_key(const std::string& k) noexcept : hashed_key(std::string_view(k)) {}
+  hashed_key(const char* k) noexcept : hashed_key(std::string_view(k)) {}
+  hashed_key(std::string_view k, std::size_t h) noexcept : key(k), hash(h) {}
+};
+
+// The shard of a hash among `n`: the high bits of the hash times an odd
+// constant, scaled by a multiplication (no division). The indexes mix the
+// hash their own way, so a shard's keys still spread over its index.
+inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
+  const std::uint64_t mixed = std::uint64_t(hash) * 0xd6e8feb86659fd93ull;
+  return std::size_t(((mixed >> 32) * std::uint64_t(n)) >> 32);  // n < 2^32
+}
+
+// Hash and equality over keys with their hashes: the stored hash is used as
+// is (the table mixes it), and lookups by `hashed_key` need no rehash.
+struct hashed_key_hash {
+  using is_transparent = void;
+  std::size_t operator()(const hashed_key& k) const noexcept { return k.hash; }
+};
+struct hashed_key_eq {
+  using is_transparent = void;
+  static std::string_view view(const hashed_key& k) noexcept { return k.key; }
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const noexcept {
+    return view(a) == view(b);
+  }
+};
+
+}  // namespace cacheflight::detail
+
+#endif
