@@ -36,9 +36,11 @@ inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
 }
 
 // Hash and equality over keys with their hashes: the stored hash is used as
-// is (the table mixes it), and lookups by `hashed_key` need no rehash.
+// is, and lookups by `hashed_key` need no rehash. The hash is Boost's string
+// hash, which Boost declares avalanching: the table takes it unmixed.
 struct hashed_key_hash {
   using is_transparent = void;
+  using is_avalanching = void;
   std::size_t operator()(const hashed_key& k) const noexcept { return k.hash; }
 };
 struct hashed_key_eq {
