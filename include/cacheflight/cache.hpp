@@ -582,12 +582,12 @@ class cache {
       std::exception_ptr failure;
       std::optional<V> v;
       detail::read_state rs;
-      const detail::hashed_key hk(key);  // hashed once: memory, flight and the load's token
+      std::size_t hash = 0;  // the lookup hashes the key once for memory, the flight and the load's token
       if constexpr (std::is_nothrow_copy_constructible_v<V>) {
-        v = st->lookup(hk, 2, &failure, !counted, &rs);
+        v = st->lookup(key, 2, &failure, !counted, &rs, &hash);
       } else {
         try {
-          v = st->lookup(hk, 2, &failure, !counted, &rs);
+          v = st->lookup(key, 2, &failure, !counted, &rs, &hash);
         } catch (...) {
           failure = std::current_exception();  // V's copy threw
         }
@@ -608,7 +608,7 @@ class cache {
         return;
       }
       using work_type = detail::load_work<state_type, std::decay_t<Loader>>;
-      work_type work{detail::load_ticket<state_type>(st, hk.hash), std::forward<Loader>(loader), ttl};
+      work_type work{detail::load_ticket<state_type>(st, hash), std::forward<Loader>(loader), ttl};
       st->get_flight().async_run(std::move(key), run_options{.timeout = opts.timeout}, std::move(work),
                                  std::forward<Handler>(handler));
     }

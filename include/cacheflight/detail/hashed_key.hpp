@@ -46,8 +46,10 @@ struct hashed_key_hash {
 struct hashed_key_eq {
   using is_transparent = void;
   static std::string_view view(const hashed_key& k) noexcept { return k.key; }
+  // Inlined: a probe compares keys, and an out-of-line call per probe costs
+  // more than the comparison of two short keys.
   template <class A, class B>
-  bool operator()(const A& a, const B& b) const noexcept {
+  [[gnu::always_inline]] bool operator()(const A& a, const B& b) const noexcept {
     return view(a) == view(b);
   }
 };

@@ -188,7 +188,7 @@ struct l1_node_eq {
   static std::string_view view(const hashed_key& k) noexcept { return k.key; }
   static std::string_view view(const Node* n) noexcept { return n->key; }
   template <class A, class B>
-  bool operator()(const A& a, const B& b) const noexcept {
+  [[gnu::always_inline]] bool operator()(const A& a, const B& b) const noexcept {
     return view(a) == view(b);
   }
 };

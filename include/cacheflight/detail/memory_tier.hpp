@@ -103,7 +103,7 @@ class memory_tier {
   // entry keeps its value until it expires (`keep`, stale-if-error: later
   // reads see it as served after an error), or is dropped; a value still
   // fresh (an early reload failed) is kept either way.
-  void refresh_ended(hashed_key key, bool failed, bool keep) {
+  void refresh_ended(const hashed_key& key, bool failed, bool keep) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     {
@@ -124,7 +124,7 @@ class memory_tier {
 
   // Marks `key`'s entry as being reloaded (refresh-ahead), so that a stale
   // read does not start a second reload.
-  void mark_refreshing(hashed_key key) {
+  void mark_refreshing(const hashed_key& key) {
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
     if (node* n = sh.peek(key)) n->refreshing = true;
@@ -132,7 +132,7 @@ class memory_tier {
 
   // For refresh-ahead: the fresh time of `key`'s value and whether it was read
   // since it was stored; nullopt when memory holds no live value of it.
-  std::optional<std::pair<std::int64_t, bool>> freshness_of(hashed_key key) {
+  std::optional<std::pair<std::int64_t, bool>> freshness_of(const hashed_key& key) {
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
     node* n = sh.peek(key);
@@ -146,9 +146,12 @@ class memory_tier {
   // on the allocation-free peek path). A value past its fresh time is served
   // (stale) until it expires; a caller that passes `rs` can start its reload:
   // `rs->refresh` is set for one caller at a time (the entry remembers that a
-  // reload was started until it is replaced or the reload ends).
-  std::optional<V> lookup(hashed_key key, std::size_t purge, std::exception_ptr* failure, bool count = true,
-                          read_state* rs = nullptr) {
+  // reload was started until it is replaced or the reload ends). `hash`, if
+  // given, receives the key's hash, for the caller's load of a miss.
+  std::optional<V> lookup(std::string_view k, std::size_t purge, std::exception_ptr* failure, bool count = true,
+                          read_state* rs = nullptr, std::size_t* hash = nullptr) {
+    const hashed_key key(k);
+    if (hash) *hash = key.hash;
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     std::optional<V> v;
@@ -229,7 +232,7 @@ class memory_tier {
   // the clock again. The weigher and V's copy run first, outside the lock: if either
   // throws, nothing is stored, the load's token is released, and the
   // exception propagates.
-  bool store(hashed_key key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
+  bool store(const hashed_key& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
              std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen,
              std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero(),
              std::chrono::nanoseconds took = std::chrono::nanoseconds(-1), std::int64_t at = -1) {
@@ -288,7 +291,7 @@ class memory_tier {
 
   // Removes `key` and voids its load in flight; bumps `epoch`. Returns whether
   // a fresh value was removed (an expired one is reclaimed as an expiration).
-  bool erase(hashed_key key, epoch_counter* epoch) {
+  bool erase(const hashed_key& key, epoch_counter* epoch) {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     bool erased;
@@ -320,7 +323,7 @@ class memory_tier {
 
   // Load tokens: a load stores its result only while its token is registered
   // (no erase, clear or set of the key meanwhile).
-  std::uint64_t begin_load(hashed_key key) {
+  std::uint64_t begin_load(const hashed_key& key) {
     const std::uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed) + 1;
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
@@ -328,7 +331,7 @@ class memory_tier {
     return token;
   }
 
-  void end_load(hashed_key key, std::uint64_t token) {
+  void end_load(const hashed_key& key, std::uint64_t token) {
     if (!token) return;
     shard& sh = shard_for(key);
     std::lock_guard lk(sh.mu);
