@@ -791,8 +791,9 @@ TEST_F(Cache, AStoreRefusedByAThrowingWeigherReleasesTheLoadsToken) {
 }
 
 // Load registrations are filed by the key's hash alone: two keys of one
-// hash can only void each other's registration, so that neither load stores
-// its result; neither is ever let in over an invalidation.
+// hash can only void each other's registration (the later replaces the
+// earlier, whose load then stores nothing; an invalidation of either voids
+// both); neither is ever let in over an invalidation.
 TEST_F(Cache, LoadsOfKeysOfOneHashFailSafe) {
   using shard_t = cf::detail::l1_shard<int>;
   shard_t shard;

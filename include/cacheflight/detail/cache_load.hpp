@@ -160,8 +160,7 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   } catch (...) {
     failure = std::current_exception();
   }
-  const auto t1 = Clock::now();
-  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0);
+  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
   st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
   if (failure) {
     // Asked of the load itself: a loader failing with operation_aborted of
@@ -183,10 +182,8 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   // Loads of this key skip the tiers from before the store until the write and
   // its recheck are initiated (see tier_pipeline.hpp).
   auto writing = st.tiers().invalidate_key(key);
-  const std::int64_t stored_at =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(t1.time_since_epoch()).count();  // the store's time
   if (st.memory().store(hkey, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
-                        &epoch, stale, took, stored_at) &&
+                        &epoch, stale, took) &&
       st.has_tiers())
     st.tiers().write(key, *value, fresh, epoch, false, stale, true);
   co_return std::move(*value);

@@ -343,8 +343,11 @@ class alignas(64) l1_shard {
   // Generation tokens of loads in flight: a load stores its result only if its
   // token is still registered (no erase, clear or set of the key meanwhile).
   // They are filed by the key's hash alone. Tokens are unique, so two keys
-  // of one hash can only void each other's registration: a load then does not
-  // store its result, and nothing stale is ever stored.
+  // of one hash can only void each other's registration: the later
+  // registration replaces the earlier (whose load then does not store its
+  // result), and an invalidation of either voids both. Nothing stale is ever
+  // stored. (With a 32-bit size_t such collisions are likelier, with the same
+  // consequence.)
   void begin_load(const hashed_key& key, std::uint64_t token) { loading_.insert_or_assign(key.hash, token); }
   bool end_load(const hashed_key& key, std::uint64_t token) {
     auto it = loading_.find(key.hash);

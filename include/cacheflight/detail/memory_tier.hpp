@@ -227,15 +227,13 @@ class memory_tier {
   // set), it voids the load in flight and bumps `epoch`. Returns false when
   // the load was invalidated (nothing stored); true otherwise, even when the
   // value was refused for its weight. `*seen` receives `epoch` as of the
-  // store. `at`, if not negative, is the clock's reading the caller just took
-  // (`now()`), which the store then takes as its own time instead of reading
-  // the clock again. The weigher and V's copy run first, outside the lock: if either
+  // store. The weigher and V's copy run first, outside the lock: if either
   // throws, nothing is stored, the load's token is released, and the
   // exception propagates.
   bool store(const hashed_key& key, const V* v, std::exception_ptr error, std::chrono::nanoseconds ttl,
              std::optional<std::uint64_t> token, epoch_counter* epoch, std::uint64_t* seen,
              std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero(),
-             std::chrono::nanoseconds took = std::chrono::nanoseconds(-1), std::int64_t at = -1) {
+             std::chrono::nanoseconds took = std::chrono::nanoseconds(-1)) {
     shard& sh = shard_for(key);
     std::size_t w = 1;
     std::optional<V> copy;
@@ -261,7 +259,7 @@ class memory_tier {
         if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
       }
       if (epoch && seen) *seen = epoch->load(std::memory_order_relaxed);
-      const std::int64_t t = at >= 0 ? at : now();
+      const std::int64_t t = now();
       sh.purge(t, 8, dead);
       const std::int64_t fresh_until = deadline(t, ttl);
       const std::int64_t expires = deadline(fresh_until, stale);
