@@ -11,10 +11,11 @@
 
 namespace cacheflight::detail {
 
-// A key seen with its hash, computed once per operation: the memory's and
-// the flight's shard choice, their index probes, the load's token and the
-// ghost queue's record all take it from here instead of hashing the key again.
-// It views the key: the key must outlive it.
+// A key seen with its hash, so that an operation that has hashed a key hands
+// the hash on instead of hashing again: a cache miss's lookup gives it to the
+// flight's shard and map, the load's token, and the memory's shard, index
+// and ghost queue when the value is stored. It views the key: the key must
+// outlive it.
 struct hashed_key {
   std::string_view key;
   std::size_t hash;

@@ -7,7 +7,6 @@
 #include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/options.hpp>
 
-#include <boost/container_hash/hash.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <boost/unordered/unordered_flat_set.hpp>
 

@@ -7,7 +7,6 @@
 #include <cacheflight/options.hpp>
 #include <cacheflight/stats.hpp>
 
-#include <boost/container_hash/hash.hpp>
 
 #include <algorithm>
 #include <cmath>
