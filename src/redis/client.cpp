@@ -362,14 +362,17 @@ cluster_stats client::cluster_info() const noexcept {
 
 const client_options& client::options() const noexcept { return cluster_ ? cluster_->opts : impl_->opts; }
 
-void client::start_exec(std::vector<std::string> args, exec_handler h) { start_exec_at({}, std::move(args), std::move(h)); }
+void client::start_exec(std::vector<std::string> args, exec_handler h, std::optional<asio::any_completion_executor> work) {
+  start_exec_at({}, std::move(args), std::move(h), std::move(work));
+}
 
-void client::start_exec_at(std::string node, std::vector<std::string> args, exec_handler h) {
+void client::start_exec_at(std::string node, std::vector<std::string> args, exec_handler h,
+                           std::optional<asio::any_completion_executor> known) {
   const asio::strand<executor_type>& strand = cluster_ ? cluster_->strand : impl_->strand;
   // The caller's cancellation slot is hooked here, in the initiating function.
   auto cancel = connection::watch_cancel(h, strand);
   // Outstanding work on the handler's executor, from now until it has run.
-  auto work = connection::track_work(h, strand);
+  auto work = connection::track_work(h, strand, std::move(known));
   if (cluster_) {
     if (strand.running_in_this_thread())
       return cluster_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work), std::move(node));

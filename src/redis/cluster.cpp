@@ -346,7 +346,9 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
     std::move(h)(ec, std::move(r));
     return;
   }
-  auto ex = asio::get_associated_executor(h, strand);
+  // The handler's executor: its work's (asking the erased handler again would
+  // wrap it once more), or the strand.
+  const asio::any_completion_executor ex = o->work ? o->work : asio::any_completion_executor(strand);
   auto upcall = [h = std::move(h), w = std::move(o->work), ec, r = std::move(r)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(ec, std::move(r));

@@ -35,16 +35,7 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-// The candidate executor that marks a handler without one of its own. Never
-// executes anything: it only stands in a query.
-struct no_executor {
-  template <class F>
-  void execute(F&&) const noexcept {
-    std::terminate();
-  }
-  friend bool operator==(const no_executor&, const no_executor&) noexcept { return true; }
-  friend bool operator!=(const no_executor&, const no_executor&) noexcept { return false; }
-};
+using detail::no_executor;
 
 // Outstanding work on a handler's associated executor, held while the handler
 // waits (as Asio's own operations do), so that its context does not run out
@@ -66,16 +57,17 @@ asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio:
 // Completes `h` on its associated executor; `work` (from `tracked`) is released
 // after the upcall. Called on the connection's strand, never inside an
 // initiating function. Without `work`, that executor is the strand: `h` runs
-// here, as a dispatch would run it.
+// here, as a dispatch would run it. With it, `h` is dispatched through (a copy
+// of) `work`, which is that executor with outstanding work tracked: asking the
+// erased handler for its executor again would wrap it once more.
 template <class Handler, class... Args>
-void complete(Handler h, asio::any_completion_executor work, const asio::strand<asio::any_io_executor>& strand,
-              Args... args) {
+void complete(Handler h, asio::any_completion_executor work, Args... args) {
   if (!work) {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(std::move(args)...);
     return;
   }
-  auto ex = asio::get_associated_executor(h, strand);
+  const asio::any_completion_executor ex = work;
   asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(std::move(a)...);
@@ -87,12 +79,8 @@ void complete(Handler h, asio::any_completion_executor work, const asio::strand<
 template <class Handler, class... Args>
 void complete_later(Handler h, asio::any_completion_executor work, const asio::strand<asio::any_io_executor>& strand,
                     Args... args) {
-  auto ex = asio::get_associated_executor(h, strand);
-  asio::post(strand, [ex, w = std::move(work), h = std::move(h), ... a = std::move(args)]() mutable {
-    asio::dispatch(ex, [h = std::move(h), w = std::move(w), ... a = std::move(a)]() mutable {
-      asio::get_associated_cancellation_slot(h).clear();
-      std::move(h)(std::move(a)...);
-    });
+  asio::post(strand, [w = std::move(work), h = std::move(h), ... a = std::move(args)]() mutable {
+    complete(std::move(h), std::move(w), std::move(a)...);
   });
 }
 
@@ -151,7 +139,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   struct command {
     std::uint64_t id = 0;
-    std::string bytes;
+    std::size_t size = 0;  // of its bytes: in `out` while pending
     std::optional<exec_handler> handler;  // empty once abandoned (timed out or cancelled)
     asio::any_completion_executor work;    // outstanding work on the handler's executor
     direct_fn fn = nullptr;                // instead of `handler`: called on the strand
@@ -178,6 +166,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // goes back to the reader.
   reply incoming;
   std::array<char, 16 * 1024> read_buf{};
+  // The bytes of the pending commands, in their order, serialized there
+  // directly; they change places with `write_buf` when written.
+  std::string out;
   std::string write_buf;
   bool writing = false;
   bool flush_scheduled = false;  // a write() is posted
@@ -266,10 +257,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (opts.database != 0) steps.push_back({"SELECT", std::to_string(opts.database)});
     steps.push_back({"PING"});
     for (std::size_t i = 0; i < steps.size(); ++i) {
-      command c = make_command(steps[i]);
+      command c = new_command();
       c.auth = true;
       c.last_step = i + 1 == steps.size();
-      pending.push_back(std::move(c));
+      enqueue(std::move(c), [&](std::string& o) { append_command(o, steps[i]); });
     }
     write();
   }
@@ -283,20 +274,32 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (connecting) {
       auto h = std::move(*connecting);
       connecting.reset();
-      complete(std::move(h), std::move(connecting_work), strand, error_code{});
+      complete(std::move(h), std::move(connecting_work), error_code{});
     }
   }
 
   // --- commands --------------------------------------------------------------
-  command make_command(const std::vector<std::string>& args) {
+  command new_command() {
     command c;
     c.id = ++next_id;
-    std::size_t size = 16;  // "*N\r\n", then "$L\r\n" + the argument + "\r\n" each
-    for (const std::string& a : args) size += a.size() + 16;
-    c.bytes.reserve(size);
-    append_command(c.bytes, args);
     c.deadline = clock_type::now() + opts.command_timeout;
     return c;
+  }
+
+  // Queues `c`, its bytes appended to `out` by `append(out)`. If that or the
+  // queueing throws (memory), nothing was queued and `out` is as it was: a
+  // command's bytes are never sent without their command.
+  template <class Append>
+  void enqueue(command&& c, Append&& append) {
+    const std::size_t before = out.size();
+    try {
+      append(out);
+      c.size = out.size() - before;
+      pending.push_back(std::move(c));
+    } catch (...) {
+      out.resize(before);
+      throw;
+    }
   }
 
   // On the strand. `cancel` is the command's cancellation hook, if its caller
@@ -308,7 +311,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (st != state::open) return early(make_error_code(error::not_connected));
     if (args.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
-    command c = make_command(args);
+    command c = new_command();
     if (cancel) {
       cancel->conn = shared_from_this();
       cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
@@ -318,7 +321,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     c.work = std::move(work);
     c.handler.emplace(std::move(h));
-    pending.push_back(std::move(c));
+    enqueue(std::move(c), [&](std::string& o) { append_command(o, args); });
     ++live;
     arm_deadline();
     schedule_write();
@@ -335,10 +338,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (st != state::open) return early(make_error_code(error::not_connected));
     if (bytes.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
-    command c;
-    c.id = ++next_id;
-    c.bytes = std::move(bytes);
-    c.deadline = clock_type::now() + opts.command_timeout;
+    command c = new_command();
     if (cancel) {
       cancel->conn = shared_from_this();
       cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
@@ -349,7 +349,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     c.fn = fn;
     c.ctx = std::move(ctx);
     c.skip = skip;
-    pending.push_back(std::move(c));
+    enqueue(std::move(c), [&](std::string& o) { o += bytes; });
     ++live;
     arm_deadline();
     schedule_write();
@@ -366,7 +366,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     } else if (c.handler) {
       exec_handler h(std::move(*c.handler));
       c.handler.reset();
-      complete(std::move(h), std::move(c.work), strand, ec, std::move(r));
+      complete(std::move(h), std::move(c.work), ec, std::move(r));
     }
   }
 
@@ -401,13 +401,25 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   void write() {
     if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
-    while (!pending.empty()) {
-      if (pending.front().waiting() || pending.front().auth) {  // abandoned commands are not sent
-        write_buf += pending.front().bytes;
-        inflight.push_back(std::move(pending.front()));
+    // Abandoned commands are not sent: their bytes are left out.
+    bool all = true;
+    for (const command& c : pending)
+      if (!c.waiting() && !c.auth) all = false;
+    if (all) {
+      write_buf.swap(out);
+      for (command& c : pending) inflight.push_back(std::move(c));
+    } else {
+      std::size_t at = 0;
+      for (command& c : pending) {
+        if (c.waiting() || c.auth) {
+          write_buf.append(out, at, c.size);
+          inflight.push_back(std::move(c));
+        }
+        at += c.size;
       }
-      pending.pop_front();
     }
+    pending.clear();
+    out.clear();
     if (write_buf.empty()) return;
     writing = true;
     auto done = [self = shared_from_this()](error_code ec, std::size_t) {
@@ -504,6 +516,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     connecting.reset();
     std::deque<command> p = std::move(pending), i = std::move(inflight);
     pending.clear();
+    out.clear();
     inflight.clear();
     live = 0;
   }
@@ -523,13 +536,14 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (connecting) {
       auto h = std::move(*connecting);
       connecting.reset();
-      complete(std::move(h), std::move(connecting_work), strand, ec);
+      complete(std::move(h), std::move(connecting_work), ec);
     }
     live = 0;
     // Out of the queues first: a completion may issue commands (they fail at once).
     std::deque<command> in = std::move(inflight), pe = std::move(pending);
     inflight.clear();
     pending.clear();
+    out.clear();
     for (auto* q : {&in, &pe})
       for (auto& c : *q)
         if (c.waiting()) deliver(c, ec, reply{});
@@ -557,8 +571,9 @@ void connection::start_connect(connect_handler h) {
   asio::post(impl_->strand, [self = impl_, h = std::move(h)]() mutable { self->connect(std::move(h)); });
 }
 
-asio::any_completion_executor connection::track_work(exec_handler& h, const asio::strand<executor_type>& strand) {
-  return tracked(h, strand);
+asio::any_completion_executor connection::track_work(exec_handler& h, const asio::strand<executor_type>& strand,
+                                                     std::optional<asio::any_completion_executor> known) {
+  return known ? std::move(*known) : tracked(h, strand);
 }
 
 std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h,
@@ -578,9 +593,10 @@ std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h,
   return c;
 }
 
-void connection::start_exec(std::vector<std::string> args, exec_handler h) {
+void connection::start_exec(std::vector<std::string> args, exec_handler h,
+                            std::optional<asio::any_completion_executor> known) {
   auto cancel = watch_cancel(h, impl_->strand);
-  auto work = tracked(h, impl_->strand);
+  auto work = track_work(h, impl_->strand, std::move(known));
   exec_on_strand(std::move(args), std::move(h), std::move(cancel), std::move(work));
 }
 

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -200,7 +201,10 @@ class client {
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
-        [this](auto handler, std::vector<std::string> args) { start_exec(std::move(args), std::move(handler)); },
+        [this](auto handler, std::vector<std::string> args) {
+          auto work = detail::typed_work(handler);
+          start_exec(std::move(args), std::move(handler), std::move(work));
+        },
         token, std::move(args));
   }
 
@@ -219,7 +223,8 @@ class client {
   auto async_exec_at(std::string node, std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
         [this](auto handler, std::string node, std::vector<std::string> args) {
-          start_exec_at(std::move(node), std::move(args), std::move(handler));
+          auto work = detail::typed_work(handler);
+          start_exec_at(std::move(node), std::move(args), std::move(handler), std::move(work));
         },
         token, std::move(node), std::move(args));
   }
@@ -266,7 +271,9 @@ class client {
  private:
   friend class tier;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
-  void start_exec(std::vector<std::string> args, exec_handler h);
+  // `work`: from `detail::typed_work`.
+  void start_exec(std::vector<std::string> args, exec_handler h,
+                  std::optional<boost::asio::any_completion_executor> work);
   // For `tier` (one server or Sentinel): `setup(conn, done)` runs on the
   // strand on each new connection, once it is open and checked, and commands
   // are let through after it calls `done({})` (an error closes the connection
@@ -279,7 +286,8 @@ class client {
   bool claim_connection_hook() noexcept;
   // Removes the hooks and frees them for another claim.
   void release_connection_hook();
-  void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h);
+  void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h,
+                     std::optional<boost::asio::any_completion_executor> work);
 
   struct impl;
   struct cluster;

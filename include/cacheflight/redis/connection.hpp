@@ -7,14 +7,21 @@
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace cacheflight::redis {
@@ -22,7 +29,46 @@ namespace cacheflight::redis {
 class client;
 namespace detail {
 struct exec_cancel;
+
+// The candidate executor that marks a handler without one of its own. Never
+// executes anything: it only stands in a query.
+struct no_executor {
+  template <class F>
+  void execute(F&&) const noexcept {
+    std::terminate();
+  }
+  friend bool operator==(const no_executor&, const no_executor&) noexcept { return true; }
+  friend bool operator!=(const no_executor&, const no_executor&) noexcept { return false; }
+};
+
+// Outstanding work on a command's handler's executor, found from the
+// handler's own type before it is type-erased, in the common cases: none for
+// a handler without an executor (it runs on the connection's strand), and
+// the io_context's executor itself for a handler whose executor is one
+// (coroutines awaiting with `use_awaitable`, handlers bound to an
+// io_context's executor), held without the type-erased wrapper around it
+// (which would not fit an `any_completion_executor`'s own storage). Empty
+// (nothing found) otherwise: the connection then asks the erased handler.
+template <class Handler>
+std::optional<boost::asio::any_completion_executor> typed_work(const Handler& h) {
+  namespace asio = boost::asio;
+  using io_executor = asio::io_context::executor_type;
+  using ex_type = asio::associated_executor_t<Handler, no_executor>;
+  if constexpr (std::is_same_v<ex_type, no_executor>) {
+    return asio::any_completion_executor();
+  } else if constexpr (std::is_same_v<ex_type, io_executor>) {
+    return asio::any_completion_executor(
+        asio::prefer(asio::get_associated_executor(h, no_executor{}), asio::execution::outstanding_work.tracked));
+  } else if constexpr (std::is_same_v<ex_type, asio::any_io_executor>) {
+    const asio::any_io_executor ex = asio::get_associated_executor(h, no_executor{});
+    if (const io_executor* io = ex.template target<io_executor>())
+      return asio::any_completion_executor(asio::prefer(*io, asio::execution::outstanding_work.tracked));
+    return std::nullopt;
+  } else {
+    return std::nullopt;
+  }
 }
+}  // namespace detail
 
 /// Where and how to connect.
 /// TLS for a connection (`connection_options::tls`), over OpenSSL through
@@ -134,7 +180,10 @@ class connection {
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
-        [this](auto handler, std::vector<std::string> args) { start_exec(std::move(args), std::move(handler)); },
+        [this](auto handler, std::vector<std::string> args) {
+          auto work = detail::typed_work(handler);
+          start_exec(std::move(args), std::move(handler), std::move(work));
+        },
         token, std::move(args));
   }
 
@@ -155,7 +204,9 @@ class connection {
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
   void start_connect(connect_handler h);
-  void start_exec(std::vector<std::string> args, exec_handler h);
+  // `work`: from `detail::typed_work`.
+  void start_exec(std::vector<std::string> args, exec_handler h,
+                  std::optional<boost::asio::any_completion_executor> work);
 
   // For `client`, which shares the connection's strand: a command whose
   // cancellation was hooked in its initiating function (`watch_cancel`), and
@@ -163,9 +214,11 @@ class connection {
   static std::shared_ptr<detail::exec_cancel> watch_cancel(exec_handler& h,
                                                           const boost::asio::strand<executor_type>& strand);
   // Outstanding work on the handler's executor, held until it has run (none
-  // when it is `strand`, the connection's own).
+  // when it is `strand`, the connection's own): `known` if `typed_work`
+  // found it, else asked of the erased handler.
   static boost::asio::any_completion_executor track_work(exec_handler& h,
-                                                        const boost::asio::strand<executor_type>& strand);
+                                                        const boost::asio::strand<executor_type>& strand,
+                                                        std::optional<boost::asio::any_completion_executor> known);
   // `work`: outstanding work on the handler's executor, taken in the initiating function.
   void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
                       boost::asio::any_completion_executor work);
