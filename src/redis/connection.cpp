@@ -13,7 +13,9 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/require.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -26,6 +28,8 @@
 #include <mutex>
 #include <vector>
 #include <optional>
+#include <type_traits>
+#include <utility>
 
 namespace cacheflight::redis {
 
@@ -54,6 +58,15 @@ asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio:
   return asio::prefer(ex, asio::execution::outstanding_work.tracked);
 }
 
+// Dispatches `h(args...)` to `ex`, releasing `work` after the upcall.
+template <class Executor, class Handler, class... Args>
+void dispatch_upcall(const Executor& ex, Handler h, asio::any_completion_executor work, Args... args) {
+  asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(std::move(a)...);
+  });
+}
+
 // Completes `h` on its associated executor; `work` (from `tracked`) is released
 // after the upcall. Called on the connection's strand, never inside an
 // initiating function. Without `work`, that executor is the strand: `h` runs
@@ -67,11 +80,16 @@ void complete(Handler h, asio::any_completion_executor work, Args... args) {
     std::move(h)(std::move(args)...);
     return;
   }
+  // An io_context's executor (see detail::typed_work): dispatched to it
+  // directly, not through a type-erased copy.
+  using tracked_io = std::decay_t<decltype(asio::prefer(std::declval<asio::io_context::executor_type>(),
+                                                        asio::execution::outstanding_work.tracked))>;
+  if (const tracked_io* io = work.target<tracked_io>()) {
+    const auto ex = asio::require(*io, asio::execution::outstanding_work.untracked);
+    return dispatch_upcall(ex, std::move(h), std::move(work), std::move(args)...);
+  }
   const asio::any_completion_executor ex = work;
-  asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
-    asio::get_associated_cancellation_slot(h).clear();
-    std::move(h)(std::move(a)...);
-  });
+  dispatch_upcall(ex, std::move(h), std::move(work), std::move(args)...);
 }
 
 // As `complete`, for a result known inside an initiating function: posted, so
