@@ -60,8 +60,8 @@ asio::any_completion_executor tracked(const Handler& h, const asio::strand<asio:
 
 // Dispatches `h(args...)` to `ex`, releasing `work` after the upcall.
 template <class Executor, class Handler, class... Args>
-void dispatch_upcall(const Executor& ex, Handler h, asio::any_completion_executor work, Args... args) {
-  asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::move(args)]() mutable {
+void dispatch_upcall(const Executor& ex, Handler h, asio::any_completion_executor work, Args&&... args) {
+  asio::dispatch(ex, [h = std::move(h), w = std::move(work), ... a = std::forward<Args>(args)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(std::move(a)...);
   });
@@ -74,10 +74,10 @@ void dispatch_upcall(const Executor& ex, Handler h, asio::any_completion_executo
 // of) `work`, which is that executor with outstanding work tracked: asking the
 // erased handler for its executor again would wrap it once more.
 template <class Handler, class... Args>
-void complete(Handler h, asio::any_completion_executor work, Args... args) {
+void complete(Handler h, asio::any_completion_executor work, Args&&... args) {
   if (!work) {
     asio::get_associated_cancellation_slot(h).clear();
-    std::move(h)(std::move(args)...);
+    std::move(h)(std::forward<Args>(args)...);
     return;
   }
   // An io_context's executor (see detail::typed_work): dispatched to it
@@ -86,10 +86,10 @@ void complete(Handler h, asio::any_completion_executor work, Args... args) {
                                                         asio::execution::outstanding_work.tracked))>;
   if (const tracked_io* io = work.target<tracked_io>()) {
     const auto ex = asio::require(*io, asio::execution::outstanding_work.untracked);
-    return dispatch_upcall(ex, std::move(h), std::move(work), std::move(args)...);
+    return dispatch_upcall(ex, std::move(h), std::move(work), std::forward<Args>(args)...);
   }
   const asio::any_completion_executor ex = work;
-  dispatch_upcall(ex, std::move(h), std::move(work), std::move(args)...);
+  dispatch_upcall(ex, std::move(h), std::move(work), std::forward<Args>(args)...);
 }
 
 // As `complete`, for a result known inside an initiating function: posted, so
@@ -375,7 +375,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   // Completes a command that still waits: its handler on its executor, or its
   // direct completion here. Taken out first: completing may queue more commands.
-  void deliver(command& c, error_code ec, reply r) {
+  // `r` is moved from only once the completion has it (it may be `incoming`).
+  void deliver(command& c, error_code ec, reply&& r) {
     if (c.fn) {
       const direct_fn fn = std::exchange(c.fn, nullptr);
       std::shared_ptr<void> ctx = std::move(c.ctx);
