@@ -8,7 +8,9 @@
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
 
 #include <algorithm>
 #include <array>
@@ -348,7 +350,9 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
   }
   // The handler's executor: its work's (asking the erased handler again would
   // wrap it once more), or the strand.
-  const asio::any_completion_executor ex = o->work ? o->work : asio::any_completion_executor(strand);
+  const asio::any_completion_executor ex =
+      o->work ? asio::any_completion_executor(asio::prefer(o->work, asio::execution::outstanding_work.untracked))
+              : asio::any_completion_executor(strand);
   auto upcall = [h = std::move(h), w = std::move(o->work), ec, r = std::move(r)]() mutable {
     asio::get_associated_cancellation_slot(h).clear();
     std::move(h)(ec, std::move(r));

@@ -70,9 +70,9 @@ void dispatch_upcall(const Executor& ex, Handler h, asio::any_completion_executo
 // Completes `h` on its associated executor; `work` (from `tracked`) is released
 // after the upcall. Called on the connection's strand, never inside an
 // initiating function. Without `work`, that executor is the strand: `h` runs
-// here, as a dispatch would run it. With it, `h` is dispatched through (a copy
-// of) `work`, which is that executor with outstanding work tracked: asking the
-// erased handler for its executor again would wrap it once more.
+// here, as a dispatch would run it. With it, `h` is dispatched to `work`'s
+// executor (the handler's, with outstanding work tracked): asking the erased
+// handler for its executor again would wrap it once more.
 template <class Handler, class... Args>
 void complete(Handler h, asio::any_completion_executor work, Args&&... args) {
   if (!work) {
@@ -88,7 +88,9 @@ void complete(Handler h, asio::any_completion_executor work, Args&&... args) {
     const auto ex = asio::require(*io, asio::execution::outstanding_work.untracked);
     return dispatch_upcall(ex, std::move(h), std::move(work), std::forward<Args>(args)...);
   }
-  const asio::any_completion_executor ex = work;
+  // A target of its own (not shared with `work`, which is released on the
+  // handler's side), without a second count of outstanding work.
+  const asio::any_completion_executor ex = asio::prefer(work, asio::execution::outstanding_work.untracked);
   dispatch_upcall(ex, std::move(h), std::move(work), std::forward<Args>(args)...);
 }
 
@@ -162,6 +164,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     asio::any_completion_executor work;    // outstanding work on the handler's executor
     direct_fn fn = nullptr;                // instead of `handler`: called on the strand
     std::shared_ptr<void> ctx;             // fn's argument
+    std::shared_ptr<detail::exec_cancel> cancel;  // its caller's cancellation, if it has a slot
     unsigned skip = 0;                     // replies before its own to drop (a prefix such as ASKING)
     bool waiting() const noexcept { return handler || fn; }
     bool auth = false;        // a handshake step: a failed reply means auth_failed
@@ -336,6 +339,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
       };
       cancel->id = c.id;
+      c.cancel = cancel;
     }
     c.work = std::move(work);
     c.handler.emplace(std::move(h));
@@ -363,6 +367,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
       };
       cancel->id = c.id;
+      c.cancel = cancel;
     }
     c.fn = fn;
     c.ctx = std::move(ctx);
@@ -419,6 +424,15 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   void write() {
     if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
+    // A command whose caller cancelled it after it was queued is never sent,
+    // even if this write runs before the cancellation's own (posted) turn:
+    // it is completed here, before anything is moved. Its completion may
+    // queue more commands (they go out with this write).
+    std::vector<std::uint64_t> cancelled;
+    for (const command& c : pending)
+      if (c.cancel && c.waiting() && c.cancel->requested.load(std::memory_order_acquire)) cancelled.push_back(c.id);
+    for (std::uint64_t id : cancelled) abandon(id, asio::error::operation_aborted);
+    if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
     // Abandoned commands are not sent: their bytes are left out.
     bool all = true;
@@ -426,19 +440,24 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       if (!c.waiting() && !c.auth) all = false;
     if (all) {
       write_buf.swap(out);
-      for (command& c : pending) inflight.push_back(std::move(c));
     } else {
       std::size_t at = 0;
-      for (command& c : pending) {
-        if (c.waiting() || c.auth) {
-          write_buf.append(out, at, c.size);
-          inflight.push_back(std::move(c));
-        }
+      for (const command& c : pending) {
+        if (c.waiting() || c.auth) write_buf.append(out, at, c.size);
         at += c.size;
       }
     }
-    pending.clear();
     out.clear();
+    try {
+      while (!pending.empty()) {
+        if (pending.front().waiting() || pending.front().auth) inflight.push_back(std::move(pending.front()));
+        pending.pop_front();
+      }
+    } catch (...) {
+      // Out of memory with the queues half moved: the bytes taken no longer
+      // match the commands left, so the connection cannot go on.
+      return fail(make_error_code(boost::system::errc::not_enough_memory));
+    }
     if (write_buf.empty()) return;
     writing = true;
     auto done = [self = shared_from_this()](error_code ec, std::size_t) {
