@@ -47,8 +47,9 @@ struct no_executor {
 // the io_context's executor itself for a handler whose executor is one
 // (coroutines awaiting with `use_awaitable`, handlers bound to an
 // io_context's executor), held without the type-erased wrapper around it
-// (which would not fit an `any_completion_executor`'s own storage). Empty
-// (nothing found) otherwise: the connection then asks the erased handler.
+// (which would not fit an `any_completion_executor`'s own storage).
+// `nullopt` otherwise (an executor of another kind): the connection then asks
+// the erased handler.
 template <class Handler>
 std::optional<boost::asio::any_completion_executor> typed_work(const Handler& h) {
   namespace asio = boost::asio;
