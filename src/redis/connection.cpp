@@ -323,6 +323,17 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
   }
 
+  // Points the caller's cancellation hook at `c`: from now on a cancellation
+  // abandons it (or, before its write, keeps it from being sent).
+  void watch(command& c, const std::shared_ptr<detail::exec_cancel>& cancel) {
+    cancel->conn = shared_from_this();
+    cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
+      static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
+    };
+    cancel->id = c.id;
+    c.cancel = cancel;
+  }
+
   // On the strand. `cancel` is the command's cancellation hook, if its caller
   // has a slot (see watch_cancel).
   void exec(std::vector<std::string> args, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel,
@@ -333,14 +344,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (args.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
     command c = new_command();
-    if (cancel) {
-      cancel->conn = shared_from_this();
-      cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
-        static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
-      };
-      cancel->id = c.id;
-      c.cancel = cancel;
-    }
+    if (cancel) watch(c, cancel);
     c.work = std::move(work);
     c.handler.emplace(std::move(h));
     enqueue(std::move(c), [&](std::string& o) { append_command(o, args); });
@@ -361,14 +365,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (bytes.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
     command c = new_command();
-    if (cancel) {
-      cancel->conn = shared_from_this();
-      cancel->abandon = [](const std::shared_ptr<void>& self, std::uint64_t id) {
-        static_cast<impl*>(self.get())->abandon(id, asio::error::operation_aborted);
-      };
-      cancel->id = c.id;
-      c.cancel = cancel;
-    }
+    if (cancel) watch(c, cancel);
     c.fn = fn;
     c.ctx = std::move(ctx);
     c.skip = skip;
