@@ -37,7 +37,10 @@
 //     The cost of an L2 hit: cache::async_get on a cache that keeps nothing in
 //     memory (max_entries 0) with a redis::tier, CONCURRENCY callers on
 //     distinct keys in a closed loop, against the same loop of bare client
-//     GETs of the same keys. Prints both and the cost per hit.
+//     GETs of the same keys. Prints both and the cost per hit, and the
+//     process's CPU time (user and system) per hit and per GET with their
+//     ratio: the two loops may wait on the server for different shares of
+//     their time, so the rates alone do not compare the client's cost.
 #include <cacheflight/cacheflight.hpp>
 #include <cacheflight/redis/client.hpp>
 #include <cacheflight/redis/tier.hpp>
@@ -50,6 +53,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <algorithm>
 #include <functional>
 #include <memory>
@@ -124,10 +128,12 @@ struct phases {
     timer.async_wait([this, span, seconds](error_code) {
       measuring = true;
       a0 = g_allocations.load();
+      c0 = cpu_now();
       t0 = clk::now();
       timer.expires_after(span(seconds));
       timer.async_wait([this](error_code) {
         t1 = clk::now();
+        c1 = cpu_now();
         a1 = g_allocations.load();
         measuring = false;
         stopping = true;
@@ -136,9 +142,17 @@ struct phases {
   }
   double rate() const { return double(count) / std::chrono::duration<double>(t1 - t0).count(); }
   double allocations() const { return count ? double(a1 - a0) / double(count) : 0.0; }
+  // This process's CPU time (user and system, all threads) per completion, in microseconds.
+  double cpu_us() const { return count ? 1e6 * (c1 - c0) / double(count) : 0.0; }
+  static double cpu_now() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
 
   bool measuring = false, stopping = false;
   std::uint64_t count = 0, a0 = 0, a1 = 0;
+  double c0 = 0, c1 = 0;
   clk::time_point t0, t1;
   asio::steady_timer timer;
 };
@@ -146,6 +160,7 @@ struct phases {
 struct loop_result {
   double rate;         // completions per second
   double allocations;  // heap allocations per completion
+  double cpu_us;       // this process's CPU time per completion, microseconds
 };
 
 // Runs `loops` closed loops of `start(i, done)` on `io` (which must have no
@@ -169,7 +184,7 @@ loop_result closed_loop(asio::io_context& io, std::size_t loops, double seconds,
   // Clients keep health-check timers: run until the loops are done rather
   // than until the context is idle.
   while (running > 0) io.run_one();
-  return {ph.rate(), ph.allocations()};
+  return {ph.rate(), ph.allocations(), ph.cpu_us()};
 }
 
 // Prints "<what> GET: <rate> requests per second", or reports a failed GET.
@@ -370,9 +385,11 @@ int l2_bench(const std::string& port, std::size_t concurrency, double seconds) {
     return 1;
   }
   std::printf("concurrency %zu: cache.async_get L2 hit %.0f/s (%.2f us each), bare client GET %.0f/s (%.2f us each): "
-              "ratio %.2fx, cost per hit above the GET %.2f us; heap allocations %.2f per hit, %.2f per GET\n",
+              "ratio %.2fx, cost per hit above the GET %.2f us; heap allocations %.2f per hit, %.2f per GET; "
+              "CPU %.2f us per hit, %.2f us per GET: CPU ratio %.2fx\n",
               concurrency, l2, 1e6 * concurrency / l2, bare, 1e6 * concurrency / bare, bare / l2,
-              1e6 * concurrency / l2 - 1e6 * concurrency / bare, l2r.allocations, bare_r.allocations);
+              1e6 * concurrency / l2 - 1e6 * concurrency / bare, l2r.allocations, bare_r.allocations, l2r.cpu_us,
+              bare_r.cpu_us, l2r.cpu_us / bare_r.cpu_us);
   return 0;
 }
 
