@@ -169,7 +169,12 @@ TEST_F(RedisFleet, PublishModeDropsKeysSetOrErasedByOtherInstancesOnly) {
   ASSERT_TRUE(linked(b));
   std::atomic<int> calls{0};
   EXPECT_EQ(get_now(a, "p", "v1", calls), "v1");
+  // a's fill is announced too: b reads once that message is behind it, or the
+  // message would void b's read in flight (nothing stored, nothing counted).
+  ASSERT_TRUE(run_until([&] { return a.tier->health().writes == 1 && b.tier->health().invalidations == 1; }, 2s));
+  EXPECT_EQ(b.cache->stats().invalidations_received, 0u);  // b held nothing then
   EXPECT_EQ(get_now(b, "p", "x", calls), "v1");
+  ASSERT_TRUE(b.cache->peek("p"));
   set_now(a, "p", "v2");
   ASSERT_TRUE(run_until([&] { return !b.cache->peek("p"); }, 2s));
   EXPECT_EQ(get_now(b, "p", "x", calls), "v2");
