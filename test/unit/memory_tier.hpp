@@ -22,7 +22,8 @@ namespace cf = cacheflight;
 
 // A tier in this process's memory. Every completion is posted to the
 // handler's executor. `fail` makes every operation fail; `hold_gets` keeps
-// reads pending until cancelled through their slot.
+// reads pending until cancelled through their slot (or, with
+// `ignore_cancel`, until `release`).
 class memory_tier final : public cf::tier {
   using error_code = boost::system::error_code;
 
@@ -40,6 +41,7 @@ class memory_tier final : public cf::tier {
   std::vector<std::string> log;  // "get k", "put k", "erase k", "clear"
   bool fail = false;
   bool hold_gets = false;
+  bool ignore_cancel = false;  // a held read does not listen to its slot
   int fills = 0;  // puts that came through async_fill (loaded values)
 
   // What a tier shared with other processes does when it learns of a change
@@ -57,7 +59,7 @@ class memory_tier final : public cf::tier {
       held_value_ = it == data.end() ? std::nullopt : std::optional<std::string>(it->second);
       auto slot = asio::get_associated_cancellation_slot(h);
       held_.swap(h);  // Boost 1.81's move assignment of any_completion_handler recurses: swap
-      if (slot.is_connected())
+      if (slot.is_connected() && !ignore_cancel)
         slot.assign([this](asio::cancellation_type) {
           get_handler h(std::move(held_));
           complete(std::move(h), error_code(asio::error::operation_aborted), std::optional<std::string>{});

@@ -325,6 +325,30 @@ TEST_F(Tier, CancellingTheLastCallerDuringATierReadCancelsTheLoad) {
   EXPECT_EQ(get(c, "k", 2).value, 2);
 }
 
+TEST_F(Tier, ATierReadCompletingAfterItsLoadWasCancelledDoesNotStartTheLoader) {
+  auto t = std::make_shared<memory_tier>(io.get_executor());
+  t->hold_gets = true;
+  t->ignore_cancel = true;
+  tcache c{io, with({t})};
+  asio::cancellation_signal sig;
+  outcome<> o;
+  c.async_get("k", loader(1), asio::bind_cancellation_slot(sig.slot(), o.handler()));
+  run_until(io, [&] { return t->log.size() == 1; });
+  sig.emit(asio::cancellation_type::terminal);
+  run_until(io, [&] { return o.done; });  // the read is still held: the context has work
+  EXPECT_EQ(o.code(), asio::error::operation_aborted);
+  t->release();  // a miss, after the load was cancelled
+  drain(io);
+  EXPECT_EQ(loads, 0);
+  EXPECT_EQ(log.count(CK::load_started), 0u);
+  EXPECT_EQ(c.stats().loads_in_flight, 0u);
+  EXPECT_EQ(c.stats().l2_misses, 1u);
+
+  t->hold_gets = false;
+  EXPECT_EQ(get(c, "k", 2).value, 2);
+  EXPECT_EQ(loads, 1);
+}
+
 TEST_F(Tier, ImpossibleTierOptionsAreRejected) {
   auto t = std::make_shared<memory_tier>(io.get_executor());
   auto code_of = [](auto f) {

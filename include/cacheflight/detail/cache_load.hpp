@@ -5,10 +5,17 @@
 #include <cacheflight/detail/cache_events.hpp>
 #include <cacheflight/detail/flight_impl.hpp>
 #include <cacheflight/stats.hpp>
+#include <cacheflight/tier.hpp>
 
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/error_code.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -82,6 +89,9 @@ template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
                                                                  std::chrono::nanoseconds ttl, reload_of refresh);
 
+template <class State, class Loader, class Handler>
+struct tier_read;
+
 // The work of a coalesced miss, given to the flight: the ticket is issued as
 // the flight inserts the load's entry (under its lock), and the flight calls
 // it once.
@@ -100,10 +110,79 @@ struct load_work {
   void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
   // The key's hash, which the flight takes instead of hashing the key again.
   std::size_t key_hash(entry_created_tag) const noexcept { return ticket.hash(); }
-  // Its call moves the ticket, the loader and the TTL into the coroutine.
-  using self_contained_call = void;
-  boost::asio::awaitable<typename State::value_type> operator()() {
-    return load_and_fill(std::move(ticket), std::move(loader), ttl, refresh);
+  // Called once, on the load's strand, with the flight's handler for it (see
+  // flight_state::task_handler): the tiers are asked in turn by plain
+  // completions, and the loader runs as a coroutine only when none answers.
+  template <class Handler>
+  void operator()(Handler h) {
+    tier_read<State, Loader, Handler>::next(
+        tier_read<State, Loader, Handler>{std::move(ticket), std::move(loader), ttl, refresh, std::move(h)});
+  }
+};
+
+// A load's walk through the tiers, in order: each tier's completion handler
+// is the walk itself, which completes on the load's strand (its executor and
+// cancellation slot are the flight handler's). A hit completes the load; past
+// the last tier, or once an invalidation of the key is reaching the tiers
+// (what they hold may be what it replaces), the loader runs.
+template <class State, class Loader, class Handler>
+struct tier_read {
+  load_ticket<State> ticket;
+  Loader loader;
+  std::chrono::nanoseconds ttl;
+  reload_of refresh;
+  Handler h;
+  std::size_t i = 0;  // the tier asked
+
+  using executor_type = boost::asio::associated_executor_t<Handler>;
+  executor_type get_executor() const noexcept { return boost::asio::get_associated_executor(h); }
+  using cancellation_slot_type = boost::asio::associated_cancellation_slot_t<Handler>;
+  cancellation_slot_type get_cancellation_slot() const noexcept {
+    return boost::asio::get_associated_cancellation_slot(h);
+  }
+
+  static void next(tier_read&& self) {
+    State& st = self.ticket.state();
+    if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) return load(std::move(self));
+    tier& t = st.tiers().at(self.i);
+    t.async_get(self.ticket.key(), std::move(self));
+  }
+
+  void operator()(const boost::system::error_code& ec, std::optional<std::string> bytes) {
+    State& st = ticket.state();
+    if (ec) {
+      // Asked of the load itself: a tier failing with operation_aborted of its
+      // own accord is skipped like any other failure.
+      if (h.cancel_requested())
+        return h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
+      st.tiers().failed(i, ticket.key(), ec);
+    } else {
+      // A reload takes a value from a tier only if it is fresher than the one
+      // it replaces by a margin: otherwise it is that value (this instance
+      // wrote it) or an older one.
+      std::optional<std::chrono::nanoseconds> fresher_than;
+      if (refresh) fresher_than = *refresh + reload_margin;
+      std::optional<typename State::value_type> v;
+      try {
+        v = st.tiers().take(i, ticket.key(), bytes, ticket.token(), st.memory(), fresher_than);
+      } catch (...) {
+        return h.fail(std::current_exception());  // memory could not take it
+      }
+      if (v) return std::move(h)(std::exception_ptr{}, std::move(*v));
+    }
+    ++i;
+    next(std::move(*this));
+  }
+
+  // The loader, as a coroutine on the load's strand, unless the load was
+  // cancelled meanwhile.
+  static void load(tier_read&& self) {
+    if (self.h.cancel_requested())
+      return self.h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
+    auto ex = self.get_executor();
+    boost::asio::co_spawn(std::move(ex),
+                          load_and_fill(std::move(self.ticket), std::move(self.loader), self.ttl, self.refresh),
+                          std::move(self.h));
   }
 };
 
@@ -127,9 +206,10 @@ void load_failed(State& st, const std::string& key, std::uint64_t token, const s
     st.memory().end_load(key, token);
 }
 
-// The tiers, then the loader, then the fill and the write-behind, all under
-// the ticket: an invalidation since the load's entry was created keeps its
-// value out of memory and out of the tiers (its callers still get it).
+// The loader, then the fill and the write-behind, all under the ticket (the
+// tiers missed, see tier_read): an invalidation since the load's entry was
+// created keeps its value out of memory and out of the tiers (its callers
+// still get it).
 template <class State, class Loader>
 boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
                                                                  std::chrono::nanoseconds ttl, reload_of refresh) {
@@ -139,15 +219,6 @@ boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<Sta
   State& st = ticket.state();
   const std::string& key = ticket.key();
   const hashed_key hkey = ticket.hashed();
-  if (st.has_tiers()) {
-    // A reload takes a value from a tier only if it is fresher than the one
-    // it replaces by a margin: otherwise it is that value (this instance
-    // wrote it) or an older one.
-    std::optional<std::chrono::nanoseconds> fresher_than;
-    if (refresh) fresher_than = *refresh + reload_margin;
-    std::optional<V> found = co_await st.tiers().read(key, ticket.token(), st.memory(), fresher_than);
-    if (found) co_return std::move(*found);
-  }
   st.events().emit(cache_event_kind::load_started, key);
   const auto t0 = Clock::now();
   std::optional<V> value;

@@ -122,6 +122,7 @@ struct flight_entry {
   // Touched only on `strand`.
   asio::cancellation_signal signal;
   bool task_done = false;
+  bool cancel_requested = false;  // `signal` was emitted
 };
 
 template <class V>
@@ -393,7 +394,9 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   // Cancels the work of a detached entry, on the work's own strand.
   static void request_cancel(const entry_ptr& e) {
     asio::post(e->strand, [e] {
-      if (!e->task_done) e->signal.emit(asio::cancellation_type::terminal);
+      if (e->task_done) return;
+      e->cancel_requested = true;
+      e->signal.emit(asio::cancellation_type::terminal);
     });
   }
 
@@ -475,6 +478,11 @@ struct flight_state<V, Clock>::task_handler {
   executor_type get_executor() const noexcept { return e->strand; }
   using cancellation_slot_type = asio::cancellation_slot;
   cancellation_slot_type get_cancellation_slot() const noexcept { return e->signal.slot(); }
+
+  // For work that completes through its own steps (the cache's loads): whether
+  // the work was asked to stop, and its failure. On the entry's strand.
+  bool cancel_requested() const noexcept { return e->cancel_requested; }
+  void fail(std::exception_ptr ep) { st->settle(e, std::move(ep), nullptr); }
 
   template <class T>
   void operator()(std::exception_ptr ep, T&& v) {

@@ -9,10 +9,6 @@
 #include <cacheflight/stats.hpp>
 #include <cacheflight/tier.hpp>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/container_hash/hash.hpp>
 
 #include <algorithm>
@@ -116,89 +112,83 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
            pending_[stripe_of(key)].load(std::memory_order_acquire) != 0;
   }
 
-  // Looks `key` up in the tiers, in order. A hit is stored in `memory` under
-  // the load's `token` (consumed), and fills the tiers before the one that
-  // answered, with the value's remaining lifetime. Failures and unreadable
-  // bytes are skipped, counted and reported. Throws `operation_aborted` only
-  // when the load itself is cancelled. A value past its fresh time keeps its
-  // stale state in memory. With `fresher_than` (a reload), a value with no
-  // more fresh time left than that is a miss.
+  // Tier `i`, for the reads of a load (see cache_load.hpp), which asks the
+  // tiers in order and passes each answer to `failed` or `take`.
+  tier& at(std::size_t i) const noexcept { return *tiers_[i]; }
+
+  // Tier `i`'s answer `bytes` (nullopt: absent) for `key`. A hit is stored in
+  // `memory` under the load's `token` (consumed), fills the tiers before `i`
+  // with the value's remaining lifetime, and is returned; a miss, or bytes the
+  // codec refuses, is counted and reported and returns nullopt. A value past
+  // its fresh time keeps its stale state in memory. With `fresher_than` (a
+  // reload), a value with no more fresh time left than that is a miss.
   template <class Memory>
-  boost::asio::awaitable<std::optional<V>> read(const std::string& key, std::uint64_t& token, Memory& memory,
-                                                std::optional<std::chrono::nanoseconds> fresher_than = {}) {
-    namespace asio = boost::asio;
+  std::optional<V> take(std::size_t i, const std::string& key, const std::optional<std::string>& bytes,
+                        std::uint64_t& token, Memory& memory, std::optional<std::chrono::nanoseconds> fresher_than) {
     if constexpr (has_codec<V>) {
-      for (std::size_t i = 0; i < tiers_.size(); ++i) {
-        // An invalidation of this key is reaching the tiers: what they hold may
-        // be what it replaces. Load instead.
-        if (invalidating(key)) break;
-        tier& t = *tiers_[i];
-        auto [ec, bytes] = co_await t.async_get(key, asio::as_tuple(asio::use_awaitable));
-        if (ec) {
-          asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-          if (cs.cancelled() != asio::cancellation_type::none)
-            throw boost::system::system_error(asio::error::operation_aborted);
-          failed(i, key, ec);
-          continue;
-        }
-        counters& c = counts_[i];
-        if (!bytes) {
+      counters& c = counts_[i];
+      if (!bytes) {
+        c.misses.fetch_add(1, std::memory_order_relaxed);
+        emit(cache_event_kind::tier_miss, key, i);
+        return std::nullopt;
+      }
+      const std::int64_t now_ms = envelope::now_ms();
+      std::optional<envelope> env = envelope::unwrap(*bytes);
+      std::optional<V> v;
+      if (env) {
+        const std::int64_t fresh_end = env->fresh_until_ms != 0 ? env->fresh_until_ms : env->expires_ms;
+        if ((env->expires_ms != 0 && env->expires_ms <= now_ms) ||  // expired in transit: a plain miss
+            (fresher_than && fresh_end != 0 && std::chrono::milliseconds(fresh_end - now_ms) <= *fresher_than)) {
           c.misses.fetch_add(1, std::memory_order_relaxed);
           emit(cache_event_kind::tier_miss, key, i);
-          continue;
+          return std::nullopt;
         }
-        const std::int64_t now_ms = envelope::now_ms();
-        std::optional<envelope> env = envelope::unwrap(*bytes);
-        std::optional<V> v;
-        if (env) {
-          const std::int64_t fresh_end = env->fresh_until_ms != 0 ? env->fresh_until_ms : env->expires_ms;
-          if ((env->expires_ms != 0 && env->expires_ms <= now_ms) ||  // expired in transit: a plain miss
-              (fresher_than && fresh_end != 0 &&
-               std::chrono::milliseconds(fresh_end - now_ms) <= *fresher_than)) {
-            c.misses.fetch_add(1, std::memory_order_relaxed);
-            emit(cache_event_kind::tier_miss, key, i);
-            continue;
-          }
-          try {
-            v = codec<V>::decode(env->payload);
-          } catch (...) {
-            // A throwing decoder is treated as refusing the bytes.
-          }
+        try {
+          v = codec<V>::decode(env->payload);
+        } catch (...) {
+          // A throwing decoder is treated as refusing the bytes.
         }
-        if (!v) {
-          c.misses.fetch_add(1, std::memory_order_relaxed);
-          c.corrupt.fetch_add(1, std::memory_order_relaxed);
-          emit(cache_event_kind::tier_corrupt, key, i);
-          continue;
-        }
-        c.hits.fetch_add(1, std::memory_order_relaxed);
-        emit(cache_event_kind::tier_hit, key, i);
-        // Remaining lifetime; a century at most (foreign bytes may claim any expiry).
-        constexpr std::chrono::milliseconds century = std::chrono::hours(24 * 36524);
-        const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
-                                                 : std::min(std::chrono::milliseconds(env->expires_ms - now_ms), century);
-        // Of which fresh (the rest is its stale window).
-        std::chrono::nanoseconds fresh =
-            left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left);
-        std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero();
-        if (env->fresh_until_ms != 0 && fresh != no_expiry) {
-          const auto fresh_left = std::clamp(std::chrono::milliseconds(env->fresh_until_ms - now_ms),
-                                             std::chrono::milliseconds::zero(), left);
-          stale = std::chrono::nanoseconds(left - fresh_left);
-          fresh = std::chrono::nanoseconds(fresh_left);
-        }
-        std::uint64_t epoch = 0;
-        auto writing = i > 0 ? invalidate_key(key) : invalidation();  // until the fills and their recheck
-        const bool kept =
-            memory.store(key, &*v, nullptr, fresh, std::exchange(token, 0), epoch_of(key), &epoch, stale);
-        if (kept && i > 0) {
-          for (std::size_t j = 0; j < i; ++j) put(j, key, *bytes, left, true);
-          recheck(key, epoch);
-        }
-        co_return v;
       }
+      if (!v) {
+        c.misses.fetch_add(1, std::memory_order_relaxed);
+        c.corrupt.fetch_add(1, std::memory_order_relaxed);
+        emit(cache_event_kind::tier_corrupt, key, i);
+        return std::nullopt;
+      }
+      c.hits.fetch_add(1, std::memory_order_relaxed);
+      emit(cache_event_kind::tier_hit, key, i);
+      // Remaining lifetime; a century at most (foreign bytes may claim any expiry).
+      constexpr std::chrono::milliseconds century = std::chrono::hours(24 * 36524);
+      const auto left = env->expires_ms == 0 ? std::chrono::milliseconds::max()
+                                               : std::min(std::chrono::milliseconds(env->expires_ms - now_ms), century);
+      // Of which fresh (the rest is its stale window).
+      std::chrono::nanoseconds fresh =
+          left == std::chrono::milliseconds::max() ? no_expiry : std::chrono::nanoseconds(left);
+      std::chrono::nanoseconds stale = std::chrono::nanoseconds::zero();
+      if (env->fresh_until_ms != 0 && fresh != no_expiry) {
+        const auto fresh_left = std::clamp(std::chrono::milliseconds(env->fresh_until_ms - now_ms),
+                                           std::chrono::milliseconds::zero(), left);
+        stale = std::chrono::nanoseconds(left - fresh_left);
+        fresh = std::chrono::nanoseconds(fresh_left);
+      }
+      std::uint64_t epoch = 0;
+      auto writing = i > 0 ? invalidate_key(key) : invalidation();  // until the fills and their recheck
+      const bool kept = memory.store(key, &*v, nullptr, fresh, std::exchange(token, 0), epoch_of(key), &epoch, stale);
+      if (kept && i > 0) {
+        for (std::size_t j = 0; j < i; ++j) put(j, key, *bytes, left, true);
+        recheck(key, epoch);
+      }
+      return v;
+    } else {
+      return std::nullopt;
     }
-    co_return std::nullopt;
+  }
+
+  // Counts and reports tier `i`'s failure `ec` on `key`.
+  void failed(std::size_t i, std::string_view key, const boost::system::error_code& ec) {
+    counts_[i].errors.fetch_add(1, std::memory_order_relaxed);
+    if (*events_)
+      events_->emit(cache_event{cache_event_kind::tier_error, key, {}, make_error(ec), {}, tiers_[i]->name()});
   }
 
   // Writes `v` to every tier, behind the callers' backs; `epoch` is the key's
@@ -337,12 +327,6 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
       tiers_[i]->async_fill(key, std::move(bytes), ttl, report_failure(i, key));
     else
       tiers_[i]->async_put(key, std::move(bytes), ttl, report_failure(i, key));
-  }
-
-  void failed(std::size_t i, std::string_view key, const boost::system::error_code& ec) {
-    counts_[i].errors.fetch_add(1, std::memory_order_relaxed);
-    if (*events_)
-      events_->emit(cache_event{cache_event_kind::tier_error, key, {}, make_error(ec), {}, tiers_[i]->name()});
   }
 
   void emit(cache_event_kind k, std::string_view key, std::size_t i) const {
