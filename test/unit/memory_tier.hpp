@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,7 @@ class memory_tier final : public cf::tier {
   bool fail = false;
   bool hold_gets = false;
   bool ignore_cancel = false;  // a held read does not listen to its slot
+  bool throw_on_get = false;   // do_get throws instead of starting the read
   int fills = 0;  // puts that came through async_fill (loaded values)
 
   // What a tier shared with other processes does when it learns of a change
@@ -54,6 +56,7 @@ class memory_tier final : public cf::tier {
  protected:
   void do_get(std::string key, get_handler h) override {
     log.push_back("get " + key);
+    if (throw_on_get) throw std::runtime_error("tier read refused");
     if (hold_gets) {
       auto it = data.find(key);
       held_value_ = it == data.end() ? std::nullopt : std::optional<std::string>(it->second);

@@ -349,6 +349,29 @@ TEST_F(Tier, ATierReadCompletingAfterItsLoadWasCancelledDoesNotStartTheLoader) {
   EXPECT_EQ(loads, 1);
 }
 
+TEST_F(Tier, ATierThatThrowsInsteadOfReadingFailsTheLoadWithItsException) {
+  auto t1 = std::make_shared<memory_tier>(io.get_executor(), "first");
+  auto t2 = std::make_shared<memory_tier>(io.get_executor(), "second");
+  t2->throw_on_get = true;
+  tcache c{io, with({t1, t2})};
+  // The second tier is asked from the first one's completion.
+  outcome<> a = get(c, "k", 1);
+  ASSERT_TRUE(a.done);
+  ASSERT_TRUE(a.error);
+  EXPECT_THROW(std::rethrow_exception(a.error), std::runtime_error);
+  EXPECT_EQ(loads, 0);
+  EXPECT_EQ(c.stats().loads_in_flight, 0u);
+  EXPECT_FALSE(c.peek("k"));
+  // The first tier throwing: asked as the load starts.
+  t1->throw_on_get = true;
+  outcome<> b = get(c, "k", 1);
+  ASSERT_TRUE(b.error);
+  EXPECT_THROW(std::rethrow_exception(b.error), std::runtime_error);
+
+  t1->throw_on_get = t2->throw_on_get = false;
+  EXPECT_EQ(get(c, "k", 2).value, 2);  // not wedged
+}
+
 TEST_F(Tier, ImpossibleTierOptionsAreRejected) {
   auto t = std::make_shared<memory_tier>(io.get_executor());
   auto code_of = [](auto f) {

@@ -141,11 +141,20 @@ struct tier_read {
     return boost::asio::get_associated_cancellation_slot(h);
   }
 
+  // A tier's read, or the loader, that cannot be started (resource
+  // exhaustion, a tier's own exception) fails the load with that exception:
+  // the flight's handler is copied first, as the one moved into the failed
+  // initiation is gone.
   static void next(tier_read&& self) {
-    State& st = self.ticket.state();
-    if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) return load(std::move(self));
-    tier& t = st.tiers().at(self.i);
-    t.async_get(self.ticket.key(), std::move(self));
+    Handler keep = self.h;
+    try {
+      State& st = self.ticket.state();
+      if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) return load(std::move(self));
+      tier& t = st.tiers().at(self.i);
+      t.async_get(self.ticket.key(), std::move(self));
+    } catch (...) {
+      keep.fail(std::current_exception());
+    }
   }
 
   void operator()(const boost::system::error_code& ec, std::optional<std::string> bytes) {
