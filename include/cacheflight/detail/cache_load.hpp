@@ -115,7 +115,7 @@ struct load_work {
   // completions, and the loader runs as a coroutine only when none answers.
   template <class Handler>
   void operator()(Handler h) {
-    tier_read<State, Loader, Handler>::next(
+    tier_read<State, Loader, Handler>::ask(
         tier_read<State, Loader, Handler>{std::move(ticket), std::move(loader), ttl, refresh, std::move(h)});
   }
 };
@@ -124,7 +124,8 @@ struct load_work {
 // is the walk itself, which completes on the load's strand (its executor and
 // cancellation slot are the flight handler's). A hit completes the load; past
 // the last tier, or once an invalidation of the key is reaching the tiers
-// (what they hold may be what it replaces), the loader runs.
+// (what they hold may be what it replaces), the loader runs. A load cancelled
+// while a tier answers asks no further tier and runs no loader.
 template <class State, class Loader, class Handler>
 struct tier_read {
   load_ticket<State> ticket;
@@ -141,57 +142,61 @@ struct tier_read {
     return boost::asio::get_associated_cancellation_slot(h);
   }
 
-  // A tier's read, or the loader, that cannot be started (resource
-  // exhaustion, a tier's own exception) fails the load with that exception:
+  // Asks tier `i`, or, past the last tier or while an invalidation of the key
+  // is reaching the tiers, starts the loader; a load cancelled meanwhile
+  // goes no further. Throws what starting the read or the loader throws
+  // (resource exhaustion, a tier's own exception): as the load starts, the
+  // flight takes that for its result.
+  static void ask(tier_read&& self) {
+    if (self.h.cancel_requested())
+      return self.h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
+    State& st = self.ticket.state();
+    if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) {
+      auto ex = self.get_executor();
+      boost::asio::co_spawn(std::move(ex),
+                            load_and_fill(std::move(self.ticket), std::move(self.loader), self.ttl, self.refresh),
+                            std::move(self.h));
+      return;
+    }
+    st.tiers().at(self.i).async_get(self.ticket.key(), std::move(self));
+  }
+
+  // As `ask`, from a tier's completion, where what it throws fails the load:
   // the flight's handler is copied first, as the one moved into the failed
   // initiation is gone.
   static void next(tier_read&& self) {
     Handler keep = self.h;
+    std::exception_ptr failure;
     try {
-      State& st = self.ticket.state();
-      if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) return load(std::move(self));
-      tier& t = st.tiers().at(self.i);
-      t.async_get(self.ticket.key(), std::move(self));
+      ask(std::move(self));
     } catch (...) {
-      keep.fail(std::current_exception());
+      failure = std::current_exception();
     }
+    if (failure) keep.fail(std::move(failure));
   }
 
   void operator()(const boost::system::error_code& ec, std::optional<std::string> bytes) {
-    State& st = ticket.state();
-    if (ec) {
-      // Asked of the load itself: a tier failing with operation_aborted of its
-      // own accord is skipped like any other failure.
-      if (h.cancel_requested())
-        return h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
-      st.tiers().failed(i, ticket.key(), ec);
-    } else {
-      // A reload takes a value from a tier only if it is fresher than the one
-      // it replaces by a margin: otherwise it is that value (this instance
-      // wrote it) or an older one.
-      std::optional<std::chrono::nanoseconds> fresher_than;
-      if (refresh) fresher_than = *refresh + reload_margin;
-      std::optional<typename State::value_type> v;
-      try {
+    std::optional<typename State::value_type> v;
+    try {
+      State& st = ticket.state();
+      if (ec) {
+        // A read ended by the load's own cancellation is not the tier's
+        // failure; one failing with operation_aborted of its own accord is.
+        if (!h.cancel_requested()) st.tiers().failed(i, ticket.key(), ec);
+      } else {
+        // A reload takes a value from a tier only if it is fresher than the
+        // one it replaces by a margin: otherwise it is that value (this
+        // instance wrote it) or an older one.
+        std::optional<std::chrono::nanoseconds> fresher_than;
+        if (refresh) fresher_than = *refresh + reload_margin;
         v = st.tiers().take(i, ticket.key(), bytes, ticket.token(), st.memory(), fresher_than);
-      } catch (...) {
-        return h.fail(std::current_exception());  // memory could not take it
       }
-      if (v) return std::move(h)(std::exception_ptr{}, std::move(*v));
+    } catch (...) {
+      return h.fail(std::current_exception());  // counting, reporting or storing failed
     }
+    if (v) return std::move(h)(std::exception_ptr{}, std::move(*v));
     ++i;
     next(std::move(*this));
-  }
-
-  // The loader, as a coroutine on the load's strand, unless the load was
-  // cancelled meanwhile.
-  static void load(tier_read&& self) {
-    if (self.h.cancel_requested())
-      return self.h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
-    auto ex = self.get_executor();
-    boost::asio::co_spawn(std::move(ex),
-                          load_and_fill(std::move(self.ticket), std::move(self.loader), self.ttl, self.refresh),
-                          std::move(self.h));
   }
 };
 
