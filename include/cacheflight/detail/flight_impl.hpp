@@ -160,11 +160,6 @@ inline constexpr bool is_awaitable_of<asio::awaitable<V, asio::any_io_executor>,
 template <class Fn, class V>
 concept coroutine_work = std::invocable<Fn&> && is_awaitable_of<std::invoke_result_t<Fn&>, V>;
 
-// Coroutine work whose call moves everything the coroutine needs into its
-// frame: the function object need not outlive the call.
-template <class Fn, class V>
-concept self_contained_work = coroutine_work<Fn, V> && requires { typename Fn::self_contained_call; };
-
 }  // namespace detail
 
 namespace detail {
@@ -529,7 +524,7 @@ void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
   }
   emit(event_kind::task_started, e->key);
   try {
-    if constexpr (coroutine_work<Fn, V> && (std::is_empty_v<Fn> || std::is_pointer_v<Fn> || self_contained_work<Fn, V>)) {
+    if constexpr (coroutine_work<Fn, V> && (std::is_empty_v<Fn> || std::is_pointer_v<Fn>)) {
       asio::co_spawn(e->strand, fn(), task_handler<std::nullptr_t>{this->shared_from_this(), e, nullptr});
     } else if constexpr (coroutine_work<Fn, V>) {
       // The coroutine may refer to the lambda's captures: keep it at a stable address.
