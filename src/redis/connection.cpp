@@ -615,17 +615,7 @@ std::shared_ptr<detail::exec_cancel> connection::watch_cancel(exec_handler& h,
                                                              const asio::strand<executor_type>& strand) {
   auto slot = asio::get_associated_cancellation_slot(h);
   if (!slot.is_connected()) return nullptr;
-  auto c = std::make_shared<detail::exec_cancel>();
-  // Assigned here, in the caller's context, so that a cancellation emitted as
-  // soon as the initiating function returns is seen: the command is then
-  // dropped before it is queued, or abandoned once it is.
-  slot.assign([c, strand](asio::cancellation_type_t) {
-    c->requested.store(true, std::memory_order_release);
-    asio::post(strand, [c] {
-      if (auto conn = c->conn.lock()) c->abandon(conn, c->id);
-    });
-  });
-  return c;
+  return detail::hook_cancel(slot, strand);
 }
 
 void connection::start_exec(std::vector<std::string> args, exec_handler h,

@@ -3,6 +3,7 @@
 #include <cacheflight/redis/tier.hpp>
 
 #include "../common/shutdown_registry.hpp"
+#include "exec_cancel.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -14,6 +15,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <random>
 #include <atomic>
@@ -300,13 +302,46 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // Completes a read without bytes: a miss (`ec` empty) or a failure.
   void end_read(get_handler h, error_code ec) { complete(std::move(h), ec, std::optional<std::string>{}); }
 
-  // `cancel`, when set, is emitted on the strand when the caller cancels.
-  void get(std::string key, get_handler h, std::shared_ptr<read_cancel> cancel) {
+  // Completes a plain read: the reply of its GET.
+  void read_reply(get_handler h, std::uint64_t g, error_code ec, reply r) {
+    std::optional<std::string> v;
+    if (!ec) {
+      if (r.type == reply::kind::bulk)
+        v = std::move(r.str);
+      else if (r.type != reply::kind::nil)
+        ec = make_error_code(error::protocol_error);
+    }
+    outcome(ec, g);
+    complete(std::move(h), ec, std::move(v));
+  }
+
+  // A plain read's GET sent serialized: its state until the reply.
+  struct read_op {
+    std::shared_ptr<impl> self;
+    get_handler h;
+    std::uint64_t g;
+  };
+
+  // A read. With leases, `lease_cancel`, when set, is emitted on the strand
+  // when the caller cancels; without, `cancel`, when set, is the caller's
+  // cancellation hooked for the command itself.
+  void get(std::string key, get_handler h, std::shared_ptr<read_cancel> lease_cancel,
+           std::shared_ptr<detail::exec_cancel> cancel) {
     if (stopped) return end_read(std::move(h), error_code(asio::error::operation_aborted));
+    // The command first: its key (with the prefix) is the one looked up.
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
-    std::string k = full(key);
+    const std::size_t len = opts.prefix.size() + key.size();
+    char digits[24];
+    const auto count = std::to_chars(digits, digits + sizeof digits, len).ptr - digits;
+    constexpr std::string_view head = "*2\r\n$3\r\nGET\r\n$";
+    std::string cmd;
+    cmd.reserve(head.size() + count + len + 4);
+    cmd.append(head).append(digits, count).append("\r\n");
+    const std::size_t at = cmd.size();
+    cmd.append(opts.prefix).append(key).append("\r\n");
+    const std::string_view k(cmd.data() + at, len);
     if (auto it = index.find(k); it != index.end()) {
       const write_op& op = *it->second;
       std::optional<std::string> v;
@@ -315,29 +350,40 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     if (queued_clears != 0 || clearing) return end_read(std::move(h), error_code{});
     if (!sent.empty())
-      if (auto it = sent.find(k); it != sent.end())
+      if (auto it = sent.find(std::string(k)); it != sent.end())
         return complete(std::move(h), error_code{}, std::optional<std::string>(it->second));
     const auto g = admit();
     if (!g) return end_read(std::move(h), make_error_code(error::tier_unavailable));
-    if (opts.leases)
-      if (auto lk = lease_key_of(k, cluster))
-        return lease_get(std::move(k), std::move(*lk), std::move(h), std::move(cancel), *g, false);
-    asio::cancellation_slot slot = cancel ? cancel->slot() : asio::cancellation_slot();
-    // No executor bound: the client completes it on its strand, which is this
-    // tier's, without wrapping one.
-    cl->async_exec({"GET", std::move(k)},
-                   asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), cancel,
-                                                       g = *g](error_code ec, reply r) mutable {
-                     std::optional<std::string> v;
-                     if (!ec) {
-                       if (r.type == reply::kind::bulk)
-                         v = std::move(r.str);
-                       else if (r.type != reply::kind::nil)
-                         ec = make_error_code(error::protocol_error);
-                     }
-                     self->outcome(ec, g);
-                     self->complete(std::move(h), ec, std::move(v));
-                   }));
+    if (opts.leases) {
+      if (auto lk = lease_key_of(std::string(k), cluster))
+        return lease_get(std::string(k), std::move(*lk), std::move(h), std::move(lease_cancel), *g, false);
+      // A key that can have no lease (see lease_key_of): a plain GET.
+      asio::cancellation_slot slot = lease_cancel ? lease_cancel->slot() : asio::cancellation_slot();
+      // No executor bound: the client completes it on its strand, which is
+      // this tier's, without wrapping one.
+      cl->async_exec({"GET", std::string(k)},
+                     asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), lease_cancel,
+                                                         g = *g](error_code ec, reply r) mutable {
+                       self->read_reply(std::move(h), g, ec, std::move(r));
+                     }));
+      return;
+    }
+    if (cluster) {
+      cl->exec_on_strand({"GET", std::string(k)},
+                         [self = shared_from_this(), h = std::move(h), g = *g](error_code ec, reply r) mutable {
+                           self->read_reply(std::move(h), g, ec, std::move(r));
+                         },
+                         std::move(cancel));
+      return;
+    }
+    auto op = std::make_shared<read_op>(read_op{shared_from_this(), std::move(h), *g});
+    cl->exec_serialized(
+        std::move(cmd),
+        [](const std::shared_ptr<void>& ctx, error_code ec, reply r) {
+          auto& o = *static_cast<read_op*>(ctx.get());
+          o.self->read_reply(std::move(o.h), o.g, ec, std::move(r));
+        },
+        std::move(op), cancel);
   }
 
   // --- leases --------------------------------------------------------------
@@ -1084,19 +1130,27 @@ client& tier::get_client() noexcept { return *impl_->cl; }
 void tier::do_get(std::string key, get_handler handler) {
   // The caller's slot is assigned here, in the caller's context, which is
   // where it is emitted and cleared; its handler hands the cancellation to the
-  // strand, where the command's own slot lives.
-  std::shared_ptr<read_cancel> cancel;
+  // strand. Without leases it cancels the GET itself (a command cancelled
+  // before it is queued is never queued, one queued is abandoned); with them,
+  // whichever step the read is at (a script, a wait for another fill).
+  std::shared_ptr<read_cancel> lease_cancel;
+  std::shared_ptr<detail::exec_cancel> cancel;
   if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
-    cancel = std::make_shared<read_cancel>();
-    slot.assign([cancel, strand = impl_->strand](asio::cancellation_type_t t) {
-      asio::post(strand, [cancel, t] {
-        cancel->requested = true;
-        cancel->emit(t);
+    if (impl_->opts.leases) {
+      lease_cancel = std::make_shared<read_cancel>();
+      slot.assign([lease_cancel, strand = impl_->strand](asio::cancellation_type_t t) {
+        asio::post(strand, [lease_cancel, t] {
+          lease_cancel->requested = true;
+          lease_cancel->emit(t);
+        });
       });
-    });
+    } else {
+      cancel = detail::hook_cancel(slot, impl_->strand);
+    }
   }
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), cancel]() mutable {
-    self->get(std::move(key), std::move(h), std::move(cancel));
+  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), lease_cancel,
+                             cancel]() mutable {
+    self->get(std::move(key), std::move(h), std::move(lease_cancel), std::move(cancel));
   });
 }
 

@@ -204,6 +204,57 @@ TEST_F(RedisTier, WritesKeepTheirOrderPerKeyAndTheLastOneWins) {
   EXPECT_EQ(t->health().queued_writes, 0u);
 }
 
+TEST_F(RedisTier, AReadCancelledBeforeOrWhileRedisHoldsItsGetEndsAtOnceAndTheNextReadIsAnswered) {
+  // No health check while Redis is paused below: its PING would wait too.
+  auto co = client_options();
+  co.health_check_interval = 60s;
+  auto t = std::make_shared<redis::tier>(io.get_executor(), co, redis::tier_options{.prefix = prefix});
+  ASSERT_TRUE(run_until([&] { return t->get_client().is_connected(); }));
+  ASSERT_EQ(exec(*raw, {"SET", prefix + "k", "v"}).second.str, "OK");
+  using result = std::optional<std::pair<error_code, std::optional<std::string>>>;
+  auto read = [&](result& r, asio::cancellation_signal& sig) {
+    t->async_get("k", asio::bind_cancellation_slot(sig.slot(), [&r](error_code ec, std::optional<std::string> v) {
+                   r.emplace(ec, std::move(v));
+                 }));
+  };
+  {  // Cancelled as soon as it is initiated: its GET is never sent.
+    result r;
+    asio::cancellation_signal sig;
+    read(r, sig);
+    sig.emit(asio::cancellation_type::terminal);
+    ASSERT_TRUE(run_until([&] { return r.has_value(); }));
+    EXPECT_EQ(r->first, asio::error::operation_aborted);
+    EXPECT_FALSE(r->second);
+  }
+  {  // Cancelled while Redis holds its GET: it ends without waiting for the reply.
+    const auto paused_at = std::chrono::steady_clock::now();
+    ASSERT_EQ(exec(*raw, {"CLIENT", "PAUSE", "900", "ALL"}).second.str, "OK");
+    result r;
+    asio::cancellation_signal sig;
+    read(r, sig);
+    io.restart();
+    io.run_for(100ms);
+    ASSERT_FALSE(r.has_value());
+    sig.emit(asio::cancellation_type::terminal);
+    ASSERT_TRUE(run_until([&] { return r.has_value(); }));
+    EXPECT_EQ(r->first, asio::error::operation_aborted);
+    EXPECT_LT(std::chrono::steady_clock::now() - paused_at, 800ms);
+    // The pause ends, and the abandoned GET's reply with it.
+    while (std::chrono::steady_clock::now() - paused_at < 1000ms) {
+      io.restart();
+      io.run_for(10ms);
+    }
+  }
+  // The abandoned reply is not taken for the next read's.
+  result r;
+  asio::cancellation_signal sig;
+  read(r, sig);
+  ASSERT_TRUE(run_until([&] { return r.has_value(); }));
+  EXPECT_FALSE(r->first) << r->first.message();
+  EXPECT_EQ(r->second, std::optional<std::string>("v"));
+  EXPECT_EQ(t->health().breaker, cf::breaker_state::closed);
+}
+
 TEST_F(RedisTier, ASetTakingAQueuedErasesPlaceCountsAgainstTheBound) {
   auto t = make_tier(redis::tier_options{.max_queued_writes = 1});
   std::vector<std::string> results;

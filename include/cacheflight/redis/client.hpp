@@ -288,6 +288,15 @@ class client {
   void release_connection_hook();
   void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h,
                      std::optional<boost::asio::any_completion_executor> work);
+  // For `tier`, on the strand, for a caller that hooked its own cancellation
+  // (`cancel`, may be null) and whose handler runs on the strand. The command
+  // as built arguments (any deployment), or serialized (one server or
+  // Sentinel only) with `fn(ctx, ec, reply)` called on the strand, never
+  // inside this call.
+  using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
+  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel);
+  void exec_serialized(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+                       const std::shared_ptr<detail::exec_cancel>& cancel);
 
   struct impl;
   struct cluster;
