@@ -193,6 +193,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::string write_buf;
   bool writing = false;
   bool flush_scheduled = false;  // a write() is posted
+  bool delivering = false;       // completing the replies of one read
+  bool write_after = false;      // commands were queued meanwhile: written once they are all completed
   std::deque<command> pending;   // not written yet
   std::deque<command> inflight;  // written, awaiting replies in order
   std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
@@ -392,9 +394,15 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 
   // Writes what is pending once the current handler returns, so that commands
-  // issued together (by the completions of one read, say) share one write.
+  // issued together share one write; commands issued by the completions of
+  // one read are written as soon as all of them have run.
   void schedule_write() {
-    if (writing || flush_scheduled) return;
+    if (writing) return;
+    if (delivering) {
+      write_after = true;
+      return;
+    }
+    if (flush_scheduled) return;
     flush_scheduled = true;
     asio::post(strand, [self = shared_from_this()] {
       self->flush_scheduled = false;
@@ -472,39 +480,61 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     auto on_read = [self = shared_from_this()](error_code ec, std::size_t n) {
       if (ec) return self->fail(ec);
       self->reader.feed(std::string_view(self->read_buf.data(), n));
-      for (;;) {
-        error_code perr;
-        reply& r = self->incoming;
-        if (!self->reader.next(r, perr)) {
-          if (perr) return self->fail(perr);
-          break;
-        }
-        if (self->push && is_message(r)) {
-          self->push(r);
-          if (self->st == state::closed) return;
-          continue;
-        }
-        if (self->inflight.empty()) return self->fail(make_error_code(error::protocol_error));
-        if (self->inflight.front().skip > 0) {  // the reply to a prefix written with the command
-          --self->inflight.front().skip;
-          continue;
-        }
-        command c = std::move(self->inflight.front());
-        self->inflight.pop_front();
-        if (c.auth)
-          self->handshake_reply(c, r);
-        else if (c.waiting()) {
-          --self->live;
-          self->deliver(c, error_code{}, std::move(r));
-        }
-        if (self->st == state::closed) return;
+      self->delivering = true;
+      const bool open = self->take_replies();
+      self->delivering = false;
+      const bool queued = std::exchange(self->write_after, false);
+      if (!open) {
+        if (queued) self->schedule_write();
+        return;
       }
+      // The commands the completions issued go out together, before the
+      // next read is started.
+      if (queued) self->write();
       self->read();
     };
     if (tls)
       tls->async_read_some(asio::buffer(read_buf), std::move(on_read));
     else
       socket.async_read_some(asio::buffer(read_buf), std::move(on_read));
+  }
+
+  // Completes the commands whose replies were read; false once the connection
+  // failed or was closed.
+  bool take_replies() {
+    for (;;) {
+      error_code perr;
+      reply& r = incoming;
+      if (!reader.next(r, perr)) {
+        if (perr) {
+          fail(perr);
+          return false;
+        }
+        return true;
+      }
+      if (push && is_message(r)) {
+        push(r);
+        if (st == state::closed) return false;
+        continue;
+      }
+      if (inflight.empty()) {
+        fail(make_error_code(error::protocol_error));
+        return false;
+      }
+      if (inflight.front().skip > 0) {  // the reply to a prefix written with the command
+        --inflight.front().skip;
+        continue;
+      }
+      command c = std::move(inflight.front());
+      inflight.pop_front();
+      if (c.auth)
+        handshake_reply(c, r);
+      else if (c.waiting()) {
+        --live;
+        deliver(c, error_code{}, std::move(r));
+      }
+      if (st == state::closed) return false;
+    }
   }
 
   // One timer for every command's deadline. All commands share one timeout, so
