@@ -8,7 +8,9 @@
 #include <cacheflight/tier.hpp>
 
 #include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/error.hpp>
@@ -135,8 +137,16 @@ struct tier_read {
   Handler h;
   std::size_t i = 0;  // the tier asked
 
-  using executor_type = boost::asio::associated_executor_t<Handler>;
-  executor_type get_executor() const noexcept { return boost::asio::get_associated_executor(h); }
+  // The load's executor, as the type-erased handler a tier receives holds it:
+  // an io_context's own executor (a flight on a single-threaded context) is
+  // held in place, where wrapping the `any_io_executor` holding it would
+  // allocate each time a tier asks for it.
+  using executor_type = boost::asio::any_completion_executor;
+  executor_type get_executor() const noexcept {
+    const auto ex = boost::asio::get_associated_executor(h);
+    if (const auto* io = ex.template target<boost::asio::io_context::executor_type>()) return executor_type(*io);
+    return executor_type(ex);
+  }
   using cancellation_slot_type = boost::asio::associated_cancellation_slot_t<Handler>;
   cancellation_slot_type get_cancellation_slot() const noexcept {
     return boost::asio::get_associated_cancellation_slot(h);
@@ -152,7 +162,7 @@ struct tier_read {
       return self.h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
     State& st = self.ticket.state();
     if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) {
-      auto ex = self.get_executor();
+      auto ex = boost::asio::get_associated_executor(self.h);
       boost::asio::co_spawn(std::move(ex),
                             load_and_fill(std::move(self.ticket), std::move(self.loader), self.ttl, self.refresh),
                             std::move(self.h));
