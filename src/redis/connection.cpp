@@ -480,23 +480,44 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     auto on_read = [self = shared_from_this()](error_code ec, std::size_t n) {
       if (ec) return self->fail(ec);
       self->reader.feed(std::string_view(self->read_buf.data(), n));
-      self->delivering = true;
-      const bool open = self->take_replies();
-      self->delivering = false;
-      const bool queued = std::exchange(self->write_after, false);
-      if (!open) {
-        if (queued) self->schedule_write();
-        return;
-      }
-      // The commands the completions issued go out together, before the
-      // next read is started.
-      if (queued) self->write();
-      self->read();
+      self->on_replies();
     };
     if (tls)
       tls->async_read_some(asio::buffer(read_buf), std::move(on_read));
     else
       socket.async_read_some(asio::buffer(read_buf), std::move(on_read));
+  }
+
+  // Completes the replies read so far, writes the commands their completions
+  // issued, then reads on. A completion that throws propagates (out of run(),
+  // to its caller); the rest of the replies, and the reads after them, go on
+  // in a turn of their own.
+  void on_replies() {
+    delivering = true;
+    bool open = false;
+    try {
+      open = take_replies();
+    } catch (...) {
+      if (end_delivery()) schedule_write();
+      if (st != state::closed) asio::post(strand, [self = shared_from_this()] { self->on_replies(); });
+      throw;
+    }
+    const bool queued = end_delivery();
+    if (!open) {
+      if (queued) schedule_write();
+      return;
+    }
+    // The commands the completions issued go out together, before the next
+    // read is started.
+    if (queued) write();
+    read();
+  }
+
+  // Ends the completion of one read's replies: whether commands were queued
+  // meanwhile.
+  bool end_delivery() {
+    delivering = false;
+    return std::exchange(write_after, false);
   }
 
   // Completes the commands whose replies were read; false once the connection

@@ -2,6 +2,8 @@
 // commands fail fast while it is down, and the client reconnects by itself.
 #include "redis_fixture.hpp"
 
+#include <stdexcept>
+
 namespace {
 
 using namespace cftest;
@@ -150,6 +152,39 @@ TEST_F(RedisClient, ACommandCancelledBeforeItsWriteIsLeftOutOfIt) {
   EXPECT_EQ(got[1].first, asio::error::operation_aborted);
   EXPECT_EQ(got[2], std::make_pair(error_code{}, std::string(100, 'x')));
   EXPECT_EQ(got[3], std::make_pair(error_code{}, std::string("last")));
+  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+}
+
+// A handler that throws propagates out of run(); the replies read with its
+// own still reach their handlers, what those issue is sent, and the
+// connection reads on.
+TEST_F(RedisClient, AThrowingHandlerLeavesTheRepliesReadWithItsOwnDeliveredAndTheConnectionWorking) {
+  redis::client c{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  std::vector<std::string> got;
+  auto keep = [&](error_code ec, redis::reply r) { got.push_back(ec ? ec.message() : r.str); };
+  // Issued together: one write, and their replies come back in one read.
+  asio::post(c.get_strand(), [&] {
+    c.async_exec({"ECHO", "first"}, [](error_code, redis::reply) { throw std::runtime_error("a handler threw"); });
+    c.async_exec({"ECHO", "second"}, [&](error_code ec, redis::reply r) {
+      keep(ec, std::move(r));
+      c.async_exec({"ECHO", "third"}, keep);
+    });
+  });
+  bool thrown = false;
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (!thrown && std::chrono::steady_clock::now() < end) {
+    try {
+      io.restart();
+      io.run_for(5ms);
+    } catch (const std::runtime_error&) {
+      thrown = true;
+    }
+  }
+  ASSERT_TRUE(thrown);
+  // Well within the command timeout (1 s), which would end them otherwise.
+  ASSERT_TRUE(run_until([&] { return got.size() == 2; }, 500ms));
+  EXPECT_EQ(got, (std::vector<std::string>{"second", "third"}));
   EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
 }
 
