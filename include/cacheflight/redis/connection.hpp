@@ -177,7 +177,9 @@ class connection {
   /// dropped when it comes, and the connection stays usable (as after a timeout).
   /// @par Executor
   /// The handler runs on its associated executor, never inside this call;
-  /// outstanding work is held on that executor until it has run.
+  /// outstanding work is held on that executor until it has run. A handler
+  /// that throws propagates its exception out of the `run()` that ran it; the
+  /// connection goes on (the other commands complete as they would have).
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
