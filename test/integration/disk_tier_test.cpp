@@ -571,6 +571,28 @@ TEST_F(DiskTier, ImpossibleOptionsAreRefused) {
   EXPECT_EQ(bad([](auto& o) { o.durability = static_cast<cf::disk::durability>(7); }), cf::error::invalid_option);
 }
 
+// An executor that holds the thread handing it a function (the tier's
+// reader, completing a read) until `open` is set, then posts the function to
+// `io`.
+struct gate_executor {
+  asio::io_context* io;
+  std::atomic<bool>* entered;
+  std::atomic<bool>* open;
+
+  asio::execution_context& query(asio::execution::context_t) const noexcept { return *io; }
+  static constexpr asio::execution::blocking_t query(asio::execution::blocking_t) noexcept {
+    return asio::execution::blocking.never;
+  }
+  template <class F>
+  void execute(F f) const {
+    entered->store(true);
+    while (!open->load()) std::this_thread::yield();
+    asio::post(*io, std::move(f));
+  }
+  friend bool operator==(const gate_executor& a, const gate_executor& b) noexcept { return a.io == b.io; }
+  friend bool operator!=(const gate_executor& a, const gate_executor& b) noexcept { return !(a == b); }
+};
+
 TEST_F(DiskTier, AQueuedReadCancelledCompletesWithOperationAbortedAndTheOthersAreAnswered) {
   auto o = options();
   o.readers = 1;
@@ -578,6 +600,17 @@ TEST_F(DiskTier, AQueuedReadCancelledCompletesWithOperationAbortedAndTheOthersAr
   put(*t, "k", "v");
   asio::io_context io;
   asio::cancellation_signal sig;
+  // The one reader is held while it completes a first read, so that every
+  // read below is still queued when the last one is cancelled.
+  std::atomic<bool> entered{false}, open_gate{false};
+  int first = 0;
+  t->async_get("k", asio::bind_executor(gate_executor{&io, &entered, &open_gate},
+                                        [&](error_code ec, std::optional<std::string> v) {
+                                          if (!ec && v == "v") ++first;
+                                        }));
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (!entered.load() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  ASSERT_TRUE(entered.load());
   constexpr int n = 20'000;
   std::atomic<int> answered{0}, aborted_other{0};
   error_code last_ec;
@@ -595,7 +628,9 @@ TEST_F(DiskTier, AQueuedReadCancelledCompletesWithOperationAbortedAndTheOthersAr
                                                    last_v = std::move(v);
                                                  })));
   sig.emit(asio::cancellation_type::terminal);
+  open_gate.store(true);
   io.run();
+  EXPECT_EQ(first, 1);
   EXPECT_EQ(last_calls, 1);
   EXPECT_EQ(last_ec, asio::error::operation_aborted);
   EXPECT_EQ(last_v, std::nullopt);
