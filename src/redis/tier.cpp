@@ -15,7 +15,6 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <random>
 #include <atomic>
@@ -332,16 +331,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
-    const std::size_t len = opts.prefix.size() + key.size();
-    char digits[24];
-    const auto count = std::to_chars(digits, digits + sizeof digits, len).ptr - digits;
-    constexpr std::string_view head = "*2\r\n$3\r\nGET\r\n$";
     std::string cmd;
-    cmd.reserve(head.size() + count + len + 4);
-    cmd.append(head).append(digits, count).append("\r\n");
-    const std::size_t at = cmd.size();
-    cmd.append(opts.prefix).append(key).append("\r\n");
-    const std::string_view k(cmd.data() + at, len);
+    cmd.reserve(32 + opts.prefix.size() + key.size());
+    cmd.append("*2\r\n");
+    detail::append_bulk(cmd, "GET");
+    const std::size_t at = detail::append_bulk(cmd, opts.prefix, key);
+    const std::string_view k(cmd.data() + at, opts.prefix.size() + key.size());
     if (auto it = index.find(k); it != index.end()) {
       const write_op& op = *it->second;
       std::optional<std::string> v;

@@ -27,13 +27,18 @@ inline void append_number(std::string& out, std::size_t n) {
   out.append(buf, r.ptr);
 }
 
-inline void append_bulk(std::string& out, std::string_view arg) {
+// One bulk string holding `head` then `tail`; returns where its bytes start
+// in `out`.
+inline std::size_t append_bulk(std::string& out, std::string_view head, std::string_view tail) {
   out.push_back('$');
-  append_number(out, arg.size());
+  append_number(out, head.size() + tail.size());
   out.append("\r\n");
-  out.append(arg);
-  out.append("\r\n");
+  const std::size_t at = out.size();
+  out.append(head).append(tail).append("\r\n");
+  return at;
 }
+
+inline void append_bulk(std::string& out, std::string_view arg) { append_bulk(out, arg, {}); }
 
 }  // namespace detail
 
