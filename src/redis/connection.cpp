@@ -251,6 +251,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       socket.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
     if (tls_ctx) return start_tls();
+    // Without TLS a write is first tried in place (see write()): the
+    // socket's synchronous operations must not block.
+    error_code nb;
+    socket.non_blocking(true, nb);
+    if (nb) return fail(nb);
     start_protocol();
   }
 
@@ -464,6 +469,21 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       return fail(make_error_code(boost::system::errc::not_enough_memory));
     }
     if (write_buf.empty()) return;
+    // Without TLS the bytes are first sent in place: when the socket takes
+    // them all, as it does unless the peer falls behind, no operation is
+    // started and no completion is queued (a turn of the scheduler, and with
+    // it a poll of the reactor, saved on every write). What it does not take
+    // is written by an operation, which also reports any error.
+    std::size_t sent = 0;
+    if (!tls) {
+      error_code ec;
+      while (sent < write_buf.size()) {
+        const std::size_t n = socket.write_some(asio::buffer(write_buf.data() + sent, write_buf.size() - sent), ec);
+        if (ec) break;
+        sent += n;
+      }
+      if (sent == write_buf.size()) return;
+    }
     writing = true;
     auto done = [self = shared_from_this()](error_code ec, std::size_t) {
       self->writing = false;
@@ -473,7 +493,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (tls)
       asio::async_write(*tls, asio::buffer(write_buf), std::move(done));
     else
-      asio::async_write(socket, asio::buffer(write_buf), std::move(done));
+      asio::async_write(socket, asio::buffer(write_buf.data() + sent, write_buf.size() - sent), std::move(done));
   }
 
   void read() {

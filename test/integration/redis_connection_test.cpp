@@ -97,6 +97,49 @@ TEST_F(RedisConnection, ConcurrentCommandsArePipelinedInOrder) {
   for (int i = 0; i < n; ++i) EXPECT_EQ(got[i], std::to_string(i));
 }
 
+// A write far larger than the socket's send buffer: what the socket does not
+// take at once is written by an operation, from where the socket stopped, and
+// commands queued meanwhile follow it in order.
+TEST_F(RedisConnection, AWriteLargerThanTheSocketTakesAtOnceIsFinishedInOrder) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  constexpr int n = 3;
+  constexpr std::size_t size = 12 * 1024 * 1024;
+  auto value = [](int i) {
+    std::string v(size, '\0');
+    for (std::size_t j = 0; j < v.size(); ++j) v[j] = static_cast<char>('a' + (j * 7 + static_cast<std::size_t>(i)) % 26);
+    return v;
+  };
+  std::vector<std::string> got(n + 1);
+  int done = 0;
+  for (int i = 0; i < n; ++i)
+    c.async_exec({"SET", "big" + std::to_string(i), value(i), "PX", "60000"}, [&, i](error_code ec, redis::reply r) {
+      EXPECT_FALSE(ec);
+      EXPECT_EQ(r.str, "OK");
+      if (i != 0) return;
+      // Issued while the rest of the first write may still be going out.
+      c.async_exec({"SET", "big" + std::to_string(n), value(n), "PX", "60000"}, [](error_code, redis::reply) {});
+      c.async_exec({"GET", "big" + std::to_string(n)}, [&](error_code ec2, redis::reply r2) {
+        EXPECT_FALSE(ec2);
+        got[n] = std::move(r2.str);
+        ++done;
+      });
+    });
+  for (int i = 0; i < n; ++i)
+    c.async_exec({"GET", "big" + std::to_string(i)}, [&, i](error_code ec, redis::reply r) {
+      EXPECT_FALSE(ec);
+      got[i] = std::move(r.str);
+      ++done;
+    });
+  while (done < n + 1 && io.run_one()) {
+  }
+  ASSERT_EQ(done, n + 1);
+  for (int i = 0; i <= n; ++i) EXPECT_TRUE(got[i] == value(i)) << "value " << i << " came back altered";
+  auto [ec, small] = exec(c, {"PING"});
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(small.str, "PONG");
+}
+
 TEST_F(RedisConnection, TimedOutCommandIsAbandonedAndTheConnectionStaysUsable) {
   auto o = options();
   o.command_timeout = 100ms;

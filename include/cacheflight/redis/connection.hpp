@@ -129,6 +129,10 @@ struct connection_options {
 /// One connection to a Redis server over TCP (optionally TLS, see
 /// `tls_options`) or a unix-domain socket, with pipelining: concurrent commands share the connection, are written together,
 /// and complete in order. Asio owns the socket; replies are parsed by hiredis.
+/// Without TLS, the commands of one write are first sent in place on the
+/// strand (the socket is in non-blocking mode); what the socket does not take
+/// at once is written by an asynchronous operation, and commands issued
+/// meanwhile go out in the write after it.
 ///
 /// A connection is opened once. When it is lost (an I/O or protocol error, or
 /// `close`), every command waiting on it fails with that error and later
