@@ -23,6 +23,8 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
+#include <ctime>
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -40,6 +42,24 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 using detail::no_executor;
+
+// The deadline of a command issued now: read from the kernel's coarse
+// monotonic clock (a few nanoseconds a read instead of a few tens; the same
+// epoch as steady_clock's CLOCK_MONOTONIC, behind it by less than one tick)
+// and moved one tick later, so that it is never earlier than `timeout` from
+// now and at most one tick later.
+clock_type::time_point deadline_after(std::chrono::milliseconds timeout) noexcept {
+  using namespace std::chrono;
+  static const clock_type::duration tick = [] {
+    timespec r{};
+    if (::clock_getres(CLOCK_MONOTONIC_COARSE, &r) != 0) return clock_type::duration(milliseconds(10));
+    return duration_cast<clock_type::duration>(seconds(r.tv_sec) + nanoseconds(r.tv_nsec));
+  }();
+  timespec ts{};
+  if (::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return clock_type::now() + timeout;
+  return clock_type::time_point(duration_cast<clock_type::duration>(seconds(ts.tv_sec) + nanoseconds(ts.tv_nsec))) +
+         tick + timeout;
+}
 
 // Outstanding work on a handler's associated executor, held while the handler
 // waits (as Asio's own operations do), so that its context does not run out
@@ -204,7 +224,6 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::optional<connect_handler> connecting;
   asio::any_completion_executor connecting_work;
   bool armed = false;                  // the deadline timer has a wait pending
-  clock_type::time_point armed_for{};
   std::function<void()> lost;          // run on the strand when an open connection is lost
   std::function<void(reply&)> push;    // subscribed: run on the strand for each message
 
@@ -310,7 +329,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   command new_command() {
     command c;
     c.id = ++next_id;
-    c.deadline = clock_type::now() + opts.command_timeout;
+    c.deadline = deadline_after(opts.command_timeout);
     return c;
   }
 
@@ -588,14 +607,15 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 
   void arm_deadline() {
+    // An armed timer is set for a deadline no later than any live command's:
+    // commands are queued in the order of their deadlines.
+    if (armed) return;
     const command* first = first_live();
     if (!first) return;
-    if (armed && armed_for <= first->deadline) return;  // an earlier wake-up is set
     armed = true;
-    armed_for = first->deadline;
     deadline_timer.expires_at(first->deadline);
     deadline_timer.async_wait([self = shared_from_this()](error_code ec) {
-      if (ec) return;  // re-armed or closed
+      if (ec) return;  // closed
       self->armed = false;
       if (self->st == state::closed) return;
       const auto now = clock_type::now();

@@ -7,6 +7,7 @@
 #include <boost/asio.hpp>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 
@@ -145,8 +146,12 @@ TEST_F(RedisConnection, TimedOutCommandIsAbandonedAndTheConnectionStaysUsable) {
   o.command_timeout = 100ms;
   redis::connection c{io.get_executor(), o};
   ASSERT_FALSE(connect(c));
+  const auto issued = std::chrono::steady_clock::now();
   auto [ec, r] = exec(c, {"BLPOP", "empty-list", "0.3"});  // the server answers after 300 ms
+  const auto waited = std::chrono::steady_clock::now() - issued;
   EXPECT_EQ(ec, cf::error::timed_out);
+  EXPECT_GE(waited, 100ms);  // never before command_timeout
+  EXPECT_LT(waited, 300ms);
   asio::steady_timer wait(io, 400ms);  // let the late reply arrive; it is dropped
   wait.async_wait([](error_code) {});
   io.restart();
