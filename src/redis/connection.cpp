@@ -498,7 +498,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       error_code ec;
       while (sent < write_buf.size()) {
         const std::size_t n = socket.write_some(asio::buffer(write_buf.data() + sent, write_buf.size() - sent), ec);
-        if (ec) break;
+        if (ec || n == 0) break;
         sent += n;
       }
       if (sent == write_buf.size()) return;
