@@ -3,6 +3,7 @@
 #include <cacheflight/redis/connection.hpp>
 
 #include "../common/shutdown_registry.hpp"
+#include "command_ring.hpp"
 #include "exec_cancel.hpp"
 #include "options_check.hpp"
 
@@ -25,7 +26,6 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
-#include <deque>
 #include <exception>
 #include <mutex>
 #include <vector>
@@ -215,8 +215,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool flush_scheduled = false;  // a write() is posted
   bool delivering = false;       // completing the replies of one read
   bool write_after = false;      // commands were queued meanwhile: written once they are all completed
-  std::deque<command> pending;   // not written yet
-  std::deque<command> inflight;  // written, awaiting replies in order
+  detail::ring<command> pending;   // not written yet
+  detail::ring<command> inflight;  // written, awaiting replies in order
   std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
   std::uint64_t next_id = 0;
   state st = state::idle;
@@ -435,7 +435,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 
   // Completes a command early. It keeps its place in the queues (removing it
-  // from the middle of a deque would move-assign handlers, which recurses in
+  // from the middle of a queue would move-assign handlers, which recurses in
   // Boost 1.81's any_completion_handler): an unwritten one is skipped by
   // write(), a written one's reply is matched and dropped. The handler is taken
   // out before it is completed, since completing may run code that queues
@@ -640,7 +640,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   void drop_handlers() {
     std::optional<connect_handler> c = std::move(connecting);
     connecting.reset();
-    std::deque<command> p = std::move(pending), i = std::move(inflight);
+    detail::ring<command> p = std::move(pending), i = std::move(inflight);
     pending.clear();
     out.clear();
     inflight.clear();
@@ -666,7 +666,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     live = 0;
     // Out of the queues first: a completion may issue commands (they fail at once).
-    std::deque<command> in = std::move(inflight), pe = std::move(pending);
+    detail::ring<command> in = std::move(inflight), pe = std::move(pending);
     inflight.clear();
     pending.clear();
     out.clear();
