@@ -223,13 +223,21 @@ struct tier::impl : std::enable_shared_from_this<impl> {
 
   // Completes `h` on its associated executor (where its cancellation slot is
   // also cleared, in the context that emits on it).
+  // The handler's executor is asked for with a marker as the candidate: one
+  // without an executor of its own runs on the strand, found out without
+  // wrapping the strand into an any_completion_executor (too large for its
+  // own storage: each wrap would allocate).
   template <class Handler, class... Args>
   void complete(Handler h, Args... args) {
-    auto ex = asio::get_associated_executor(h, strand);
-    asio::dispatch(ex, [h = std::move(h), ... a = std::move(args)]() mutable {
+    asio::any_completion_executor ex = asio::get_associated_executor(h, asio::any_completion_executor(detail::no_executor{}));
+    auto run = [h = std::move(h), ... a = std::move(args)]() mutable {
       asio::get_associated_cancellation_slot(h).clear();
       std::move(h)(std::move(a)...);
-    });
+    };
+    if (ex.target<detail::no_executor>())
+      asio::dispatch(strand, std::move(run));
+    else
+      asio::dispatch(ex, std::move(run));
   }
 
   // --- the breaker ---------------------------------------------------------
