@@ -396,14 +396,14 @@ void client::exec_on_strand(std::vector<std::string> args, exec_handler h, std::
   impl_->exec(std::move(args), std::move(h), std::move(cancel), {});
 }
 
-void client::exec_serialized(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+void client::exec_serialized(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                              const std::shared_ptr<detail::exec_cancel>& cancel) {
   impl& c = *impl_;
   if (!c.connected.load() || !c.conn || !c.conn->is_open()) {
     asio::post(c.strand, [fn, ctx = std::move(ctx)] { fn(ctx, make_error_code(error::not_connected), reply{}); });
     return;
   }
-  c.conn->exec_direct(std::move(bytes), fn, std::move(ctx), cancel);
+  c.conn->exec_direct(bytes, fn, std::move(ctx), cancel);
 }
 
 }  // namespace cacheflight::redis

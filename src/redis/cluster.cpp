@@ -233,7 +233,7 @@ void client::cluster::send(const std::shared_ptr<op>& o, node* n, bool asking) {
   std::string bytes = asking ? "*1\r\n$6\r\nASKING\r\n" : "";
   append_command(bytes, o->args);
   o->current = n;
-  n->conn->exec_direct(std::move(bytes), &cluster::on_direct, o, o->cancel, asking ? 1 : 0);
+  n->conn->exec_direct(bytes, &cluster::on_direct, o, o->cancel, asking ? 1 : 0);
 }
 
 // A command's completion from its connection, on the strand.

@@ -381,7 +381,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   // As exec(), for a command already serialized whose completion is `fn`,
   // called on the strand (never inside this call).
-  void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+  void exec_direct(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                    const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip) {
     auto early = [&](error_code ec) {
       asio::post(strand, [fn, ctx = std::move(ctx), ec] { fn(ctx, ec, reply{}); });
@@ -727,9 +727,9 @@ void connection::exec_on_strand(std::vector<std::string> args, exec_handler h,
   });
 }
 
-void connection::exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+void connection::exec_direct(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                              const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip) {
-  impl_->exec_direct(std::move(bytes), fn, std::move(ctx), cancel, skip);
+  impl_->exec_direct(bytes, fn, std::move(ctx), cancel, skip);
 }
 
 void connection::on_push(std::function<void(reply&)> f) {

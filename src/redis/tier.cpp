@@ -143,6 +143,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // cannot be reached fails its slots at once): the tier's own stays closed.
   const bool cluster;
   bool stopped = false;
+  std::string get_cmd;  // a plain read's GET, serialized (see get())
 
   // The breaker, on the strand. `gen` changes with every state change: an
   // operation's outcome counts only if the state it was admitted in still holds.
@@ -339,8 +340,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     // Read your writes: a write of the key not sent yet, or a clear not
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
-    std::string cmd;
-    cmd.reserve(32 + opts.prefix.size() + key.size());
+    // Serialized in a buffer kept for its capacity, and copied into the
+    // connection's next write: no allocation of its own. (A completion run
+    // from here may start another read, which reuses it: nothing below reads
+    // it after a completion.)
+    std::string& cmd = get_cmd;
+    cmd.clear();
     cmd.append("*2\r\n");
     detail::append_bulk(cmd, "GET");
     const std::size_t at = detail::append_bulk(cmd, opts.prefix, key);
@@ -381,7 +386,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     auto op = std::make_shared<read_op>(read_op{shared_from_this(), std::move(h), *g});
     cl->exec_serialized(
-        std::move(cmd),
+        cmd,
         [](const std::shared_ptr<void>& ctx, error_code ec, reply r) {
           auto& o = *static_cast<read_op*>(ctx.get());
           o.self->read_reply(std::move(o.h), o.g, ec, std::move(r));

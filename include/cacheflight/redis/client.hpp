@@ -295,7 +295,7 @@ class client {
   // inside this call.
   using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
   void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel);
-  void exec_serialized(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+  void exec_serialized(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                        const std::shared_ptr<detail::exec_cancel>& cancel);
 
   struct impl;

@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -237,11 +238,12 @@ class connection {
   // command's reply. Set it before subscribing.
   void on_push(std::function<void(reply&)> f);
   // On the strand only: a command already serialized (RESP), completed by
-  // `fn(ctx, ec, reply)` called on the strand, never inside this call. The
+  // `fn(ctx, ec, reply)` called on the strand, never inside this call; the
+  // bytes are copied before it returns. The
   // first `skip` replies are those of commands written before it in `bytes`
   // (ASKING): dropped, and written or not together with it.
   using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
-  void exec_direct(std::string bytes, direct_fn fn, std::shared_ptr<void> ctx,
+  void exec_direct(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                    const std::shared_ptr<detail::exec_cancel>& cancel, unsigned skip = 0);
 
   struct impl;
