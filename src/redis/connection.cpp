@@ -24,8 +24,6 @@
 
 #include <array>
 #include <atomic>
-#include <chrono>
-#include <ctime>
 #include <exception>
 #include <mutex>
 #include <vector>
@@ -42,24 +40,6 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 using detail::no_executor;
-
-// The deadline of a command issued now: read from the kernel's coarse
-// monotonic clock (a few nanoseconds a read instead of a few tens; the same
-// epoch as steady_clock's CLOCK_MONOTONIC, behind it by less than one tick)
-// and moved one tick later, so that it is never earlier than `timeout` from
-// now and at most one tick later.
-clock_type::time_point deadline_after(std::chrono::milliseconds timeout) noexcept {
-  using namespace std::chrono;
-  static const clock_type::duration tick = [] {
-    timespec r{};
-    if (::clock_getres(CLOCK_MONOTONIC_COARSE, &r) != 0) return clock_type::duration(milliseconds(10));
-    return duration_cast<clock_type::duration>(seconds(r.tv_sec) + nanoseconds(r.tv_nsec));
-  }();
-  timespec ts{};
-  if (::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return clock_type::now() + timeout;
-  return clock_type::time_point(duration_cast<clock_type::duration>(seconds(ts.tv_sec) + nanoseconds(ts.tv_nsec))) +
-         tick + timeout;
-}
 
 // Outstanding work on a handler's associated executor, held while the handler
 // waits (as Asio's own operations do), so that its context does not run out
@@ -329,7 +309,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   command new_command() {
     command c;
     c.id = ++next_id;
-    c.deadline = deadline_after(opts.command_timeout);
+    c.deadline = clock_type::now() + opts.command_timeout;
     return c;
   }
 

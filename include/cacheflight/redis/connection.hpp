@@ -118,9 +118,8 @@ struct connection_options {
   /// SELECT this database after connecting, when not 0.
   int database = 0;
   std::chrono::milliseconds connect_timeout{1000};
-  /// Bound on each command's wait for its reply. A command times out no
-  /// sooner than this after it was issued, and at most one kernel tick (1 to
-  /// 4 ms) later: its deadline is read from the coarse monotonic clock.
+  /// Bound on each command's wait for its reply: a command that has no reply
+  /// this long after it was issued completes with `error::timed_out`.
   std::chrono::milliseconds command_timeout{1000};
   /// Commands whose callers wait (queued or written; cancelled and timed-out
   /// ones excluded) at most; beyond it `error::queue_full`.
