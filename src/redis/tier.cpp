@@ -341,9 +341,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     // finished, is what Redis will hold; a write already sent is ahead of
     // this GET on the connection.
     // Serialized in a buffer kept for its capacity, and copied into the
-    // connection's next write: no allocation of its own. (A completion run
-    // from here may start another read, which reuses it: nothing below reads
-    // it after a completion.)
+    // connection's next write: no allocation of its own. get() is never
+    // re-entered while it uses the buffer: a read started by a completion
+    // run from here is posted to the strand (do_get).
     std::string& cmd = get_cmd;
     cmd.clear();
     cmd.append("*2\r\n");
