@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_L1_STORE_HPP
 #define CACHEFLIGHT_DETAIL_L1_STORE_HPP
 
+#include <cacheflight/detail/ghost_table.hpp>
 #include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
@@ -13,7 +14,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -266,6 +266,11 @@ class alignas(64) l1_shard {
   template <class Fill>
   bool put(std::string&& key, std::size_t hash, std::int64_t expires, std::size_t w, Fill&& fill, graveyard& dead) {
     if (stores_nothing()) return true;
+    // What a new entry's admission and the eviction it may cause will read,
+    // requested before the index is searched: the key's ghost bucket and the
+    // first candidate for eviction.
+    if (policy_ == eviction_policy::s3fifo) ghost_.prefetch(hash);
+    prefetch_node(policy_ == eviction_policy::lru ? main_.back() : small_.back());
     const hashed_key hk(key, hash);
     if (w > max_weight_) {
       ++counters.evictions_oversized;
@@ -325,7 +330,6 @@ class alignas(64) l1_shard {
     std::size_t n = map_.size();
     while (!map_.empty()) remove(*map_.begin(), removal::erased, dead);
     ghost_.clear();
-    ghost_set_.clear();
     return n;
   }
 
@@ -376,8 +380,7 @@ class alignas(64) l1_shard {
       main_.push_front(n);
       return;
     }
-    auto g = ghost_set_.find(h);
-    if (g != ghost_set_.end()) {
+    if (ghost_.contains(h, ghost_window())) {
       // Recently evicted from the small queue: it has proven reuse.
       n->in_main = true;
       main_.push_front(n);
@@ -421,9 +424,13 @@ class alignas(64) l1_shard {
       main_weight_ += n->weight;
       return;
     }
+    // The ghost's bucket is requested first and written last, so that its
+    // fetch overlaps the removal's.
     const std::size_t h = hashed_key::hash_of(n->key);
-    remember(h);
+    const std::size_t window = ghost_window();
+    ghost_.prefetch(h);
     remove(n, removal::capacity, dead, &h);
+    ghost_.insert(h, window);
   }
 
   void evict_main(graveyard& dead) {
@@ -440,16 +447,16 @@ class alignas(64) l1_shard {
     }
   }
 
-  void remember(std::uint64_t h) {
-    ghost_.push_back(h);
-    ++ghost_set_[h];
-    const std::size_t cap = std::max<std::size_t>(16, std::min(map_.size(), max_entries_));
-    while (ghost_.size() > cap) {
-      auto it = ghost_set_.find(ghost_.front());
-      if (--it->second == 0) ghost_set_.erase(it);
-      ghost_.pop_front();
-    }
+  static void prefetch_node(const node* n) noexcept {
+#if defined(__GNUC__)
+    if (n) __builtin_prefetch(n);
+#else
+    (void)n;
+#endif
   }
+
+  // The ghost remembers as many evicted keys as the shard holds (at least 16).
+  std::size_t ghost_window() const noexcept { return std::max<std::size_t>(16, std::min(map_.size(), max_entries_)); }
 
   // `hash`, if given, is the hash of the node's key.
   void remove(node* n, removal why, graveyard& dead, const std::size_t* hash = nullptr) {
@@ -534,8 +541,7 @@ class alignas(64) l1_shard {
   boost::unordered_flat_set<node*, l1_node_hash<node>, l1_node_eq<node>> map_;
   intrusive_list<node> small_, main_;
   std::size_t weight_ = 0, small_weight_ = 0, main_weight_ = 0;
-  std::deque<std::uint64_t> ghost_;
-  boost::unordered_flat_map<std::uint64_t, std::uint32_t> ghost_set_;
+  ghost_table ghost_;
   std::vector<node*> heap_;
   boost::unordered_flat_map<std::size_t, std::uint64_t> loading_;  // key hash -> token
 };
