@@ -26,13 +26,12 @@ namespace cacheflight::detail {
 //
 // It answers as an exact FIFO would but in three cases, all rare: two keys
 // whose hashes have the same fingerprint (a chance of about one in 2^29 per
-// lookup in a full bucket) are taken for each other, a
-// bucket whose eight records are all live drops its oldest record early to
-// take a new one (the table holds at least three records per live one, so a
-// bucket is full only when eight of the keys evicted last fall in it: about
-// one bucket in a thousand at a time), and
-// every 2^32 insertions, when the sequence number wraps, the table is
-// emptied.
+// lookup in a full bucket) are taken for each other; a bucket whose eight
+// records are all live drops its oldest record early to take a new one (the
+// table holds at least three records per live one, so a bucket is full only
+// when eight of the keys evicted last fall in it: about one bucket in a
+// thousand at a time); and every 2^32 insertions, when the sequence number
+// wraps, the table is emptied.
 //
 // Not thread-safe: the memory shard's lock guards it.
 class ghost_table {
@@ -52,7 +51,7 @@ class ghost_table {
   // window; if it cannot (memory is exhausted), it keeps its size and
   // remembers less, or, before its first insertion, nothing.
   void insert(std::size_t hash, std::size_t window) noexcept {
-    if (window > capacity_ / 3) {
+    if (window > capacity() / 3) {
       try {
         grow(window);
       } catch (const std::bad_alloc&) {
@@ -61,10 +60,10 @@ class ghost_table {
     }
     if (++seq_ == 0) {
       // The sequence wrapped: every record's age would be read wrong.
-      for (std::size_t i = 0; i < buckets_count_; ++i) buckets_[i] = bucket{};
+      clear();
       seq_ = 1;
     }
-    put(hash, window);
+    put(fingerprint(hash), seq_, window);
   }
 
   // Starts bringing `hash`'s bucket into the cache, for a `contains` or an
@@ -84,7 +83,7 @@ class ghost_table {
   }
 
   // Records the table has room for (0 before the first insertion).
-  std::size_t capacity() const noexcept { return capacity_; }
+  std::size_t capacity() const noexcept { return buckets_count_ * 8; }
 
  private:
   struct record {
@@ -111,8 +110,6 @@ class ghost_table {
   bool live(const record& r, std::size_t window) const noexcept {
     return r.fp != 0 && std::size_t(std::uint32_t(seq_ - r.seq)) < window;
   }
-
-  void put(std::size_t hash, std::size_t window) noexcept { put(fingerprint(hash), seq_, window); }
 
   // Writes a record of `fp` inserted at `seq`: over the live record of `fp` if
   // the bucket has one (an older insertion of the same key), else over a free
@@ -150,13 +147,11 @@ class ghost_table {
     std::sort(kept.begin(), kept.end(),
               [this](const record& a, const record& b) { return std::uint32_t(seq_ - a.seq) > std::uint32_t(seq_ - b.seq); });
     buckets_ = std::move(fresh);
-    capacity_ = buckets * 8;
     buckets_count_ = buckets;
     for (const record& r : kept) put(r.fp, r.seq, window);
   }
 
   std::unique_ptr<bucket[], bucket_delete> buckets_;
-  std::size_t capacity_ = 0;  // records
   std::size_t buckets_count_ = 0;
   std::uint32_t seq_ = 0;  // the last insertion's sequence number
 };
