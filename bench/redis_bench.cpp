@@ -91,6 +91,13 @@ void* realloc(void* p, std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   return __libc_realloc(p, n);
 }
+void* __libc_memalign(std::size_t, std::size_t);
+// Asio's recycling allocator falls back to aligned_alloc when its per-thread
+// cache cannot serve a block: counted too.
+void* aligned_alloc(std::size_t align, std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_memalign(align, n);
+}
 void free(void* p) { __libc_free(p); }
 }
 

@@ -33,7 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
-// Counts heap allocations of this process.
+// Counts heap allocations of this process: operator new and aligned_alloc.
 namespace {
 std::atomic<std::uint64_t> allocations{0};
 }
@@ -43,6 +43,15 @@ void* operator new(std::size_t n) {
   throw std::bad_alloc();
 }
 void* operator new[](std::size_t n) { return operator new(n); }
+// Asio's recycling allocator falls back to aligned_alloc (coroutine frames,
+// handlers) when its per-thread cache cannot serve a block: counted too.
+extern "C" {
+void* __libc_memalign(std::size_t, std::size_t);
+void* aligned_alloc(std::size_t align, std::size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_memalign(align, n);
+}
+}
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
