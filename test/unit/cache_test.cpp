@@ -771,6 +771,70 @@ TEST_F(Cache, AMoveOnlyLoaderIsAccepted) {
   EXPECT_EQ(o.value, 12);
 }
 
+TEST_F(Cache, AStatefulLoadersCapturesStayValidAcrossItsSuspensions) {
+  // The coroutine refers to the lambda's captures after it has suspended:
+  // the loader object must outlive the coroutine (ASan reports otherwise).
+  mcache c{io, cf::cache_options{.on_event = log.sink()}};
+  const std::string long_key(64, 'k');
+  outcome<> a, b;
+  auto loader = [name = std::string(100, 'x'), parts = std::vector<int>{1, 2, 3}]() -> asio::awaitable<int> {
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    co_return static_cast<int>(name.size()) + parts[0] + parts[1] + parts[2];
+  };
+  c.async_get(long_key, loader, a.handler());
+  c.async_get(long_key, loader, b.handler());
+  drain(io);
+  EXPECT_FALSE(a.error);
+  EXPECT_EQ(a.value, 106);
+  EXPECT_EQ(b.value, 106);
+  EXPECT_EQ(c.peek(long_key), 106);
+  EXPECT_EQ(c.stats().loads, 1u);
+  EXPECT_EQ(c.stats().coalesced, 1u);
+  // One load: started, then resolved, for the key as given.
+  std::vector<std::pair<CK, std::string>> loads;
+  for (auto& e : log.events)
+    if (e.first == CK::load_started || e.first == CK::load_resolved) loads.push_back(e);
+  ASSERT_EQ(loads.size(), 2u);
+  EXPECT_EQ(loads[0], std::make_pair(CK::load_started, long_key));
+  EXPECT_EQ(loads[1], std::make_pair(CK::load_resolved, long_key));
+}
+
+TEST_F(Cache, ALoaderThatIsAnAsynchronousOperationIsAccepted) {
+  // A loader taking a completion token: its value is stored; its error code
+  // reaches every caller as a system_error and counts as a load failure.
+  mcache c{io, cf::cache_options{.on_event = log.sink()}};
+  auto op = [this](boost::system::error_code ec, int v) {
+    return [this, ec, v](auto&& token) {
+      return asio::async_initiate<decltype(token), void(boost::system::error_code, int)>(
+          [this, ec, v](auto handler) {
+            asio::post(io, [h = std::move(handler), ec, v]() mutable { std::move(h)(ec, v); });
+          },
+          token);
+    };
+  };
+  outcome<> a, b, f1, f2;
+  c.async_get("good", op({}, 41), a.handler());
+  c.async_get("good", op({}, 99), b.handler());  // joins the first load
+  drain(io);
+  EXPECT_FALSE(a.error);
+  EXPECT_EQ(a.value, 41);
+  EXPECT_EQ(b.value, 41);
+  EXPECT_EQ(c.peek("good"), 41);
+  c.async_get("bad", op(asio::error::connection_reset, 0), f1.handler());
+  c.async_get("bad", op({}, 1), f2.handler());
+  drain(io);
+  EXPECT_EQ(f1.code(), asio::error::connection_reset);
+  EXPECT_EQ(f2.code(), asio::error::connection_reset);
+  EXPECT_FALSE(c.peek("bad"));
+  const auto s = c.stats();
+  EXPECT_EQ(s.loads, 1u);
+  EXPECT_EQ(s.load_failures, 1u);
+  EXPECT_EQ(log.count(CK::load_started), 2u);
+  EXPECT_EQ(log.count(CK::load_resolved), 1u);
+  EXPECT_EQ(log.count(CK::load_failed), 1u);
+}
+
 TEST_F(Cache, AStoreRefusedByAThrowingWeigherReleasesTheLoadsToken) {
   cf::detail::cache_events events{{}};
   cf::detail::memory_tier<int, cf::manual_clock> memory{

@@ -14,7 +14,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/error_code.hpp>
 #include <boost/system/system_error.hpp>
@@ -87,9 +86,8 @@ class load_ticket {
 // when it started (0 for a stale one).
 using reload_of = std::optional<std::chrono::nanoseconds>;
 
-template <class State, class Loader>
-boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl, reload_of refresh);
+template <class State, class Handler>
+struct fill_after_load;
 
 template <class State, class Loader, class Handler>
 struct tier_read;
@@ -162,13 +160,30 @@ struct tier_read {
       return self.h.fail(std::make_exception_ptr(boost::system::system_error(boost::asio::error::operation_aborted)));
     State& st = self.ticket.state();
     if (self.i == st.tiers().size() || st.tiers().invalidating(self.ticket.key())) {
-      auto ex = boost::asio::get_associated_executor(self.h);
-      boost::asio::co_spawn(std::move(ex),
-                            load_and_fill(std::move(self.ticket), std::move(self.loader), self.ttl, self.refresh),
-                            std::move(self.h));
+      start_loader(std::move(self));
       return;
     }
     st.tiers().at(self.i).async_get(self.ticket.key(), std::move(self));
+  }
+
+  // Runs the loader as a coroutine on the load's executor, completing with
+  // fill_after_load. The coroutine frames alive at once are the spawn's and
+  // the loader's: Asio's per-thread recycling of frames (two blocks) serves
+  // both, so a miss allocates none in steady state. The loader object lives in
+  // the spawn's frame, where a coroutine lambda's captures stay valid.
+  static void start_loader(tier_read&& self) {
+    namespace asio = boost::asio;
+    using V = typename State::value_type;
+    State& st = self.ticket.state();
+    auto ex = asio::get_associated_executor(self.h);
+    st.events().emit(cache_event_kind::load_started, self.ticket.key());
+    fill_after_load<State, Handler> fill{std::move(self.ticket), self.ttl, self.refresh, State::clock_type::now(),
+                                         std::move(self.h)};
+    if constexpr (coroutine_work<Loader, V>)
+      asio::co_spawn(std::move(ex), [l = std::move(self.loader)]() mutable { return l(); }, std::move(fill));
+    else
+      asio::co_spawn(
+          std::move(ex), [l = std::move(self.loader)]() mutable { return l(asio::use_awaitable); }, std::move(fill));
   }
 
   // As `ask`, from a tier's completion, where what it throws fails the load:
@@ -230,59 +245,74 @@ void load_failed(State& st, const std::string& key, std::uint64_t token, const s
     st.memory().end_load(key, token);
 }
 
-// The loader, then the fill and the write-behind, all under the ticket (the
-// tiers missed, see tier_read): an invalidation since the load's entry was
-// created keeps its value out of memory and out of the tiers (its callers
-// still get it).
-template <class State, class Loader>
-boost::asio::awaitable<typename State::value_type> load_and_fill(load_ticket<State> ticket, Loader loader,
-                                                                 std::chrono::nanoseconds ttl, reload_of refresh) {
-  namespace asio = boost::asio;
+// The end of a load that ran its loader (the tiers missed, see tier_read):
+// the loader's completion, on the load's executor. Counts and reports the
+// load, then stores the value and writes it behind, all under the ticket: an
+// invalidation since the load's entry was created keeps the value out of
+// memory and out of the tiers (its callers still get it). What the loader
+// threw, or what storing throws, is the load's result.
+template <class State, class Handler>
+struct fill_after_load {
   using V = typename State::value_type;
   using Clock = typename State::clock_type;
-  State& st = ticket.state();
-  const std::string& key = ticket.key();
-  const hashed_key hkey = ticket.hashed();
-  st.events().emit(cache_event_kind::load_started, key);
-  const auto t0 = Clock::now();
-  std::optional<V> value;
-  std::exception_ptr failure;
-  try {
-    if constexpr (coroutine_work<Loader, V>)
-      value.emplace(co_await loader());
-    else
-      value.emplace(co_await loader(asio::use_awaitable));
-  } catch (...) {
-    failure = std::current_exception();
+
+  load_ticket<State> ticket;
+  std::chrono::nanoseconds ttl;
+  reload_of refresh;
+  typename Clock::time_point t0;
+  Handler h;
+
+  // The spawn completes on the load's executor, and the loader sees the
+  // load's cancellation (the flight's handler's slot).
+  using executor_type = boost::asio::associated_executor_t<Handler>;
+  executor_type get_executor() const noexcept { return boost::asio::get_associated_executor(h); }
+  using cancellation_slot_type = boost::asio::associated_cancellation_slot_t<Handler>;
+  cancellation_slot_type get_cancellation_slot() const noexcept {
+    return boost::asio::get_associated_cancellation_slot(h);
   }
-  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
-  st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
-  if (failure) {
-    // Asked of the load itself: a loader failing with operation_aborted of
-    // its own accord (a socket closed under it) is a failure like any other.
-    asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-    load_failed(st, key, std::exchange(ticket.token(), 0), failure, took,
-                cs.cancelled() != asio::cancellation_type::none, refresh.has_value());
-    std::rethrow_exception(failure);
+
+  void operator()(std::exception_ptr failure, V value) {
+    State& st = ticket.state();
+    try {
+      const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
+      st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
+      if (failure) {
+        // Asked of the load itself: a loader failing with operation_aborted of
+        // its own accord (a socket closed under it) is a failure like any other.
+        load_failed(st, ticket.key(), std::exchange(ticket.token(), 0), failure, took, h.cancel_requested(),
+                    refresh.has_value());
+      } else {
+        fill(st, value, took);
+      }
+    } catch (...) {
+      failure = std::current_exception();  // counting, reporting or storing failed
+    }
+    if (failure) return h.fail(std::move(failure));
+    std::move(h)(std::exception_ptr{}, std::move(value));
   }
-  st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
-  st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
-  // The freshness policy (user code) decides the value's times, if there is one.
-  const auto [fresh, stale] = st.entry_times(key, *value, ttl, took);
-  if (fresh <= std::chrono::nanoseconds::zero()) {  // served, not stored
-    st.memory().end_load(hkey, std::exchange(ticket.token(), 0));
-    co_return std::move(*value);
+
+ private:
+  void fill(State& st, V& value, std::chrono::nanoseconds took) {
+    const std::string& key = ticket.key();
+    st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
+    st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
+    // The freshness policy (user code) decides the value's times, if there is one.
+    const auto [fresh, stale] = st.entry_times(key, value, ttl, took);
+    const hashed_key hkey = ticket.hashed();
+    if (fresh <= std::chrono::nanoseconds::zero()) {  // served, not stored
+      st.memory().end_load(hkey, std::exchange(ticket.token(), 0));
+      return;
+    }
+    std::uint64_t epoch = 0;
+    // Loads of this key skip the tiers from before the store until the write and
+    // its recheck are initiated (see tier_pipeline.hpp).
+    auto writing = st.tiers().invalidate_key(key);
+    if (st.memory().store(hkey, &value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
+                          &epoch, stale, took) &&
+        st.has_tiers())
+      st.tiers().write(key, value, fresh, epoch, false, stale, true);
   }
-  std::uint64_t epoch = 0;
-  // Loads of this key skip the tiers from before the store until the write and
-  // its recheck are initiated (see tier_pipeline.hpp).
-  auto writing = st.tiers().invalidate_key(key);
-  if (st.memory().store(hkey, &*value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
-                        &epoch, stale, took) &&
-      st.has_tiers())
-    st.tiers().write(key, *value, fresh, epoch, false, stale, true);
-  co_return std::move(*value);
-}
+};
 
 }  // namespace cacheflight::detail
 
