@@ -47,7 +47,8 @@ struct load_counters {
 // cancelled before it started, destroyed unrun at shutdown). Until it is
 // issued, it holds neither the state nor the key: a caller that joins a load
 // already in flight builds one and drops it without touching either. It
-// carries the key's hash, computed once by the caller.
+// carries the key's hash, computed once by the caller, and shares the key
+// with the load's flight entry rather than copying it.
 //
 // `State` is the cache's state (cache_state.hpp): `memory()` gives its memory tier.
 template <class State>
@@ -61,23 +62,24 @@ class load_ticket {
     if (token_) st_->memory().end_load(hashed(), token_);
   }
 
-  // Called once, as the load's entry is created: keeps the state alive for
-  // the load and registers its token.
-  void issue(const std::string& key) {
-    key_ = key;
+  // Called once, as the load's entry is created, with the entry's key: keeps
+  // the state alive for the load and registers its token.
+  void issue(std::shared_ptr<const std::string> key) {
+    key_ = std::move(key);
     st_ = raw_->shared_from_this();
     token_ = st_->memory().begin_load(hashed());
   }
   State& state() const noexcept { return *raw_; }
-  const std::string& key() const noexcept { return key_; }
+  // From issue() on.
+  const std::string& key() const noexcept { return *key_; }
   std::size_t hash() const noexcept { return hash_; }
-  hashed_key hashed() const noexcept { return hashed_key(key_, hash_); }
+  hashed_key hashed() const noexcept { return hashed_key(*key_, hash_); }
   std::uint64_t& token() noexcept { return token_; }
 
  private:
   State* raw_;
   std::shared_ptr<State> st_;  // from issue() on
-  std::string key_;
+  std::shared_ptr<const std::string> key_;  // from issue() on
   std::size_t hash_;
   std::uint64_t token_ = 0;
 };
@@ -107,7 +109,7 @@ struct load_work {
   std::chrono::nanoseconds ttl;
   reload_of refresh{};  // a background reload of a stale (or soon stale) value
 
-  void on_entry_created(entry_created_tag, const std::string& key) { ticket.issue(key); }
+  void on_entry_created(entry_created_tag, std::shared_ptr<const std::string> key) { ticket.issue(std::move(key)); }
   // The key's hash, which the flight takes instead of hashing the key again.
   std::size_t key_hash(entry_created_tag) const noexcept { return ticket.hash(); }
   // Called once, on the load's strand, with the flight's handler for it (see

@@ -137,12 +137,15 @@ struct alignas(64) flight_shard {
 
 // Work functions whose owner must learn, atomically with the key's insertion,
 // that a new entry was made for them, with its key (the cache registers its
-// load there).
+// load there). The key is the entry's own, shared: holding it keeps the
+// entry's memory (not its place in the map) alive.
 // Called under the shard lock: it must be short and must not call back into
 // the flight.
 struct entry_created_tag {};
 template <class Fn>
-concept observes_creation = requires(Fn& f, const std::string& key) { f.on_entry_created(entry_created_tag{}, key); };
+concept observes_creation = requires(Fn& f, std::shared_ptr<const std::string> key) {
+  f.on_entry_created(entry_created_tag{}, std::move(key));
+};
 // Work functions that carry their key's hash (the cache's loads, whose caller
 // hashed the key already).
 template <class Fn>
@@ -618,7 +621,8 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
       rejected = true;
     } else {
       try {
-        if constexpr (observes_creation<std::remove_reference_t<Fn>>) fn.on_entry_created(entry_created_tag{}, fresh->key);
+        if constexpr (observes_creation<std::remove_reference_t<Fn>>)
+          fn.on_entry_created(entry_created_tag{}, std::shared_ptr<const std::string>(fresh, &fresh->key));
         sh.map.emplace(hk, fresh);
       } catch (...) {
         keys_.fetch_sub(1, std::memory_order_relaxed);
