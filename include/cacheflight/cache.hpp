@@ -193,7 +193,8 @@ class cache {
   /// Gives the weight of a value; called outside any lock, once per stored value.
   using weigher_type = std::function<std::size_t(std::string_view key, const V& value)>;
   /// Decides how long a loaded value is fresh, then servable stale, from its
-  /// key, the value and how long its load took (the loader's run time). Called
+  /// key, the value and how long its load took (the loader's run time, as
+  /// `cache_event_kind::load_resolved` measures it). Called
   /// outside any lock, once per value a loader produces (not for values read
   /// from a tier, which keep the times they were stored with, nor for
   /// `async_set`, which uses its TTL and `stale_while_revalidate`). It

@@ -59,7 +59,9 @@ enum class cache_event_kind {
   hit,            ///< a caller found a fresh value in memory
   miss,           ///< a caller found no fresh value in memory
   load_started,   ///< a loader was invoked (once per coalesced load)
-  load_resolved,  ///< a loader produced a value; `duration` is its run time
+  load_resolved,  ///< a loader produced a value; `duration` is its run time, from its
+                  ///< spawn on the load's executor to its result's return there (a
+                  ///< loader that never suspends also counts one wait in that queue)
   load_failed,    ///< a loader failed; `error` holds its exception
   eviction,       ///< an entry was evicted or refused for size; see `cause`
   expiration,     ///< an expired entry was removed

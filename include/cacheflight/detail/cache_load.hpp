@@ -172,7 +172,9 @@ struct tier_read {
   // fill_after_load. The coroutine frames alive at once are the spawn's and
   // the loader's: Asio's per-thread recycling of frames (two blocks) serves
   // both, so a miss allocates none in steady state. The loader object lives in
-  // the spawn's frame, where a coroutine lambda's captures stay valid.
+  // the spawn's frame, where a coroutine lambda's captures stay valid. On the
+  // load's executor the spawn dispatches: the loader starts inside `co_spawn`,
+  // so its start is reported and timed before.
   static void start_loader(tier_read&& self) {
     namespace asio = boost::asio;
     using V = typename State::value_type;
@@ -249,10 +251,11 @@ void load_failed(State& st, const std::string& key, std::uint64_t token, const s
 
 // The end of a load that ran its loader (the tiers missed, see tier_read):
 // the loader's completion, on the load's executor. Counts and reports the
-// load, then stores the value and writes it behind, all under the ticket: an
-// invalidation since the load's entry was created keeps the value out of
-// memory and out of the tiers (its callers still get it). What the loader
-// threw, or what storing throws, is the load's result.
+// load (timed from the spawn: a loader that never suspends completes through
+// one more post), then stores the value and writes it behind, all under the
+// ticket: an invalidation since the load's entry was created keeps the value
+// out of memory and out of the tiers (its callers still get it). What the
+// loader threw, or what storing throws, is the load's result.
 template <class State, class Handler>
 struct fill_after_load {
   using V = typename State::value_type;
@@ -279,8 +282,11 @@ struct fill_after_load {
       const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
       st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
       if (failure) {
-        // Asked of the load itself: a loader failing with operation_aborted of
-        // its own accord (a socket closed under it) is a failure like any other.
+        // Cancelled: the load was asked to stop (its callers left, or
+        // cancel/clear) by the time its result reached the load's executor.
+        // Asked of the load, not of what it threw: a loader failing with
+        // operation_aborted of its own accord (a socket closed under it) is a
+        // failure like any other.
         load_failed(st, ticket.key(), std::exchange(ticket.token(), 0), failure, took, h.cancel_requested(),
                     refresh.has_value());
       } else {
