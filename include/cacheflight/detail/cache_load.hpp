@@ -171,10 +171,10 @@ struct tier_read {
   // Runs the loader as a coroutine on the load's executor, completing with
   // fill_after_load. The coroutine frames alive at once are the spawn's and
   // the loader's: Asio's per-thread recycling of frames (two blocks) serves
-  // both, so a miss allocates none in steady state. The loader object lives in
-  // the spawn's frame, where a coroutine lambda's captures stay valid. On the
-  // load's executor the spawn dispatches: the loader starts inside `co_spawn`,
-  // so its start is reported and timed before.
+  // both, so a miss allocates no frame in steady state. The loader object
+  // lives in the spawn's frame, where a coroutine lambda's captures stay
+  // valid. On the load's executor the spawn dispatches: the loader starts
+  // inside `co_spawn`, so its start is reported and timed before.
   static void start_loader(tier_read&& self) {
     namespace asio = boost::asio;
     using V = typename State::value_type;
@@ -183,11 +183,15 @@ struct tier_read {
     st.events().emit(cache_event_kind::load_started, self.ticket.key());
     fill_after_load<State, Handler> fill{std::move(self.ticket), self.ttl, self.refresh, State::clock_type::now(),
                                          std::move(self.h)};
-    if constexpr (coroutine_work<Loader, V>)
-      asio::co_spawn(std::move(ex), [l = std::move(self.loader)]() mutable { return l(); }, std::move(fill));
-    else
-      asio::co_spawn(
-          std::move(ex), [l = std::move(self.loader)]() mutable { return l(asio::use_awaitable); }, std::move(fill));
+    asio::co_spawn(
+        std::move(ex),
+        [l = std::move(self.loader)]() mutable {
+          if constexpr (coroutine_work<Loader, V>)
+            return l();
+          else
+            return l(asio::use_awaitable);
+        },
+        std::move(fill));
   }
 
   // As `ask`, from a tier's completion, where what it throws fails the load:
