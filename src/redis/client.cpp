@@ -249,7 +249,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     }));
   }
 
-  void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
+  void exec(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
             asio::any_completion_executor work) {
     // Not before the connection was checked (with Sentinel: ROLE).
     if (!connected.load() || !conn || !conn->is_open()) {
@@ -263,7 +263,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
       });
       return;
     }
-    conn->exec_on_strand(std::move(args), std::move(h), std::move(cancel), std::move(work));
+    conn->exec_on_strand(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
   }
 
   void stop() {
@@ -362,11 +362,7 @@ cluster_stats client::cluster_info() const noexcept {
 
 const client_options& client::options() const noexcept { return cluster_ ? cluster_->opts : impl_->opts; }
 
-void client::start_exec(std::vector<std::string> args, exec_handler h, std::optional<asio::any_completion_executor> work) {
-  start_exec_at({}, std::move(args), std::move(h), std::move(work));
-}
-
-void client::start_exec_at(std::string node, std::vector<std::string> args, exec_handler h,
+void client::start_exec_at(std::string node, detail::command_bytes&& cmd, exec_handler h,
                            std::optional<asio::any_completion_executor> known) {
   const asio::strand<executor_type>& strand = cluster_ ? cluster_->strand : impl_->strand;
   // The caller's cancellation slot is hooked here, in the initiating function.
@@ -375,25 +371,25 @@ void client::start_exec_at(std::string node, std::vector<std::string> args, exec
   auto work = connection::track_work(h, strand, std::move(known));
   if (cluster_) {
     if (strand.running_in_this_thread())
-      return cluster_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work), std::move(node));
-    asio::post(strand, [self = cluster_, node = std::move(node), args = std::move(args), h = std::move(h),
+      return cluster_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
+    asio::post(strand, [self = cluster_, node = std::move(node), cmd = std::move(cmd), h = std::move(h),
                         cancel = std::move(cancel), work = std::move(work)]() mutable {
-      self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work), std::move(node));
+      self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
     });
     return;
   }
   // Already on the strand (a completion issuing the next command): no hop.
   if (strand.running_in_this_thread())
-    return impl_->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
-  asio::post(strand, [self = impl_, args = std::move(args), h = std::move(h), cancel = std::move(cancel),
+    return impl_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
+  asio::post(strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
                       work = std::move(work)]() mutable {
-    self->exec(std::move(args), std::move(h), std::move(cancel), std::move(work));
+    self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
   });
 }
 
-void client::exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel) {
-  if (cluster_) return cluster_->exec(std::move(args), std::move(h), std::move(cancel), {}, {});
-  impl_->exec(std::move(args), std::move(h), std::move(cancel), {});
+void client::exec_on_strand(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel) {
+  if (cluster_) return cluster_->exec(std::move(cmd), std::move(h), std::move(cancel), {}, {});
+  impl_->exec(std::move(cmd), std::move(h), std::move(cancel), {});
 }
 
 void client::exec_serialized(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,

@@ -17,6 +17,7 @@
 #include <cctype>
 #include <charconv>
 #include <set>
+#include <span>
 
 namespace cacheflight::redis {
 
@@ -60,12 +61,36 @@ bool keyless(std::string_view name) {
   return false;
 }
 
+// The first arguments of a command serialized by `detail::command_bytes`
+// (at most `a.size()` of them), and how many it has in all.
+std::size_t command_args(std::string_view bytes, std::span<std::string_view> a) {
+  // "*<count>\r\n" then "$<len>\r\n<bytes>\r\n" for each argument: well formed,
+  // since it was built here.
+  auto number = [&bytes](char tag) {
+    std::size_t n = 0;
+    if (bytes.empty() || bytes.front() != tag) return n;
+    const auto end = bytes.find('\r');
+    std::from_chars(bytes.data() + 1, bytes.data() + end, n);
+    bytes.remove_prefix(end + 2);
+    return n;
+  };
+  const std::size_t count = number('*');
+  for (std::size_t i = 0; i < count && i < a.size(); ++i) {
+    const std::size_t len = number('$');
+    a[i] = bytes.substr(0, len);
+    bytes.remove_prefix(len + 2);
+  }
+  return count;
+}
+
 // The slot a command is routed by, or -1 for none (see `cluster_options`).
-int command_slot(const std::vector<std::string>& a) {
-  if (a.size() < 2 || keyless(a[0])) return -1;
+int command_slot(std::string_view bytes) {
+  std::array<std::string_view, 4> a;
+  const std::size_t n = command_args(bytes, a);
+  if (n < 2 || keyless(a[0])) return -1;
   for (std::string_view s : {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
     if (iequals(a[0], s)) {
-      if (a.size() < 4 || a[2] == "0") return -1;
+      if (n < 4 || a[2] == "0") return -1;
       return key_slot(a[3]);
     }
   return key_slot(a[1]);
@@ -158,18 +183,18 @@ milliseconds client::cluster::jittered(milliseconds& backoff) {
 
 // --- commands ----------------------------------------------------------------
 
-void client::cluster::exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
+void client::cluster::exec(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
                            asio::any_completion_executor work, std::string at) {
   auto o = std::make_shared<op>();
-  o->slot = at.empty() ? command_slot(args) : -1;
-  o->args = std::move(args);
+  o->slot = at.empty() ? command_slot(cmd.view()) : -1;
+  o->cmd = std::move(cmd);
   o->handler.emplace(std::move(h));
   o->cancel = std::move(cancel);
   o->work = std::move(work);
   o->owner = weak_from_this();
   o->at = std::move(at);
   o->in_call = true;
-  if (o->args.empty())
+  if (o->cmd.empty())
     finish(o, asio::error::invalid_argument);
   else if (stopped)
     finish(o, asio::error::operation_aborted);
@@ -227,13 +252,13 @@ void client::cluster::wait_for_cancel(const std::shared_ptr<op>& o) {
 }
 
 void client::cluster::send(const std::shared_ptr<op>& o, node* n, bool asking) {
-  // Serialized for each attempt: the arguments are kept for a redirection.
-  // ASKING goes in the same entry, so that it is written if and only if the
-  // command is, right before it.
-  std::string bytes = asking ? "*1\r\n$6\r\nASKING\r\n" : "";
-  append_command(bytes, o->args);
+  // The command's bytes are kept for a redirection. ASKING goes in the same
+  // entry, so that it is written if and only if the command is, right before it.
   o->current = n;
-  n->conn->exec_direct(bytes, &cluster::on_direct, o, o->cancel, asking ? 1 : 0);
+  if (!asking) return n->conn->exec_direct(o->cmd.view(), &cluster::on_direct, o, o->cancel, 0);
+  std::string bytes = "*1\r\n$6\r\nASKING\r\n";
+  bytes += o->cmd.view();
+  n->conn->exec_direct(bytes, &cluster::on_direct, o, o->cancel, 1);
 }
 
 // A command's completion from its connection, on the strand.
@@ -541,7 +566,7 @@ void client::cluster::try_candidate(std::shared_ptr<std::vector<std::string>> li
   }
   const std::string addr = (*list)[i];
   if (node* n = find_node(addr); n && n->up) {
-    n->conn->exec_on_strand({"CLUSTER", "SLOTS"},
+    n->conn->exec_on_strand(detail::command_bytes({"CLUSTER", "SLOTS"}),
                             exec_handler(asio::bind_executor(strand, [self = shared_from_this(), list, i, addr](
                                                                          error_code ec, reply r) {
                               self->on_slots(list, i, addr, ec, r);
@@ -686,7 +711,7 @@ void client::cluster::schedule_health() {
     if (ec || self->stopped) return;
     for (auto& [addr, n] : self->nodes) {
       if (!n->master || !n->up || !n->conn) continue;
-      n->conn->exec_on_strand({"PING"}, exec_handler(asio::bind_executor(self->strand, [self, n = n.get(), c = n->conn](
+      n->conn->exec_on_strand(detail::command_bytes({"PING"}), exec_handler(asio::bind_executor(self->strand, [self, n = n.get(), c = n->conn](
                                                                                           error_code ec, reply r) {
                                 if (self->stopped || n->conn != c || (!ec && !r.is_error())) return;
                                 // Refused here, not by the server: says nothing of its health.

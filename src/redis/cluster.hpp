@@ -32,7 +32,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
 
   // A command on its way: kept until it completes, across redirections.
   struct op {
-    std::vector<std::string> args;
+    detail::command_bytes cmd;  // serialized once, sent again as it is
     std::optional<exec_handler> handler;  // empty once completed
     std::shared_ptr<detail::exec_cancel> cancel;
     boost::asio::any_completion_executor work;
@@ -70,7 +70,7 @@ struct client::cluster : std::enable_shared_from_this<client::cluster> {
   void start();
   void stop();
   void drop_handlers();
-  void exec(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
+  void exec(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel,
             boost::asio::any_completion_executor work, std::string at);
 
   // Routing.

@@ -369,7 +369,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       asio::cancellation_slot slot = lease_cancel ? lease_cancel->slot() : asio::cancellation_slot();
       // No executor bound: the client completes it on its strand, which is
       // this tier's, without wrapping one.
-      cl->async_exec({"GET", std::string(k)},
+      cl->async_exec({"GET", k},
                      asio::bind_cancellation_slot(slot, [self = shared_from_this(), h = std::move(h), lease_cancel,
                                                          g = *g](error_code ec, reply r) mutable {
                        self->read_reply(std::move(h), g, ec, std::move(r));
@@ -377,7 +377,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       return;
     }
     if (cluster) {
-      cl->exec_on_strand({"GET", std::string(k)},
+      cl->exec_on_strand(detail::command_bytes({"GET", k}),
                          [self = shared_from_this(), h = std::move(h), g = *g](error_code ec, reply r) mutable {
                            self->read_reply(std::move(h), g, ec, std::move(r));
                          },

@@ -7,6 +7,7 @@
 #include <boost/asio.hpp>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -77,6 +78,53 @@ TEST_F(RedisConnection, SetGetBinarySafe) {
   auto [ec4, err] = exec(c, {"NOSUCHCOMMAND"});
   EXPECT_FALSE(ec4);
   EXPECT_TRUE(err.is_error());
+}
+
+TEST_F(RedisConnection, ArgumentsAreTakenBeforeExecReturnsWhateverTheToken) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  // Deferred: the operation starts after the strings its views referred to
+  // are gone (and their bytes overwritten). A 300-byte value does not fit the
+  // command's own buffer, the key does.
+  auto set = [&] {
+    std::string key = "deferred:key", value(300, 'v');
+    auto op = c.async_exec({"SET", key, value, "PX", "60000"}, asio::deferred);
+    std::fill(key.begin(), key.end(), 'x');
+    std::fill(value.begin(), value.end(), 'x');
+    return op;
+  }();
+  std::optional<std::pair<error_code, redis::reply>> r;
+  std::move(set)([&](error_code ec, redis::reply rep) { r.emplace(ec, std::move(rep)); });
+  io.restart();
+  while (!r && io.run_one()) {
+  }
+  ASSERT_TRUE(r);
+  ASSERT_FALSE(r->first);
+  EXPECT_EQ(r->second.str, "OK");
+  // Views of temporaries that die at the end of the call's full expression.
+  r.reset();
+  c.async_exec({"GET", std::string("deferred:") + "key"}, [&](error_code ec, redis::reply rep) {
+    r.emplace(ec, std::move(rep));
+  });
+  io.restart();
+  while (!r && io.run_one()) {
+  }
+  ASSERT_TRUE(r);
+  ASSERT_FALSE(r->first);
+  EXPECT_EQ(r->second.str, std::string(300, 'v'));
+  // No arguments: refused, not sent.
+  auto [ec, none] = exec(c, {});
+  EXPECT_EQ(ec, asio::error::invalid_argument);
+  r.reset();
+  c.async_exec({}, [&](error_code ec, redis::reply rep) { r.emplace(ec, std::move(rep)); });
+  io.restart();
+  while (!r && io.run_one()) {
+  }
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->first, asio::error::invalid_argument);
+  auto [ec2, pong] = exec(c, {"PING"});
+  ASSERT_FALSE(ec2);
+  EXPECT_EQ(pong.str, "PONG");
 }
 
 TEST_F(RedisConnection, ConcurrentCommandsArePipelinedInOrder) {

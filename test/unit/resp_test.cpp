@@ -33,6 +33,53 @@ TEST(RespWriter, PipelinedCommandsAppend) {
   EXPECT_EQ(out, "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nDEL\r\n$1\r\na\r\n$1\r\nb\r\n");
 }
 
+TEST(RespWriter, ACommandSerializedAheadIsTheSameBytesInPlaceOrOnTheHeap) {
+  // Short: within the buffer held in place.
+  const redis::detail::command_bytes get({"GET", "user:42"});
+  std::string expected;
+  redis::append_command(expected, {"GET", "user:42"});
+  EXPECT_EQ(get.view(), expected);
+
+  // Longer than the buffer: the same bytes, held on the heap.
+  const std::string value(500, 'v');
+  const std::string key("a b\r\n*1\0", 8);
+  const redis::detail::command_bytes set(std::vector<std::string>{"SET", key, value, "PX", "1500"});
+  expected.clear();
+  redis::append_command(expected, {"SET", key, value, "PX", "1500"});
+  EXPECT_EQ(set.view(), expected);
+
+  // Exactly at the edge, and one byte past it: "*2\r\n$3\r\nGET\r\n$N\r\n" is
+  // 18 bytes for a two-digit N, then the key and CRLF.
+  for (std::size_t total : {redis::detail::command_bytes::inline_capacity,
+                            redis::detail::command_bytes::inline_capacity + 1}) {
+    const std::string k(total - 18 - 2, 'k');
+    const redis::detail::command_bytes c({"GET", k});
+    expected.clear();
+    redis::append_command(expected, {"GET", k});
+    ASSERT_EQ(expected.size(), total);
+    EXPECT_EQ(c.view(), expected);
+  }
+
+  // A move keeps the bytes, in place or not, and leaves the source empty.
+  redis::detail::command_bytes moved_small(redis::detail::command_bytes({"GET", "user:42"}));
+  redis::detail::command_bytes moved_large;
+  moved_large = redis::detail::command_bytes(std::vector<std::string_view>{"SET", key, value});
+  redis::detail::command_bytes source({"PING"});
+  redis::detail::command_bytes target(std::move(source));
+  EXPECT_TRUE(source.empty());
+  EXPECT_EQ(target.view(), "*1\r\n$4\r\nPING\r\n");
+  EXPECT_EQ(moved_small.view(), get.view());
+  expected.clear();
+  redis::append_command(expected, {"SET", key, value});
+  EXPECT_EQ(moved_large.view(), expected);
+  moved_small = std::move(moved_large);
+  EXPECT_EQ(moved_small.view(), expected);
+
+  // No arguments: no bytes (which `async_exec` refuses).
+  EXPECT_TRUE(redis::detail::command_bytes(std::vector<std::string>{}).empty());
+  EXPECT_TRUE(redis::detail::command_bytes({}).empty());
+}
+
 TEST(RespReader, EveryReplyTypeInOrder) {
   redis::reply_reader r;
   r.feed("+OK\r\n-ERR wrong\r\n:42\r\n$5\r\nhe\r\nl\r\n$-1\r\n*2\r\n$1\r\na\r\n:7\r\n");

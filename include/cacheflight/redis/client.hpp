@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <cstdint>
@@ -181,7 +182,10 @@ class client {
   client(const client&) = delete;
   client& operator=(const client&) = delete;
 
-  /// As `connection::async_exec`, on the current connection.
+  /// As `connection::async_exec`, on the current connection. The arguments
+  /// are serialized before this function returns (views may refer to
+  /// temporaries, whatever the token); with Cluster the serialized command is
+  /// what a redirection or a retry sends again.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: those of `connection::async_exec`; `error::not_connected` while
@@ -199,13 +203,14 @@ class client {
   /// @par Thread safety
   /// Any thread.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
-        [this](auto handler, std::vector<std::string> args) {
-          auto work = detail::typed_work(handler);
-          start_exec(std::move(args), std::move(handler), std::move(work));
-        },
-        token, std::move(args));
+  auto async_exec(std::initializer_list<std::string_view> args, CompletionToken&& token) {
+    return exec_command({}, detail::command_bytes(args), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
+  auto async_exec(const std::vector<std::string>& args, CompletionToken&& token) {
+    return exec_command({}, detail::command_bytes(args), std::forward<CompletionToken>(token));
   }
 
   /// As `async_exec`, sent to one node: with Cluster, the master `node`
@@ -220,13 +225,14 @@ class client {
   /// @par Executor, cancellation and thread safety
   /// As `async_exec`.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec_at(std::string node, std::vector<std::string> args, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
-        [this](auto handler, std::string node, std::vector<std::string> args) {
-          auto work = detail::typed_work(handler);
-          start_exec_at(std::move(node), std::move(args), std::move(handler), std::move(work));
-        },
-        token, std::move(node), std::move(args));
+  auto async_exec_at(std::string node, std::initializer_list<std::string_view> args, CompletionToken&& token) {
+    return exec_command(std::move(node), detail::command_bytes(args), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
+  auto async_exec_at(std::string node, const std::vector<std::string>& args, CompletionToken&& token) {
+    return exec_command(std::move(node), detail::command_bytes(args), std::forward<CompletionToken>(token));
   }
 
   /// The executor given at construction.
@@ -271,9 +277,16 @@ class client {
  private:
   friend class tier;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
-  // `work`: from `detail::typed_work`.
-  void start_exec(std::vector<std::string> args, exec_handler h,
-                  std::optional<boost::asio::any_completion_executor> work);
+  // `node`: empty, or the one of `async_exec_at`.
+  template <class CompletionToken>
+  auto exec_command(std::string node, detail::command_bytes cmd, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+        [this](auto handler, std::string node, detail::command_bytes cmd) {
+          auto work = detail::typed_work(handler);
+          start_exec_at(std::move(node), std::move(cmd), std::move(handler), std::move(work));
+        },
+        token, std::move(node), std::move(cmd));
+  }
   // For `tier` (one server or Sentinel): `setup(conn, done)` runs on the
   // strand on each new connection, once it is open and checked, and commands
   // are let through after it calls `done({})` (an error closes the connection
@@ -286,15 +299,15 @@ class client {
   bool claim_connection_hook() noexcept;
   // Removes the hooks and frees them for another claim.
   void release_connection_hook();
-  void start_exec_at(std::string node, std::vector<std::string> args, exec_handler h,
+  // `work`: from `detail::typed_work`.
+  void start_exec_at(std::string node, detail::command_bytes&& cmd, exec_handler h,
                      std::optional<boost::asio::any_completion_executor> work);
   // For `tier`, on the strand, for a caller that hooked its own cancellation
   // (`cancel`, may be null) and whose handler runs on the strand. The command
-  // as built arguments (any deployment), or serialized (one server or
-  // Sentinel only) with `fn(ctx, ec, reply)` called on the strand, never
-  // inside this call.
+  // with a handler (any deployment), or with `fn(ctx, ec, reply)` called on
+  // the strand, never inside this call (one server or Sentinel only).
   using direct_fn = void (*)(const std::shared_ptr<void>& ctx, boost::system::error_code ec, reply r);
-  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel);
+  void exec_on_strand(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> cancel);
   void exec_serialized(std::string_view bytes, direct_fn fn, std::shared_ptr<void> ctx,
                        const std::shared_ptr<detail::exec_cancel>& cancel);
 

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -169,7 +170,14 @@ class connection {
   }
 
   /// Sends one command (`args[0]` its name; every argument is binary safe) and
-  /// waits for its reply.
+  /// waits for its reply. The arguments are serialized before this function
+  /// returns, into a buffer the operation owns (in place up to 104 bytes of
+  /// protocol, which covers a GET or a short SET, so that no allocation is
+  /// made for them): the views of the `initializer_list` overload may refer to
+  /// temporaries, whatever the completion token (`deferred` included).
+  /// (GCC 12 does not compile a braced list inside a `co_await` expression:
+  /// name it first, `std::initializer_list<std::string_view> get{"GET", k};`,
+  /// then `co_await c.async_exec(get, use_awaitable)`.)
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// A server error reply (`-ERR ...`) is a reply with `is_error()`, not an
@@ -187,13 +195,14 @@ class connection {
   /// that throws propagates its exception out of the `run()` that ran it; the
   /// connection goes on (the other commands complete as they would have).
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
-        [this](auto handler, std::vector<std::string> args) {
-          auto work = detail::typed_work(handler);
-          start_exec(std::move(args), std::move(handler), std::move(work));
-        },
-        token, std::move(args));
+  auto async_exec(std::initializer_list<std::string_view> args, CompletionToken&& token) {
+    return exec_command(detail::command_bytes(args), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
+  auto async_exec(const std::vector<std::string>& args, CompletionToken&& token) {
+    return exec_command(detail::command_bytes(args), std::forward<CompletionToken>(token));
   }
 
   /// Closes the connection; waiting commands fail with `operation_aborted`.
@@ -213,8 +222,17 @@ class connection {
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
   void start_connect(connect_handler h);
+  template <class CompletionToken>
+  auto exec_command(detail::command_bytes cmd, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+        [this](auto handler, detail::command_bytes cmd) {
+          auto work = detail::typed_work(handler);
+          start_exec(std::move(cmd), std::move(handler), std::move(work));
+        },
+        token, std::move(cmd));
+  }
   // `work`: from `detail::typed_work`.
-  void start_exec(std::vector<std::string> args, exec_handler h,
+  void start_exec(detail::command_bytes&& cmd, exec_handler h,
                   std::optional<boost::asio::any_completion_executor> work);
 
   // For `client`, which shares the connection's strand: a command whose
@@ -229,7 +247,7 @@ class connection {
                                                         const boost::asio::strand<executor_type>& strand,
                                                         std::optional<boost::asio::any_completion_executor> known);
   // `work`: outstanding work on the handler's executor, taken in the initiating function.
-  void exec_on_strand(std::vector<std::string> args, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
+  void exec_on_strand(detail::command_bytes&& cmd, exec_handler h, std::shared_ptr<detail::exec_cancel> c,
                       boost::asio::any_completion_executor work);
   void on_lost(std::function<void()> f);
   // For a subscribed connection (SUBSCRIBE): each `message` or `pmessage`

@@ -11,6 +11,8 @@
 
 #include <charconv>
 #include <cstddef>
+#include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +41,87 @@ inline std::size_t append_bulk(std::string& out, std::string_view head, std::str
 }
 
 inline void append_bulk(std::string& out, std::string_view arg) { append_bulk(out, arg, {}); }
+
+// A command serialized in RESP (an array of bulk strings), owning its bytes:
+// in place up to `inline_capacity` bytes (a GET or a short SET), on the heap
+// beyond. No arguments, no bytes. What `async_exec` takes its arguments into
+// before it returns, so that they may be views of temporaries.
+class command_bytes {
+ public:
+  static constexpr std::size_t inline_capacity = 104;
+
+  command_bytes() noexcept = default;
+  explicit command_bytes(std::initializer_list<std::string_view> args) { build(args); }
+  explicit command_bytes(const std::vector<std::string>& args) { build(args); }
+  explicit command_bytes(const std::vector<std::string_view>& args) { build(args); }
+
+  command_bytes(command_bytes&& o) noexcept : size_(o.size_), heap_(std::move(o.heap_)) {
+    if (!heap_) std::memcpy(buf_, o.buf_, size_);
+    o.size_ = 0;
+  }
+  command_bytes& operator=(command_bytes&& o) noexcept {
+    if (this != &o) {
+      size_ = o.size_;
+      heap_ = std::move(o.heap_);
+      if (!heap_) std::memcpy(buf_, o.buf_, size_);
+      o.size_ = 0;
+    }
+    return *this;
+  }
+
+  std::string_view view() const noexcept { return {heap_ ? heap_.get() : buf_, size_}; }
+  bool empty() const noexcept { return size_ == 0; }
+
+ private:
+  template <class Range>
+  void build(const Range& args) {
+    std::size_t count = 0, total = 0;
+    for (const auto& a : args) {
+      const std::string_view v(a);
+      total += 1 + digits(v.size()) + 2 + v.size() + 2;
+      ++count;
+    }
+    if (count == 0) return;
+    total += 1 + digits(count) + 2;
+    char* p = buf_;
+    if (total > inline_capacity) {
+      heap_ = std::make_unique_for_overwrite<char[]>(total);
+      p = heap_.get();
+    }
+    *p++ = '*';
+    p = number(p, count);
+    for (const auto& a : args) {
+      const std::string_view v(a);
+      *p++ = '$';
+      p = number(p, v.size());
+      if (!v.empty()) std::memcpy(p, v.data(), v.size());
+      p += v.size();
+      *p++ = '\r';
+      *p++ = '\n';
+    }
+    size_ = total;
+  }
+
+  static std::size_t digits(std::size_t n) noexcept {
+    std::size_t d = 1;
+    while (n >= 10) {
+      n /= 10;
+      ++d;
+    }
+    return d;
+  }
+  // `n` then CRLF.
+  static char* number(char* p, std::size_t n) noexcept {
+    p = std::to_chars(p, p + 20, n).ptr;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+  }
+
+  std::size_t size_ = 0;
+  std::unique_ptr<char[]> heap_;
+  char buf_[inline_capacity];
+};
 
 }  // namespace detail
 
