@@ -16,6 +16,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/require.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -150,7 +151,8 @@ bool is_ip_address(const std::string& s) {
 
 struct connection::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, connection_options o)
-      : strand(strand_of(ex)), opts(std::move(o)), socket(strand), resolver(strand), connect_timer(strand),
+      : strand(strand_of(ex)), opts(std::move(o)), socket(strand.get_inner_executor()), resolver(strand),
+        connect_timer(strand),
         deadline_timer(strand) {
     if (opts.tls.enabled) tls_ctx = make_tls_context(opts.tls, tls_error);
   }
@@ -174,6 +176,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   asio::strand<asio::any_io_executor> strand;
   connection_options opts;
+  // On the strand's inner executor, not on the strand: every operation on it
+  // is started on the strand and completes there (its handler is bound to the
+  // strand, or a plain read's enters it through `strand.dispatch`, see read()).
   asio::generic::stream_protocol::socket socket;
   std::shared_ptr<asio::ssl::context> tls_ctx;  // with TLS
   error_code tls_error;                         // the context could not be made
@@ -228,7 +233,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (!opts.unix_socket.empty()) {
       asio::local::stream_protocol::endpoint ep(opts.unix_socket);
       socket.async_connect(asio::generic::stream_protocol::endpoint(ep),
-                           [self = shared_from_this()](error_code ec) { self->on_connected(ec); });
+                           asio::bind_executor(strand, [self = shared_from_this()](error_code ec) {
+                             self->on_connected(ec);
+                           }));
       return;
     }
     resolver.async_resolve(opts.host, opts.port,
@@ -237,7 +244,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
                              std::vector<asio::generic::stream_protocol::endpoint> eps;
                              for (const auto& r : rs) eps.emplace_back(r.endpoint());
                              asio::async_connect(self->socket, eps,
-                                                 [self](error_code ec, const auto&) { self->on_connected(ec); });
+                                                 asio::bind_executor(self->strand, [self](error_code ec, const auto&) {
+                                                   self->on_connected(ec);
+                                                 }));
                            });
   }
 
@@ -264,11 +273,12 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     const std::string& name = opts.tls.server_name.empty() ? opts.host : opts.tls.server_name;
     if (!is_ip_address(name)) ::SSL_set_tlsext_host_name(tls->native_handle(), name.c_str());
     if (opts.tls.verify_peer) tls->set_verify_callback(asio::ssl::host_name_verification(name));
-    tls->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](error_code ec) {
-      if (self->st != state::connecting) return;
-      if (ec) return self->fail(ec);
-      self->start_protocol();
-    });
+    tls->async_handshake(asio::ssl::stream_base::client,
+                         asio::bind_executor(strand, [self = shared_from_this()](error_code ec) {
+                           if (self->st != state::connecting) return;
+                           if (ec) return self->fail(ec);
+                           self->start_protocol();
+                         }));
   }
 
   void start_protocol() {
@@ -484,11 +494,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       if (sent == write_buf.size()) return;
     }
     writing = true;
-    auto done = [self = shared_from_this()](error_code ec, std::size_t) {
+    auto done = asio::bind_executor(strand, [self = shared_from_this()](error_code ec, std::size_t) {
       self->writing = false;
       if (ec) return self->fail(ec);
       self->write();
-    };
+    });
     if (tls)
       asio::async_write(*tls, asio::buffer(write_buf), std::move(done));
     else
@@ -496,15 +506,32 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 
   void read() {
-    auto on_read = [self = shared_from_this()](error_code ec, std::size_t n) {
-      if (ec) return self->fail(ec);
-      self->reader.feed(std::string_view(self->read_buf.data(), n));
-      self->on_replies();
-    };
-    if (tls)
-      tls->async_read_some(asio::buffer(read_buf), std::move(on_read));
-    else
-      socket.async_read_some(asio::buffer(read_buf), std::move(on_read));
+    // TLS: bound to the strand, so that the stream's intermediate steps, which
+    // share its engine with a write in progress, run there too.
+    if (tls) {
+      tls->async_read_some(asio::buffer(read_buf),
+                           asio::bind_executor(strand, [self = shared_from_this()](error_code ec, std::size_t n) {
+                             self->on_read(ec, n);
+                           }));
+      return;
+    }
+    // A plain read completes on the inner executor and enters the strand
+    // through its `dispatch` (run at once when the strand is free, as a bound
+    // handler would be). Not a bound handler: on a strand of a type-erased
+    // executor, Boost 1.81 completes one through a copy of the strand wrapped
+    // in `any_io_executor` (too large for its own storage) and `blocking`
+    // queries answered on the heap: three allocations for each read. Until
+    // `on_read` runs, only `self` is touched; the bytes were received into
+    // `read_buf`, which nothing on the strand uses while a read is pending.
+    socket.async_read_some(asio::buffer(read_buf), [self = shared_from_this()](error_code ec, std::size_t n) {
+      self->strand.dispatch([self, ec, n] { self->on_read(ec, n); }, asio::recycling_allocator<void>());
+    });
+  }
+
+  void on_read(error_code ec, std::size_t n) {
+    if (ec) return fail(ec);
+    reader.feed(std::string_view(read_buf.data(), n));
+    on_replies();
   }
 
   // Completes the replies read so far, writes the commands their completions
