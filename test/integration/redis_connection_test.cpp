@@ -11,6 +11,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <future>
+#include <thread>
 
 namespace {
 
@@ -125,6 +128,44 @@ TEST_F(RedisConnection, ArgumentsAreTakenBeforeExecReturnsWhateverTheToken) {
   auto [ec2, pong] = exec(c, {"PING"});
   ASSERT_FALSE(ec2);
   EXPECT_EQ(pong.str, "PONG");
+}
+
+// Replies are read on whichever thread runs the context and handed to the
+// connection's strand; commands are issued, and completed, on both threads.
+TEST_F(RedisConnection, CommandsIssuedAndCompletedOnTwoThreadsOfOneContextEachGetTheirOwnReply) {
+  asio::io_context mt(2);
+  redis::connection c{mt.get_executor(), options()};
+  std::promise<error_code> connected;
+  c.async_connect([&](error_code ec) { connected.set_value(ec); });
+  auto guard = asio::make_work_guard(mt);
+  std::thread t1([&] { mt.run(); }), t2([&] { mt.run(); });
+  ASSERT_FALSE(connected.get_future().get());
+  constexpr int chains = 16, per_chain = 300;
+  std::atomic<int> finished{0}, wrong{0}, failed{0};
+  std::promise<void> all_done;
+  std::function<void(int, int)> issue = [&](int chain, int i) {
+    std::string payload = std::to_string(chain) + ":" + std::to_string(i) + std::string(static_cast<std::size_t>(i % 40), 'x');
+    c.async_exec({"ECHO", payload}, asio::bind_executor(mt.get_executor(), [&, chain, i, payload](error_code ec,
+                                                                                                  redis::reply r) {
+                   if (ec)
+                     ++failed;
+                   else if (r.str != payload)
+                     ++wrong;
+                   if (i + 1 < per_chain)
+                     return issue(chain, i + 1);
+                   if (++finished == chains) all_done.set_value();
+                 }));
+  };
+  for (int ch = 0; ch < chains; ++ch) asio::post(mt, [&, ch] { issue(ch, 0); });
+  const bool in_time = all_done.get_future().wait_for(60s) == std::future_status::ready;
+  guard.reset();
+  c.close();
+  mt.stop();
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(in_time) << finished.load() << " chains of " << chains << " finished";
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 TEST_F(RedisConnection, ConcurrentCommandsArePipelinedInOrder) {
