@@ -5,6 +5,7 @@
 #include "cluster.hpp"
 #include "exec_cancel.hpp"
 #include "options_check.hpp"
+#include "strand_hop.hpp"
 #include "../common/shutdown_registry.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
@@ -372,7 +373,7 @@ void client::start_exec_at(std::string node, detail::command_bytes&& cmd, exec_h
   if (cluster_) {
     if (strand.running_in_this_thread())
       return cluster_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
-    asio::post(strand, [self = cluster_, node = std::move(node), cmd = std::move(cmd), h = std::move(h),
+    detail::post_on(strand, [self = cluster_, node = std::move(node), cmd = std::move(cmd), h = std::move(h),
                         cancel = std::move(cancel), work = std::move(work)]() mutable {
       self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
     });
@@ -381,7 +382,7 @@ void client::start_exec_at(std::string node, detail::command_bytes&& cmd, exec_h
   // Already on the strand (a completion issuing the next command): no hop.
   if (strand.running_in_this_thread())
     return impl_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
-  asio::post(strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
+  detail::post_on(strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
                       work = std::move(work)]() mutable {
     self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
   });

@@ -5,6 +5,7 @@
 #include "../common/shutdown_registry.hpp"
 #include "command_ring.hpp"
 #include "exec_cancel.hpp"
+#include "strand_hop.hpp"
 #include "options_check.hpp"
 
 #include <boost/asio/any_completion_executor.hpp>
@@ -418,7 +419,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     if (flush_scheduled) return;
     flush_scheduled = true;
-    asio::post(strand, [self = shared_from_this()] {
+    detail::post_on(strand, [self = shared_from_this()] {
       self->flush_scheduled = false;
       self->write();
     });
@@ -524,7 +525,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     // `on_read` runs, only `self` is touched; the bytes were received into
     // `read_buf`, which nothing on the strand uses while a read is pending.
     socket.async_read_some(asio::buffer(read_buf), [self = shared_from_this()](error_code ec, std::size_t n) {
-      self->strand.dispatch([self, ec, n] { self->on_read(ec, n); }, asio::recycling_allocator<void>());
+      detail::dispatch_on(self->strand, [self, ec, n] { self->on_read(ec, n); });
     });
   }
 
@@ -728,7 +729,7 @@ void connection::exec_on_strand(detail::command_bytes&& cmd, exec_handler h,
   // Already on the strand (a client's, or a completion's): no hop needed.
   if (impl_->strand.running_in_this_thread())
     return impl_->exec(cmd.view(), std::move(h), cancel, std::move(work));
-  asio::post(impl_->strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
+  detail::post_on(impl_->strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
                              work = std::move(work)]() mutable {
     self->exec(cmd.view(), std::move(h), cancel, std::move(work));
   });

@@ -4,6 +4,7 @@
 
 #include "../common/shutdown_registry.hpp"
 #include "exec_cancel.hpp"
+#include "strand_hop.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -236,7 +237,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       std::move(h)(std::move(a)...);
     };
     if (ex.target<detail::no_executor>())
-      asio::dispatch(strand, std::move(run));
+      detail::dispatch_on(strand, std::move(run));
     else
       asio::dispatch(ex, std::move(run));
   }
@@ -1156,34 +1157,34 @@ void tier::do_get(std::string key, get_handler handler) {
       cancel = detail::hook_cancel(slot, impl_->strand);
     }
   }
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), lease_cancel,
-                             cancel]() mutable {
+  detail::post_on(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), lease_cancel,
+                                  cancel]() mutable {
     self->get(std::move(key), std::move(h), std::move(lease_cancel), std::move(cancel));
   });
 }
 
 void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
-                             h = std::move(handler)]() mutable {
+  detail::post_on(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
+                                  h = std::move(handler)]() mutable {
     self->put(std::move(key), std::move(bytes), ttl, std::move(h));
   });
 }
 
 void tier::do_fill(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
-                             h = std::move(handler)]() mutable {
+  detail::post_on(impl_->strand, [self = impl_, key = std::move(key), bytes = std::move(bytes), ttl,
+                                  h = std::move(handler)]() mutable {
     self->put(std::move(key), std::move(bytes), ttl, std::move(h), true);
   });
 }
 
 void tier::do_erase(std::string key, done_handler handler) {
-  asio::post(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler)]() mutable {
+  detail::post_on(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler)]() mutable {
     self->erase(std::move(key), std::move(h));
   });
 }
 
 void tier::do_clear(done_handler handler) {
-  asio::post(impl_->strand, [self = impl_, h = std::move(handler)]() mutable { self->clear(std::move(h)); });
+  detail::post_on(impl_->strand, [self = impl_, h = std::move(handler)]() mutable { self->clear(std::move(h)); });
 }
 
 }  // namespace cacheflight::redis
