@@ -8,25 +8,25 @@
 // Boost 1.81's `any_io_executor` answers that query with a heap allocation,
 // one per hop. The strand's own `post` and `dispatch` members queue `f` the
 // same way without asking: `post` never runs it inside the call, `dispatch`
-// runs it at once when called on the strand. Its queue entry comes from
-// Asio's per-thread recycled memory.
+// runs it at once when called on the strand. Their memory is Asio's
+// per-thread recycled memory, as for the free functions.
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <memory>
 #include <utility>
 
 namespace cacheflight::redis::detail {
 
 template <class F>
 void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f) {
-  strand.post(std::forward<F>(f), boost::asio::recycling_allocator<void>());
+  strand.post(std::forward<F>(f), std::allocator<void>());
 }
 
 template <class F>
 void dispatch_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f) {
-  strand.dispatch(std::forward<F>(f), boost::asio::recycling_allocator<void>());
+  strand.dispatch(std::forward<F>(f), std::allocator<void>());
 }
 
 }  // namespace cacheflight::redis::detail
