@@ -374,7 +374,7 @@ void client::start_exec_at(std::string node, detail::command_bytes&& cmd, exec_h
     if (strand.running_in_this_thread())
       return cluster_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
     detail::post_on(strand, [self = cluster_, node = std::move(node), cmd = std::move(cmd), h = std::move(h),
-                        cancel = std::move(cancel), work = std::move(work)]() mutable {
+                             cancel = std::move(cancel), work = std::move(work)]() mutable {
       self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work), std::move(node));
     });
     return;
@@ -383,7 +383,7 @@ void client::start_exec_at(std::string node, detail::command_bytes&& cmd, exec_h
   if (strand.running_in_this_thread())
     return impl_->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
   detail::post_on(strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
-                      work = std::move(work)]() mutable {
+                           work = std::move(work)]() mutable {
     self->exec(std::move(cmd), std::move(h), std::move(cancel), std::move(work));
   });
 }

@@ -729,7 +729,7 @@ void connection::exec_on_strand(detail::command_bytes&& cmd, exec_handler h,
   if (impl_->strand.running_in_this_thread())
     return impl_->exec(cmd.view(), std::move(h), cancel, std::move(work));
   detail::post_on(impl_->strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
-                             work = std::move(work)]() mutable {
+                                  work = std::move(work)]() mutable {
     self->exec(cmd.view(), std::move(h), cancel, std::move(work));
   });
 }
