@@ -352,18 +352,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   // On the strand. `cancel` is the command's cancellation hook, if its caller
   // has a slot (see watch_cancel).
-  void exec(std::string_view bytes, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel,
+  void exec(const detail::command_bytes& cmd, exec_handler h, const std::shared_ptr<detail::exec_cancel>& cancel,
             asio::any_completion_executor work) {
     auto early = [&](error_code ec) { complete_later(std::move(h), std::move(work), strand, ec, reply{}); };
     if (cancel && cancel->requested.load(std::memory_order_acquire)) return early(asio::error::operation_aborted);
     if (st != state::open) return early(make_error_code(error::not_connected));
-    if (bytes.empty()) return early(asio::error::invalid_argument);
+    if (cmd.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
     command c = new_command();
     if (cancel) watch(c, cancel);
     c.work = std::move(work);
     c.handler.emplace(std::move(h));
-    enqueue(std::move(c), [&](std::string& o) { o += bytes; });
+    enqueue(std::move(c), [&](std::string& o) { cmd.append_to(o); });
     ++live;
     arm_deadline();
     schedule_write();
@@ -727,10 +727,10 @@ void connection::exec_on_strand(detail::command_bytes&& cmd, exec_handler h,
                                 std::shared_ptr<detail::exec_cancel> cancel, asio::any_completion_executor work) {
   // Already on the strand (a client's, or a completion's): no hop needed.
   if (impl_->strand.running_in_this_thread())
-    return impl_->exec(cmd.view(), std::move(h), cancel, std::move(work));
+    return impl_->exec(cmd, std::move(h), cancel, std::move(work));
   detail::post_on(impl_->strand, [self = impl_, cmd = std::move(cmd), h = std::move(h), cancel = std::move(cancel),
                                   work = std::move(work)]() mutable {
-    self->exec(cmd.view(), std::move(h), cancel, std::move(work));
+    self->exec(cmd, std::move(h), cancel, std::move(work));
   });
 }
 

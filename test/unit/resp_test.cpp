@@ -33,51 +33,77 @@ TEST(RespWriter, PipelinedCommandsAppend) {
   EXPECT_EQ(out, "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nDEL\r\n$1\r\na\r\n$1\r\nb\r\n");
 }
 
-TEST(RespWriter, ACommandSerializedAheadIsTheSameBytesInPlaceOrOnTheHeap) {
+TEST(RespWriter, ACommandTakenAheadIsTheSameBytesInPlaceOnTheHeapOrFromOwnedStrings) {
+  using redis::detail::command_bytes;
+  auto appended = [](const command_bytes& c) {
+    std::string out = "before";
+    c.append_to(out);
+    return out.substr(6);
+  };
+  auto expect = [](std::initializer_list<std::string_view> args) {
+    std::string out;
+    redis::append_command(out, args);
+    return out;
+  };
+
   // Short: within the buffer held in place.
-  const redis::detail::command_bytes get({"GET", "user:42"});
-  std::string expected;
-  redis::append_command(expected, {"GET", "user:42"});
-  EXPECT_EQ(get.view(), expected);
+  command_bytes get({"GET", "user:42"});
+  EXPECT_EQ(get.view(), expect({"GET", "user:42"}));
+  EXPECT_EQ(appended(get), expect({"GET", "user:42"}));
 
   // Longer than the buffer: the same bytes, held on the heap.
   const std::string value(500, 'v');
   const std::string key("a b\r\n*1\0", 8);
-  const redis::detail::command_bytes set(std::vector<std::string>{"SET", key, value, "PX", "1500"});
-  expected.clear();
-  redis::append_command(expected, {"SET", key, value, "PX", "1500"});
-  EXPECT_EQ(set.view(), expected);
+  command_bytes set(std::vector<std::string_view>{"SET", key, value, "PX", "1500"});
+  EXPECT_EQ(set.view(), expect({"SET", key, value, "PX", "1500"}));
+  EXPECT_EQ(appended(set), expect({"SET", key, value, "PX", "1500"}));
 
-  // Exactly at the edge, and one byte past it: "*2\r\n$3\r\nGET\r\n$N\r\n" is
-  // 18 bytes for a two-digit N, then the key and CRLF.
-  for (std::size_t total : {redis::detail::command_bytes::inline_capacity,
-                            redis::detail::command_bytes::inline_capacity + 1}) {
+  // Owned strings: appended as they are, and serialized when the bytes are asked for.
+  command_bytes owned(std::vector<std::string>{"SET", key, value});
+  EXPECT_FALSE(owned.empty());
+  EXPECT_EQ(appended(owned), expect({"SET", key, value}));
+  EXPECT_EQ(owned.view(), expect({"SET", key, value}));
+  EXPECT_EQ(appended(owned), expect({"SET", key, value}));
+
+  // Exactly at the edge, and one byte past it: "*2\r\n$3\r\nGET\r\n$NN\r\n" is
+  // 18 bytes for a two-digit NN, then the key and CRLF.
+  for (std::size_t total : {command_bytes::inline_capacity, command_bytes::inline_capacity + 1}) {
     const std::string k(total - 18 - 2, 'k');
-    const redis::detail::command_bytes c({"GET", k});
-    expected.clear();
-    redis::append_command(expected, {"GET", k});
-    ASSERT_EQ(expected.size(), total);
-    EXPECT_EQ(c.view(), expected);
+    command_bytes c({"GET", k});
+    ASSERT_EQ(expect({"GET", k}).size(), total);
+    EXPECT_EQ(c.view(), expect({"GET", k}));
   }
 
-  // A move keeps the bytes, in place or not, and leaves the source empty.
-  redis::detail::command_bytes moved_small(redis::detail::command_bytes({"GET", "user:42"}));
-  redis::detail::command_bytes moved_large;
-  moved_large = redis::detail::command_bytes(std::vector<std::string_view>{"SET", key, value});
-  redis::detail::command_bytes source({"PING"});
-  redis::detail::command_bytes target(std::move(source));
+  // Moves keep the bytes, in place, on the heap or owned, and leave the source empty.
+  command_bytes source({"PING"});
+  command_bytes target(std::move(source));
   EXPECT_TRUE(source.empty());
   EXPECT_EQ(target.view(), "*1\r\n$4\r\nPING\r\n");
-  EXPECT_EQ(moved_small.view(), get.view());
-  expected.clear();
-  redis::append_command(expected, {"SET", key, value});
-  EXPECT_EQ(moved_large.view(), expected);
-  moved_small = std::move(moved_large);
-  EXPECT_EQ(moved_small.view(), expected);
+  command_bytes heap_source(std::vector<std::string_view>{"SET", key, value});
+  command_bytes heap_target(std::move(heap_source));
+  EXPECT_TRUE(heap_source.empty());
+  EXPECT_EQ(heap_target.view(), expect({"SET", key, value}));
+  command_bytes owned_source(std::vector<std::string>{"DEL", key});
+  command_bytes owned_target(std::move(owned_source));
+  EXPECT_TRUE(owned_source.empty());
+  EXPECT_EQ(appended(owned_target), expect({"DEL", key}));
+  // Assigned over a command on the heap: now in place.
+  heap_target = std::move(target);
+  EXPECT_TRUE(target.empty());
+  EXPECT_EQ(heap_target.view(), "*1\r\n$4\r\nPING\r\n");
+  // Assigned over one in place: now on the heap.
+  command_bytes large(std::vector<std::string_view>{"SET", key, value});
+  heap_target = std::move(large);
+  EXPECT_EQ(heap_target.view(), expect({"SET", key, value}));
+  // Assigned to itself: unchanged.
+  command_bytes& alias = heap_target;
+  heap_target = std::move(alias);
+  EXPECT_EQ(heap_target.view(), expect({"SET", key, value}));
 
-  // No arguments: no bytes (which `async_exec` refuses).
-  EXPECT_TRUE(redis::detail::command_bytes(std::vector<std::string>{}).empty());
-  EXPECT_TRUE(redis::detail::command_bytes({}).empty());
+  // No arguments: empty (which `async_exec` refuses).
+  EXPECT_TRUE(command_bytes(std::vector<std::string>{}).empty());
+  EXPECT_TRUE(command_bytes(std::initializer_list<std::string_view>{}).empty());
+  EXPECT_TRUE(command_bytes().empty());
 }
 
 TEST(RespReader, EveryReplyTypeInOrder) {

@@ -207,10 +207,10 @@ class client {
     return exec_command({}, detail::command_bytes(args), std::forward<CompletionToken>(token));
   }
 
-  /// As above, with arguments known at run time.
+  /// As above, with arguments known at run time (see `connection::async_exec`).
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec(const std::vector<std::string>& args, CompletionToken&& token) {
-    return exec_command({}, detail::command_bytes(args), std::forward<CompletionToken>(token));
+  auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
+    return exec_command({}, detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
   }
 
   /// As `async_exec`, sent to one node: with Cluster, the master `node`
@@ -231,8 +231,8 @@ class client {
 
   /// As above, with arguments known at run time.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec_at(std::string node, const std::vector<std::string>& args, CompletionToken&& token) {
-    return exec_command(std::move(node), detail::command_bytes(args), std::forward<CompletionToken>(token));
+  auto async_exec_at(std::string node, std::vector<std::string> args, CompletionToken&& token) {
+    return exec_command(std::move(node), detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
   }
 
   /// The executor given at construction.

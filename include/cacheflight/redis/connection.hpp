@@ -181,7 +181,8 @@ class connection {
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// A server error reply (`-ERR ...`) is a reply with `is_error()`, not an
-  /// `ec`. Errors: `error::not_connected`, `error::queue_full`,
+  /// `ec`. Errors: `asio::error::invalid_argument` (no arguments, nothing
+  /// sent), `error::not_connected`, `error::queue_full`,
   /// `error::timed_out` (after `command_timeout`), `error::protocol_error`,
   /// socket errors (the connection is then lost).
   /// @par Per-Operation Cancellation
@@ -199,10 +200,11 @@ class connection {
     return exec_command(detail::command_bytes(args), std::forward<CompletionToken>(token));
   }
 
-  /// As above, with arguments known at run time.
+  /// As above, with arguments known at run time; the strings are moved into
+  /// the operation and serialized straight into the connection's next write.
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
-  auto async_exec(const std::vector<std::string>& args, CompletionToken&& token) {
-    return exec_command(detail::command_bytes(args), std::forward<CompletionToken>(token));
+  auto async_exec(std::vector<std::string> args, CompletionToken&& token) {
+    return exec_command(detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
   }
 
   /// Closes the connection; waiting commands fail with `operation_aborted`.

@@ -42,35 +42,86 @@ inline std::size_t append_bulk(std::string& out, std::string_view head, std::str
 
 inline void append_bulk(std::string& out, std::string_view arg) { append_bulk(out, arg, {}); }
 
-// A command serialized in RESP (an array of bulk strings), owning its bytes:
-// in place up to `inline_capacity` bytes (a GET or a short SET), on the heap
-// beyond. No arguments, no bytes. What `async_exec` takes its arguments into
-// before it returns, so that they may be views of temporaries.
+}  // namespace detail
+
+/// Appends one command, `args[0]` being its name, to `out`.
+inline void append_command(std::string& out, std::initializer_list<std::string_view> args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (std::string_view a : args) detail::append_bulk(out, a);
+}
+
+/// As above, for a command whose arguments are only known at run time.
+inline void append_command(std::string& out, const std::vector<std::string_view>& args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (std::string_view a : args) detail::append_bulk(out, a);
+}
+
+/// As above, from owned strings.
+inline void append_command(std::string& out, const std::vector<std::string>& args) {
+  out.push_back('*');
+  detail::append_number(out, args.size());
+  out.append("\r\n");
+  for (const std::string& a : args) detail::append_bulk(out, a);
+}
+
+namespace detail {
+
+// A command as `async_exec` takes it, owning what it is made of: its RESP
+// bytes (an array of bulk strings) when made from views, in place up to
+// `inline_capacity` bytes (a GET or a short SET) and on the heap beyond; or
+// the arguments' own strings, moved in, serialized by `append_to` straight
+// into the connection's pending bytes (a large value is then copied once).
+// No arguments: empty.
 class command_bytes {
  public:
   static constexpr std::size_t inline_capacity = 104;
 
   command_bytes() noexcept = default;
   explicit command_bytes(std::initializer_list<std::string_view> args) { build(args); }
-  explicit command_bytes(const std::vector<std::string>& args) { build(args); }
   explicit command_bytes(const std::vector<std::string_view>& args) { build(args); }
+  explicit command_bytes(std::vector<std::string> args) noexcept : args_(std::move(args)) {}
 
-  command_bytes(command_bytes&& o) noexcept : size_(o.size_), heap_(std::move(o.heap_)) {
+  command_bytes(command_bytes&& o) noexcept : size_(o.size_), heap_(std::move(o.heap_)), args_(std::move(o.args_)) {
     if (!heap_) std::memcpy(buf_, o.buf_, size_);
     o.size_ = 0;
+    o.args_.clear();
   }
   command_bytes& operator=(command_bytes&& o) noexcept {
     if (this != &o) {
       size_ = o.size_;
       heap_ = std::move(o.heap_);
+      args_ = std::move(o.args_);
       if (!heap_) std::memcpy(buf_, o.buf_, size_);
       o.size_ = 0;
+      o.args_.clear();
     }
     return *this;
   }
 
-  std::string_view view() const noexcept { return {heap_ ? heap_.get() : buf_, size_}; }
-  bool empty() const noexcept { return size_ == 0; }
+  bool empty() const noexcept { return size_ == 0 && args_.empty(); }
+
+  // Appends the command's bytes to `out`.
+  void append_to(std::string& out) const {
+    if (!args_.empty())
+      append_command(out, args_);
+    else
+      out.append(heap_ ? heap_.get() : buf_, size_);
+  }
+
+  // The bytes, for a command kept to be sent again: owned arguments are
+  // serialized first.
+  std::string_view view() {
+    if (!args_.empty()) {
+      std::vector<std::string> args = std::move(args_);
+      args_.clear();
+      build(args);
+    }
+    return {heap_ ? heap_.get() : buf_, size_};
+  }
 
  private:
   template <class Range>
@@ -110,9 +161,9 @@ class command_bytes {
     }
     return d;
   }
-  // `n` then CRLF.
+  // `n` then CRLF, into exactly the room counted for it.
   static char* number(char* p, std::size_t n) noexcept {
-    p = std::to_chars(p, p + 20, n).ptr;
+    p = std::to_chars(p, p + digits(n), n).ptr;
     *p++ = '\r';
     *p++ = '\n';
     return p;
@@ -120,34 +171,11 @@ class command_bytes {
 
   std::size_t size_ = 0;
   std::unique_ptr<char[]> heap_;
+  std::vector<std::string> args_;
   char buf_[inline_capacity];
 };
 
 }  // namespace detail
-
-/// Appends one command, `args[0]` being its name, to `out`.
-inline void append_command(std::string& out, std::initializer_list<std::string_view> args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
-  for (std::string_view a : args) detail::append_bulk(out, a);
-}
-
-/// As above, for a command whose arguments are only known at run time.
-inline void append_command(std::string& out, const std::vector<std::string_view>& args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
-  for (std::string_view a : args) detail::append_bulk(out, a);
-}
-
-/// As above, from owned strings.
-inline void append_command(std::string& out, const std::vector<std::string>& args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
-  for (const std::string& a : args) detail::append_bulk(out, a);
-}
 
 /// One reply from the server.
 struct reply {
