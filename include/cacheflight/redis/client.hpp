@@ -182,10 +182,10 @@ class client {
   client(const client&) = delete;
   client& operator=(const client&) = delete;
 
-  /// As `connection::async_exec`, on the current connection. The arguments
-  /// are serialized before this function returns (views may refer to
-  /// temporaries, whatever the token); with Cluster the serialized command is
-  /// what a redirection or a retry sends again.
+  /// As `connection::async_exec`, on the current connection. The views are
+  /// serialized before this function returns (they may refer to temporaries,
+  /// whatever the token); with Cluster a command is serialized once, and
+  /// those bytes are what a redirection or a retry sends again.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: those of `connection::async_exec`; `error::not_connected` while

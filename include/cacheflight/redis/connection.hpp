@@ -170,11 +170,11 @@ class connection {
   }
 
   /// Sends one command (`args[0]` its name; every argument is binary safe) and
-  /// waits for its reply. The arguments are serialized before this function
+  /// waits for its reply. The views are serialized before this function
   /// returns, into a buffer the operation owns (in place up to 104 bytes of
   /// protocol, which covers a GET or a short SET, so that no allocation is
-  /// made for them): the views of the `initializer_list` overload may refer to
-  /// temporaries, whatever the completion token (`deferred` included).
+  /// made for them): they may refer to temporaries, whatever the completion
+  /// token (`deferred` included).
   /// (GCC 12 does not compile a braced list inside a `co_await` expression:
   /// name it first, `std::initializer_list<std::string_view> get{"GET", k};`,
   /// then `co_await c.async_exec(get, use_awaitable)`.)
