@@ -54,7 +54,7 @@ TEST(RespWriter, ACommandTakenAheadIsTheSameBytesInPlaceOnTheHeapOrFromOwnedStri
   // Longer than the buffer: the same bytes, held on the heap.
   const std::string value(500, 'v');
   const std::string key("a b\r\n*1\0", 8);
-  command_bytes set(std::vector<std::string_view>{"SET", key, value, "PX", "1500"});
+  command_bytes set({"SET", key, value, "PX", "1500"});
   EXPECT_EQ(set.view(), expect({"SET", key, value, "PX", "1500"}));
   EXPECT_EQ(appended(set), expect({"SET", key, value, "PX", "1500"}));
 
@@ -79,7 +79,7 @@ TEST(RespWriter, ACommandTakenAheadIsTheSameBytesInPlaceOnTheHeapOrFromOwnedStri
   command_bytes target(std::move(source));
   EXPECT_TRUE(source.empty());
   EXPECT_EQ(target.view(), "*1\r\n$4\r\nPING\r\n");
-  command_bytes heap_source(std::vector<std::string_view>{"SET", key, value});
+  command_bytes heap_source({"SET", key, value});
   command_bytes heap_target(std::move(heap_source));
   EXPECT_TRUE(heap_source.empty());
   EXPECT_EQ(heap_target.view(), expect({"SET", key, value}));
@@ -92,7 +92,7 @@ TEST(RespWriter, ACommandTakenAheadIsTheSameBytesInPlaceOnTheHeapOrFromOwnedStri
   EXPECT_TRUE(target.empty());
   EXPECT_EQ(heap_target.view(), "*1\r\n$4\r\nPING\r\n");
   // Assigned over one in place: now on the heap.
-  command_bytes large(std::vector<std::string_view>{"SET", key, value});
+  command_bytes large({"SET", key, value});
   heap_target = std::move(large);
   EXPECT_EQ(heap_target.view(), expect({"SET", key, value}));
   // Assigned to itself: unchanged.

@@ -82,7 +82,6 @@ class command_bytes {
 
   command_bytes() noexcept = default;
   explicit command_bytes(std::initializer_list<std::string_view> args) { build(args); }
-  explicit command_bytes(const std::vector<std::string_view>& args) { build(args); }
   explicit command_bytes(std::vector<std::string> args) noexcept : args_(std::move(args)) {}
 
   command_bytes(command_bytes&& o) noexcept : size_(o.size_), heap_(std::move(o.heap_)), args_(std::move(o.args_)) {
