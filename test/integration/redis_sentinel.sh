@@ -21,24 +21,41 @@ free_port() {
   done
 }
 cli() { redis-cli --no-auth-warning "$@"; }
+# Whether the data node on PORT is the one whose pid is in PIDFILE.
+ours() {
+  [ -s "$2" ] && cli -p "$1" -a data-pw info server | tr -d '\r' | grep -qx "process_id:$(cat "$2")"
+}
 
 case "$cmd" in
   start)
     mkdir -p "$dir"
-    stop_all
-    mport=$(free_port)
-    rport=$(free_port)
-    for node in master replica; do
-      mkdir -p "$dir/$node"
-      port=$([ $node = master ] && echo "$mport" || echo "$rport")
-      args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --requirepass data-pw
-            --masterauth data-pw --pidfile "$dir/$node/pid" --logfile "$dir/$node/log" --dir "$dir/$node")
-      [ $node = replica ] && args+=(--replicaof 127.0.0.1 "$mport")
-      redis-server "${args[@]}"
-      wait_until 5 cli -p "$port" -a data-pw ping || { cat "$dir/$node/log"; exit 1; }
+    # Another test's server may take a port between the check and the bind:
+    # the data nodes start again on other ports unless both are this set's
+    # own (the pid in their pid file answers) and the replica is in sync.
+    for attempt in 1 2 3; do
+      stop_all
+      mport=$(free_port)
+      rport=$mport
+      while [ "$rport" = "$mport" ]; do rport=$(free_port); done
+      ok=1
+      for node in master replica; do
+        mkdir -p "$dir/$node"
+        port=$([ $node = master ] && echo "$mport" || echo "$rport")
+        args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --requirepass data-pw
+              --masterauth data-pw --pidfile "$dir/$node/pid" --logfile "$dir/$node/log" --dir "$dir/$node")
+        [ $node = replica ] && args+=(--replicaof 127.0.0.1 "$mport")
+        redis-server "${args[@]}"
+        if ! wait_until 5 ours "$port" "$dir/$node/pid"; then
+          echo "attempt $attempt: the $node did not start on port $port"; cat "$dir/$node/log" || true; ok=0; break
+        fi
+      done
+      if [ $ok = 1 ]; then
+        wait_until 10 bash -c "redis-cli --no-auth-warning -p $rport -a data-pw info replication | grep -q master_link_status:up" &&
+          break
+        echo "attempt $attempt: the replica did not sync"; cat "$dir/replica/log" || true
+      fi
+      [ "$attempt" -lt 3 ] || exit 1
     done
-    wait_until 10 bash -c "redis-cli --no-auth-warning -p $rport -a data-pw info replication | grep -q master_link_status:up" ||
-      { echo "the replica did not sync"; exit 1; }
     sentinels=()
     for i in 1 2 3; do
       mkdir -p "$dir/s$i"
