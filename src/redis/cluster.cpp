@@ -18,6 +18,7 @@
 #include <charconv>
 #include <set>
 #include <span>
+#include <utility>
 
 namespace cacheflight::redis {
 
@@ -366,6 +367,10 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
   if (!o->handler) return;
   exec_handler h(std::move(*o->handler));
   o->handler.reset();
+  if (!ec && o->cmd.into) {
+    std::swap(*o->cmd.into, r);
+    r = reply{};
+  }
   if (o->retry_timer) o->retry_timer->cancel();
   if (!o->work && !o->in_call) {
     // No work was taken: the handler's executor is the strand, where this runs.

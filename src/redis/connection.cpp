@@ -168,6 +168,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     std::shared_ptr<void> ctx;             // fn's argument
     std::shared_ptr<detail::exec_cancel> cancel;  // its caller's cancellation, if it has a slot
     unsigned skip = 0;                     // replies before its own to drop (a prefix such as ASKING)
+    reply* into = nullptr;                 // the caller's reply to swap its reply into
     bool waiting() const noexcept { return handler || fn; }
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
@@ -363,6 +364,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (cancel) watch(c, cancel);
     c.work = std::move(work);
     c.handler.emplace(std::move(h));
+    c.into = cmd.into;
     enqueue(std::move(c), [&](std::string& o) { cmd.append_to(o); });
     ++live;
     arm_deadline();
@@ -598,7 +600,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         handshake_reply(c, r);
       else if (c.waiting()) {
         --live;
-        deliver(c, error_code{}, std::move(r));
+        if (c.into && c.handler) {
+          // The caller's memory comes back to the reader through `incoming`.
+          std::swap(*c.into, r);
+          deliver(c, error_code{}, reply{});
+        } else {
+          deliver(c, error_code{}, std::move(r));
+        }
       }
       if (st == state::closed) return false;
     }

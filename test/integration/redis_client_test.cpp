@@ -84,6 +84,35 @@ TEST_F(RedisClient, AWaitingCommandHoldsWorkOnItsHandlersExecutor) {
   EXPECT_EQ(got, "PONG");
 }
 
+// A reply read into the caller's `reply`: the handler, which takes only the
+// error code, still runs on its own executor, which keeps work meanwhile.
+TEST_F(RedisClient, AReplyReadIntoTheCallersReplyCompletesOnTheHandlersExecutor) {
+  redis::client c{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  asio::io_context other;
+  redis::reply r;
+  std::optional<error_code> got;
+  bool on_other = false;
+  c.async_exec({"ECHO", "into"}, r, asio::bind_executor(other, [&](error_code ec) {
+                 got = ec;
+                 on_other = other.get_executor().running_in_this_thread();
+               }));
+  EXPECT_EQ(other.poll(), 0u);
+  EXPECT_FALSE(other.stopped());
+  run_until([&] { return false; }, 100ms);
+  other.run();
+  ASSERT_EQ(got, error_code{});
+  EXPECT_TRUE(on_other);
+  EXPECT_EQ(r.type, redis::reply::kind::bulk);
+  EXPECT_EQ(r.str, "into");
+  // Arguments at run time.
+  got.reset();
+  c.async_exec(std::vector<std::string>{"ECHO", "again"}, r, [&](error_code ec) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+  EXPECT_EQ(got, error_code{});
+  EXPECT_EQ(r.str, "again");
+}
+
 // A handler whose executor is an io_context's executor held in an
 // `any_io_executor` (a coroutine's, with `use_awaitable`), and one whose
 // `any_io_executor` holds a strand: each runs on its own executor, and that

@@ -195,6 +195,40 @@ TEST_F(RedisCluster, AStaleMapIsCorrectedByMovedAndTheCommandStillSucceeds) {
   EXPECT_EQ(exec_at(c, "127.0.0.1:1", {"PING"}).first, cf::error::not_connected);
 }
 
+// The same through `async_exec(args, into, token)`: a MOVED reply is the
+// result of `async_exec_at` and lands in `into`; `async_exec` follows it and
+// `into` holds the final reply.
+TEST_F(RedisCluster, AReplyReadIntoTheCallersReplyIsTheOneAfterTheRedirections) {
+  redis::client c(io.get_executor(), cluster_options());
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));
+  const std::string key = "into:moved";
+  const std::string right = owner(c, redis::key_slot(key));
+  const std::string wrong = right == masters[0] ? masters[1] : masters[0];
+  redis::reply r;
+  std::optional<error_code> got;
+  c.async_exec_at(wrong, {"SET", key, "x"}, r, [&](error_code ec) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+  ASSERT_EQ(got, error_code{});
+  EXPECT_TRUE(r.is_error() && r.str.starts_with("MOVED")) << r.str;
+  got.reset();
+  c.async_exec({"SET", key, "x"}, r, [&](error_code ec) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+  ASSERT_EQ(got, error_code{});
+  EXPECT_EQ(r.str, "OK");
+  got.reset();
+  c.async_exec({"GET", key}, r, [&](error_code ec) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+  ASSERT_EQ(got, error_code{});
+  EXPECT_EQ(r.str, "x");
+  EXPECT_EQ(exec(c, {"DEL", key}).second.integer, 1);
+  // A node outside the map: an error, and `into` as it was.
+  got.reset();
+  c.async_exec_at("127.0.0.1:1", {"PING"}, r, [&](error_code ec) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
+  EXPECT_EQ(got, cf::error::not_connected);
+  EXPECT_EQ(r.str, "x");
+}
+
 // 200 keys in one slot (one hash tag), each written and read back by its own
 // chain of commands while the slot moves from `from` to `to` key by key
 // (redis_cluster.sh migrate; `order` is how the nodes learn the new owner at

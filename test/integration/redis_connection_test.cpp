@@ -134,6 +134,94 @@ TEST_F(RedisConnection, ArgumentsAreTakenBeforeExecReturnsWhateverTheToken) {
   EXPECT_EQ(pong.str, "PONG");
 }
 
+// A reply read into the caller's `reply`: the value, a server error, nothing
+// on an error code; and the memory the caller lent comes back holding a later
+// reply (a string reserved far larger than any reply here, found again with
+// its capacity).
+TEST_F(RedisConnection, RepliesReadIntoTheCallersReplyTradeMemoryWithTheConnection) {
+  redis::connection c{io.get_executor(), options()};
+  auto run_into = [&](std::initializer_list<std::string_view> args, redis::reply& into) {
+    std::optional<error_code> r;
+    c.async_exec(args, into, [&](error_code ec) { r = ec; });
+    io.restart();
+    while (!r && io.run_one()) {
+    }
+    return r.value_or(asio::error::timed_out);
+  };
+  redis::reply r;
+  r.type = redis::reply::kind::status;
+  r.str = "untouched";
+  // Not connected: an error, and `r` as it was.
+  EXPECT_EQ(run_into({"PING"}, r), cf::error::not_connected);
+  EXPECT_EQ(r.type, redis::reply::kind::status);
+  EXPECT_EQ(r.str, "untouched");
+
+  ASSERT_FALSE(connect(c));
+  const std::string value(300, 'v');
+  ASSERT_FALSE(exec(c, {"SET", "into:key", value}).first);
+  r.str.reserve(4096);
+  const char* lent = r.str.data();
+  bool back = false;
+  for (int i = 0; i < 6 && !back; ++i) {
+    ASSERT_FALSE(run_into({"GET", "into:key"}, r));
+    ASSERT_EQ(r.type, redis::reply::kind::bulk);
+    ASSERT_EQ(r.str, value);
+    back = r.str.data() == lent && r.str.capacity() >= 4096;
+  }
+  EXPECT_TRUE(back) << "the memory lent with the reply never came back";
+
+  // A server error is a reply, in `r`.
+  ASSERT_FALSE(run_into({"LPUSH", "into:key", "x"}, r));
+  EXPECT_TRUE(r.is_error());
+  EXPECT_TRUE(r.str.starts_with("WRONGTYPE")) << r.str;
+  // Arguments at run time, and an integer reply.
+  std::optional<error_code> del;
+  c.async_exec(std::vector<std::string>{"DEL", "into:key"}, r, [&](error_code ec) { del = ec; });
+  io.restart();
+  while (!del && io.run_one()) {
+  }
+  ASSERT_EQ(del, error_code{});
+  EXPECT_EQ(r.type, redis::reply::kind::integer);
+  EXPECT_EQ(r.integer, 1);
+
+  // Cancelled once written: the reply that comes later is dropped, and `r`
+  // keeps what it had.
+  r = redis::reply{};
+  r.type = redis::reply::kind::status;
+  r.str = "untouched";
+  asio::cancellation_signal sig;
+  std::optional<error_code> cancelled;
+  c.async_exec({"BLPOP", "into:empty", "0.2"}, r,
+               asio::bind_cancellation_slot(sig.slot(), [&](error_code ec) { cancelled = ec; }));
+  io.restart();
+  io.poll();
+  sig.emit(asio::cancellation_type::terminal);
+  while (!cancelled && io.run_one()) {
+  }
+  EXPECT_EQ(*cancelled, asio::error::operation_aborted);
+  redis::reply pong;
+  ASSERT_FALSE(run_into({"PING"}, pong));  // answered after the BLPOP's nil
+  EXPECT_EQ(pong.str, "PONG");
+  EXPECT_EQ(r.type, redis::reply::kind::status);
+  EXPECT_EQ(r.str, "untouched");
+
+  // Awaited: the operation returns nothing and fills `r`.
+  bool done = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        const std::initializer_list<std::string_view> echo{"ECHO", "awaited"};
+        co_await c.async_exec(echo, r, asio::use_awaitable);
+        EXPECT_EQ(r.str, "awaited");
+        done = true;
+      },
+      asio::detached);
+  io.restart();
+  while (!done && io.run_one()) {
+  }
+  EXPECT_TRUE(done);
+}
+
 // Replies are read on whichever thread runs the context and handed to the
 // connection's strand; each command is issued from a function posted to the
 // context (off the strand) and completed on the context's executor, on

@@ -213,6 +213,31 @@ class client {
     return exec_command({}, detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
   }
 
+  /// As above, with the reply read into `into` (see the same overload of
+  /// `connection::async_exec`): without an error `into` holds the reply,
+  /// with one it is left as it was; it must stay valid, and must not be used,
+  /// until the handler runs. Without Cluster, a caller that reads every reply
+  /// into one `reply` lends its memory back to the connection, which builds
+  /// later replies in it. With Cluster, the reply is swapped into `into` at
+  /// the end of its redirections, and `into`'s previous memory is freed.
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  /// Errors, executor, cancellation and thread safety: as above.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec(std::initializer_list<std::string_view> args, reply& into, CompletionToken&& token) {
+    detail::command_bytes cmd(args);
+    cmd.into = &into;
+    return exec_command_into({}, std::move(cmd), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec(std::vector<std::string> args, reply& into, CompletionToken&& token) {
+    detail::command_bytes cmd(std::move(args));
+    cmd.into = &into;
+    return exec_command_into({}, std::move(cmd), std::forward<CompletionToken>(token));
+  }
+
   /// As `async_exec`, sent to one node: with Cluster, the master `node`
   /// ("host:port", as `masters()` gives it) whatever the command's key, and
   /// neither redirections nor retries are followed (`MOVED`, `ASK`,
@@ -233,6 +258,17 @@ class client {
   template <boost::asio::completion_token_for<void(boost::system::error_code, reply)> CompletionToken>
   auto async_exec_at(std::string node, std::vector<std::string> args, CompletionToken&& token) {
     return exec_command(std::move(node), detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with the reply read into `into` (see `async_exec(args, into, token)`).
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec_at(std::string node, std::initializer_list<std::string_view> args, reply& into,
+                     CompletionToken&& token) {
+    detail::command_bytes cmd(args);
+    cmd.into = &into;
+    return exec_command_into(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// The executor given at construction.
@@ -284,6 +320,16 @@ class client {
         [this](auto handler, std::string node, detail::command_bytes cmd) {
           auto work = detail::typed_work(handler);
           start_exec_at(std::move(node), std::move(cmd), std::move(handler), std::move(work));
+        },
+        token, std::move(node), std::move(cmd));
+  }
+  template <class CompletionToken>
+  auto exec_command_into(std::string node, detail::command_bytes cmd, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+        [this](auto handler, std::string node, detail::command_bytes cmd) {
+          detail::reply_taken<std::decay_t<decltype(handler)>> h{std::move(handler)};
+          auto work = detail::typed_work(h);
+          start_exec_at(std::move(node), std::move(cmd), std::move(h), std::move(work));
         },
         token, std::move(node), std::move(cmd));
   }

@@ -8,6 +8,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/associator.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/io_context.hpp>
@@ -71,7 +72,33 @@ std::optional<boost::asio::any_completion_executor> typed_work(const Handler& h)
     return std::nullopt;
   }
 }
+
+// A `void(error_code)` handler taking a command's completion,
+// `void(error_code, reply)`, whose reply was swapped into the caller's
+// `reply` already (`async_exec(args, into, token)`). Its associated
+// executor, allocator and cancellation slot are the handler's own.
+template <class Handler>
+struct reply_taken {
+  Handler handler;
+  void operator()(boost::system::error_code ec, reply) { std::move(handler)(ec); }
+};
 }  // namespace detail
+}  // namespace cacheflight::redis
+
+template <template <typename, typename> class Associator, class Handler, class DefaultCandidate>
+struct boost::asio::associator<Associator, cacheflight::redis::detail::reply_taken<Handler>, DefaultCandidate>
+    : Associator<Handler, DefaultCandidate> {
+  static typename Associator<Handler, DefaultCandidate>::type get(
+      const cacheflight::redis::detail::reply_taken<Handler>& h) noexcept {
+    return Associator<Handler, DefaultCandidate>::get(h.handler);
+  }
+  static auto get(const cacheflight::redis::detail::reply_taken<Handler>& h, const DefaultCandidate& c) noexcept
+      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler, c)) {
+    return Associator<Handler, DefaultCandidate>::get(h.handler, c);
+  }
+};
+
+namespace cacheflight::redis {
 
 /// Where and how to connect.
 /// TLS for a connection (`connection_options::tls`), over OpenSSL through
@@ -207,6 +234,34 @@ class connection {
     return exec_command(detail::command_bytes(std::move(args)), std::forward<CompletionToken>(token));
   }
 
+  /// As above, with the reply read into `into` instead of passed to the
+  /// handler. The connection swaps its reply with `into`'s contents and
+  /// builds a later reply in the memory `into` had: a caller that reads every
+  /// reply into one `reply` makes no allocation for a status, error or bulk
+  /// reply no longer than the one before it (an array's elements are made
+  /// anew). Without an error, `into` holds the reply, a server error reply
+  /// (`-ERR ...`, `is_error()`) included; with one, `into` is left as it was.
+  /// `into` must stay valid, and must not be used, until the handler runs;
+  /// the connection does not touch it afterwards (after a cancellation or a
+  /// timeout, a reply that comes later is dropped).
+  /// @par Completion signature
+  /// @code void(boost::system::error_code ec) @endcode
+  /// Errors, cancellation and executor: as above.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec(std::initializer_list<std::string_view> args, reply& into, CompletionToken&& token) {
+    detail::command_bytes cmd(args);
+    cmd.into = &into;
+    return exec_command_into(std::move(cmd), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec(std::vector<std::string> args, reply& into, CompletionToken&& token) {
+    detail::command_bytes cmd(std::move(args));
+    cmd.into = &into;
+    return exec_command_into(std::move(cmd), std::forward<CompletionToken>(token));
+  }
+
   /// Closes the connection; waiting commands fail with `operation_aborted`.
   /// Asynchronous: `is_open()` turns false once the connection's strand has
   /// run the close.
@@ -230,6 +285,16 @@ class connection {
         [this](auto handler, detail::command_bytes cmd) {
           auto work = detail::typed_work(handler);
           start_exec(std::move(cmd), std::move(handler), std::move(work));
+        },
+        token, std::move(cmd));
+  }
+  template <class CompletionToken>
+  auto exec_command_into(detail::command_bytes cmd, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+        [this](auto handler, detail::command_bytes cmd) {
+          detail::reply_taken<std::decay_t<decltype(handler)>> h{std::move(handler)};
+          auto work = detail::typed_work(h);
+          start_exec(std::move(cmd), std::move(h), std::move(work));
         },
         token, std::move(cmd));
   }

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace cacheflight::redis {
@@ -68,6 +69,8 @@ inline void append_command(std::string& out, const std::vector<std::string>& arg
   for (const std::string& a : args) detail::append_bulk(out, a);
 }
 
+struct reply;
+
 namespace detail {
 
 // A command as `async_exec` takes it, owning what it is made of: its RESP
@@ -75,7 +78,8 @@ namespace detail {
 // `inline_capacity` bytes (a GET or a short SET) and on the heap beyond; or
 // the arguments' own strings, moved in, serialized by `append_to` straight
 // into the connection's pending bytes (a large value is then copied once).
-// No arguments: empty.
+// No arguments: empty. With `into` set (`async_exec(args, into, token)`), the
+// caller's reply that its reply is swapped into.
 class command_bytes {
  public:
   static constexpr std::size_t inline_capacity = 104;
@@ -84,7 +88,8 @@ class command_bytes {
   explicit command_bytes(std::initializer_list<std::string_view> args) { build(args); }
   explicit command_bytes(std::vector<std::string> args) noexcept : args_(std::move(args)) {}
 
-  command_bytes(command_bytes&& o) noexcept : size_(o.size_), heap_(std::move(o.heap_)), args_(std::move(o.args_)) {
+  command_bytes(command_bytes&& o) noexcept
+      : into(std::exchange(o.into, nullptr)), size_(o.size_), heap_(std::move(o.heap_)), args_(std::move(o.args_)) {
     if (!heap_) std::memcpy(buf_, o.buf_, size_);
     o.size_ = 0;
     o.args_.clear();
@@ -94,6 +99,7 @@ class command_bytes {
       size_ = o.size_;
       heap_ = std::move(o.heap_);
       args_ = std::move(o.args_);
+      into = std::exchange(o.into, nullptr);
       if (!heap_) std::memcpy(buf_, o.buf_, size_);
       o.size_ = 0;
       o.args_.clear();
@@ -121,6 +127,10 @@ class command_bytes {
     }
     return {heap_ ? heap_.get() : buf_, size_};
   }
+
+  // The caller's reply that the reply is swapped into, for
+  // `async_exec(args, into, token)`; null otherwise.
+  reply* into = nullptr;
 
  private:
   template <class Range>
