@@ -17,6 +17,13 @@
 //     CONNECTIONS` opens), each keeping PIPELINE GETs outstanding per master,
 //     of one key per master (absent, as redis-benchmark's are); one thread.
 //
+//   cacheflight_redis_bench values PORT CONNECTIONS PIPELINE SECONDS
+//     As `client`, on a key holding a 64-byte value (written first), each GET
+//     read two ways in turn: returned to the handler (`async_exec(args,
+//     token)`), then into the loop's own reply (`async_exec(args, into,
+//     token)`). Prints a "client GET" line for each, "(returned)" and
+//     "(into)".
+//
 //   cacheflight_redis_bench coroutines PORT N SECONDS
 //     Automatic pipelining: N coroutines on ONE client (one connection), each
 //     issuing one GET at a time (`co_await async_exec(..., use_awaitable)`);
@@ -292,6 +299,38 @@ int client_bench(const std::string& port, std::size_t conns, std::size_t pipelin
   return report("client", failed, r.rate, r.allocations, r.cpu_us);
 }
 
+int values_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
+  asio::io_context io(1);
+  std::vector<std::shared_ptr<redis::client>> cs;
+  for (std::size_t i = 0; i < conns; ++i) cs.push_back(std::make_shared<redis::client>(io.get_executor(), options(port)));
+  wait_connected(io, cs);
+  const std::string key = "bench:values:64", value(64, 'v');
+  bool failed = false, set = false;
+  cs[0]->async_exec({"SET", key, value}, [&](error_code ec, redis::reply r) {
+    failed = ec || r.str != "OK";
+    set = true;
+  });
+  while (!set) io.run_one();
+  const loop_result returned = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
+    cs[i / pipeline]->async_exec({"GET", key}, [&, done = &done](error_code ec, redis::reply r) {
+      if (ec || r.str.size() != 64) failed = true;
+      (*done)();
+    });
+  });
+  if (report("client", failed, returned.rate, returned.allocations, returned.cpu_us)) return 1;
+  std::printf("  (returned: a 64-byte value)\n");
+  std::vector<redis::reply> into(conns * pipeline);
+  const loop_result taken = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
+    cs[i / pipeline]->async_exec({"GET", key}, into[i], [&, i, done = &done](error_code ec) {
+      if (ec || into[i].str.size() != 64) failed = true;
+      (*done)();
+    });
+  });
+  if (report("client", failed, taken.rate, taken.allocations, taken.cpu_us)) return 1;
+  std::printf("  (into: a 64-byte value read into the loop's own reply)\n");
+  return 0;
+}
+
 int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
   asio::io_context io(1);
   redis::client_options o = options(port);
@@ -426,11 +465,14 @@ int main(int argc, char** argv) {
   if (mode == "cluster" && argc == 6)
     return cluster_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
                          std::atof(argv[5]));
+  if (mode == "values" && argc == 6)
+    return values_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
+                        std::atof(argv[5]));
   if (mode == "coroutines" && argc == 5)
     return coroutines_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "replies" && argc == 3) return replies_bench(std::strtoul(argv[2], nullptr, 10));
   std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | cluster SEED_PORT CONNECTIONS PIPELINE SECONDS | "
-               "coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS | replies N\n", argv[0]);
+               "values PORT CONNECTIONS PIPELINE SECONDS | coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS | replies N\n", argv[0]);
   return 2;
 }
