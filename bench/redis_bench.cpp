@@ -19,10 +19,10 @@
 //
 //   cacheflight_redis_bench values PORT CONNECTIONS PIPELINE SECONDS
 //     As `client`, on a key holding a 64-byte value (written first), each GET
-//     read two ways in turn: returned to the handler (`async_exec(args,
-//     token)`), then into the loop's own reply (`async_exec(args, into,
-//     token)`). Prints a "client GET" line for each, "(returned)" and
-//     "(into)".
+//     read two ways, in three alternating rounds of SECONDS each: returned
+//     to the handler (`async_exec(args, token)`), and into the loop's own
+//     reply (`async_exec(args, into, token)`). Prints a "client GET" line of
+//     medians for each, "(returned)" and "(into)", and the per-round ratios.
 //
 //   cacheflight_redis_bench coroutines PORT N SECONDS
 //     Automatic pipelining: N coroutines on ONE client (one connection), each
@@ -311,23 +311,52 @@ int values_bench(const std::string& port, std::size_t conns, std::size_t pipelin
     set = true;
   });
   while (!set) io.run_one();
-  const loop_result returned = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
-    cs[i / pipeline]->async_exec({"GET", key}, [&, done = &done](error_code ec, redis::reply r) {
-      if (ec || r.str.size() != 64) failed = true;
-      (*done)();
-    });
-  });
-  if (report("client", failed, returned.rate, returned.allocations, returned.cpu_us)) return 1;
-  std::printf("  (returned: a 64-byte value)\n");
   std::vector<redis::reply> into(conns * pipeline);
-  const loop_result taken = closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
-    cs[i / pipeline]->async_exec({"GET", key}, into[i], [&, i, done = &done](error_code ec) {
-      if (ec || into[i].str.size() != 64) failed = true;
-      (*done)();
+  auto returned = [&] {
+    return closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
+      cs[i / pipeline]->async_exec({"GET", key}, [&, done = &done](error_code ec, redis::reply r) {
+        if (ec || r.str.size() != 64) failed = true;
+        (*done)();
+      });
     });
-  });
-  if (report("client", failed, taken.rate, taken.allocations, taken.cpu_us)) return 1;
-  std::printf("  (into: a 64-byte value read into the loop's own reply)\n");
+  };
+  auto taken = [&] {
+    return closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
+      cs[i / pipeline]->async_exec({"GET", key}, into[i], [&, i, done = &done](error_code ec) {
+        if (ec || into[i].str.size() != 64) failed = true;
+        (*done)();
+      });
+    });
+  };
+  // Alternating rounds, so that both ways meet the machine in the same states.
+  constexpr int rounds = 3;
+  std::vector<loop_result> r, t;
+  for (int k = 0; k < rounds; ++k) {
+    r.push_back(returned());
+    t.push_back(taken());
+    if (failed) break;
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  auto field = [](const std::vector<loop_result>& v, double loop_result::*m) {
+    std::vector<double> out;
+    for (const auto& x : v) out.push_back(x.*m);
+    return out;
+  };
+  if (report("client", failed, median(field(r, &loop_result::rate)), median(field(r, &loop_result::allocations)),
+             median(field(r, &loop_result::cpu_us))))
+    return 1;
+  std::printf("  (returned: a 64-byte value; medians of %d rounds)\n", rounds);
+  report("client", failed, median(field(t, &loop_result::rate)), median(field(t, &loop_result::allocations)),
+         median(field(t, &loop_result::cpu_us)));
+  std::printf("  (into: a 64-byte value read into the loop's own reply; medians of %d rounds)\n", rounds);
+  std::vector<double> ratios;
+  for (std::size_t k = 0; k < r.size(); ++k) ratios.push_back(t[k].rate / r[k].rate);
+  std::printf("  into / returned, requests per second, per round:");
+  for (double x : ratios) std::printf(" %.2f", x);
+  std::printf("; median %.2fx\n", median(ratios));
   return 0;
 }
 
