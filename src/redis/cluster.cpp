@@ -368,7 +368,7 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
   exec_handler h(std::move(*o->handler));
   o->handler.reset();
   if (!ec && o->cmd.into) {
-    std::swap(*o->cmd.into, r);
+    swap(*o->cmd.into, r);
     r = reply{};
   }
   if (o->retry_timer) o->retry_timer->cancel();

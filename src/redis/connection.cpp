@@ -602,7 +602,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         --live;
         if (c.into && c.handler) {
           // The caller's memory comes back to the reader through `incoming`.
-          std::swap(*c.into, r);
+          swap(*c.into, r);
           deliver(c, error_code{}, reply{});
         } else {
           deliver(c, error_code{}, std::move(r));

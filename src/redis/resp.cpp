@@ -107,7 +107,7 @@ bool reply_reader::next(reply& out, boost::system::error_code& ec) {
   }
   if (!raw) return false;
   // The finished reply goes to `out`; `out`'s old memory is reused for the next.
-  std::swap(out, impl_->building);
+  swap(out, impl_->building);
   return true;
 }
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -209,6 +210,36 @@ TEST(RespReader, ReadingIntoOneReplyReplacesItAndReusesItsMemory) {
   EXPECT_TRUE(out.elements.empty());
   EXPECT_FALSE(r.next(out, ec));
   EXPECT_FALSE(ec);
+}
+
+TEST(RespReply, SwapExchangesContentsAndMemory) {
+  namespace redis = cacheflight::redis;
+  redis::reply a, b;
+  a.type = redis::reply::kind::bulk;
+  a.str.assign(100, 'a');
+  b.type = redis::reply::kind::array;
+  b.integer = 7;
+  b.elements.resize(2);
+  b.elements[0].type = redis::reply::kind::integer;
+  b.elements[0].integer = 1;
+  b.elements[1].type = redis::reply::kind::status;
+  b.elements[1].str = "OK";
+  const char* a_str = a.str.data();
+  const redis::reply* b_elements = b.elements.data();
+  using std::swap;
+  swap(a, b);
+  EXPECT_EQ(a.type, redis::reply::kind::array);
+  EXPECT_EQ(a.integer, 7);
+  ASSERT_EQ(a.elements.size(), 2u);
+  EXPECT_EQ(a.elements.data(), b_elements);
+  EXPECT_EQ(a.elements[1].str, "OK");
+  EXPECT_TRUE(a.str.empty());
+  EXPECT_EQ(b.type, redis::reply::kind::bulk);
+  EXPECT_EQ(b.str, std::string(100, 'a'));
+  EXPECT_EQ(b.str.data(), a_str);
+  EXPECT_EQ(b.integer, 0);
+  EXPECT_TRUE(b.elements.empty());
+  static_assert(noexcept(swap(a, b)));
 }
 
 TEST(RespReader, ProtocolErrorsAreStickyErrors) {

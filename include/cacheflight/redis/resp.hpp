@@ -195,6 +195,15 @@ struct reply {
   std::vector<reply> elements;   ///< array
 
   bool is_error() const noexcept { return type == kind::error; }
+
+  /// Exchanges the contents of two replies, their memory included: no
+  /// allocation, no copy.
+  friend void swap(reply& a, reply& b) noexcept {
+    std::swap(a.type, b.type);
+    a.str.swap(b.str);
+    std::swap(a.integer, b.integer);
+    a.elements.swap(b.elements);
+  }
 };
 
 /// Parses replies from a byte stream, in order. Not thread-safe.
