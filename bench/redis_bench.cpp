@@ -24,6 +24,12 @@
 //     reply (`async_exec(args, into, token)`). Prints a "client GET" line of
 //     medians for each, "(returned)" and "(into)", and the per-round ratios.
 //
+//   cacheflight_redis_bench count PORT returned|into LOOPS N
+//     Exactly N GETs of the 64-byte value of `values` (written first), in
+//     LOOPS closed loops on one client, read one of the two ways; prints the
+//     heap allocations per GET. A fixed amount of work, for an instruction
+//     count under `valgrind --tool=callgrind` (the total divided by N).
+//
 //   cacheflight_redis_bench coroutines PORT N SECONDS
 //     Automatic pipelining: N coroutines on ONE client (one connection), each
 //     issuing one GET at a time (`co_await async_exec(..., use_awaitable)`);
@@ -360,6 +366,51 @@ int values_bench(const std::string& port, std::size_t conns, std::size_t pipelin
   return 0;
 }
 
+int count_bench(const std::string& port, const std::string& way, std::size_t loops, std::size_t n) {
+  if ((way != "returned" && way != "into") || loops == 0) return 2;
+  const bool into_way = way == "into";
+  asio::io_context io(1);
+  auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
+  wait_connected(io, {c});
+  const std::string key = "bench:values:64";
+  bool failed = false, set = false;
+  c->async_exec({"SET", key, std::string(64, 'v')}, [&](error_code ec, redis::reply r) {
+    failed = ec || r.str != "OK";
+    set = true;
+  });
+  while (!set) io.run_one();
+  std::vector<redis::reply> into(loops);
+  std::size_t issued = 0, ended = 0;
+  const std::uint64_t a0 = g_allocations.load();
+  std::function<void(std::size_t)> step = [&](std::size_t i) {
+    if (issued == n) {
+      if (++ended == loops) io.stop();
+      return;
+    }
+    ++issued;
+    if (into_way)
+      c->async_exec({"GET", key}, into[i], [&, i](error_code ec) {
+        if (ec || into[i].str.size() != 64) failed = true;
+        step(i);
+      });
+    else
+      c->async_exec({"GET", key}, [&, i](error_code ec, redis::reply r) {
+        if (ec || r.str.size() != 64) failed = true;
+        step(i);
+      });
+  };
+  for (std::size_t i = 0; i < loops; ++i) step(i);
+  run_as_a_server(io);
+  const std::uint64_t a1 = g_allocations.load();
+  if (failed) {
+    std::fprintf(stderr, "a GET failed\n");
+    return 1;
+  }
+  std::printf("%s: %zu GETs (%.2f heap allocations per GET, set-up and the loops' std::function included)\n",
+              way.c_str(), n, n ? double(a1 - a0) / double(n) : 0.0);
+  return 0;
+}
+
 int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
   asio::io_context io(1);
   redis::client_options o = options(port);
@@ -497,11 +548,13 @@ int main(int argc, char** argv) {
   if (mode == "values" && argc == 6)
     return values_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::strtoul(argv[4], nullptr, 10),
                         std::atof(argv[5]));
+  if (mode == "count" && argc == 6)
+    return count_bench(argv[2], argv[3], std::strtoul(argv[4], nullptr, 10), std::strtoul(argv[5], nullptr, 10));
   if (mode == "coroutines" && argc == 5)
     return coroutines_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "l2" && argc == 5) return l2_bench(argv[2], std::strtoul(argv[3], nullptr, 10), std::atof(argv[4]));
   if (mode == "replies" && argc == 3) return replies_bench(std::strtoul(argv[2], nullptr, 10));
   std::fprintf(stderr, "usage: %s client PORT CONNECTIONS PIPELINE SECONDS | cluster SEED_PORT CONNECTIONS PIPELINE SECONDS | "
-               "values PORT CONNECTIONS PIPELINE SECONDS | coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS | replies N\n", argv[0]);
+               "values PORT CONNECTIONS PIPELINE SECONDS | count PORT returned|into LOOPS N | coroutines PORT N SECONDS | l2 PORT CONCURRENCY SECONDS | replies N\n", argv[0]);
   return 2;
 }
