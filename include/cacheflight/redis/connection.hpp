@@ -235,12 +235,14 @@ class connection {
   }
 
   /// As above, with the reply read into `into` instead of passed to the
-  /// handler. The connection swaps its reply with `into`'s contents and
-  /// builds a later reply in the memory `into` had: a caller that reads every
-  /// reply into one `reply` makes no allocation for a status, error or bulk
-  /// reply no longer than the one before it (an array's elements are made
-  /// anew). Without an error, `into` holds the reply, a server error reply
-  /// (`-ERR ...`, `is_error()`) included; with one, `into` is left as it was.
+  /// handler. The connection swaps its reply with `into`'s contents, and
+  /// builds a later reply in the memory `into` had. So a caller that reads
+  /// every reply into one `reply` keeps lending memory back: once the few
+  /// buffers that change hands this way have grown to its replies' size, a
+  /// status, error or bulk reply allocates nothing (an array's elements are
+  /// made anew). Without an error, `into` holds the reply, a server error
+  /// reply (`-ERR ...`, `is_error()`) included; with one, `into` is left as
+  /// it was.
   /// `into` must stay valid, and must not be used, until the handler runs;
   /// the connection does not touch it afterwards (after a cancellation or a
   /// timeout, a reply that comes later is dropped).
