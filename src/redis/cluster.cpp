@@ -369,7 +369,8 @@ void client::cluster::finish(const std::shared_ptr<op>& o, error_code ec, reply 
   o->handler.reset();
   if (!ec && o->cmd.into) {
     swap(*o->cmd.into, r);
-    r = reply{};
+    reply old;  // `into`'s previous contents, freed here
+    swap(old, r);
   }
   if (o->retry_timer) o->retry_timer->cancel();
   if (!o->work && !o->in_call) {

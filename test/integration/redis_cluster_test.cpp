@@ -196,36 +196,56 @@ TEST_F(RedisCluster, AStaleMapIsCorrectedByMovedAndTheCommandStillSucceeds) {
 }
 
 // The same through `async_exec(args, into, token)`: a MOVED reply is the
-// result of `async_exec_at` and lands in `into`; `async_exec` follows it and
-// `into` holds the final reply.
+// result of `async_exec_at` and lands in `into`. With the key's slot marked
+// as migrating (no key moved), its owner answers ASK for the absent key;
+// `async_exec` follows it, and `into` holds the reply of the node it was
+// sent to, not the ASK.
 TEST_F(RedisCluster, AReplyReadIntoTheCallersReplyIsTheOneAfterTheRedirections) {
   redis::client c(io.get_executor(), cluster_options());
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 10s));
-  const std::string key = "into:moved";
-  const std::string right = owner(c, redis::key_slot(key));
-  const std::string wrong = right == masters[0] ? masters[1] : masters[0];
+  const std::string key = "into:asked";
+  const std::string slot = std::to_string(redis::key_slot(key));
+  const std::string from = owner(c, redis::key_slot(key));
+  const std::string to = from == masters[0] ? masters[1] : masters[0];
+  auto run_into = [&](auto issue) {
+    std::optional<error_code> got;
+    issue([&](error_code ec) { got = ec; });
+    EXPECT_TRUE(run_until([&] { return got.has_value(); }));
+    return got.value_or(asio::error::timed_out);
+  };
   redis::reply r;
-  std::optional<error_code> got;
-  c.async_exec_at(wrong, {"SET", key, "x"}, r, [&](error_code ec) { got = ec; });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
-  ASSERT_EQ(got, error_code{});
+  ASSERT_FALSE(run_into([&](auto h) { c.async_exec_at(to, std::vector<std::string>{"SET", key, "x"}, r, h); }));
   EXPECT_TRUE(r.is_error() && r.str.starts_with("MOVED")) << r.str;
-  got.reset();
-  c.async_exec({"SET", key, "x"}, r, [&](error_code ec) { got = ec; });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
-  ASSERT_EQ(got, error_code{});
+
+  const std::string from_id = exec_at(c, from, {"CLUSTER", "MYID"}).second.str;
+  const std::string to_id = exec_at(c, to, {"CLUSTER", "MYID"}).second.str;
+  ASSERT_FALSE(from_id.empty());
+  ASSERT_FALSE(to_id.empty());
+  ASSERT_EQ(exec_at(c, to, {"CLUSTER", "SETSLOT", slot, "IMPORTING", from_id}).second.str, "OK");
+  ASSERT_EQ(exec_at(c, from, {"CLUSTER", "SETSLOT", slot, "MIGRATING", to_id}).second.str, "OK");
+  struct stable_again {
+    std::function<void()> f;
+    ~stable_again() { f(); }
+  } guard{[&] {
+    exec(c, {"DEL", key});  // on `to`, through ASK
+    exec_at(c, from, {"CLUSTER", "SETSLOT", slot, "STABLE"});
+    exec_at(c, to, {"CLUSTER", "SETSLOT", slot, "STABLE"});
+  }};
+  const auto before = c.cluster_info();
+  ASSERT_FALSE(run_into([&](auto h) { c.async_exec({"SET", key, "x"}, r, h); }));
+  EXPECT_EQ(r.type, redis::reply::kind::status);
   EXPECT_EQ(r.str, "OK");
-  got.reset();
-  c.async_exec({"GET", key}, r, [&](error_code ec) { got = ec; });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
-  ASSERT_EQ(got, error_code{});
+  ASSERT_FALSE(run_into([&](auto h) { c.async_exec({"GET", key}, r, h); }));
+  EXPECT_EQ(r.type, redis::reply::kind::bulk);
   EXPECT_EQ(r.str, "x");
-  EXPECT_EQ(exec(c, {"DEL", key}).second.integer, 1);
+  EXPECT_GE(c.cluster_info().ask, before.ask + 2) << "the commands were not redirected";
+  // The key was written to `to`: its owner, asked directly, does not have it
+  // and sends the caller there.
+  const auto direct = exec_at(c, from, {"EXISTS", key}).second;
+  EXPECT_TRUE(direct.is_error() && direct.str.starts_with("ASK")) << direct.str;
+
   // A node outside the map: an error, and `into` as it was.
-  got.reset();
-  c.async_exec_at("127.0.0.1:1", {"PING"}, r, [&](error_code ec) { got = ec; });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }));
-  EXPECT_EQ(got, cf::error::not_connected);
+  EXPECT_EQ(run_into([&](auto h) { c.async_exec_at("127.0.0.1:1", {"PING"}, r, h); }), cf::error::not_connected);
   EXPECT_EQ(r.str, "x");
 }
 

@@ -218,8 +218,11 @@ class client {
   /// with one it is left as it was; it must stay valid, and must not be used,
   /// until the handler runs. Without Cluster, a caller that reads every reply
   /// into one `reply` lends its memory back to the connection, which builds
-  /// later replies in it. With Cluster, the reply is swapped into `into` at
-  /// the end of its redirections, and `into`'s previous memory is freed.
+  /// later replies in it; a command returning its reply to a handler on the
+  /// same connection (another caller's, or the client's health-check `PING`)
+  /// takes the memory its reply was built in along. With Cluster, the reply
+  /// is swapped into `into` at the end of its redirections, and `into`'s
+  /// previous memory is freed.
   /// @par Completion signature
   /// @code void(boost::system::error_code ec) @endcode
   /// Errors, executor, cancellation and thread safety: as above.
@@ -267,6 +270,14 @@ class client {
   auto async_exec_at(std::string node, std::initializer_list<std::string_view> args, reply& into,
                      CompletionToken&& token) {
     detail::command_bytes cmd(args);
+    cmd.into = &into;
+    return exec_command_into(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with arguments known at run time.
+  template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
+  auto async_exec_at(std::string node, std::vector<std::string> args, reply& into, CompletionToken&& token) {
+    detail::command_bytes cmd(std::move(args));
     cmd.into = &into;
     return exec_command_into(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
   }

@@ -240,9 +240,11 @@ class connection {
   /// every reply into one `reply` keeps lending memory back: once the few
   /// buffers that change hands this way have grown to its replies' size, a
   /// status, error or bulk reply allocates nothing (an array's elements are
-  /// made anew). Without an error, `into` holds the reply, a server error
-  /// reply (`-ERR ...`, `is_error()`) included; with one, `into` is left as
-  /// it was.
+  /// made anew). A reply handed to a handler instead (another command's, on
+  /// the same connection) takes the memory it was built in out of the
+  /// exchange, and a later reply allocates again. Without an error, `into`
+  /// holds the reply, a server error reply (`-ERR ...`, `is_error()`)
+  /// included; with one, `into` is left as it was.
   /// `into` must stay valid, and must not be used, until the handler runs;
   /// the connection does not touch it afterwards (after a cancellation or a
   /// timeout, a reply that comes later is dropped).
