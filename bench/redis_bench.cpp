@@ -201,6 +201,7 @@ struct loop_result {
 // loop itself neither copies nor allocates anything per operation.
 loop_result closed_loop(asio::io_context& io, std::size_t loops, double seconds,
                    const std::function<void(std::size_t, const std::function<void()>&)>& start) {
+  if (loops == 0) return {0.0, 0.0, 0.0};  // nothing would stop the context
   phases ph(io, seconds);
   std::size_t running = loops;
   std::vector<std::function<void()>> next(loops);
@@ -367,7 +368,10 @@ int values_bench(const std::string& port, std::size_t conns, std::size_t pipelin
 }
 
 int count_bench(const std::string& port, const std::string& way, std::size_t loops, std::size_t n) {
-  if ((way != "returned" && way != "into") || loops == 0) return 2;
+  if ((way != "returned" && way != "into") || loops == 0 || n == 0) {
+    std::fprintf(stderr, "count: WAY is returned or into; LOOPS and N are positive\n");
+    return 2;
+  }
   const bool into_way = way == "into";
   asio::io_context io(1);
   auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
@@ -458,6 +462,10 @@ int cluster_bench(const std::string& port, std::size_t conns, std::size_t pipeli
 }
 
 int coroutines_bench(const std::string& port, std::size_t n, double seconds) {
+  if (n == 0) {
+    std::fprintf(stderr, "coroutines: N is positive\n");
+    return 2;
+  }
   asio::io_context io(1);
   auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
   wait_connected(io, {c});
