@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <optional>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -213,7 +213,6 @@ TEST(RespReader, ReadingIntoOneReplyReplacesItAndReusesItsMemory) {
 }
 
 TEST(RespReply, SwapExchangesContentsAndMemory) {
-  namespace redis = cacheflight::redis;
   redis::reply a, b;
   a.type = redis::reply::kind::bulk;
   a.str.assign(100, 'a');
