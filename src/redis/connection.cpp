@@ -600,7 +600,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         handshake_reply(c, r);
       else if (c.waiting()) {
         --live;
-        if (c.into && c.handler) {
+        if (c.into) {  // set only with a handler
           // The caller's memory comes back to the reader through `incoming`.
           swap(*c.into, r);
           deliver(c, error_code{}, reply{});

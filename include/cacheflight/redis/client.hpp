@@ -230,7 +230,7 @@ class client {
   auto async_exec(std::initializer_list<std::string_view> args, reply& into, CompletionToken&& token) {
     detail::command_bytes cmd(args);
     cmd.into = &into;
-    return exec_command_into({}, std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>({}, std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// As above, with arguments known at run time.
@@ -238,7 +238,7 @@ class client {
   auto async_exec(std::vector<std::string> args, reply& into, CompletionToken&& token) {
     detail::command_bytes cmd(std::move(args));
     cmd.into = &into;
-    return exec_command_into({}, std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>({}, std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// As `async_exec`, sent to one node: with Cluster, the master `node`
@@ -271,7 +271,7 @@ class client {
                      CompletionToken&& token) {
     detail::command_bytes cmd(args);
     cmd.into = &into;
-    return exec_command_into(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// As above, with arguments known at run time.
@@ -279,7 +279,7 @@ class client {
   auto async_exec_at(std::string node, std::vector<std::string> args, reply& into, CompletionToken&& token) {
     detail::command_bytes cmd(std::move(args));
     cmd.into = &into;
-    return exec_command_into(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>(std::move(node), std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// The executor given at construction.
@@ -324,21 +324,14 @@ class client {
  private:
   friend class tier;
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
-  // `node`: empty, or the one of `async_exec_at`.
-  template <class CompletionToken>
+  // `node`: empty, or the one of `async_exec_at`. `Signature`: the
+  // completion's, `void(error_code, reply)` or, with the reply read into the
+  // caller's, `void(error_code)`.
+  template <class Signature = void(boost::system::error_code, reply), class CompletionToken>
   auto exec_command(std::string node, detail::command_bytes cmd, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+    return boost::asio::async_initiate<CompletionToken, Signature>(
         [this](auto handler, std::string node, detail::command_bytes cmd) {
-          auto work = detail::typed_work(handler);
-          start_exec_at(std::move(node), std::move(cmd), std::move(handler), std::move(work));
-        },
-        token, std::move(node), std::move(cmd));
-  }
-  template <class CompletionToken>
-  auto exec_command_into(std::string node, detail::command_bytes cmd, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-        [this](auto handler, std::string node, detail::command_bytes cmd) {
-          detail::reply_taken<std::decay_t<decltype(handler)>> h{std::move(handler)};
+          auto h = detail::exec_handler_for<Signature>(std::move(handler));
           auto work = detail::typed_work(h);
           start_exec_at(std::move(node), std::move(cmd), std::move(h), std::move(work));
         },

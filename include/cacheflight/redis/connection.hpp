@@ -82,6 +82,17 @@ struct reply_taken {
   Handler handler;
   void operator()(boost::system::error_code ec, reply) { std::move(handler)(ec); }
 };
+
+// A command's handler as the connection takes it, `void(error_code, reply)`,
+// from the handler of an `async_exec` whose completion signature is
+// `Signature`.
+template <class Signature, class Handler>
+auto exec_handler_for(Handler&& h) {
+  if constexpr (std::is_same_v<Signature, void(boost::system::error_code)>)
+    return reply_taken<std::decay_t<Handler>>{std::forward<Handler>(h)};
+  else
+    return std::decay_t<Handler>(std::forward<Handler>(h));
+}
 }  // namespace detail
 }  // namespace cacheflight::redis
 
@@ -255,7 +266,7 @@ class connection {
   auto async_exec(std::initializer_list<std::string_view> args, reply& into, CompletionToken&& token) {
     detail::command_bytes cmd(args);
     cmd.into = &into;
-    return exec_command_into(std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>(std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// As above, with arguments known at run time.
@@ -263,7 +274,7 @@ class connection {
   auto async_exec(std::vector<std::string> args, reply& into, CompletionToken&& token) {
     detail::command_bytes cmd(std::move(args));
     cmd.into = &into;
-    return exec_command_into(std::move(cmd), std::forward<CompletionToken>(token));
+    return exec_command<void(boost::system::error_code)>(std::move(cmd), std::forward<CompletionToken>(token));
   }
 
   /// Closes the connection; waiting commands fail with `operation_aborted`.
@@ -283,20 +294,13 @@ class connection {
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
   void start_connect(connect_handler h);
-  template <class CompletionToken>
+  // `Signature`: the completion's, `void(error_code, reply)` or, with the
+  // reply read into the caller's, `void(error_code)`.
+  template <class Signature = void(boost::system::error_code, reply), class CompletionToken>
   auto exec_command(detail::command_bytes cmd, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, reply)>(
+    return boost::asio::async_initiate<CompletionToken, Signature>(
         [this](auto handler, detail::command_bytes cmd) {
-          auto work = detail::typed_work(handler);
-          start_exec(std::move(cmd), std::move(handler), std::move(work));
-        },
-        token, std::move(cmd));
-  }
-  template <class CompletionToken>
-  auto exec_command_into(detail::command_bytes cmd, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-        [this](auto handler, detail::command_bytes cmd) {
-          detail::reply_taken<std::decay_t<decltype(handler)>> h{std::move(handler)};
+          auto h = detail::exec_handler_for<Signature>(std::move(handler));
           auto work = detail::typed_work(h);
           start_exec(std::move(cmd), std::move(h), std::move(work));
         },
