@@ -306,18 +306,25 @@ int client_bench(const std::string& port, std::size_t conns, std::size_t pipelin
   return report("client", failed, r.rate, r.allocations, r.cpu_us);
 }
 
+// The key of the 64-byte value `values` and `count` read.
+constexpr const char* value_key = "bench:values:64";
+
+// Writes that value through `c`; false if the SET failed.
+bool write_value(asio::io_context& io, redis::client& c) {
+  std::optional<bool> ok;
+  c.async_exec({"SET", value_key, std::string(64, 'v')},
+               [&](error_code ec, redis::reply r) { ok = !ec && r.str == "OK"; });
+  while (!ok) io.run_one();
+  return *ok;
+}
+
 int values_bench(const std::string& port, std::size_t conns, std::size_t pipeline, double seconds) {
   asio::io_context io(1);
   std::vector<std::shared_ptr<redis::client>> cs;
   for (std::size_t i = 0; i < conns; ++i) cs.push_back(std::make_shared<redis::client>(io.get_executor(), options(port)));
   wait_connected(io, cs);
-  const std::string key = "bench:values:64", value(64, 'v');
-  bool failed = false, set = false;
-  cs[0]->async_exec({"SET", key, value}, [&](error_code ec, redis::reply r) {
-    failed = ec || r.str != "OK";
-    set = true;
-  });
-  while (!set) io.run_one();
+  const std::string key = value_key;
+  bool failed = !write_value(io, *cs[0]);
   std::vector<redis::reply> into(conns * pipeline);
   auto returned = [&] {
     return closed_loop(io, conns * pipeline, seconds, [&](std::size_t i, const std::function<void()>& done) {
@@ -376,13 +383,8 @@ int count_bench(const std::string& port, const std::string& way, std::size_t loo
   asio::io_context io(1);
   auto c = std::make_shared<redis::client>(io.get_executor(), options(port));
   wait_connected(io, {c});
-  const std::string key = "bench:values:64";
-  bool failed = false, set = false;
-  c->async_exec({"SET", key, std::string(64, 'v')}, [&](error_code ec, redis::reply r) {
-    failed = ec || r.str != "OK";
-    set = true;
-  });
-  while (!set) io.run_one();
+  const std::string key = value_key;
+  bool failed = !write_value(io, *c);
   std::vector<redis::reply> into(loops);
   std::size_t issued = 0, ended = 0;
   const std::uint64_t a0 = g_allocations.load();
