@@ -137,6 +137,11 @@ class flight {
   /// The handler runs on its associated executor (the flight's executor when it
   /// has none), never inside `async_run`: results known at once are posted. The
   /// waiter's bookkeeping is allocated with the handler's associated allocator.
+  /// For a handler without one (`std::allocator<void>`), a waiter of up to 256
+  /// bytes takes a block its thread freed before, as Asio recycles its
+  /// operations' memory: the thread that frees a waiter keeps its block for
+  /// the next one made there, up to 1 MiB of blocks a thread for each block
+  /// size, freed when the thread ends (under AddressSanitizer, none is kept).
   /// While the caller waits, outstanding work is held on its executor.
   ///
   /// @par Timeouts

@@ -421,6 +421,77 @@ TEST_F(FlightBasic, WaiterUsesTheHandlersAssociatedAllocator) {
   EXPECT_GE(allocations, 1);
 }
 
+TEST(BlockCache, KeepsFreedBlocksForItsThreadUpToItsCapacity) {
+  // A size no waiter of these tests has, so that the thread's list starts empty.
+  using blocks = cf::detail::block_cache<4096>;
+  static_assert(blocks::capacity == 256);
+  std::vector<void*> made;
+  for (std::size_t i = 0; i < blocks::capacity + 2; ++i) made.push_back(blocks::allocate());
+  EXPECT_EQ(blocks::kept(), 0u);
+  for (void* p : made) blocks::deallocate(p);
+  if constexpr (!blocks::enabled) {
+    // Under AddressSanitizer every block goes back to the heap at once.
+    EXPECT_EQ(blocks::kept(), 0u);
+    return;
+  }
+  // The first `capacity` freed blocks are kept; the two after them are freed.
+  EXPECT_EQ(blocks::kept(), blocks::capacity);
+  void* again = blocks::allocate();
+  EXPECT_EQ(again, made[blocks::capacity - 1]);  // the last one kept comes back first
+  EXPECT_EQ(blocks::kept(), blocks::capacity - 1);
+
+  // A block freed on another thread is kept by that thread, not by this one.
+  std::size_t kept_there = 0, kept_there_after = 0;
+  std::thread([&] {
+    blocks::deallocate(again);
+    kept_there = blocks::kept();
+    void* p = blocks::allocate();
+    kept_there_after = blocks::kept();
+    blocks::deallocate(p);
+  }).join();
+  EXPECT_EQ(kept_there, 1u);
+  EXPECT_EQ(kept_there_after, 0u);
+  EXPECT_EQ(blocks::kept(), blocks::capacity - 1);
+  while (blocks::kept() > 0) ::operator delete(blocks::allocate(), 4096);
+}
+
+TEST_F(FlightBasic, WaitersOfHandlersWithoutAnAllocatorReuseTheBlocksTheirThreadFreed) {
+  cf::flight<int> f{io};
+  int sum = 0;
+  auto handler = [&sum](std::exception_ptr e, int v) {
+    if (!e) sum += v;
+  };
+  using waiter = cf::detail::waiter_op<int, std::chrono::steady_clock, decltype(handler)>;
+  using blocks = cf::detail::block_cache<cf::detail::block_size_for(sizeof(waiter))>;
+  constexpr int callers = 100;
+  const std::size_t kept_before = blocks::kept();
+  ASSERT_LE(kept_before + callers, blocks::capacity);
+  auto round = [&](int value) {
+    gate g{io.get_executor()};
+    for (int i = 0; i < callers; ++i) f.async_run("k", g.fn(), handler);
+    const std::size_t kept_while_waiting = blocks::kept();
+    run_until(io, [&] { return g.calls() == 1; });
+    g.resolve(value);
+    drain(io);
+    return kept_while_waiting;
+  };
+  if constexpr (!blocks::enabled) {
+    EXPECT_EQ(round(1), 0u);
+    EXPECT_EQ(round(2), 0u);
+    EXPECT_EQ(blocks::kept(), 0u);
+  } else {
+    // The first round's waiters take what this thread kept, if anything; once
+    // they complete, their blocks are kept by this thread, which ran them.
+    const std::size_t taken = std::min<std::size_t>(kept_before, callers);
+    EXPECT_EQ(round(1), kept_before - taken);
+    EXPECT_EQ(blocks::kept(), kept_before - taken + callers);
+    // The second round's waiters take those blocks, and give them back.
+    EXPECT_EQ(round(2), kept_before - taken);
+    EXPECT_EQ(blocks::kept(), kept_before - taken + callers);
+  }
+  EXPECT_EQ(sum, callers * 3);
+}
+
 TEST_F(FlightBasic, DestroyingTheFlightCancelsWaiters) {
   gate g{io.get_executor()};
   outcome<> o;

@@ -8,6 +8,8 @@
 // the work completes: its cancellation slot and its timeout timer. Included by
 // flight_impl.hpp, after `flight_state`.
 
+#include <cacheflight/detail/block_cache.hpp>
+
 #include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -44,14 +46,24 @@ class waiter_op final : public flight_waiter<V> {
 
   template <class H>
   static waiter_op* create(H&& h, const asio::any_io_executor& io_ex) {
-    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
-    alloc_t a(asio::get_associated_allocator(h));
-    waiter_op* p = std::allocator_traits<alloc_t>::allocate(a, 1);
-    try {
-      return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
-    } catch (...) {
-      std::allocator_traits<alloc_t>::deallocate(a, p, 1);
-      throw;
+    if constexpr (recycled()) {
+      void* p = recycled_allocate();
+      try {
+        return ::new (p) waiter_op(std::forward<H>(h), io_ex);
+      } catch (...) {
+        recycled_deallocate(p);
+        throw;
+      }
+    } else {
+      using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+      alloc_t a(asio::get_associated_allocator(h));
+      waiter_op* p = std::allocator_traits<alloc_t>::allocate(a, 1);
+      try {
+        return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
+      } catch (...) {
+        std::allocator_traits<alloc_t>::deallocate(a, p, 1);
+        throw;
+      }
     }
   }
 
@@ -209,17 +221,32 @@ class waiter_op final : public flight_waiter<V> {
   void release() noexcept {
     // Only an armed timer shares the node; without one the count is always 1.
     if (timer_ && refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
-    alloc_t a(alloc_);
     if (timer_) {
       using talloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<timer_type>;
       talloc_t ta(alloc_);
       timer_->~timer_type();
       std::allocator_traits<talloc_t>::deallocate(ta, timer_, 1);
     }
-    this->~waiter_op();
-    std::allocator_traits<alloc_t>::deallocate(a, this, 1);
+    if constexpr (recycled()) {
+      this->~waiter_op();
+      recycled_deallocate(this);
+    } else {
+      using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
+      alloc_t a(alloc_);
+      this->~waiter_op();
+      std::allocator_traits<alloc_t>::deallocate(a, this, 1);
+    }
   }
+
+  // A handler without an allocator of its own: the waiter's block is kept
+  // by the thread that frees it, for the next waiter made there (see
+  // `block_cache`).
+  static constexpr bool recycled() noexcept {
+    return std::is_same_v<allocator_type, std::allocator<void>> &&
+           alignof(waiter_op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ && block_size_for(sizeof(waiter_op)) <= 256;
+  }
+  static void* recycled_allocate() { return block_cache<block_size_for(sizeof(waiter_op))>::allocate(); }
+  static void recycled_deallocate(void* p) noexcept { block_cache<block_size_for(sizeof(waiter_op))>::deallocate(p); }
 
   [[no_unique_address]] allocator_type alloc_;
   // The handler's own executor, unless it has none (then it is the flight's).
