@@ -455,6 +455,34 @@ TEST(BlockCache, KeepsFreedBlocksForItsThreadUpToItsCapacity) {
   while (blocks::kept() > 0) ::operator delete(blocks::allocate(), 4096);
 }
 
+TEST(BlockCache, TheAllocatorServesEachSizeFromItsRoundedBlockSize) {
+  namespace d = cf::detail;
+  d::block_allocator<unsigned char> bytes;
+  // 200 bytes are served by the 208-byte blocks; 300 bytes by the heap.
+  using blocks = d::block_cache<d::block_size_for(200)>;
+  static_assert(d::block_size_for(200) == 208);
+  const std::size_t before = blocks::kept();
+  unsigned char* a = bytes.allocate(200);
+  unsigned char* big = bytes.allocate(300);
+  bytes.deallocate(big, 300);
+  EXPECT_EQ(blocks::kept(), before == 0 ? 0 : before - 1);
+  bytes.deallocate(a, 200);
+  if constexpr (!blocks::enabled) {
+    EXPECT_EQ(blocks::kept(), 0u);
+    return;
+  }
+  EXPECT_EQ(blocks::kept(), before == 0 ? 1 : before);
+  // An object of 200 bytes takes the same block back.
+  struct two_hundred {
+    unsigned char b[200];
+  };
+  d::block_allocator<two_hundred> objects{bytes};
+  two_hundred* o = objects.allocate(1);
+  EXPECT_EQ(static_cast<void*>(o), static_cast<void*>(a));
+  objects.deallocate(o, 1);
+  EXPECT_TRUE(bytes == objects);
+}
+
 TEST_F(FlightBasic, WaitersOfHandlersWithoutAnAllocatorReuseTheBlocksTheirThreadFreed) {
   cf::flight<int> f{io};
   int sum = 0;

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <new>
+#include <type_traits>
+#include <utility>
 
 namespace cacheflight::detail {
 
@@ -107,6 +109,65 @@ constexpr std::size_t block_size_for(std::size_t n) noexcept {
   constexpr std::size_t a = __STDCPP_DEFAULT_NEW_ALIGNMENT__;
   return (n + a - 1) / a * a;
 }
+
+// The threads' block caches by size, chosen at run time: `bytes` of at most
+// `largest_cached_block`, at the default new alignment.
+inline constexpr std::size_t largest_cached_block = 256;
+
+template <std::size_t... I>
+void* allocate_cached_block(std::size_t bytes, std::index_sequence<I...>) {
+  using fn = void* (*)();
+  static constexpr fn table[] = {&block_cache<(I + 1) * __STDCPP_DEFAULT_NEW_ALIGNMENT__>::allocate...};
+  return table[(bytes - 1) / __STDCPP_DEFAULT_NEW_ALIGNMENT__]();
+}
+template <std::size_t... I>
+void deallocate_cached_block(void* p, std::size_t bytes, std::index_sequence<I...>) noexcept {
+  using fn = void (*)(void*) noexcept;
+  static constexpr fn table[] = {&block_cache<(I + 1) * __STDCPP_DEFAULT_NEW_ALIGNMENT__>::deallocate...};
+  table[(bytes - 1) / __STDCPP_DEFAULT_NEW_ALIGNMENT__](p);
+}
+using cached_block_sizes = std::make_index_sequence<largest_cached_block / __STDCPP_DEFAULT_NEW_ALIGNMENT__>;
+
+// An allocator over the threads' block caches, for the library's own
+// bookkeeping and for the operations it starts with handlers of its own: an
+// allocation of up to `largest_cached_block` bytes (at the default new
+// alignment) comes from the `block_cache` of its rounded size; anything else
+// from `operator new`. Every instance is interchangeable with every other.
+template <class T = void>
+class block_allocator {
+ public:
+  using value_type = T;
+
+  block_allocator() noexcept = default;
+  template <class U>
+  block_allocator(const block_allocator<U>&) noexcept {}
+
+  T* allocate(std::size_t n) {
+    if (n > std::size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    const std::size_t bytes = n * sizeof(T);
+    if constexpr (alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+      if (bytes - 1 < largest_cached_block) return static_cast<T*>(allocate_cached_block(bytes, cached_block_sizes{}));
+      return static_cast<T*>(::operator new(bytes));
+    } else {
+      return static_cast<T*>(::operator new(bytes, std::align_val_t(alignof(T))));
+    }
+  }
+
+  void deallocate(T* p, std::size_t n) noexcept {
+    const std::size_t bytes = n * sizeof(T);
+    if constexpr (alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+      if (bytes - 1 < largest_cached_block) return deallocate_cached_block(p, bytes, cached_block_sizes{});
+      ::operator delete(static_cast<void*>(p), bytes);
+    } else {
+      ::operator delete(static_cast<void*>(p), bytes, std::align_val_t(alignof(T)));
+    }
+  }
+
+  template <class U>
+  bool operator==(const block_allocator<U>&) const noexcept {
+    return true;
+  }
+};
 
 }  // namespace cacheflight::detail
 

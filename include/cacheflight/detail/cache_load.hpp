@@ -7,6 +7,7 @@
 #include <cacheflight/stats.hpp>
 #include <cacheflight/tier.hpp>
 
+#include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/any_completion_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -151,6 +152,10 @@ struct tier_read {
   cancellation_slot_type get_cancellation_slot() const noexcept {
     return boost::asio::get_associated_cancellation_slot(h);
   }
+  // A tier's memory for the read (the type-erased handler it receives, the
+  // operations it starts with it) comes from the flight handler's allocator.
+  using allocator_type = boost::asio::associated_allocator_t<Handler>;
+  allocator_type get_allocator() const noexcept { return boost::asio::get_associated_allocator(h); }
 
   // Asks tier `i`, or, past the last tier or while an invalidation of the key
   // is reaching the tiers, starts the loader; a load cancelled meanwhile
@@ -279,6 +284,8 @@ struct fill_after_load {
   cancellation_slot_type get_cancellation_slot() const noexcept {
     return boost::asio::get_associated_cancellation_slot(h);
   }
+  using allocator_type = boost::asio::associated_allocator_t<Handler>;
+  allocator_type get_allocator() const noexcept { return boost::asio::get_associated_allocator(h); }
 
   void operator()(std::exception_ptr failure, V value) {
     State& st = ticket.state();

@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
 #define CACHEFLIGHT_DETAIL_FLIGHT_IMPL_HPP
 
+#include <cacheflight/detail/block_cache.hpp>
 #include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
@@ -476,6 +477,9 @@ struct flight_state<V, Clock>::task_handler {
   executor_type get_executor() const noexcept { return e->strand; }
   using cancellation_slot_type = asio::cancellation_slot;
   cancellation_slot_type get_cancellation_slot() const noexcept { return e->signal.slot(); }
+  // What the work allocates for its steps comes from the threads' block caches.
+  using allocator_type = block_allocator<void>;
+  allocator_type get_allocator() const noexcept { return {}; }
 
   // For work that completes through its own steps (the cache's loads): whether
   // the work was asked to stop, and its failure. On the entry's strand.
@@ -503,7 +507,7 @@ struct flight_state<V, Clock>::task_handler {
   void resolve(T&& v) {
     std::shared_ptr<const V> p;
     try {
-      p = std::make_shared<const V>(std::forward<T>(v));
+      p = std::allocate_shared<const V>(block_allocator<const V>{}, std::forward<T>(v));
     } catch (...) {
       // Storing the value failed (allocation, or V's constructor): that is the result.
       st->settle(e, std::current_exception(), nullptr);
@@ -604,7 +608,8 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   // caller got there first.
   std::shared_ptr<entry> fresh;
   try {
-    fresh = std::make_shared<entry>(std::move(key), hk.hash, &sh, ex_, serial_, !coroutine_work<std::decay_t<Fn>, V>);
+    fresh = std::allocate_shared<entry>(block_allocator<entry>{}, std::move(key), hk.hash, &sh, ex_, serial_,
+                                        !coroutine_work<std::decay_t<Fn>, V>);
   } catch (...) {
     op->complete(std::current_exception(), nullptr, ex_, delivery::post);
     return;
@@ -642,8 +647,15 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     emit(event_kind::miss, fresh->key);
     try {
       auto strand = fresh->strand;
-      asio::post(strand, [st = this->shared_from_this(), e = fresh,
-                          f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+      auto begin = asio::bind_allocator(block_allocator<void>{},
+                                        [st = this->shared_from_this(), e = fresh,
+                                         f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+      // An io_context's own executor queues it in the allocator's memory; the
+      // type-erased one would take Asio's per-thread recycled memory instead.
+      if (const auto* io = strand.template target<asio::io_context::executor_type>())
+        asio::post(*io, std::move(begin));
+      else
+        asio::post(strand, std::move(begin));
     } catch (...) {
       abort_fresh(fresh, std::current_exception());
     }
