@@ -2,6 +2,8 @@
 #ifndef CACHEFLIGHT_SRC_REDIS_EXEC_CANCEL_HPP
 #define CACHEFLIGHT_SRC_REDIS_EXEC_CANCEL_HPP
 
+#include <cacheflight/detail/block_cache.hpp>
+
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/post.hpp>
 
@@ -27,7 +29,7 @@ struct exec_cancel {
 // it is queued, or abandoned on `strand` (the connection's) once it is.
 template <class Strand>
 std::shared_ptr<exec_cancel> hook_cancel(boost::asio::cancellation_slot slot, const Strand& strand) {
-  auto c = std::make_shared<exec_cancel>();
+  auto c = std::allocate_shared<exec_cancel>(cacheflight::detail::block_allocator<exec_cancel>{});
   slot.assign([c, strand](boost::asio::cancellation_type_t) {
     c->requested.store(true, std::memory_order_release);
     boost::asio::post(strand, [c] {

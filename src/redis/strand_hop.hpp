@@ -24,6 +24,12 @@ void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&
   strand.post(std::forward<F>(f), std::allocator<void>());
 }
 
+// As above, with the strand's queued operation in `alloc`'s memory.
+template <class F, class Alloc>
+void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f, const Alloc& alloc) {
+  strand.post(std::forward<F>(f), alloc);
+}
+
 template <class F>
 void dispatch_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f) {
   strand.dispatch(std::forward<F>(f), std::allocator<void>());

@@ -1,4 +1,5 @@
 // Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#include <cacheflight/detail/block_cache.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/tier.hpp>
 
@@ -8,10 +9,12 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 
@@ -238,6 +241,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     };
     if (ex.target<detail::no_executor>())
       detail::dispatch_on(strand, std::move(run));
+    else if (const auto* io = ex.target<asio::io_context::executor_type>())
+      // Queued, if it must be, in the memory of the threads' block caches
+      // (the type-erased executor would take Asio's recycled memory instead).
+      asio::dispatch(*io, asio::bind_allocator(cacheflight::detail::block_allocator<void>{}, std::move(run)));
     else
       asio::dispatch(ex, std::move(run));
   }
@@ -385,7 +392,8 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                          std::move(cancel));
       return;
     }
-    auto op = std::make_shared<read_op>(read_op{shared_from_this(), std::move(h), *g});
+    auto op = std::allocate_shared<read_op>(cacheflight::detail::block_allocator<read_op>{},
+                                            read_op{shared_from_this(), std::move(h), *g});
     cl->exec_serialized(
         cmd,
         [](const std::shared_ptr<void>& ctx, error_code ec, reply r) {
@@ -1157,10 +1165,14 @@ void tier::do_get(std::string key, get_handler handler) {
       cancel = detail::hook_cancel(slot, impl_->strand);
     }
   }
-  detail::post_on(impl_->strand, [self = impl_, key = std::move(key), h = std::move(handler), lease_cancel,
-                                  cancel]() mutable {
-    self->get(std::move(key), std::move(h), std::move(lease_cancel), std::move(cancel));
-  });
+  // The hop is the read's own bookkeeping: in the memory of the handler's allocator.
+  const auto alloc = asio::get_associated_allocator(handler);
+  detail::post_on(
+      impl_->strand,
+      [self = impl_, key = std::move(key), h = std::move(handler), lease_cancel, cancel]() mutable {
+        self->get(std::move(key), std::move(h), std::move(lease_cancel), std::move(cancel));
+      },
+      alloc);
 }
 
 void tier::do_put(std::string key, std::string bytes, milliseconds ttl, done_handler handler) {
