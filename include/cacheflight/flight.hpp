@@ -116,7 +116,9 @@ class flight {
   ///   - an Asio asynchronous operation `(CompletionToken&&) -> ...` whose handler
   ///     signature is `void(boost::system::error_code, V)` or
   ///     `void(std::exception_ptr, V)`. Its handler's associated executor is the
-  ///     work's strand and its associated cancellation slot is the work's.
+  ///     work's strand and its associated cancellation slot is the work's; its
+  ///     associated allocator is the flight's own, which serves allocations of
+  ///     up to 256 bytes from its thread's freed blocks (see below).
   ///   An exception thrown by `fn` itself counts as the work's failure.
   /// @param token  The completion token.
   ///
@@ -138,10 +140,12 @@ class flight {
   /// has none), never inside `async_run`: results known at once are posted. The
   /// waiter's bookkeeping is allocated with the handler's associated allocator.
   /// For a handler without one (`std::allocator<void>`), a waiter of up to 256
-  /// bytes takes a block its thread freed before, as Asio recycles its
-  /// operations' memory: the thread that frees a waiter keeps its block for
-  /// the next one made there, up to 1 MiB of blocks a thread for each block
-  /// size, freed when the thread ends (under AddressSanitizer, none is kept).
+  /// bytes (aligned to no more than `__STDCPP_DEFAULT_NEW_ALIGNMENT__`) takes
+  /// a block its thread freed before, as Asio recycles its operations' memory:
+  /// the thread that frees a waiter keeps its block for the next one made
+  /// there, up to 1 MiB of blocks a thread for each block size (multiples of
+  /// 16 bytes), freed when the thread ends (under AddressSanitizer, none is
+  /// kept).
   /// While the caller waits, outstanding work is held on its executor.
   ///
   /// @par Timeouts

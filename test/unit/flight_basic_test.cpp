@@ -481,6 +481,26 @@ TEST(BlockCache, TheAllocatorServesEachSizeFromItsRoundedBlockSize) {
   EXPECT_EQ(static_cast<void*>(o), static_cast<void*>(a));
   objects.deallocate(o, 1);
   EXPECT_TRUE(bytes == objects);
+
+  // Each size goes to the block of its size rounded up to 16; past 256, or
+  // none, to the heap.
+  auto kept_after_free = [&]<std::size_t Block>(std::size_t n, std::integral_constant<std::size_t, Block>) {
+    unsigned char* p = bytes.allocate(n);
+    const std::size_t kept = d::block_cache<Block>::kept();
+    bytes.deallocate(p, n);
+    return d::block_cache<Block>::kept() - kept;
+  };
+  using c16 = std::integral_constant<std::size_t, 16>;
+  using c32 = std::integral_constant<std::size_t, 32>;
+  using c256 = std::integral_constant<std::size_t, 256>;
+  EXPECT_EQ(kept_after_free(1, c16{}), 1u);
+  EXPECT_EQ(kept_after_free(16, c16{}), 1u);
+  EXPECT_EQ(kept_after_free(17, c16{}), 0u);
+  EXPECT_EQ(kept_after_free(17, c32{}), 1u);
+  EXPECT_EQ(kept_after_free(255, c256{}), 1u);
+  EXPECT_EQ(kept_after_free(256, c256{}), 1u);
+  EXPECT_EQ(kept_after_free(257, c256{}), 0u);
+  EXPECT_EQ(kept_after_free(0, c16{}), 0u);
 }
 
 TEST_F(FlightBasic, WaitersOfHandlersWithoutAnAllocatorReuseTheBlocksTheirThreadFreed) {

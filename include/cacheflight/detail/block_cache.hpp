@@ -9,33 +9,42 @@
 
 namespace cacheflight::detail {
 
-// A thread's cache of freed memory blocks of one size, for the waiters of
-// handlers without an allocator of their own. Many callers of one key make
-// and free their waiters together, more of them than Asio's recycling keeps
-// (two blocks a thread) or the heap's per-thread cache does: a block freed
-// here is kept for the next one made on the same thread, up to `capacity`
-// blocks (a mebibyte) a thread; past that, and after the thread's cache is
-// destroyed, blocks go back to the heap. A block may be freed on another
-// thread than the one that made it: each comes from `operator new(Size)`.
-// Under AddressSanitizer nothing is kept, so that every block's lifetime
-// stays visible to it.
+// Whether freed blocks are kept (below). Under AddressSanitizer they are not,
+// so that every block's lifetime and exact size stay visible to it. The
+// switch follows how each translation unit is compiled; blocks are plain
+// `operator new` memory either way, so units compiled both ways may free
+// each other's.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool block_caching = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool block_caching = false;
+#else
+inline constexpr bool block_caching = true;
+#endif
+#else
+inline constexpr bool block_caching = true;
+#endif
+
+// A thread's cache of freed memory blocks of one size, for the library's
+// per-operation memory (waiters of handlers without an allocator of their
+// own, flight entries, queued steps; see `block_allocator`). Many callers of
+// one key make and free their waiters together, more of them than Asio's
+// recycling keeps (two blocks a thread for each purpose) or the heap's
+// per-thread cache does: a block freed here is kept for the next one of its
+// size made on the same thread, up to `capacity` blocks (a mebibyte) a
+// thread for each size; past that, and once the thread's cache is destroyed,
+// blocks go back to the heap. A block may be freed on another thread than
+// the one that made it: each comes from `operator new(Size)`. A thread whose
+// first use of a size comes while its thread-local objects are being
+// destroyed (the main thread's, during static destruction) may keep a
+// block until the process ends.
 template <std::size_t Size>
 class block_cache {
   static_assert(Size >= sizeof(void*) && Size % __STDCPP_DEFAULT_NEW_ALIGNMENT__ == 0);
 
  public:
-#if defined(__SANITIZE_ADDRESS__)
-  static constexpr bool enabled = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  static constexpr bool enabled = false;
-#else
-  static constexpr bool enabled = true;
-#endif
-#else
-  static constexpr bool enabled = true;
-#endif
-
+  static constexpr bool enabled = block_caching;
   static constexpr std::size_t capacity = (std::size_t(1) << 20) / Size;
 
   static void* allocate() {
@@ -131,8 +140,9 @@ using cached_block_sizes = std::make_index_sequence<largest_cached_block / __STD
 // An allocator over the threads' block caches, for the library's own
 // bookkeeping and for the operations it starts with handlers of its own: an
 // allocation of up to `largest_cached_block` bytes (at the default new
-// alignment) comes from the `block_cache` of its rounded size; anything else
-// from `operator new`. Every instance is interchangeable with every other.
+// alignment) comes from the `block_cache` of its rounded size; anything else,
+// and everything while blocks are not kept, from `operator new`, at its
+// exact size. Every instance is interchangeable with every other.
 template <class T = void>
 class block_allocator {
  public:
@@ -145,21 +155,23 @@ class block_allocator {
   T* allocate(std::size_t n) {
     if (n > std::size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
     const std::size_t bytes = n * sizeof(T);
-    if constexpr (alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-      if (bytes - 1 < largest_cached_block) return static_cast<T*>(allocate_cached_block(bytes, cached_block_sizes{}));
-      return static_cast<T*>(::operator new(bytes));
-    } else {
+    if constexpr (over_aligned) {
       return static_cast<T*>(::operator new(bytes, std::align_val_t(alignof(T))));
+    } else {
+      if constexpr (block_caching)
+        if (bytes - 1 < largest_cached_block) return static_cast<T*>(allocate_cached_block(bytes, cached_block_sizes{}));
+      return static_cast<T*>(::operator new(bytes));
     }
   }
 
   void deallocate(T* p, std::size_t n) noexcept {
     const std::size_t bytes = n * sizeof(T);
-    if constexpr (alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-      if (bytes - 1 < largest_cached_block) return deallocate_cached_block(p, bytes, cached_block_sizes{});
-      ::operator delete(static_cast<void*>(p), bytes);
-    } else {
+    if constexpr (over_aligned) {
       ::operator delete(static_cast<void*>(p), bytes, std::align_val_t(alignof(T)));
+    } else {
+      if constexpr (block_caching)
+        if (bytes - 1 < largest_cached_block) return deallocate_cached_block(p, bytes, cached_block_sizes{});
+      ::operator delete(static_cast<void*>(p), bytes);
     }
   }
 
@@ -167,6 +179,9 @@ class block_allocator {
   bool operator==(const block_allocator<U>&) const noexcept {
     return true;
   }
+
+ private:
+  static constexpr bool over_aligned = alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
 };
 
 }  // namespace cacheflight::detail

@@ -242,7 +242,7 @@ class waiter_op final : public flight_waiter<V> {
   // by the thread that frees it, for the next waiter made there (see
   // `block_cache`).
   static constexpr bool recycled() noexcept {
-    return std::is_same_v<allocator_type, std::allocator<void>> &&
+    return block_caching && std::is_same_v<allocator_type, std::allocator<void>> &&
            alignof(waiter_op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ && block_size_for(sizeof(waiter_op)) <= largest_cached_block;
   }
   static void* recycled_allocate() { return block_cache<block_size_for(sizeof(waiter_op))>::allocate(); }
