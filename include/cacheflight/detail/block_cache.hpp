@@ -80,7 +80,6 @@ class block_cache {
   static std::size_t kept() noexcept { return enabled && !closed() ? local().count : 0; }
 
  private:
-
   struct free_block {
     free_block* next;
   };

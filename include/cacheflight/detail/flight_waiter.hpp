@@ -243,7 +243,8 @@ class waiter_op final : public flight_waiter<V> {
   // `block_cache`).
   static constexpr bool recycled() noexcept {
     return block_caching && std::is_same_v<allocator_type, std::allocator<void>> &&
-           alignof(waiter_op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ && block_size_for(sizeof(waiter_op)) <= largest_cached_block;
+           alignof(waiter_op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ &&
+           block_size_for(sizeof(waiter_op)) <= largest_cached_block;
   }
   static void* recycled_allocate() { return block_cache<block_size_for(sizeof(waiter_op))>::allocate(); }
   static void recycled_deallocate(void* p) noexcept { block_cache<block_size_for(sizeof(waiter_op))>::deallocate(p); }
