@@ -19,14 +19,9 @@
 
 namespace cacheflight::redis::detail {
 
-template <class F>
-void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f) {
-  strand.post(std::forward<F>(f), std::allocator<void>());
-}
-
-// As above, with the strand's queued operation in `alloc`'s memory.
-template <class F, class Alloc>
-void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f, const Alloc& alloc) {
+// `alloc`: the memory of the strand's queued operation.
+template <class F, class Alloc = std::allocator<void>>
+void post_on(const boost::asio::strand<boost::asio::any_io_executor>& strand, F&& f, const Alloc& alloc = Alloc()) {
   strand.post(std::forward<F>(f), alloc);
 }
 

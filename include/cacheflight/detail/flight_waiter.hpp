@@ -46,24 +46,13 @@ class waiter_op final : public flight_waiter<V> {
 
   template <class H>
   static waiter_op* create(H&& h, const asio::any_io_executor& io_ex) {
-    if constexpr (recycled()) {
-      void* p = recycled_allocate();
-      try {
-        return ::new (p) waiter_op(std::forward<H>(h), io_ex);
-      } catch (...) {
-        recycled_deallocate(p);
-        throw;
-      }
-    } else {
-      using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
-      alloc_t a(asio::get_associated_allocator(h));
-      waiter_op* p = std::allocator_traits<alloc_t>::allocate(a, 1);
-      try {
-        return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
-      } catch (...) {
-        std::allocator_traits<alloc_t>::deallocate(a, p, 1);
-        throw;
-      }
+    auto a = node_allocator(asio::get_associated_allocator(h));
+    waiter_op* p = std::allocator_traits<decltype(a)>::allocate(a, 1);
+    try {
+      return ::new (static_cast<void*>(p)) waiter_op(std::forward<H>(h), io_ex);
+    } catch (...) {
+      std::allocator_traits<decltype(a)>::deallocate(a, p, 1);
+      throw;
     }
   }
 
@@ -227,27 +216,20 @@ class waiter_op final : public flight_waiter<V> {
       timer_->~timer_type();
       std::allocator_traits<talloc_t>::deallocate(ta, timer_, 1);
     }
-    if constexpr (recycled()) {
-      this->~waiter_op();
-      recycled_deallocate(this);
-    } else {
-      using alloc_t = typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>;
-      alloc_t a(alloc_);
-      this->~waiter_op();
-      std::allocator_traits<alloc_t>::deallocate(a, this, 1);
-    }
+    auto a = node_allocator(alloc_);
+    this->~waiter_op();
+    std::allocator_traits<decltype(a)>::deallocate(a, this, 1);
   }
 
-  // A handler without an allocator of its own: the waiter's block is kept
-  // by the thread that frees it, for the next waiter made there (see
-  // `block_cache`).
-  static constexpr bool recycled() noexcept {
-    return block_caching && std::is_same_v<allocator_type, std::allocator<void>> &&
-           alignof(waiter_op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ &&
-           block_size_for(sizeof(waiter_op)) <= largest_cached_block;
+  // The waiter's own memory: the handler's allocator, or for a handler
+  // without one, the threads' block caches (its block is kept by the thread
+  // that frees it, for the next waiter made there; see `block_cache`).
+  static auto node_allocator([[maybe_unused]] const allocator_type& a) noexcept {
+    if constexpr (std::is_same_v<allocator_type, std::allocator<void>>)
+      return block_allocator<waiter_op>{};
+    else
+      return typename std::allocator_traits<allocator_type>::template rebind_alloc<waiter_op>(a);
   }
-  static void* recycled_allocate() { return block_cache<block_size_for(sizeof(waiter_op))>::allocate(); }
-  static void recycled_deallocate(void* p) noexcept { block_cache<block_size_for(sizeof(waiter_op))>::deallocate(p); }
 
   [[no_unique_address]] allocator_type alloc_;
   // The handler's own executor, unless it has none (then it is the flight's).
