@@ -124,4 +124,32 @@ TEST(GhostTable, AgreesWithAnExactFifoOnARandomStream) {
   EXPECT_LE(differ, 20u) << "of " << found << " hashes the exact queue held";
 }
 
+// Keys are compared inline up to 16 bytes, as overlapping words: every
+// length from 0 to 40 bytes, keys that differ in any one byte, and keys that
+// differ only in length, each compare as std::string_view does.
+TEST(HashedKey, KeysCompareEqualExactlyWhenTheirBytesAre) {
+  using cacheflight::detail::same_key;
+  for (std::size_t n = 0; n <= 40; ++n) {
+    std::string a(n, 'k');
+    for (std::size_t i = 0; i < n; ++i) a[i] = char('a' + i % 26);
+    const std::string b = a;  // separate storage
+    EXPECT_TRUE(same_key(a, b)) << n;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::string c = a;
+      c[i] = char(c[i] ^ 0x01);
+      EXPECT_FALSE(same_key(a, c)) << "length " << n << ", byte " << i;
+      EXPECT_FALSE(same_key(c, a)) << "length " << n << ", byte " << i;
+    }
+    EXPECT_FALSE(same_key(a, a + 'x')) << n;
+    if (n > 0) {
+      EXPECT_FALSE(same_key(a, std::string_view(a).substr(0, n - 1))) << n;
+    }
+  }
+  // Views into larger buffers read only their own bytes.
+  const std::string buffer = "xxuser:42yy";
+  EXPECT_TRUE(same_key(std::string_view(buffer).substr(2, 7), "user:42"));
+  EXPECT_TRUE(same_key(std::string_view(buffer).substr(2, 8), "user:42y"));
+  EXPECT_FALSE(same_key(std::string_view(buffer).substr(1, 8), "user:42y"));
+}
+
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -31,6 +32,35 @@ struct hashed_key {
 // The shard of a hash among `n`: the high bits of the hash times an odd
 // constant, scaled by a multiplication (no division). The indexes mix the
 // hash their own way, so a shard's keys still spread over its index.
+// Whether two keys are equal, inlined for the lengths keys usually have: up to
+// 16 bytes are compared as two overlapping words (of 8, 4 or 1 bytes) each,
+// without a call to memcmp; longer keys are compared by memcmp.
+[[gnu::always_inline]] inline bool same_key(std::string_view a, std::string_view b) noexcept {
+  const std::size_t n = a.size();
+  if (n != b.size()) return false;
+  const char* p = a.data();
+  const char* q = b.data();
+  if (n > 16) return std::memcmp(p, q, n) == 0;
+  if (n >= 8) {
+    std::uint64_t p0, p1, q0, q1;
+    std::memcpy(&p0, p, 8);
+    std::memcpy(&q0, q, 8);
+    std::memcpy(&p1, p + n - 8, 8);
+    std::memcpy(&q1, q + n - 8, 8);
+    return ((p0 ^ q0) | (p1 ^ q1)) == 0;
+  }
+  if (n >= 4) {
+    std::uint32_t p0, p1, q0, q1;
+    std::memcpy(&p0, p, 4);
+    std::memcpy(&q0, q, 4);
+    std::memcpy(&p1, p + n - 4, 4);
+    std::memcpy(&q1, q + n - 4, 4);
+    return ((p0 ^ q0) | (p1 ^ q1)) == 0;
+  }
+  // 0 to 3 bytes: the first, middle and last.
+  return n == 0 || (p[0] == q[0] && p[n / 2] == q[n / 2] && p[n - 1] == q[n - 1]);
+}
+
 inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
   const std::uint64_t mixed = std::uint64_t(hash) * 0xd6e8feb86659fd93ull;
   return std::size_t(((mixed >> 32) * std::uint64_t(n)) >> 32);  // n < 2^32
@@ -51,7 +81,7 @@ struct hashed_key_eq {
   // more than the comparison of two short keys.
   template <class A, class B>
   [[gnu::always_inline]] bool operator()(const A& a, const B& b) const noexcept {
-    return view(a) == view(b);
+    return same_key(view(a), view(b));
   }
 };
 

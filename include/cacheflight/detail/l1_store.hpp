@@ -188,7 +188,7 @@ struct l1_node_eq {
   static std::string_view view(const Node* n) noexcept { return n->key; }
   template <class A, class B>
   [[gnu::always_inline]] bool operator()(const A& a, const B& b) const noexcept {
-    return view(a) == view(b);
+    return same_key(view(a), view(b));
   }
 };
 
