@@ -3,47 +3,55 @@
 #define CACHEFLIGHT_DETAIL_SHARD_MUTEX_HPP
 
 #include <atomic>
-#include <cstdint>
+#include <chrono>
+#include <thread>
 
 namespace cacheflight::detail {
 
-// The lock of one shard: a three-state futex lock (unlocked, locked, locked
-// with waiters) over std::atomic wait/notify. Its critical sections are a few
-// dozen nanoseconds, far shorter than a sleep and wake-up, so a contended lock
-// spins briefly before it blocks; the uncontended path is one compare-exchange
-// to lock and one exchange to unlock, both inlined.
+// The lock of one shard, a test-and-set lock. Its critical sections are
+// constant-time bookkeeping, a few dozen nanoseconds, so the uncontended path
+// is what counts: one exchange to lock and a plain release store to unlock,
+// both inlined. Nothing is woken by an unlock; a contended lock waits in
+// steps instead: it spins (reading, not writing, the lock's line), then
+// yields its thread, then sleeps in naps of `nap`, so a holder that was
+// preempted, or that holds the lock for longer (a shard's `clear`, an index
+// growing), costs its waiters no spinning core.
 class shard_mutex {
  public:
+  static constexpr unsigned spins = 128;
+  static constexpr unsigned yields = 64;
+  static constexpr std::chrono::microseconds nap{50};
+
   void lock() noexcept {
-    std::uint32_t expected = 0;
-    if (state_.compare_exchange_strong(expected, 1, std::memory_order_acquire, std::memory_order_relaxed)) return;
+    if (!locked_.exchange(true, std::memory_order_acquire)) return;
     lock_contended();
   }
 
   bool try_lock() noexcept {
-    std::uint32_t expected = 0;
-    return state_.compare_exchange_strong(expected, 1, std::memory_order_acquire, std::memory_order_relaxed);
+    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
   }
 
-  void unlock() noexcept {
-    if (state_.exchange(0, std::memory_order_release) == 2) wake();
-  }
+  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
 
  private:
-  [[gnu::noinline]] void wake() noexcept { state_.notify_one(); }
-
   [[gnu::noinline]] void lock_contended() noexcept {
-    for (int i = 0; i < 64; ++i) {
+    for (unsigned attempt = 0;; ++attempt) {
+      if (attempt < spins) {
 #if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
 #endif
-      if (state_.load(std::memory_order_relaxed) == 0 && try_lock()) return;
+      } else if (attempt < spins + yields) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(nap);
+      }
+      if (try_lock()) return;
     }
-    // Announce a waiter (state 2) and sleep until the holder releases.
-    while (state_.exchange(2, std::memory_order_acquire) != 0) state_.wait(2, std::memory_order_relaxed);
   }
 
-  std::atomic<std::uint32_t> state_{0};
+  std::atomic<bool> locked_{false};
 };
 
 }  // namespace cacheflight::detail
