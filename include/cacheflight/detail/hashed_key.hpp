@@ -32,6 +32,18 @@ struct hashed_key {
 // The shard of a hash among `n`: the high bits of the hash times an odd
 // constant, scaled by a multiplication (no division). The indexes mix the
 // hash their own way, so a shard's keys still spread over its index.
+// Whether the first and the last `sizeof(Word)` bytes of two ranges of `n`
+// bytes (sizeof(Word) <= n <= 2 * sizeof(Word)) are equal: the whole ranges.
+template <class Word>
+[[gnu::always_inline]] inline bool same_ends(const char* p, const char* q, std::size_t n) noexcept {
+  Word p0, p1, q0, q1;
+  std::memcpy(&p0, p, sizeof(Word));
+  std::memcpy(&q0, q, sizeof(Word));
+  std::memcpy(&p1, p + n - sizeof(Word), sizeof(Word));
+  std::memcpy(&q1, q + n - sizeof(Word), sizeof(Word));
+  return ((p0 ^ q0) | (p1 ^ q1)) == 0;
+}
+
 // Whether two keys are equal, inlined for the lengths keys usually have: up to
 // 16 bytes are compared as two overlapping words (of 8, 4 or 1 bytes) each,
 // without a call to memcmp; longer keys are compared by memcmp.
@@ -41,22 +53,8 @@ struct hashed_key {
   const char* p = a.data();
   const char* q = b.data();
   if (n > 16) return std::memcmp(p, q, n) == 0;
-  if (n >= 8) {
-    std::uint64_t p0, p1, q0, q1;
-    std::memcpy(&p0, p, 8);
-    std::memcpy(&q0, q, 8);
-    std::memcpy(&p1, p + n - 8, 8);
-    std::memcpy(&q1, q + n - 8, 8);
-    return ((p0 ^ q0) | (p1 ^ q1)) == 0;
-  }
-  if (n >= 4) {
-    std::uint32_t p0, p1, q0, q1;
-    std::memcpy(&p0, p, 4);
-    std::memcpy(&q0, q, 4);
-    std::memcpy(&p1, p + n - 4, 4);
-    std::memcpy(&q1, q + n - 4, 4);
-    return ((p0 ^ q0) | (p1 ^ q1)) == 0;
-  }
+  if (n >= 8) return same_ends<std::uint64_t>(p, q, n);
+  if (n >= 4) return same_ends<std::uint32_t>(p, q, n);
   // 0 to 3 bytes: the first, middle and last.
   return n == 0 || (p[0] == q[0] && p[n / 2] == q[n / 2] && p[n - 1] == q[n - 1]);
 }
