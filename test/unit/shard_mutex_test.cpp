@@ -1,6 +1,6 @@
 // The shards' lock: mutual exclusion between threads hammering it, try_lock,
-// and a waiter that outlasts the spinning and yielding steps (the holder keeps
-// the lock for far longer than they take) and takes the lock once it is free.
+// and a waiter that outlasts its spins (the holder keeps the lock far longer),
+// sleeps, and takes the lock once it is released.
 #include <cacheflight/detail/shard_mutex.hpp>
 
 #include <gtest/gtest.h>
@@ -51,27 +51,40 @@ TEST(ShardMutex, TryLockFailsWhileHeldAndSucceedsOnceReleased) {
               }).get());
 }
 
-TEST(ShardMutex, AWaiterPastItsSpinsAndYieldsTakesTheLockOnceItIsReleased) {
-  shard_mutex mu;
-  mu.lock();
-  std::atomic<bool> released{false};
-  std::atomic<bool> started{false};
-  auto waiter = std::async(std::launch::async, [&] {
-    started = true;
-    mu.lock();
-    const bool after_release = released.load();
-    mu.unlock();
-    return after_release;
+// A waiter past its spins sleeps on the lock, counted as a sleeper, and takes
+// the lock once the holder releases it, not before. On failure the waiter is
+// detached and what it uses leaked, so that a waiter that never returns is
+// reported, not waited for forever.
+TEST(ShardMutex, ASleepingWaiterTakesTheLockOnceItIsReleased) {
+  struct shared {
+    shard_mutex mu;
+    std::atomic<bool> released{false};
+    std::atomic<int> took{0};  // 1: after the release; 2: before it
+  };
+  auto* sh = new shared;
+  sh->mu.lock();
+  std::thread waiter([sh] {
+    sh->mu.lock();
+    sh->took.store(sh->released.load() ? 1 : 2);
+    sh->mu.unlock();
   });
-  while (!started) std::this_thread::yield();
-  // Far longer than the spins and yields: the waiter is napping by now.
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
-      << "the waiter took a lock that was held";
-  released = true;
-  mu.unlock();
-  ASSERT_EQ(waiter.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "the waiter never took the lock";
-  EXPECT_TRUE(waiter.get());
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto fail = [&](const char* what) {
+    waiter.detach();
+    FAIL() << what;
+  };
+  while (sh->mu.sleepers() == 0 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  if (sh->mu.sleepers() != 1) return fail("the waiter never went to sleep");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // past several backstops
+  EXPECT_EQ(sh->took.load(), 0) << "the waiter took a lock that was held";
+  sh->released.store(true);
+  sh->mu.unlock();
+  while (sh->took.load() == 0 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  if (sh->took.load() == 0) return fail("the waiter did not take the lock after its release");
+  waiter.join();
+  EXPECT_EQ(sh->took.load(), 1);
+  EXPECT_EQ(sh->mu.sleepers(), 0u);
+  delete sh;
 }
 
 }  // namespace

@@ -29,9 +29,6 @@ struct hashed_key {
   hashed_key(std::string_view k, std::size_t h) noexcept : key(k), hash(h) {}
 };
 
-// The shard of a hash among `n`: the high bits of the hash times an odd
-// constant, scaled by a multiplication (no division). The indexes mix the
-// hash their own way, so a shard's keys still spread over its index.
 // Whether the first and the last `sizeof(Word)` bytes of two ranges of `n`
 // bytes (sizeof(Word) <= n <= 2 * sizeof(Word)) are equal: the whole ranges.
 template <class Word>
@@ -59,6 +56,9 @@ template <class Word>
   return n == 0 || (p[0] == q[0] && p[n / 2] == q[n / 2] && p[n - 1] == q[n - 1]);
 }
 
+// The shard of a hash among `n`: the high bits of the hash times an odd
+// constant, scaled by a multiplication (no division). The indexes mix the
+// hash their own way, so a shard's keys still spread over its index.
 inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
   const std::uint64_t mixed = std::uint64_t(hash) * 0xd6e8feb86659fd93ull;
   return std::size_t(((mixed >> 32) * std::uint64_t(n)) >> 32);  // n < 2^32

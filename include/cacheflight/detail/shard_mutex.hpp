@@ -4,54 +4,91 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <thread>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <ctime>
+#endif
 
 namespace cacheflight::detail {
 
-// The lock of one shard, a test-and-set lock. Its critical sections are
-// constant-time bookkeeping, a few dozen nanoseconds, so the uncontended path
-// is what counts: one exchange to lock and a plain release store to unlock,
-// both inlined. Nothing is woken by an unlock; a contended lock waits in
-// steps instead: it spins (reading, not writing, the lock's line), then
-// yields its thread, then sleeps in naps of `nap`, so a holder that was
-// preempted, or that holds the lock for longer (a shard's `clear`, an index
-// growing), costs its waiters no spinning core.
+// The lock of one shard. Its critical sections are short bookkeeping (a
+// probe, a link, an eviction), so the uncontended path is what counts: one
+// atomic exchange to lock, and to unlock a plain release store followed by a
+// plain load of the count of sleeping waiters, both inlined; only when a
+// waiter sleeps does the unlock make a system call to wake one.
+//
+// A thread that finds the lock taken spins `spins` times, reading the lock's
+// line, then counts itself among the sleepers and sleeps on the lock word
+// (a futex) until an unlock wakes it, then competes for the lock again.
+// Because the unlock orders no fence between its store and its load, it can
+// read the sleeper count before a new sleeper's increment shows while that
+// sleeper still saw the lock taken: such a sleeper misses its wake-up, and
+// wakes at the next unlock that sees it, or after `backstop` at the latest.
+// Elsewhere than Linux, the sleeping waiter naps for `backstop` at a time.
 class shard_mutex {
  public:
   static constexpr unsigned spins = 128;
-  static constexpr unsigned yields = 64;
-  static constexpr std::chrono::microseconds nap{50};
+  static constexpr std::chrono::microseconds backstop{1000};
 
   void lock() noexcept {
-    if (!locked_.exchange(true, std::memory_order_acquire)) return;
+    if (!locked_.exchange(1, std::memory_order_acquire)) return;
     lock_contended();
   }
 
   bool try_lock() noexcept {
-    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
+    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(1, std::memory_order_acquire);
   }
 
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+  void unlock() noexcept {
+    locked_.store(0, std::memory_order_release);
+    if (sleepers_.load(std::memory_order_relaxed) != 0) wake();
+  }
+
+  // Threads sleeping for the lock now (for tests; stale at once).
+  std::uint32_t sleepers() const noexcept { return sleepers_.load(std::memory_order_relaxed); }
 
  private:
   [[gnu::noinline]] void lock_contended() noexcept {
-    for (unsigned attempt = 0;; ++attempt) {
-      if (attempt < spins) {
+    for (unsigned i = 0; i < spins; ++i) {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
+      __asm__ __volatile__("yield");
 #endif
-      } else if (attempt < spins + yields) {
-        std::this_thread::yield();
-      } else {
-        std::this_thread::sleep_for(nap);
-      }
       if (try_lock()) return;
     }
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (locked_.exchange(1, std::memory_order_acquire)) sleep();
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
   }
 
-  std::atomic<bool> locked_{false};
+  // Sleeps while the lock word reads taken, until woken or for `backstop`.
+  void sleep() noexcept {
+#if defined(__linux__)
+    constexpr auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(backstop).count();
+    const timespec ts{static_cast<std::time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&locked_), FUTEX_WAIT_PRIVATE, 1u, &ts, nullptr, 0);
+#else
+    std::this_thread::sleep_for(backstop);
+#endif
+  }
+
+  [[gnu::noinline]] void wake() noexcept {
+#if defined(__linux__)
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&locked_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+#endif
+  }
+
+  std::atomic<std::uint32_t> locked_{0};
+  std::atomic<std::uint32_t> sleepers_{0};
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+                std::atomic<std::uint32_t>::is_always_lock_free);
 };
 
 }  // namespace cacheflight::detail
