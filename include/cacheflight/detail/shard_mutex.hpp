@@ -19,17 +19,19 @@ namespace cacheflight::detail {
 
 // The lock of one shard. Its critical sections are short bookkeeping (a
 // probe, a link, an eviction), so the uncontended path is what counts: one
-// atomic exchange to lock, and to unlock a plain release store followed by a
-// plain load of the count of sleeping waiters, both inlined; only when a
-// waiter sleeps does the unlock make a system call to wake one.
+// atomic exchange to lock, and to unlock a release store followed by a
+// relaxed load of the count of sleeping waiters (no locked instruction), both
+// inlined; only when a waiter sleeps does the unlock make a system call to
+// wake one.
 //
 // A thread that finds the lock taken spins `spins` times, reading the lock's
 // line, then counts itself among the sleepers and sleeps on the lock word
-// (a futex) until an unlock wakes it, then competes for the lock again.
-// Because the unlock orders no fence between its store and its load, it can
-// read the sleeper count before a new sleeper's increment shows while that
-// sleeper still saw the lock taken: such a sleeper misses its wake-up, and
-// wakes at the next unlock that sees it, or after `backstop` at the latest.
+// (a futex) until an unlock wakes it or `backstop` passes, then competes for
+// the lock again. Because the unlock orders no fence between its store and
+// its load, it can read the sleeper count before a new sleeper's increment
+// shows while that sleeper still saw the lock taken: such a sleeper misses
+// its wake-up, and its sleep ends at a later unlock's wake-up or after
+// `backstop`.
 // Elsewhere than Linux, the sleeping waiter naps for `backstop` at a time.
 class shard_mutex {
  public:
