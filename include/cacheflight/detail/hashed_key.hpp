@@ -12,6 +12,63 @@
 
 namespace cacheflight::detail {
 
+// The hash of a key's bytes. On 64-bit targets with a 128-bit product, the
+// key is read as 64-bit words (keys of up to 16 bytes as two overlapping
+// words or 32-bit halves, without a loop), and words are combined by
+// multiplying them, each xored with a constant, into a 128-bit product whose
+// halves are xored: a key of up to 16 bytes costs two multiplications, a
+// longer one one more per 16 bytes. The result is avalanching (each bit of
+// the key flips each bit of the hash with a probability near 1/2), so hash
+// tables take it unmixed and shard and bucket it by its high or low bits
+// alike. It is not seeded: like Boost's string hash, it does not resist keys
+// chosen to collide. Elsewhere, Boost's string hash.
+#if defined(__SIZEOF_INT128__)
+namespace key_hash {
+inline constexpr std::uint64_t k0 = 0x9e3779b97f4a7c15ull;  // 2^64 / the golden ratio
+inline constexpr std::uint64_t k1 = 0x243f6a8885a308d3ull;  // the fraction of pi
+inline constexpr std::uint64_t k2 = 0xbf58476d1ce4e5b9ull;  // SplitMix64's multipliers
+inline constexpr std::uint64_t k3 = 0x94d049bb133111ebull;
+
+__extension__ using u128 = unsigned __int128;  // a GNU extension, accepted under -Wpedantic this way
+
+[[gnu::always_inline]] inline std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
+  const u128 r = static_cast<u128>(a) * b;
+  return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
+}
+template <class Word>
+[[gnu::always_inline]] inline std::uint64_t load(const char* p) noexcept {
+  Word w;
+  std::memcpy(&w, p, sizeof(Word));
+  return w;
+}
+
+[[gnu::always_inline]] inline std::uint64_t bytes(const char* p, std::size_t n) noexcept {
+  std::uint64_t a, b, s = k0 ^ n;
+  if (n <= 16) {
+    if (n >= 8) {
+      a = load<std::uint64_t>(p);
+      b = load<std::uint64_t>(p + n - 8);
+    } else if (n >= 4) {
+      a = load<std::uint32_t>(p);
+      b = load<std::uint32_t>(p + n - 4);
+    } else {
+      a = n == 0 ? 0
+                 : std::uint64_t(static_cast<unsigned char>(p[0])) << 16 |
+                       std::uint64_t(static_cast<unsigned char>(p[n / 2])) << 8 |
+                       std::uint64_t(static_cast<unsigned char>(p[n - 1]));
+      b = 0;
+    }
+  } else {
+    const char* const end = p + n;
+    for (; end - p > 16; p += 16) s = fold_mul(load<std::uint64_t>(p) ^ k1, load<std::uint64_t>(p + 8) ^ s);
+    a = load<std::uint64_t>(end - 16);
+    b = load<std::uint64_t>(end - 8);
+  }
+  return fold_mul(fold_mul(a ^ k1, b ^ s) ^ k2, n ^ k3);
+}
+}  // namespace key_hash
+#endif
+
 // A key seen with its hash, so that an operation that has hashed a key hands
 // the hash on instead of hashing again: a cache miss's lookup gives it to the
 // flight's shard and map, the load's token, and the memory's shard, index
@@ -21,7 +78,13 @@ struct hashed_key {
   std::string_view key;
   std::size_t hash;
 
-  static std::size_t hash_of(std::string_view k) noexcept { return boost::hash<std::string_view>{}(k); }
+  static std::size_t hash_of(std::string_view k) noexcept {
+#if defined(__SIZEOF_INT128__)
+    return static_cast<std::size_t>(key_hash::bytes(k.data(), k.size()));
+#else
+    return boost::hash<std::string_view>{}(k);
+#endif
+  }
 
   hashed_key(std::string_view k) noexcept : key(k), hash(hash_of(k)) {}
   hashed_key(const std::string& k) noexcept : hashed_key(std::string_view(k)) {}
@@ -65,8 +128,8 @@ inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
 }
 
 // Hash and equality over keys with their hashes: the stored hash is used as
-// is, and lookups by `hashed_key` need no rehash. The hash is Boost's string
-// hash, which Boost declares avalanching: the table takes it unmixed.
+// is, and lookups by `hashed_key` need no rehash. The hash is `hash_of`'s,
+// avalanching (as Boost declares its string hash): the table takes it unmixed.
 struct hashed_key_hash {
   using is_transparent = void;
   using is_avalanching = void;

@@ -176,6 +176,7 @@ struct l1_node final : list_hook {
 template <class Node>
 struct l1_node_hash {
   using is_transparent = void;
+  using is_avalanching = void;  // hashed_key::hash_of
   std::size_t operator()(std::string_view k) const noexcept { return hashed_key::hash_of(k); }
   std::size_t operator()(const hashed_key& k) const noexcept { return k.hash; }
   std::size_t operator()(const Node* n) const noexcept { return hashed_key::hash_of(n->key); }
