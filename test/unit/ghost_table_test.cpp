@@ -193,9 +193,9 @@ TEST(HashedKey, EqualBytesHashEqualWhereverTheyLie) {
 
 // Each bit of a key flips each bit of its hash with a probability near 1/2
 // (the tables take the hash unmixed, by its high and its low bits). For keys
-// of lengths around each of the hash's cases (up to 3 bytes, 4 to 7, 8 to 16,
-// longer), 1,000 random keys of each length, every bit of each key flipped in
-// turn: a fair coin over 1,000 tosses stays within 400..600 but once in 10^9.
+// of lengths around each of the hash's cases (up to 3 bytes, 4 to 8, 9 to 16,
+// longer ones with 1 to 16 bytes after their last block of 16), 1,000 random
+// keys of each length, every bit of each key flipped in turn: a fair coin over 1,000 tosses stays within 400..600 but once in 10^9.
 // The 256 keys of one byte are taken all: their flips of one bit come in 128
 // pairs, and a fair coin over 128 tosses stays within 0.3..0.7 but once in
 // 10^5.
@@ -258,5 +258,73 @@ TEST(HashedKey, SequentialKeysSpreadEvenly) {
     EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end()) << prefix;
   }
 }
+
+// Keys that differ only in their length hash apart: a key followed by any
+// number of zero bytes, and strings of zero bytes alone. An empty view with
+// no data hashes as the empty string.
+TEST(HashedKey, KeysDifferingOnlyInTrailingZeroBytesHashApart) {
+  EXPECT_EQ(hashed_key::hash_of(std::string_view()), hashed_key::hash_of(""));
+  for (std::string prefix : {"", "a", "key:1", "user:profile:42", "a-key-of-seventeen"}) {
+    std::vector<std::size_t> hashes;
+    for (std::size_t zeros = 0; zeros <= 40; ++zeros) hashes.push_back(hashed_key::hash_of(prefix + std::string(zeros, '\0')));
+    std::sort(hashes.begin(), hashes.end());
+    EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end()) << prefix;
+  }
+}
+
+// Keys that differ only in a counter held in 8 bytes at any place (the
+// start, the end, or the middle of a longer key, in a key of any length from
+// 8 to 40 bytes) never share a hash: 200,000 each.
+TEST(HashedKey, KeysDifferingInACounterAnywhereNeverCollide) {
+  for (std::size_t n : {8, 9, 12, 15, 16, 17, 20, 24, 25, 31, 32, 40}) {
+    std::vector<std::size_t> places{0, n - 8};
+    for (std::size_t at = 1; at + 8 < n; at += 7) places.push_back(at);
+    for (std::size_t at : places) {
+      std::string key(n, 'x');
+      std::vector<std::size_t> hashes;
+      hashes.reserve(200'000);
+      for (std::uint64_t i = 0; i < 200'000; ++i) {
+        std::memcpy(key.data() + at, &i, 8);
+        hashes.push_back(hashed_key::hash_of(key));
+      }
+      std::sort(hashes.begin(), hashes.end());
+      EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end()) << "length " << n << " at " << at;
+    }
+  }
+}
+
+#if defined(__SIZEOF_INT128__)
+// A word of the key that zeroes or otherwise degrades a product (zero, all
+// ones, one, the top bit alone, the hash's own constants, their complements
+// and negations) does not make the hash forget the rest of the key: 2,000
+// keys holding such a word at any 8-byte position, with random bytes
+// elsewhere, hash apart, at each length from 16 to 40 bytes in steps of 8.
+TEST(HashedKey, AWordOfSpecialBitsDoesNotMakeTheHashForgetTheRest) {
+  namespace kh = cacheflight::detail::key_hash;
+  std::vector<std::uint64_t> special{0, ~0ull, 1, 1ull << 63};
+  for (std::uint64_t k : {kh::k0, kh::k1, kh::k2, kh::k3}) {
+    special.push_back(k);
+    special.push_back(~k);
+    special.push_back(0 - k);
+  }
+  std::mt19937_64 rng(7);
+  for (std::size_t n = 16; n <= 40; n += 8) {
+    for (std::size_t at = 0; at + 8 <= n; at += 8) {
+      for (std::uint64_t word : special) {
+        std::vector<std::size_t> hashes;
+        std::string key(n, '\0');
+        for (int i = 0; i < 2000; ++i) {
+          for (auto& c : key) c = char(rng());
+          std::memcpy(key.data() + at, &word, 8);
+          hashes.push_back(hashed_key::hash_of(key));
+        }
+        std::sort(hashes.begin(), hashes.end());
+        EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end())
+            << "length " << n << ", word " << std::hex << word << " at " << std::dec << at;
+      }
+    }
+  }
+}
+#endif
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <boost/container_hash/hash.hpp>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -13,15 +14,26 @@
 namespace cacheflight::detail {
 
 // The hash of a key's bytes. On 64-bit targets with a 128-bit product, the
-// key is read as 64-bit words (keys of up to 16 bytes as two overlapping
-// words or 32-bit halves, without a loop), and words are combined by
-// multiplying them, each xored with a constant, into a 128-bit product whose
-// halves are xored: a key of up to 16 bytes costs two multiplications, a
-// longer one one more per 16 bytes. The result is avalanching (each bit of
+// key is cut into 64-bit words, each of bytes no other word holds: 16 bytes
+// at a time, then the last 1 to 16 bytes as one or two words (a key of up to
+// 8 bytes as one word, its first and last four bytes, or first, middle and
+// last byte, side by side), read without a loop and, past the first 16
+// bytes, from loads that overlap the bytes already taken and shift them out.
+// Each word, plus a constant of its position, is multiplied by a constant
+// into a 128-bit product whose halves are xored; the results are xored
+// together with the length, and a last such multiplication mixes the sum. A
+// key of up to 8 bytes costs two multiplications, of 9 to 16 bytes three (the
+// first two independent of each other), a longer one up to two more for each
+// 16 bytes, or part of them, beyond the first 16. No word is multiplied by
+// another word or by a state earlier words have set, so no one word can make
+// the hash forget the others (as a word that zeroes a product of two would),
+// and no byte is in two words (two words of the same bytes would make their
+// terms' xor depend on carries alone). The result is avalanching (each bit of
 // the key flips each bit of the hash with a probability near 1/2), so hash
 // tables take it unmixed and shard and bucket it by its high or low bits
-// alike. It is not seeded: like Boost's string hash, it does not resist keys
-// chosen to collide. Elsewhere, Boost's string hash.
+// alike. It is not seeded: like Boost's string hash, whose structure it
+// shares, it does not resist keys chosen to collide. Elsewhere, Boost's
+// string hash.
 #if defined(__SIZEOF_INT128__)
 namespace key_hash {
 inline constexpr std::uint64_t k0 = 0x9e3779b97f4a7c15ull;  // 2^64 / the golden ratio
@@ -41,30 +53,51 @@ template <class Word>
   std::memcpy(&w, p, sizeof(Word));
   return w;
 }
+// The 8 bytes at `p` without their first `skip` (0 to 7), which another word holds.
+[[gnu::always_inline]] inline std::uint64_t load_skipping(const char* p, std::size_t skip) noexcept {
+  const std::uint64_t w = load<std::uint64_t>(p);
+  if constexpr (std::endian::native == std::endian::little)
+    return w >> (8 * skip);
+  else
+    return w << (8 * skip);
+}
+// Up to 8 bytes as one word: 4 to 8 as their first and last four bytes side
+// by side, 1 to 3 as their first, middle and last byte (0: zero). With the
+// length, the word tells the bytes.
+[[gnu::always_inline]] inline std::uint64_t short_word(const char* p, std::size_t n) noexcept {
+  if (n >= 4) return load<std::uint32_t>(p) << 32 | load<std::uint32_t>(p + n - 4);
+  if (n == 0) return 0;
+  return std::uint64_t(static_cast<unsigned char>(p[0])) << 16 |
+         std::uint64_t(static_cast<unsigned char>(p[n / 2])) << 8 | std::uint64_t(static_cast<unsigned char>(p[n - 1]));
+}
 
 [[gnu::always_inline]] inline std::uint64_t bytes(const char* p, std::size_t n) noexcept {
-  std::uint64_t a, b, s = k0 ^ n;
-  if (n <= 16) {
-    if (n >= 8) {
-      a = load<std::uint64_t>(p);
-      b = load<std::uint64_t>(p + n - 8);
-    } else if (n >= 4) {
-      a = load<std::uint32_t>(p);
-      b = load<std::uint32_t>(p + n - 4);
-    } else {
-      a = n == 0 ? 0
-                 : std::uint64_t(static_cast<unsigned char>(p[0])) << 16 |
-                       std::uint64_t(static_cast<unsigned char>(p[n / 2])) << 8 |
-                       std::uint64_t(static_cast<unsigned char>(p[n - 1]));
-      b = 0;
-    }
+  std::uint64_t h = k0 ^ n, position = k0;
+  const auto word = [&](std::uint64_t w) {
+    position += k1;
+    h ^= fold_mul(w + position, k2);
+  };
+  if (n <= 8) {
+    word(short_word(p, n));
+  } else if (n <= 16) {
+    word(load<std::uint64_t>(p));
+    word(load_skipping(p + n - 8, 16 - n));
   } else {
     const char* const end = p + n;
-    for (; end - p > 16; p += 16) s = fold_mul(load<std::uint64_t>(p) ^ k1, load<std::uint64_t>(p + 8) ^ s);
-    a = load<std::uint64_t>(end - 16);
-    b = load<std::uint64_t>(end - 8);
+    for (; end - p > 16; p += 16) {
+      word(load<std::uint64_t>(p));
+      word(load<std::uint64_t>(p + 8));
+    }
+    // 1 to 16 bytes are left, with at least 16 taken before them.
+    const auto left = std::size_t(end - p);
+    if (left > 8) {
+      word(load<std::uint64_t>(p));
+      word(load_skipping(end - 8, 16 - left));
+    } else {
+      word(load_skipping(end - 8, 8 - left));
+    }
   }
-  return fold_mul(fold_mul(a ^ k1, b ^ s) ^ k2, n ^ k3);
+  return fold_mul(h, k3);
 }
 }  // namespace key_hash
 #endif
@@ -120,8 +153,9 @@ template <class Word>
 }
 
 // The shard of a hash among `n`: the high bits of the hash times an odd
-// constant, scaled by a multiplication (no division). The indexes mix the
-// hash their own way, so a shard's keys still spread over its index.
+// constant, scaled by a multiplication (no division). The indexes take the
+// hash's own bits (it avalanches), so a shard's keys still spread over its
+// index.
 inline std::size_t shard_index(std::size_t hash, std::size_t n) noexcept {
   const std::uint64_t mixed = std::uint64_t(hash) * 0xd6e8feb86659fd93ull;
   return std::size_t(((mixed >> 32) * std::uint64_t(n)) >> 32);  // n < 2^32
