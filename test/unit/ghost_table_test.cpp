@@ -193,9 +193,9 @@ TEST(HashedKey, EqualBytesHashEqualWhereverTheyLie) {
 
 // Each bit of a key flips each bit of its hash with a probability near 1/2
 // (the tables take the hash unmixed, by its high and its low bits). For keys
-// of lengths around each of the hash's cases (up to 3 bytes, 4 to 8, 9 to 16,
-// longer ones with 1 to 16 bytes after their last block of 16), 1,000 random
-// keys of each length, every bit of each key flipped in turn: a fair coin over 1,000 tosses stays within 400..600 but once in 10^9.
+// of lengths from 1 to 64 bytes (each remainder of a length by 4 and by 8, and
+// lengths about 16, 32 and 64), 1,000 random keys of each length, every bit of
+// each key flipped in turn: a fair coin over 1,000 tosses stays within 400..600 but once in 10^9.
 // The 256 keys of one byte are taken all: their flips of one bit come in 128
 // pairs, and a fair coin over 128 tosses stays within 0.3..0.7 but once in
 // 10^5.
@@ -293,24 +293,28 @@ TEST(HashedKey, KeysDifferingInACounterAnywhereNeverCollide) {
   }
 }
 
-#if defined(__SIZEOF_INT128__)
-// A word of the key that zeroes or otherwise degrades a product (zero, all
-// ones, one, the top bit alone, the hash's own constants, their complements
-// and negations) does not make the hash forget the rest of the key: 2,000
-// keys holding such a word at any 8-byte position, with random bytes
-// elsewhere, hash apart, at each length from 16 to 40 bytes in steps of 8.
-TEST(HashedKey, AWordOfSpecialBitsDoesNotMakeTheHashForgetTheRest) {
-  namespace kh = cacheflight::detail::key_hash;
+// Constants that degrade a product or a sum: zero, all ones, one, the top
+// bit alone, and the golden-ratio and SplitMix64 constants that hashes
+// commonly use, with their complements and negations.
+std::vector<std::uint64_t> special_words() {
   std::vector<std::uint64_t> special{0, ~0ull, 1, 1ull << 63};
-  for (std::uint64_t k : {kh::k0, kh::k1, kh::k2, kh::k3}) {
+  for (std::uint64_t k : {0x9e3779b97f4a7c15ull, 0x243f6a8885a308d3ull, 0xbf58476d1ce4e5b9ull, 0x94d049bb133111ebull}) {
     special.push_back(k);
     special.push_back(~k);
     special.push_back(0 - k);
   }
+  return special;
+}
+
+// A word of the key that zeroes or otherwise degrades a product does not make
+// the hash forget the rest of the key: 2,000 keys holding such a word at any
+// 8-byte position, with random bytes elsewhere, hash apart, at each length
+// from 16 to 40 bytes in steps of 8.
+TEST(HashedKey, AWordOfSpecialBitsDoesNotMakeTheHashForgetTheRest) {
   std::mt19937_64 rng(7);
   for (std::size_t n = 16; n <= 40; n += 8) {
     for (std::size_t at = 0; at + 8 <= n; at += 8) {
-      for (std::uint64_t word : special) {
+      for (std::uint64_t word : special_words()) {
         std::vector<std::size_t> hashes;
         std::string key(n, '\0');
         for (int i = 0; i < 2000; ++i) {
@@ -325,6 +329,39 @@ TEST(HashedKey, AWordOfSpecialBitsDoesNotMakeTheHashForgetTheRest) {
     }
   }
 }
-#endif
+
+// Two words of a key that differ by a constant (equal words among them) do
+// not cancel each other, as they would in a hash that xors a term per word:
+// 20,000 keys whose 8-byte words at two places are random but that fixed
+// distance apart, other bytes fixed, hash apart; and a key's words swapped
+// change its hash.
+TEST(HashedKey, TwoRelatedWordsDoNotCancelEachOther) {
+  std::mt19937_64 rng(11);
+  for (std::size_t n : {16, 24, 40}) {
+    for (std::uint64_t distance : special_words()) {
+      for (std::size_t second = 8; second + 8 <= n; second += 8) {
+        std::string key(n, 'x');
+        std::vector<std::size_t> hashes;
+        for (int i = 0; i < 20'000; ++i) {
+          const std::uint64_t w = rng(), v = w - distance;
+          std::memcpy(key.data(), &w, 8);
+          std::memcpy(key.data() + second, &v, 8);
+          hashes.push_back(hashed_key::hash_of(key));
+        }
+        std::sort(hashes.begin(), hashes.end());
+        EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end())
+            << "length " << n << ", distance " << std::hex << distance << " at " << std::dec << second;
+      }
+    }
+  }
+  for (int i = 0; i < 1000; ++i) {
+    std::uint64_t w[2] = {rng(), rng()};
+    std::string key(16, '\0'), swapped(16, '\0');
+    std::memcpy(key.data(), w, 16);
+    std::memcpy(swapped.data(), w + 1, 8);
+    std::memcpy(swapped.data() + 8, w, 8);
+    EXPECT_NE(hashed_key::hash_of(key), hashed_key::hash_of(swapped));
+  }
+}
 
 }  // namespace
