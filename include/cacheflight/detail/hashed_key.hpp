@@ -21,9 +21,9 @@ struct hashed_key {
   std::string_view key;
   std::size_t hash;
 
-  // Boost's string hash, which Boost declares avalanching: the indexes and
-  // the shards take it unmixed. It is not seeded, so it does not resist keys
-  // chosen to collide.
+  // Boost's string hash, which Boost declares avalanching: the indexes take
+  // it unmixed. It is not seeded, so it does not resist keys chosen to
+  // collide.
   static std::size_t hash_of(std::string_view k) noexcept { return boost::hash<std::string_view>{}(k); }
 
   hashed_key(std::string_view k) noexcept : key(k), hash(hash_of(k)) {}
