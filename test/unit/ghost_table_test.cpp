@@ -195,7 +195,8 @@ TEST(HashedKey, EqualBytesHashEqualWhereverTheyLie) {
 // (the tables take the hash unmixed, by its high and its low bits). For keys
 // of lengths from 1 to 64 bytes (each remainder of a length by 4 and by 8, and
 // lengths about 16, 32 and 64), 1,000 random keys of each length, every bit of
-// each key flipped in turn: a fair coin over 1,000 tosses stays within 400..600 but once in 10^9.
+// each key flipped in turn: a fair coin over 1,000 tosses stays within
+// 400..600 but once in 10^9.
 // The 256 keys of one byte are taken all: their flips of one bit come in 128
 // pairs, and a fair coin over 128 tosses stays within 0.3..0.7 but once in
 // 10^5.
@@ -264,9 +265,10 @@ TEST(HashedKey, SequentialKeysSpreadEvenly) {
 // no data hashes as the empty string.
 TEST(HashedKey, KeysDifferingOnlyInTrailingZeroBytesHashApart) {
   EXPECT_EQ(hashed_key::hash_of(std::string_view()), hashed_key::hash_of(""));
-  for (std::string prefix : {"", "a", "key:1", "user:profile:42", "a-key-of-seventeen"}) {
+  for (std::string prefix : {"", "a", "key:1", "user:profile:42", "a-key-of-18-bytes!"}) {
     std::vector<std::size_t> hashes;
-    for (std::size_t zeros = 0; zeros <= 40; ++zeros) hashes.push_back(hashed_key::hash_of(prefix + std::string(zeros, '\0')));
+    for (std::size_t zeros = 0; zeros <= 40; ++zeros)
+      hashes.push_back(hashed_key::hash_of(prefix + std::string(zeros, '\0')));
     std::sort(hashes.begin(), hashes.end());
     EXPECT_EQ(std::adjacent_find(hashes.begin(), hashes.end()), hashes.end()) << prefix;
   }
@@ -294,7 +296,7 @@ TEST(HashedKey, KeysDifferingInACounterAnywhereNeverCollide) {
 }
 
 // Constants that degrade a product or a sum: zero, all ones, one, the top
-// bit alone, and the golden-ratio and SplitMix64 constants that hashes
+// bit alone, and the golden-ratio, pi and SplitMix64 constants that hashes
 // commonly use, with their complements and negations.
 std::vector<std::uint64_t> special_words() {
   std::vector<std::uint64_t> special{0, ~0ull, 1, 1ull << 63};
