@@ -394,6 +394,38 @@ TEST_F(FlightBasic, HandlerRunsOnItsAssociatedExecutor) {
   EXPECT_TRUE(on_other);
 }
 
+TEST_F(FlightBasic, WaitersOnAnotherContextKeepItBusyUntilTheyRunThere) {
+  cf::flight<int> f{io};
+  asio::io_context other;
+  auto strand = asio::make_strand(other);
+  int plain = 0, erased = 0, stranded = 0;
+  bool all_on_other = true;
+  auto work = []() -> asio::awaitable<int> { co_return 7; };
+  auto on_other = [&](int& ran) {
+    return [&](std::exception_ptr e, int v) {
+      all_on_other = all_on_other && other.get_executor().running_in_this_thread();
+      if (!e && v == 7) ++ran;
+    };
+  };
+  // The handler's executor as its own type, type-erased, and a strand of it.
+  f.async_run("k", work, asio::bind_executor(other.get_executor(), on_other(plain)));
+  f.async_run("k", work, asio::bind_executor(asio::any_io_executor(other.get_executor()), on_other(erased)));
+  f.async_run("k", work, asio::bind_executor(strand, [&](std::exception_ptr e, int v) {
+                all_on_other = all_on_other && strand.running_in_this_thread();
+                if (!e && v == 7) ++stranded;
+              }));
+  // Nothing to run there yet, but the waiters count as its outstanding work.
+  EXPECT_EQ(other.poll(), 0u);
+  EXPECT_FALSE(other.stopped());
+  drain(io);
+  EXPECT_EQ(plain + erased + stranded, 0);
+  other.run();  // returns once every waiter ran
+  EXPECT_EQ(plain, 1);
+  EXPECT_EQ(erased, 1);
+  EXPECT_EQ(stranded, 1);
+  EXPECT_TRUE(all_on_other);
+}
+
 template <class T>
 struct counting_allocator {
   using value_type = T;

@@ -106,28 +106,20 @@ class waiter_op final : public flight_waiter<V> {
 
   template <class H>
   waiter_op(H&& h, const asio::any_io_executor& io_ex)
-      : flight_waiter<V>(&waiter_op::do_complete),
-        alloc_(asio::get_associated_allocator(h)),
-        ex_(handler_executor_of(h, io_ex)) {
+      : flight_waiter<V>(&waiter_op::do_complete), alloc_(asio::get_associated_allocator(h)) {
     if constexpr (own_executor) {
+      const handler_executor ex = asio::get_associated_executor(h, io_ex);
       if constexpr (std::is_same_v<handler_executor, asio::any_io_executor>) {
-        same_executor_ = ex_ == io_ex;
+        same_executor_ = ex == io_ex;
       } else {
         auto* t = io_ex.template target<handler_executor>();
-        same_executor_ = t && *t == ex_;
+        same_executor_ = t && *t == ex;
       }
-      // The flight's own context is kept busy by the work: track only foreign executors.
-      if (!same_executor_) work_.emplace(asio::prefer(ex_, asio::execution::outstanding_work.tracked));
+      // The flight's own context is kept busy by the work: track only foreign
+      // executors. The tracked executor is also where the completion goes.
+      if (!same_executor_) work_.emplace(asio::prefer(ex, asio::execution::outstanding_work.tracked));
     }
     handler_.emplace(std::forward<H>(h));
-  }
-
-  template <class H>
-  static auto handler_executor_of(const H& h, const asio::any_io_executor& io_ex) {
-    if constexpr (own_executor)
-      return asio::get_associated_executor(h, io_ex);
-    else
-      return no_executor{};
   }
 
   static void do_complete(flight_waiter<V>* base, const std::exception_ptr& ep, const std::shared_ptr<const V>& v,
@@ -140,7 +132,7 @@ class waiter_op final : public flight_waiter<V> {
     }
     completion fn{self, ep, v};
     if constexpr (own_executor) {
-      if (!self->same_executor_) return submit(self->ex_, std::move(fn), self->alloc_, d);
+      if (!self->same_executor_) return submit(*self->work_, std::move(fn), self->alloc_, d);
     }
     submit(io_ex, std::move(fn), self->alloc_, d);
   }
@@ -232,9 +224,10 @@ class waiter_op final : public flight_waiter<V> {
   }
 
   [[no_unique_address]] allocator_type alloc_;
-  // The handler's own executor, unless it has none (then it is the flight's).
-  [[no_unique_address]] std::conditional_t<own_executor, handler_executor, no_executor> ex_;
-  // Outstanding work on a foreign handler executor.
+  // A foreign handler executor, tracked: outstanding work there until the
+  // handler has run, and where its completion is submitted. Empty for a
+  // handler on the flight's own executor or without one of its own (the
+  // flight's executor serves it).
   [[no_unique_address]] std::conditional_t<own_executor, std::optional<work_type>, no_executor> work_;
   std::optional<Handler> handler_;
   asio::cancellation_slot slot_;
