@@ -327,7 +327,10 @@ class cache {
   template <class Loader, boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
     requires(!std::same_as<std::decay_t<Loader>, get_options>)
   auto async_get(std::string key, Loader loader, CompletionToken&& token) {
-    return async_get(std::move(key), get_options{}, std::move(loader), std::forward<CompletionToken>(token));
+    // Initiated here rather than through the overload above: a hit's key is
+    // then moved once, not twice.
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
+        initiate_get{st_.get()}, token, std::move(key), get_options{}, std::move(loader));
   }
 
   /// As above, loading a miss through `loader` with the cache key as the batch
@@ -337,7 +340,8 @@ class cache {
             boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
   auto async_get(std::string key, batch_loader<std::string, V, Hash, BatchClock>& loader, CompletionToken&& token) {
     auto bound = loader.bind(key);
-    return async_get(std::move(key), get_options{}, std::move(bound), std::forward<CompletionToken>(token));
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
+        initiate_get{st_.get()}, token, std::move(key), get_options{}, std::move(bound));
   }
 
   /// Looks `key` up in memory only; never loads.
@@ -610,8 +614,8 @@ class cache {
       }
       using work_type = detail::load_work<state_type, std::decay_t<Loader>>;
       work_type work{detail::load_ticket<state_type>(st, hash), std::forward<Loader>(loader), ttl};
-      st->get_flight().async_run(std::move(key), run_options{.timeout = opts.timeout}, std::move(work),
-                                 std::forward<Handler>(handler));
+      st->run_load(std::forward<Handler>(handler), std::move(key), run_options{.timeout = opts.timeout},
+                   std::move(work));
     }
   };
 

@@ -23,6 +23,11 @@
 
 namespace cacheflight {
 
+namespace detail {
+template <class V, class Clock>
+class cache_state;
+}  // namespace detail
+
 /// Request coalescing ("singleflight") on an Asio executor.
 ///
 /// While work for a key is in flight, every further `async_run` for that key
@@ -179,7 +184,10 @@ class flight {
   /// As above, with default `run_options`.
   template <class Fn, boost::asio::completion_token_for<void(std::exception_ptr, V)> CompletionToken>
   auto async_run(std::string key, Fn fn, CompletionToken&& token) {
-    return async_run(std::move(key), run_options{}, std::move(fn), std::forward<CompletionToken>(token));
+    // Initiated here rather than through the overload above, so that the key
+    // is moved once.
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, V)>(
+        initiate_run{st_.get()}, token, std::move(key), run_options{}, std::move(fn));
   }
 
   /// Whether work for `key` is in flight. Thread-safe; the answer may be stale
@@ -232,6 +240,11 @@ class flight {
       st->run(std::forward<Handler>(handler), std::move(key), opts, std::forward<Fn>(fn));
     }
   };
+
+  // The cache starts its loads on the flight's state directly, with a handler
+  // it already holds (no second move of the key and the work).
+  template <class, class>
+  friend class detail::cache_state;
 
   std::shared_ptr<state_type> st_;
 };

@@ -75,6 +75,12 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
   ready_queue* ready() const noexcept { return ready_.get(); }
   const cache_options& options() const noexcept { return opts_; }
   flight<V, Clock>& get_flight() noexcept { return flight_; }
+  // `flight::async_run` for a handler the caller already holds: the key and
+  // the work are moved straight into the flight's bookkeeping.
+  template <class Handler, class Work>
+  void run_load(Handler&& handler, std::string&& key, run_options ro, Work&& work) {
+    flight_.st_->run(std::forward<Handler>(handler), std::move(key), ro, std::forward<Work>(work));
+  }
   memory_type& memory() noexcept { return memory_; }
   tier_pipeline<V>& tiers() noexcept { return *tiers_; }
   const cache_events& events() const noexcept { return *events_; }
@@ -139,7 +145,7 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
     using work_type = load_work<cache_state, Loader>;
     work_type work{load_ticket<cache_state>(this, hashed_key::hash_of(key)), std::move(loader), ttl, replaces};
     refresh_done done{this->weak_from_this(), key, Clock::now(), ahead};
-    flight_.async_run(std::move(key), run_options{.timeout = timeout}, std::move(work), std::move(done));
+    run_load(std::move(done), std::move(key), run_options{.timeout = timeout}, std::move(work));
   }
 
   // The reload a stale or early read starts (`rs.refresh`), with the
