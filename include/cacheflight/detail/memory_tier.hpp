@@ -155,7 +155,8 @@ class memory_tier {
     typename shard::graveyard dead;
     std::optional<V> v;
     bool hit = false;
-    read_state seen;
+    read_state local;
+    read_state& seen = rs ? (*rs = read_state{}) : local;  // written in place, not copied out
     constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
     [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
     {
@@ -203,7 +204,6 @@ class memory_tier {
       }
       if (count) ++(hit ? sh.counters.hits : sh.counters.misses);
     }
-    if (rs) *rs = seen;
     if constexpr (!nothrow_copy) {
       if (copy_failed) {  // V's copy threw: nothing changed but reclaimed entries
         bury(dead);

@@ -25,8 +25,18 @@ namespace cacheflight::detail {
 template <class Handler, class... Args>
 void post_result(ready_queue* ready, const boost::asio::any_io_executor& fallback, Handler&& h, Args&&... args) {
   namespace asio = boost::asio;
-  auto ex = asio::get_associated_executor(h, fallback);
-  if constexpr (std::is_same_v<decltype(ex), asio::any_io_executor> &&
+  // A handler without an executor of its own uses `fallback` in place, not a
+  // copy of it (a type-erased copy and its destruction on every completion).
+  // Any other is taken by value: it may refer into the handler, which moves.
+  using assoc = asio::associated_executor<std::decay_t<Handler>, asio::any_io_executor>;
+  decltype(auto) ex = [&]() -> decltype(auto) {
+    if constexpr (requires { typename assoc::asio_associated_executor_is_unspecialised; })
+      return (fallback);
+    else
+      return asio::associated_executor_t<std::decay_t<Handler>, asio::any_io_executor>(
+          asio::get_associated_executor(h, fallback));
+  }();
+  if constexpr (std::is_same_v<std::remove_cvref_t<decltype(ex)>, asio::any_io_executor> &&
                 std::is_same_v<asio::associated_allocator_t<std::decay_t<Handler>>, std::allocator<void>>) {
     // The handler's executor is an io_context's: post the call to that context
     // directly, skipping the type-erased executor and its work dispatcher. The
