@@ -59,8 +59,10 @@ class load_ticket {
   load_ticket(load_ticket&& o) noexcept
       : raw_(o.raw_), st_(std::move(o.st_)), key_(std::move(o.key_)), hash_(o.hash_), token_(std::exchange(o.token_, 0)) {}
   load_ticket& operator=(load_ticket&&) = delete;
-  ~load_ticket() {
-    if (token_) st_->memory().end_load(hashed(), token_);
+  // Inline, as most tickets destroyed are moved-from ones on the way to the load.
+  [[gnu::always_inline]] ~load_ticket() {
+    if (token_) [[unlikely]]
+      end();
   }
 
   // Called once, as the load's entry is created, with the entry's key: keeps
@@ -78,6 +80,8 @@ class load_ticket {
   std::uint64_t& token() noexcept { return token_; }
 
  private:
+  [[gnu::noinline]] void end() noexcept { st_->memory().end_load(hashed(), token_); }
+
   State* raw_;
   std::shared_ptr<State> st_;  // from issue() on
   std::shared_ptr<const std::string> key_;  // from issue() on
@@ -186,8 +190,8 @@ struct tier_read {
     State& st = self.ticket.state();
     auto ex = asio::get_associated_executor(self.h);
     st.events().emit(cache_event_kind::load_started, self.ticket.key());
-    fill_after_load<State, Handler> fill{std::move(self.ticket), self.ttl, self.refresh, State::clock_type::now(),
-                                         std::move(self.h)};
+    auto fill = fill_after_load<State, Handler>::make(std::move(self.ticket), self.ttl, self.refresh,
+                                                      State::clock_type::now(), std::move(self.h));
     asio::co_spawn(
         std::move(ex),
         [l = std::move(self.loader)]() mutable {
@@ -270,27 +274,58 @@ struct fill_after_load {
   using V = typename State::value_type;
   using Clock = typename State::clock_type;
 
-  load_ticket<State> ticket;
-  std::chrono::nanoseconds ttl;
-  reload_of refresh;
-  typename Clock::time_point t0;
-  Handler h;
+  // The load's state, in one block from the flight handler's allocator:
+  // `co_spawn` moves its completion handler several times on its way to the
+  // call, and each move of this handle is a pointer's.
+  using allocator_type = boost::asio::associated_allocator_t<Handler>;
+  struct parts;
+  using parts_allocator = typename std::allocator_traits<allocator_type>::template rebind_alloc<parts>;
+  struct parts {
+    [[no_unique_address]] parts_allocator alloc;  // what the block came from
+    load_ticket<State> ticket;
+    std::chrono::nanoseconds ttl;
+    reload_of refresh;
+    typename Clock::time_point t0;
+    Handler h;
+  };
+  struct release {
+    void operator()(parts* p) const noexcept {
+      parts_allocator a(p->alloc);
+      p->~parts();
+      std::allocator_traits<parts_allocator>::deallocate(a, p, 1);
+    }
+  };
+  std::unique_ptr<parts, release> p;
+
+  // Throws what the allocation (or the handler's move) throws, and then owns nothing.
+  static fill_after_load make(load_ticket<State>&& ticket, std::chrono::nanoseconds ttl, reload_of refresh,
+                              typename Clock::time_point t0, Handler&& h) {
+    parts_allocator a(boost::asio::get_associated_allocator(h));
+    parts* raw = std::allocator_traits<parts_allocator>::allocate(a, 1);
+    try {
+      ::new (static_cast<void*>(raw)) parts{a, std::move(ticket), ttl, refresh, t0, std::move(h)};
+    } catch (...) {
+      std::allocator_traits<parts_allocator>::deallocate(a, raw, 1);
+      throw;
+    }
+    return fill_after_load{std::unique_ptr<parts, release>(raw)};
+  }
 
   // The spawn completes on the load's executor, and the loader sees the
   // load's cancellation (the flight's handler's slot).
   using executor_type = boost::asio::associated_executor_t<Handler>;
-  executor_type get_executor() const noexcept { return boost::asio::get_associated_executor(h); }
+  executor_type get_executor() const noexcept { return boost::asio::get_associated_executor(p->h); }
   using cancellation_slot_type = boost::asio::associated_cancellation_slot_t<Handler>;
   cancellation_slot_type get_cancellation_slot() const noexcept {
-    return boost::asio::get_associated_cancellation_slot(h);
+    return boost::asio::get_associated_cancellation_slot(p->h);
   }
-  using allocator_type = boost::asio::associated_allocator_t<Handler>;
-  allocator_type get_allocator() const noexcept { return boost::asio::get_associated_allocator(h); }
+  allocator_type get_allocator() const noexcept { return boost::asio::get_associated_allocator(p->h); }
 
   void operator()(std::exception_ptr failure, V value) {
-    State& st = ticket.state();
+    parts& f = *p;
+    State& st = f.ticket.state();
     try {
-      const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
+      const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0);
       st.load_stats().time_ns.fetch_add(took.count(), std::memory_order_relaxed);
       if (failure) {
         // Cancelled: the load was asked to stop (its callers left, or
@@ -298,35 +333,35 @@ struct fill_after_load {
         // Asked of the load, not of what it threw: a loader failing with
         // operation_aborted of its own accord (a socket closed under it) is a
         // failure like any other.
-        load_failed(st, ticket.key(), std::exchange(ticket.token(), 0), failure, took, h.cancel_requested(),
-                    refresh.has_value());
+        load_failed(st, f.ticket.key(), std::exchange(f.ticket.token(), 0), failure, took, f.h.cancel_requested(),
+                    f.refresh.has_value());
       } else {
-        fill(st, value, took);
+        fill(f, st, value, took);
       }
     } catch (...) {
       failure = std::current_exception();  // counting, reporting or storing failed
     }
-    if (failure) return h.fail(std::move(failure));
-    std::move(h)(std::exception_ptr{}, std::move(value));
+    if (failure) return f.h.fail(std::move(failure));
+    std::move(f.h)(std::exception_ptr{}, std::move(value));
   }
 
  private:
-  void fill(State& st, V& value, std::chrono::nanoseconds took) {
-    const std::string& key = ticket.key();
+  static void fill(parts& f, State& st, V& value, std::chrono::nanoseconds took) {
+    const std::string& key = f.ticket.key();
     st.load_stats().loads.fetch_add(1, std::memory_order_relaxed);
     st.events().emit(cache_event{cache_event_kind::load_resolved, key, took, {}, {}});
     // The freshness policy (user code) decides the value's times, if there is one.
-    const auto [fresh, stale] = st.entry_times(key, value, ttl, took);
-    const hashed_key hkey = ticket.hashed();
+    const auto [fresh, stale] = st.entry_times(key, value, f.ttl, took);
+    const hashed_key hkey = f.ticket.hashed();
     if (fresh <= std::chrono::nanoseconds::zero()) {  // served, not stored
-      st.memory().end_load(hkey, std::exchange(ticket.token(), 0));
+      st.memory().end_load(hkey, std::exchange(f.ticket.token(), 0));
       return;
     }
     std::uint64_t epoch = 0;
     // Loads of this key skip the tiers from before the store until the write and
     // its recheck are initiated (see tier_pipeline.hpp).
     auto writing = st.tiers().invalidate_key(key);
-    if (st.memory().store(hkey, &value, nullptr, fresh, std::exchange(ticket.token(), 0), st.tiers().epoch_of(key),
+    if (st.memory().store(hkey, &value, nullptr, fresh, std::exchange(f.ticket.token(), 0), st.tiers().epoch_of(key),
                           &epoch, stale, took) &&
         st.has_tiers())
       st.tiers().write(key, value, fresh, epoch, false, stale, true);

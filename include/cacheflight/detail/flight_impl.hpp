@@ -646,7 +646,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   } else {
     emit(event_kind::miss, fresh->key);
     try {
-      auto strand = fresh->strand;
+      const auto& strand = fresh->strand;  // `fresh` is kept until the end
       auto begin = asio::bind_allocator(block_allocator<void>{},
                                         [st = this->shared_from_this(), e = fresh,
                                          f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
