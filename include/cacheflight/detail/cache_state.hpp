@@ -60,14 +60,13 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
         tiers_(std::make_shared<tier_pipeline<V>>(opts_.tiers, events_)),
         flight_(ex_, flight_options{.max_keys = opts_.max_loads,
                                     .default_timeout = opts_.load_timeout,
-                                    .on_event =
-                                        [this](const event& e) {
-                                          if (e.kind == event_kind::hit)
-                                            loads_.coalesced.fetch_add(1, std::memory_order_relaxed);
-                                        },
                                     .on_abandon = opts_.on_abandon,
                                     .max_key_length = opts_.max_key_length,
-                                    .shards = opts_.shards}) {}
+                                    .shards = opts_.shards}) {
+    // Callers that join a load are counted without an event sink on the
+    // flight, which would be called for each of its events.
+    flight_.st_->count_joins(&loads_.coalesced);
+  }
 
   const boost::asio::any_io_executor& executor() const noexcept { return ex_; }
   // The queue of immediate completions bound for the cache's io_context (null

@@ -192,6 +192,11 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   const flight_options& options() const noexcept { return opts_; }
   std::size_t size() const noexcept { return keys_.load(std::memory_order_relaxed); }
 
+  // Counts, in `*n`, the callers that join work in flight (what a `hit`
+  // event reports), for an owner that needs the count without an event sink.
+  // Set before the flight is used.
+  void count_joins(std::atomic<std::uint64_t>* n) noexcept { joins_ = n; }
+
   bool has(std::string_view key) {
     const hashed_key hk(key);
     shard& sh = shard_for(hk);
@@ -365,13 +370,15 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch());
   }
 
-  static std::chrono::nanoseconds started_duration_locked(const entry& e) noexcept {
-    if (e.state != entry_state::running) return {};
+  // How long the work has run, for an event: zero without an event sink,
+  // which is also when its start was not timed (see start).
+  std::chrono::nanoseconds started_duration_locked(const entry& e) const noexcept {
+    if (e.state != entry_state::running || !opts_.on_event) return {};
     return now() - e.started;
   }
 
   // Marks `e` detached and moves its waiters to `out`. Requires the shard lock.
-  static std::chrono::nanoseconds detach_locked(entry& e, intrusive_list<waiter>& out) {
+  std::chrono::nanoseconds detach_locked(entry& e, intrusive_list<waiter>& out) const {
     auto dur = started_duration_locked(e);
     e.state = entry_state::detached;
     out = std::move(e.waiters);
@@ -462,6 +469,7 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
   const flight_options opts_;
   std::unique_ptr<shard[]> shards_;
   std::atomic<std::size_t> keys_{0};
+  std::atomic<std::uint64_t>* joins_ = nullptr;  // see count_joins
 };
 
 // The completion handler given to the work. It completes on the entry's strand
@@ -527,7 +535,7 @@ void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
       return;
     }
     e->state = entry_state::running;
-    e->started = now();
+    if (opts_.on_event) e->started = now();  // durations are only reported to a sink
   }
   emit(event_kind::task_started, e->key);
   try {
@@ -600,6 +608,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     }
   }
   if (joined) {
+    if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
     emit(event_kind::hit, key);
     return;
   }
@@ -639,6 +648,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   if (failure) {
     op->complete(failure, nullptr, ex_, delivery::post);
   } else if (joined) {
+    if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
     emit(event_kind::hit, fresh->key);
   } else if (rejected) {
     emit(event_kind::max_keys_rejected, fresh->key);
