@@ -169,4 +169,82 @@ TEST(FlightThreads, UseFutureCallersOnManyThreadsShareOneRun) {
   p.join();
 }
 
+// The work's executor on a context run by several threads is a strand: what
+// is posted to it from several threads never runs at two places at once.
+// `ex` is the flight's executor; `threads` run its context meanwhile.
+void expect_work_serialised(const asio::any_io_executor& ex) {
+  cf::flight<int> f{ex};
+  std::promise<asio::any_io_executor> got;
+  auto fut = f.async_run(
+      "k",
+      [&]() -> asio::awaitable<int> {
+        got.set_value(co_await asio::this_coro::executor);
+        co_return 1;
+      },
+      asio::use_future);
+  EXPECT_EQ(fut.get(), 1);
+  const asio::any_io_executor work_ex = got.get_future().get();
+  EXPECT_TRUE(work_ex != ex);  // not the flight's executor itself
+  std::atomic<bool> busy{false};
+  std::atomic<int> overlaps{0}, ran{0};
+  constexpr int per_thread = 2000;
+  std::vector<std::thread> posters;
+  for (int t = 0; t < 2; ++t)
+    posters.emplace_back([&] {
+      for (int i = 0; i < per_thread; ++i)
+        asio::post(work_ex, [&] {
+          if (busy.exchange(true)) ++overlaps;
+          for (int spin = 0; spin < 50; ++spin) std::atomic_signal_fence(std::memory_order_seq_cst);
+          busy.store(false);
+          ++ran;
+        });
+    });
+  for (auto& t : posters) t.join();
+  while (ran.load() < 2 * per_thread) std::this_thread::sleep_for(100us);
+  EXPECT_EQ(overlaps.load(), 0);
+}
+
+TEST(FlightThreads, TheWorkRunsOnAStrandOfAnIoContextRunByTwoThreads) {
+  pool p(2);
+  expect_work_serialised(p.io.get_executor());
+  p.join();
+}
+
+TEST(FlightThreads, TheWorkRunsOnAStrandOfAThreadPool) {
+  asio::thread_pool tp(2);
+  expect_work_serialised(tp.get_executor());
+  tp.join();
+}
+
+TEST(FlightThreads, CallersOnAThreadPoolWithRandomCancelsEachCompleteOnce) {
+  asio::thread_pool tp(2);
+  cf::flight<int> f{tp.get_executor(), cf::flight_options{.shards = 2}};
+  std::mt19937 rng(7);
+  constexpr int total = 3000;
+  std::atomic<int> completions{0}, twice{0}, values{0};
+  std::vector<std::shared_ptr<std::atomic<int>>> counts;
+  for (int i = 0; i < total; ++i) {
+    int k = static_cast<int>(rng() % 8);
+    auto count = std::make_shared<std::atomic<int>>(0);
+    counts.push_back(count);
+    auto strand = asio::make_strand(tp.get_executor());
+    auto sig = std::make_shared<asio::cancellation_signal>();
+    f.async_run("pool:" + std::to_string(k), [k] { return slow_work(k, false); },
+                asio::bind_executor(strand, asio::bind_cancellation_slot(sig->slot(), [&, count, k, sig](std::exception_ptr e, int v) {
+                  if (count->fetch_add(1) != 0) ++twice;
+                  if (!e && v == k) ++values;
+                  ++completions;
+                })));
+    unsigned r = rng() % 100;
+    if (r < 10) asio::post(strand, [sig] { sig->emit(asio::cancellation_type::terminal); });
+    else if (r < 12) f.cancel("pool:" + std::to_string(k));
+  }
+  while (completions.load() < total) std::this_thread::sleep_for(1ms);
+  while (f.size() != 0) std::this_thread::sleep_for(1ms);
+  tp.join();
+  EXPECT_EQ(twice.load(), 0);
+  for (auto& c : counts) EXPECT_EQ(c->load(), 1);
+  EXPECT_GT(values.load(), 0);
+}
+
 }  // namespace

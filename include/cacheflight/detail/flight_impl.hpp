@@ -97,8 +97,18 @@ struct flight_entry {
   // work is tracked by co_spawn from its start to its completion).
   flight_entry(std::string k, std::size_t h, flight_shard<V>* s, const asio::any_io_executor& ex, bool serial,
                bool track)
-      : key(std::move(k)), hash(h), shard(s), strand(serial ? ex : asio::any_io_executor(asio::make_strand(ex))) {
+      : key(std::move(k)), hash(h), shard(s), strand(serial ? ex : strand_of(ex)) {
     if (track) work = asio::prefer(ex, asio::execution::outstanding_work.tracked);
+  }
+
+  // A strand of an io_context's own executor is kept in the type-erased
+  // executor's own storage; a strand of the type-erased executor is not (a
+  // heap block for each entry, shared by every copy), and each post to it
+  // asks the inner executor's `blocking` property through the type erasure
+  // (a heap-allocated answer in Boost 1.81).
+  static asio::any_io_executor strand_of(const asio::any_io_executor& ex) {
+    if (const auto* io = ex.template target<asio::io_context::executor_type>()) return asio::make_strand(*io);
+    return asio::make_strand(ex);
   }
 
   const std::string key;
@@ -664,6 +674,8 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
       // type-erased one would take Asio's per-thread recycled memory instead.
       if (const auto* io = strand.template target<asio::io_context::executor_type>())
         asio::post(*io, std::move(begin));
+      else if (const auto* s = strand.template target<asio::strand<asio::io_context::executor_type>>())
+        asio::post(*s, std::move(begin));
       else
         asio::post(strand, std::move(begin));
     } catch (...) {
