@@ -171,7 +171,7 @@ TEST(FlightThreads, UseFutureCallersOnManyThreadsShareOneRun) {
 
 // The work's executor on a context run by several threads is a strand: what
 // is posted to it from several threads never runs at two places at once.
-// `ex` is the flight's executor; `threads` run its context meanwhile.
+// `ex` is the flight's executor, whose context the caller runs on two threads.
 void expect_work_serialised(const asio::any_io_executor& ex) {
   cf::flight<int> f{ex};
   std::promise<asio::any_io_executor> got;
