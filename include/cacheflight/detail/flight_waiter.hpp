@@ -83,10 +83,7 @@ class waiter_op final : public flight_waiter<V> {
   void arm_timer_locked() {
     if (!timer_) return;
     refs_.fetch_add(1, std::memory_order_relaxed);
-    auto on_wait = [this](const boost::system::error_code& ec) {
-      if (!ec) st_->leave(this, leave_reason::timed_out);
-      release();
-    };
+    timer_wait on_wait(this);
     // The timer's wait is bookkeeping of this waiter too: the handler's allocator.
     if constexpr (std::is_same_v<allocator_type, std::allocator<void>>)
       timer_->async_wait(std::move(on_wait));
@@ -101,6 +98,23 @@ class waiter_op final : public flight_waiter<V> {
       if ((t & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
                 asio::cancellation_type::total)) != asio::cancellation_type::none)
         self->st_->leave(self, leave_reason::cancelled);
+    }
+  };
+
+  // The timer's wait handler owns the reference `arm_timer_locked` took: it
+  // gives it back when it runs, or when it is destroyed without running
+  // (its io_context shut down first).
+  struct timer_wait {
+    waiter_op* self;
+    explicit timer_wait(waiter_op* s) noexcept : self(s) {}
+    timer_wait(timer_wait&& o) noexcept : self(std::exchange(o.self, nullptr)) {}
+    timer_wait& operator=(timer_wait&&) = delete;
+    ~timer_wait() {
+      if (self) self->release();
+    }
+    void operator()(const boost::system::error_code& ec) {
+      if (!ec) self->st_->leave(self, leave_reason::timed_out);
+      std::exchange(self, nullptr)->release();
     }
   };
 
