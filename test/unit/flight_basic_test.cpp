@@ -603,6 +603,35 @@ TEST_F(FlightBasic, AThrowingHandlerDoesNotStrandTheOtherWaiters) {
   EXPECT_EQ(f.size(), 0u);
 }
 
+// Work that completes inside its initiation runs the waiters' handlers
+// there: one that throws is not the work's failure, and leaves
+// io_context::run() as any handler's exception does.
+TEST_F(FlightBasic, AHandlerThrowingWhenTheWorkCompletesInsideItsInitiationLeavesRun) {
+  cf::flight<int> f{io};
+  int calls = 0;
+  auto at_once = [&calls](auto&& token) {
+    return asio::async_initiate<decltype(token), void(boost::system::error_code, int)>(
+        [&calls](auto h) {
+          ++calls;
+          std::move(h)(boost::system::error_code{}, 4);
+        },
+        token);
+  };
+  std::vector<outcome<>> out(2);
+  f.async_run("k", at_once, out[0].handler());
+  f.async_run("k", at_once, [](std::exception_ptr, int) { throw cftest::test_error("handler failed"); });
+  f.async_run("k", at_once, out[1].handler());
+  EXPECT_THROW(drain(io), cftest::test_error);
+  drain(io);
+  EXPECT_EQ(calls, 1);
+  for (auto& o : out) {
+    EXPECT_EQ(o.completions, 1);
+    EXPECT_FALSE(o.error);
+    EXPECT_EQ(o.value, 4);
+  }
+  EXPECT_EQ(f.size(), 0u);
+}
+
 TEST_F(FlightBasic, ShardedFlightCoalescesPerKey) {
   cf::flight<int> f{io, cf::flight_options{.shards = 8}};
   int calls = 0;

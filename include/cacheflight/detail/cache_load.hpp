@@ -205,7 +205,8 @@ struct tier_read {
 
   // As `ask`, from a tier's completion, where what it throws fails the load:
   // the flight's handler is copied first, as the one moved into the failed
-  // initiation is gone.
+  // initiation is gone. Thrown once the load had completed (by a caller's
+  // handler run inline), it propagates, as a handler's exception does.
   static void next(tier_read&& self) {
     Handler keep = self.h;
     std::exception_ptr failure;
@@ -214,7 +215,9 @@ struct tier_read {
     } catch (...) {
       failure = std::current_exception();
     }
-    if (failure) keep.fail(std::move(failure));
+    if (!failure) return;
+    if (keep.completed()) std::rethrow_exception(failure);
+    keep.fail(std::move(failure));
   }
 
   void operator()(const boost::system::error_code& ec, std::optional<std::string> bytes) {

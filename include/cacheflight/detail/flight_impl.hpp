@@ -502,6 +502,8 @@ struct flight_state<V, Clock>::task_handler {
   // For work that completes through its own steps (the cache's loads): whether
   // the work was asked to stop, and its failure. On the entry's strand.
   bool cancel_requested() const noexcept { return e->cancel_requested; }
+  // Whether the work has completed (this handler, or a copy, was called).
+  bool completed() const noexcept { return e->task_done; }
   void fail(std::exception_ptr ep) { st->settle(e, std::move(ep), nullptr); }
 
   template <class T>
@@ -564,7 +566,11 @@ void flight_state<V, Clock>::start(const entry_ptr& e, Fn& fn) {
       fn(task_handler<std::nullptr_t>{this->shared_from_this(), e, nullptr});
     }
   } catch (...) {
-    // The work threw before starting an operation: that is its result.
+    // Thrown once the work had completed (a handler run inline by its
+    // completion): not the work's failure; it propagates, as a handler's
+    // exception does.
+    if (e->task_done) throw;
+    // The work threw before completing: that is its result.
     settle(e, std::current_exception(), nullptr);
   }
 }
