@@ -54,8 +54,11 @@ struct cache_options {
   std::optional<std::chrono::nanoseconds> negative_ttl{};
   /// Receives every cache event; may be empty. Exceptions it throws are discarded.
   cache_event_sink on_event{};
-  /// Independently locked partitions of the memory tier (1 to 1024). Each holds
-  /// `max_entries / shards` entries, so eviction is exact only with one shard.
+  /// Independently locked partitions of the memory tier (1 to 1024). The caps
+  /// are split between them exactly: each holds `max_entries / shards` entries
+  /// (and `max_weight / shards` weight), the remainder going one each to the
+  /// first shards, so the totals never exceed the caps and eviction is exact
+  /// only with one shard. A cap smaller than `shards` uses that many shards.
   /// Use several when many threads share the cache.
   std::size_t shards = 1;
   /// Cap on keys being loaded at once; beyond it a load fails with `error::max_keys_exceeded`.

@@ -405,6 +405,26 @@ TEST_F(Cache, BadInputGetsClearErrors) {
   EXPECT_THROW((mcache{io, cf::cache_options{.shards = 0}}), boost::system::system_error);
 }
 
+// The caps bound the whole cache, however many shards share them.
+TEST_F(Cache, ShardsSplitTheCapsWithoutExceedingThem) {
+  struct limits {
+    std::size_t max_entries, max_weight, shards;
+  };
+  for (const limits l : {limits{3, cf::unlimited, 4}, limits{1, cf::unlimited, 64}, limits{10, cf::unlimited, 4},
+                         limits{100, cf::unlimited, 16}, limits{cf::unlimited, 10, 8}, limits{50, 7, 4}}) {
+    SCOPED_TRACE(std::to_string(l.max_entries) + " entries, weight " + std::to_string(l.max_weight) + ", " +
+                 std::to_string(l.shards) + " shards");
+    mcache c{io, cf::cache_options{.max_entries = l.max_entries, .max_weight = l.max_weight, .shards = l.shards}};
+    const std::size_t cap = std::min(l.max_entries, l.max_weight);
+    for (int i = 0; i < 400; ++i) {
+      set(c, "key:" + std::to_string(i), i);
+      ASSERT_LE(c.size(), cap);
+    }
+    // Each shard holds its share: a full cache holds the whole cap.
+    EXPECT_EQ(c.size(), cap);
+  }
+}
+
 TEST_F(Cache, LastCallerCancellingCancelsTheLoadAndStoresNothing) {
   mcache c{io};
   gate g{io.get_executor()};

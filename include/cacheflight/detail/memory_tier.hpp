@@ -75,16 +75,26 @@ class memory_tier {
 
   memory_tier(eviction_policy policy, std::size_t shards, std::size_t max_entries, std::size_t max_weight,
               weigher_type weigher, const cache_events& events, double early_beta = 0)
-      : nshards_(shards),
+      : nshards_(shards_within(shards, max_entries, max_weight)),
         early_beta_(early_beta),
         weigher_(std::move(weigher)),
         events_(events),
-        shards_(std::make_unique<shard[]>(shards)) {
-    auto split = [&](std::size_t total) {
+        shards_(std::make_unique<shard[]>(nshards_)) {
+    // The caps are split exactly: the shards' shares add up to them, the
+    // first `total % nshards_` shards taking one more.
+    auto split = [&](std::size_t total, std::size_t i) {
       if (total == unlimited || total == 0) return total;
-      return std::max<std::size_t>(1, (total + shards - 1) / shards);
+      return total / nshards_ + (i < total % nshards_ ? 1 : 0);
     };
-    for (std::size_t i = 0; i < shards; ++i) shards_[i].configure(policy, split(max_entries), split(max_weight));
+    for (std::size_t i = 0; i < nshards_; ++i)
+      shards_[i].configure(policy, split(max_entries, i), split(max_weight, i));
+  }
+
+  // No more shards than a cap has units, so that every shard holds something.
+  static std::size_t shards_within(std::size_t shards, std::size_t max_entries, std::size_t max_weight) noexcept {
+    for (const std::size_t cap : {max_entries, max_weight})
+      if (cap != unlimited && cap != 0) shards = std::min(shards, cap);
+    return shards;
   }
 
   static std::int64_t now() noexcept {
