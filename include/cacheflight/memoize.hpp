@@ -295,8 +295,13 @@ struct memo_core {
       V v = co_await std::move(run);
       co_return std::pair<V, bool>(std::move(v), true);
     }
-    tags.insert(tags.end(), track_tags.begin(), track_tags.end());
-    self->registry->track(tags, *key, self->erase);
+    // A key the cache refuses (`co_get` fails the call with invalid_key) is
+    // stored nowhere, and is not remembered for invalidations to erase.
+    const std::size_t max_key = self->target->options().max_key_length;
+    if (!key->empty() && key->size() <= max_key) {
+      tags.insert(tags.end(), track_tags.begin(), track_tags.end());
+      self->registry->track(tags, *key, self->erase);
+    }
     auto ran = std::make_shared<std::atomic<bool>>(false);
     auto loader = [self, load = std::move(load), ran]() -> boost::asio::awaitable<V> {
       self->n.loads.fetch_add(1, std::memory_order_relaxed);

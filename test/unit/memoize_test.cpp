@@ -258,6 +258,13 @@ TEST_F(Memoize, AKeyTooLongIsAnInvalidKeyError) {
   f.async_call(std::string(2000, 'x'), o.handler());
   drain(io);
   EXPECT_EQ(o.code(), cf::error::invalid_key);
+  // The refused key is not remembered: invalidating the function later
+  // erases only the keys the cache took.
+  await(io, f("a"));
+  EXPECT_EQ(c.size(), 1u);
+  await(io, f.clear());
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(f.stats().clears, 1u);
 }
 
 TEST_F(Memoize, InvalidatingMutationInvalidatesBeforeItRunsEvenWhenItThrows) {
