@@ -57,7 +57,7 @@ struct loop_guard_options {
   std::size_t max_calls = 100;
   /// Longest sequence checked for repetition, at most 64; 0 (or 1): no cycle detection.
   std::size_t max_cycle_length = 4;
-  /// Back-to-back repetitions of a sequence that make a cycle (at least 2).
+  /// Back-to-back repetitions of a sequence that make a cycle (2 to 1024).
   std::size_t cycle_repeats = 2;
   loop_policy policy = loop_policy::raise;
 };
@@ -524,10 +524,10 @@ class agent_cache {
         co_return co_await std::move(op);
       }
       const auto count = invalidates.size();
-      auto before = ag->registry->async_invalidate(invalidates, boost::asio::use_awaitable);
-      co_await std::move(before);
       ag->n.invalidations.fetch_add(count, std::memory_order_relaxed);
       if (s) s->n.invalidations.fetch_add(count, std::memory_order_relaxed);
+      auto before = ag->registry->async_invalidate(invalidates, boost::asio::use_awaitable);
+      co_await std::move(before);
       // The tool, then the resources again: a read that missed while it ran
       // may have stored what it replaced.
       auto op = detail::mutate_then_invalidate<R>(
@@ -578,8 +578,8 @@ class agent_cache {
   /// Opens a session named `name` (names need not be unique: the id is), with
   /// the agent's loop guard rules or `guard`.
   /// @throws boost::system::system_error with `error::invalid_option` for
-  ///         impossible rules (`cycle_repeats` below 2 with cycle detection
-  ///         on, `max_cycle_length` above 64).
+  ///         impossible rules (`cycle_repeats` below 2 or above 1024 with
+  ///         cycle detection on, `max_cycle_length` above 64).
   session open_session(std::string name, std::optional<loop_guard_options> guard = {}) {
     const loop_guard_options g = guard ? *guard : ag_->opts.loop_guard;
     check_guard(g);
@@ -613,6 +613,8 @@ class agent_cache {
   static void check_guard(const loop_guard_options& g) {
     if (g.max_cycle_length >= 2 && g.cycle_repeats < 2)
       detail::throw_invalid_option("loop_guard_options::cycle_repeats must be at least 2");
+    if (g.max_cycle_length >= 2 && g.cycle_repeats > 1024)
+      detail::throw_invalid_option("loop_guard_options::cycle_repeats is at most 1024");
     if (g.max_cycle_length > 64) detail::throw_invalid_option("loop_guard_options::max_cycle_length is at most 64");
   }
 

@@ -242,6 +242,12 @@ TEST_F(Agent, WarnLetsTheCallThroughAndShortCircuitAnswersFromMemory) {
   // Impossible rules are refused.
   EXPECT_THROW(agent.open_session("x", cf::loop_guard_options{.max_cycle_length = 3, .cycle_repeats = 1}),
                boost::system::system_error);
+  EXPECT_THROW(agent.open_session("x", cf::loop_guard_options{.max_cycle_length = 3, .cycle_repeats = 1025}),
+               boost::system::system_error);
+  EXPECT_THROW(agent.open_session("x", cf::loop_guard_options{.max_cycle_length = 2,
+                                                               .cycle_repeats = (std::size_t(1) << 63) + 1}),
+               boost::system::system_error);
+  EXPECT_NO_THROW(agent.open_session("x", cf::loop_guard_options{.max_cycle_length = 3, .cycle_repeats = 1024}));
 }
 
 TEST_F(Agent, MetricsPerSessionAndGlobalInPrometheusText) {
