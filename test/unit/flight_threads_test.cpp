@@ -204,6 +204,33 @@ void expect_work_serialised(const asio::any_io_executor& ex) {
   EXPECT_EQ(overlaps.load(), 0);
 }
 
+// `size()` never passes `max_keys`, even while threads race for the last
+// places: a rejected key is never counted, not even for a moment.
+TEST(FlightThreads, SizeNeverPassesMaxKeysWhileThreadsRaceForTheCap) {
+  asio::io_context io(1);
+  cf::flight<int> f{io, cf::flight_options{.max_keys = 4, .shards = 16}};
+  gate held{io.get_executor()};
+  for (int i = 0; i < 3; ++i) f.async_run("held" + std::to_string(i), held.fn(), [](std::exception_ptr, int) {});
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> most{0};
+  std::thread watcher([&] {
+    while (!stop.load()) most.store(std::max(most.load(), f.size()));
+  });
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t)
+    callers.emplace_back([&f, &held, t] {
+      for (int i = 0; i < 5000; ++i)
+        f.async_run("k" + std::to_string(t) + ":" + std::to_string(i), held.fn(), [](std::exception_ptr, int) {});
+    });
+  for (auto& c : callers) c.join();
+  stop = true;
+  watcher.join();
+  EXPECT_LE(most.load(), 4u);
+  EXPECT_EQ(f.size(), 4u);  // the three held keys and the one that took the last place
+  f.clear();
+  io.run();
+}
+
 TEST(FlightThreads, TheWorkRunsOnAStrandOfAnIoContextRunByTwoThreads) {
   pool p(2);
   expect_work_serialised(p.io.get_executor());

@@ -340,11 +340,13 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     return io && io->running_in_this_thread();
   }
 
+  // Counts a new key in unless the cap is reached. The count never passes
+  // the cap, even for a moment: `size()` is bounded by it.
   bool reserve_key() noexcept {
-    if (keys_.fetch_add(1, std::memory_order_relaxed) >= opts_.max_keys) {
-      keys_.fetch_sub(1, std::memory_order_relaxed);
-      return false;
-    }
+    std::size_t n = keys_.load(std::memory_order_relaxed);
+    do {
+      if (n >= opts_.max_keys) return false;
+    } while (!keys_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
     return true;
   }
 
