@@ -73,7 +73,10 @@ struct batch_options {
   std::size_t max_batch = 100;
   /// Batches running at once (1 or more); further batches wait their turn.
   std::size_t max_concurrent_batches = 8;
-  /// Cap on distinct keys queued or in flight; beyond it `error::max_keys_exceeded`.
+  /// Cap on distinct keys queued or in flight through `async_load` and
+  /// `async_load_many`; beyond it `error::max_keys_exceeded`. Loads made
+  /// through `bind` (a cache's misses) are bounded by the cache's
+  /// `cache_options::max_loads` instead.
   std::size_t max_keys = 100'000;
   /// Longest key, in bytes of its `key_traits<K>::to_string`; longer keys get
   /// `error::invalid_key`. No limit by default, so the loader accepts every key
@@ -215,8 +218,10 @@ class batch_loader {
   /// invalidation must not receive what a batch sent before it read. Its key
   /// goes into the next batch (a batch may then hold a key twice, when a
   /// direct `async_load` of it is in the same batch). Cancelling the load
-  /// drops the key from its batch if that batch was not sent yet. The batch
-  /// loader must outlive the operation.
+  /// drops the key from its batch if that batch was not sent yet. It is not
+  /// counted against `batch_options::max_keys`: the cache bounds its loads in
+  /// flight with `cache_options::max_loads`. The batch loader must outlive
+  /// the operation.
   auto bind(K key) {
     return [this, key = std::move(key)](auto&& token) {
       return async_load_unshared(key, std::forward<decltype(token)>(token));
