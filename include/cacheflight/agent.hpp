@@ -319,7 +319,10 @@ class agent_cache {
 
     /// Ends the session when awaited: calls made through it from then on fail
     /// with `error::no_session`, and its entries are erased from memory at
-    /// once, and from every tier before the awaitable completes. Ending twice
+    /// once, and from every tier before the awaitable completes. A
+    /// session-scoped call in flight whose load has not started yet fails with
+    /// `error::no_session` too; one whose load has started gets its value,
+    /// which is not stored. Ending twice
     /// does nothing the second time; an awaitable never awaited ends nothing
     /// (the session still ends when destroyed).
     [[nodiscard]] boost::asio::awaitable<void> end() { return end_session(st_, ag_); }
@@ -369,7 +372,9 @@ class agent_cache {
     /// Calls the tool in `s`: the loop guard first, then the cache (the
     /// session's entries for a session-scoped tool, everyone's otherwise).
     /// Throws `error::loop_detected` when the guard refuses the call,
-    /// `error::no_session` when `s` has ended, and what `memoized` throws.
+    /// `error::no_session` when `s` has ended (for a session-scoped tool, also
+    /// when it ends after the call but before the call's load starts: nothing
+    /// is stored then), and what `memoized` throws.
     boost::asio::awaitable<V> operator()(session& s, Args... args) const {
       std::string call = make_key(core_->name, args...);
       return run_call(ag_, core_, fn_, scope_, s.st_, std::move(call), args_tuple(std::forward<Args>(args)...));
@@ -437,16 +442,42 @@ class agent_cache {
       }
       std::vector<std::string> track;
       if (scope == tool_scope::session) track.push_back(s->tag);
-      auto load = [fn, t = std::move(t)]() { return run(fn, t); };
+      // A session-scoped load that starts after its session ended fails: the
+      // end's erase may have run between this call remembering its key and the
+      // load's start, when there was no load yet for it to void. An end from
+      // the load's start on voids the load itself.
+      std::shared_ptr<detail::agent_session_state> owner;
+      if (scope == tool_scope::session) owner = s;
+      auto load = [fn, t = std::move(t), owner = std::move(owner)]() {
+        if (owner && owner->ended.load(std::memory_order_acquire))
+          throw boost::system::system_error(make_error_code(error::no_session));
+        return run(fn, t);
+      };
       auto op = core::get(c, std::move(argkey), std::move(tags), std::move(track), std::move(load));
-      auto r = co_await std::move(op);
-      count_read(*ag, s.get(), r.second);
-      if (scope == tool_scope::session && s->ended.load(std::memory_order_acquire)) {
-        // The session ended while this call ran: what it stored goes too.
-        auto drop = ag->registry->async_remove_tracked(s->tag, boost::asio::use_awaitable);
-        co_await std::move(drop);
+      std::optional<std::pair<V, bool>> r;
+      std::exception_ptr failure;
+      try {
+        r.emplace(co_await std::move(op));
+      } catch (...) {
+        failure = std::current_exception();
       }
-      co_return std::move(r.first);
+      if (scope == tool_scope::session && s->ended.load(std::memory_order_acquire)) {
+        // The session ended while this call ran: what it stored or remembered
+        // goes too.
+        auto drop = ag->registry->async_remove_tracked(s->tag, boost::asio::use_awaitable);
+        if (!failure) {
+          co_await std::move(drop);
+        } else {
+          try {
+            co_await std::move(drop);
+          } catch (...) {
+            // The call's own failure is the one reported.
+          }
+        }
+      }
+      if (failure) std::rethrow_exception(failure);
+      count_read(*ag, s.get(), r->second);
+      co_return std::move(r->first);
     }
 
     static void count_read(shared& ag, detail::agent_session_state* s, bool ran) {

@@ -298,12 +298,22 @@ struct memo_core {
     // A key the cache refuses (`co_get` fails the call with invalid_key) is
     // stored nowhere, and is not remembered for invalidations to erase.
     const std::size_t max_key = self->target->options().max_key_length;
-    if (!key->empty() && key->size() <= max_key) {
+    const bool tracked = !key->empty() && key->size() <= max_key;
+    std::string tracked_key;
+    if (tracked) {
       tags.insert(tags.end(), track_tags.begin(), track_tags.end());
       self->registry->track(tags, *key, self->erase);
+      tracked_key = *key;
+    } else {
+      tags.clear();
     }
     auto ran = std::make_shared<std::atomic<bool>>(false);
-    auto loader = [self, load = std::move(load), ran]() -> boost::asio::awaitable<V> {
+    auto loader = [self, load = std::move(load), ran, tracked, tags = std::move(tags),
+                   tracked_key = std::move(tracked_key)]() -> boost::asio::awaitable<V> {
+      // An invalidation between the call remembering its key and this load's
+      // start erased nothing (there was no load to void) and forgot the key:
+      // remember it again, now that an invalidation voids this load.
+      if (tracked) self->registry->track(tags, tracked_key, self->erase);
       self->n.loads.fetch_add(1, std::memory_order_relaxed);
       ran->store(true, std::memory_order_relaxed);
       try {

@@ -330,4 +330,60 @@ TEST(AgentThreads, SessionsOnSeveralThreads) {
   EXPECT_EQ(agent.stats().sessions_ended, 8u);
 }
 
+// Sessions ended on one thread while another makes calls through them: every
+// call either answers or fails with no_session, and once every call and end
+// has completed nothing of any session is left in memory or remembered.
+TEST(AgentThreads, SessionsEndedWhileTheirCallsStartLeaveNothingBehind) {
+  asio::io_context io;
+  cf::cache<std::string> results{io, {.shards = 8}};
+  cf::agent_cache<std::string> agent{results};
+  auto note = agent.read_tool<int>(
+      "note", [](int i) -> asio::awaitable<std::string> { co_return std::to_string(i); },
+      {.resources = {"notes"}, .scope = cf::tool_scope::session});
+  auto guard = asio::make_work_guard(io);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < 4; ++i) runners.emplace_back([&] { io.run(); });
+  std::atomic<int> pending{0}, answered{0}, no_session{0}, other{0};
+  for (int round = 0; round < 50; ++round) {
+    auto s = agent.open_session("s", cf::loop_guard_options{.max_identical_calls = 0, .max_calls = 0,
+                                                             .max_cycle_length = 0});
+    std::thread caller([&] {
+      for (int k = 0; k < 40; ++k) {
+        ++pending;
+        note.async_call(s, k % 7, [&](std::exception_ptr e, std::string) {
+          if (!e) {
+            ++answered;
+          } else {
+            try {
+              std::rethrow_exception(e);
+            } catch (const boost::system::system_error& x) {
+              ++(x.code() == cf::error::no_session ? no_session : other);
+            } catch (...) {
+              ++other;
+            }
+          }
+          --pending;
+        });
+      }
+    });
+    std::thread ender([&] {
+      ++pending;
+      s.async_end([&](std::exception_ptr e) {
+        other += e != nullptr;
+        --pending;
+      });
+    });
+    caller.join();
+    ender.join();
+    while (pending.load() != 0) std::this_thread::yield();
+  }
+  guard.reset();
+  for (auto& t : runners) t.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(answered.load() + no_session.load(), 50 * 40);
+  EXPECT_EQ(results.size(), 0u);
+  EXPECT_EQ(agent.registry()->stats().tracked_keys, 0u);
+  EXPECT_EQ(agent.stats().sessions_ended, 50u);
+}
+
 }  // namespace

@@ -568,4 +568,47 @@ TEST(MemoizeThreads, ConcurrentCallersOnSeveralThreads) {
   EXPECT_GE(runs.load(), 20);
 }
 
+// A tag invalidation that lands after a call remembered its key but before the
+// call's load started has no load to void; the entry that load stores is still
+// one the registry remembers, so invalidating the tag again erases it.
+TEST(MemoizeThreads, EntriesStoredByLoadsRacingInvalidationsStayErasable) {
+  asio::io_context io;
+  cf::cache<int> c{io, {.shards = 8}};
+  auto reg = std::make_shared<cf::tag_registry>(io.get_executor());
+  cf::memoized<int(int)> f{c, "f", [](int x) -> asio::awaitable<int> { co_return x; }, {.tags = {"t"}, .registry = reg}};
+  auto guard = asio::make_work_guard(io);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < 4; ++i) runners.emplace_back([&] { io.run(); });
+  std::atomic<int> pending{0}, failures{0};
+  for (int round = 0; round < 50; ++round) {
+    std::thread callers([&] {
+      for (int k = 0; k < 40; ++k) {
+        ++pending;
+        f.async_call(k % 7, [&](std::exception_ptr e, int) {
+          failures += e != nullptr;
+          --pending;
+        });
+      }
+    });
+    std::thread invalidations([&] {
+      for (int k = 0; k < 5; ++k) {
+        ++pending;
+        reg->async_invalidate({"t"}, [&](std::exception_ptr e) {
+          failures += e != nullptr;
+          --pending;
+        });
+      }
+    });
+    callers.join();
+    invalidations.join();
+    while (pending.load() != 0) std::this_thread::yield();
+  }
+  EXPECT_EQ(failures.load(), 0);
+  reg->async_invalidate({"t"}, asio::use_future).get();
+  guard.reset();
+  for (auto& t : runners) t.join();
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(reg->stats().tracked_keys, 0u);
+}
+
 }  // namespace
