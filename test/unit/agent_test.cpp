@@ -93,6 +93,28 @@ TEST_F(Agent, AWriteToolInvalidatesItsResourceBeforeItRunsEvenWhenItThrows) {
   EXPECT_EQ(agent.stats().invalidations, 2u);
 }
 
+TEST_F(Agent, AWriteToolWhoseInvalidationFailsDoesNotRunAndCountsTheAttempt) {
+  auto store = std::make_shared<memory_tier>(io.get_executor());
+  auto reg = std::make_shared<cf::tag_registry>(io.get_executor(), cf::tag_options{.store = store});
+  cf::agent_cache<std::string> agent{results, {.registry = reg}};
+  int ran = 0;
+  auto edit = agent.write_tool<int, std::string>(
+      "edit",
+      [&](std::string) -> asio::awaitable<int> {
+        ++ran;
+        co_return 1;
+      },
+      {.invalidates = {"notes", "index"}});
+  auto s = agent.open_session("writer");
+  EXPECT_EQ(await(io, edit(s, "a")), 1);
+  EXPECT_EQ(agent.stats().invalidations, 2u);
+  store->fail = true;
+  EXPECT_EQ(failure_of(io, edit(s, "b")), cf::error::not_connected);  // the store's failure
+  EXPECT_EQ(ran, 1);  // the tool did not run
+  EXPECT_EQ(agent.stats().invalidations, 4u);
+  EXPECT_EQ(s.stats().invalidations, 4u);
+}
+
 TEST_F(Agent, SessionsNeverShareEntriesAndTheirEntriesEndWithThem) {
   cf::agent_cache<std::string> agent{results};
   auto ticket = agent.read_tool<std::string>("get_ticket", counting("ticket"), {.scope = cf::tool_scope::session});
