@@ -426,31 +426,15 @@ TEST_F(FlightBasic, WaitersOnAnotherContextKeepItBusyUntilTheyRunThere) {
   EXPECT_TRUE(all_on_other);
 }
 
-template <class T>
-struct counting_allocator {
-  using value_type = T;
-  int* count;
-  explicit counting_allocator(int* c) : count(c) {}
-  template <class U>
-  counting_allocator(const counting_allocator<U>& o) : count(o.count) {}
-  T* allocate(std::size_t n) {
-    ++*count;
-    return std::allocator<T>{}.allocate(n);
-  }
-  void deallocate(T* p, std::size_t n) { std::allocator<T>{}.deallocate(p, n); }
-  template <class U>
-  bool operator==(const counting_allocator<U>& o) const { return count == o.count; }
-};
-
 TEST_F(FlightBasic, WaiterUsesTheHandlersAssociatedAllocator) {
   cf::flight<int> f{io};
-  int allocations = 0;
+  allocation_counts allocations;
   outcome<> o;
   f.async_run("k", []() -> asio::awaitable<int> { co_return 1; },
               asio::bind_allocator(counting_allocator<void>(&allocations), o.handler()));
   drain(io);
   EXPECT_EQ(o.value, 1);
-  EXPECT_GE(allocations, 1);
+  EXPECT_GE(allocations.made, 1);
 }
 
 TEST(BlockCache, KeepsFreedBlocksForItsThreadUpToItsCapacity) {
@@ -659,13 +643,13 @@ TEST(FlightErrors, CategoryAndMessages) {
 TEST_F(FlightBasic, TheTimeoutTimerUsesTheHandlersAllocatorToo) {
   auto count = [&](std::optional<std::chrono::nanoseconds> timeout) {
     cf::flight<int> f{io};
-    int allocations = 0;
+    allocation_counts allocations;
     outcome<> o;
     f.async_run("k", cf::run_options{.timeout = timeout}, []() -> asio::awaitable<int> { co_return 1; },
                 asio::bind_allocator(counting_allocator<void>(&allocations), o.handler()));
     drain(io);
     EXPECT_EQ(o.value, 1);
-    return allocations;
+    return allocations.made;
   };
   // With a timeout: the timer object and its wait operation besides the waiter.
   EXPECT_GE(count(std::chrono::seconds(5)), count(std::nullopt) + 2);

@@ -66,34 +66,13 @@ TEST_F(FlightCancel, ACompletionDestroyedUnrunWithItsContextDestroysItsHandler) 
   EXPECT_EQ(token.use_count(), 1);  // destroyed with the context's queue, never called
 }
 
-// Counts the blocks it has handed out and not yet taken back.
-template <class T>
-struct live_allocator {
-  using value_type = T;
-  int* live;
-  explicit live_allocator(int* l) noexcept : live(l) {}
-  template <class U>
-  live_allocator(const live_allocator<U>& o) noexcept : live(o.live) {}
-  T* allocate(std::size_t n) {
-    T* p = std::allocator<T>{}.allocate(n);
-    ++*live;
-    return p;
-  }
-  void deallocate(T* p, std::size_t n) noexcept {
-    --*live;
-    std::allocator<T>{}.deallocate(p, n);
-  }
-  template <class U>
-  bool operator==(const live_allocator<U>& o) const noexcept { return live == o.live; }
-};
-
 // The waiter, its timer and the timer's wait come from the handler's
 // allocator: every block is given back when the context is destroyed with the
 // waiter's completion and the timer's wait still queued.
 TEST_F(FlightCancel, AWaiterWithATimeoutDestroyedUnrunWithItsContextFreesItsMemory) {
   for (const bool by_option : {true, false}) {
     SCOPED_TRACE(by_option ? "default_timeout" : "run_options::timeout");
-    int live = 0;
+    allocation_counts blocks;
     auto token = std::make_shared<int>(0);
     asio::cancellation_signal cancel;
     {
@@ -102,19 +81,19 @@ TEST_F(FlightCancel, AWaiterWithATimeoutDestroyedUnrunWithItsContextFreesItsMemo
       {
         mflight f{ctx, cf::flight_options{.default_timeout = by_option ? std::chrono::nanoseconds(1h)
                                                                        : cf::no_timeout}};
-        auto h = asio::bind_allocator(live_allocator<void>(&live),
+        auto h = asio::bind_allocator(counting_allocator<void>(&blocks),
                                       asio::bind_cancellation_slot(cancel.slot(), [token](std::exception_ptr, int) {}));
         if (by_option)
           f.async_run("k", g.fn(), std::move(h));
         else
           f.async_run("k", cf::run_options{.timeout = 1h}, g.fn(), std::move(h));
         run_until(ctx, [&] { return g.calls() == 1; });
-        EXPECT_GE(live, 3);  // the waiter, its timer and the timer's wait
+        EXPECT_GE(blocks.live, 3);  // the waiter, its timer and the timer's wait
         ctx.stop();
       }  // the flight's destruction posts the waiter's completion to the stopped context
       EXPECT_EQ(token.use_count(), 2);
     }
-    EXPECT_EQ(live, 0);
+    EXPECT_EQ(blocks.live, 0);
     EXPECT_EQ(token.use_count(), 1);
   }
 }

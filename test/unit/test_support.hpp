@@ -21,6 +21,37 @@ namespace asio = boost::asio;
 namespace cf = cacheflight;
 using namespace std::chrono_literals;
 
+// The blocks a `counting_allocator` handed out: all of them, and those not
+// yet taken back.
+struct allocation_counts {
+  int made = 0;
+  int live = 0;
+};
+
+// An allocator that counts its blocks in an `allocation_counts`.
+template <class T>
+struct counting_allocator {
+  using value_type = T;
+  allocation_counts* counts;
+  explicit counting_allocator(allocation_counts* c) noexcept : counts(c) {}
+  template <class U>
+  counting_allocator(const counting_allocator<U>& o) noexcept : counts(o.counts) {}
+  T* allocate(std::size_t n) {
+    T* p = std::allocator<T>{}.allocate(n);
+    ++counts->made;
+    ++counts->live;
+    return p;
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    --counts->live;
+    std::allocator<T>{}.deallocate(p, n);
+  }
+  template <class U>
+  bool operator==(const counting_allocator<U>& o) const noexcept {
+    return counts == o.counts;
+  }
+};
+
 // What one waiter received.
 template <class V = int>
 struct outcome {
