@@ -20,6 +20,7 @@
 #include <atomic>
 #include <mutex>
 #include <random>
+#include <vector>
 
 namespace cacheflight::redis {
 
@@ -65,8 +66,16 @@ struct client::impl : std::enable_shared_from_this<impl> {
   // through is lost or replaced. On the strand.
   setup_fn setup;
   std::function<void()> lost_hook;
-  std::atomic<bool> hook_claimed{false};  // a tier took the hooks (`claim_connection_hook`)
+  std::uint64_t hooks_of = 0;  // the claim that set `setup` and `lost_hook`, on the strand
+  std::mutex hook_mu;
+  std::uint64_t hook_holder = 0;  // the claim holding the hooks now, 0 for none; guarded by hook_mu
+  std::uint64_t hook_claims = 0;  // guarded by hook_mu
   bool let_through = false;  // the current connection was let through
+
+  bool holds_hooks(std::uint64_t claim) {
+    std::lock_guard lk(hook_mu);
+    return claim != 0 && hook_holder == claim;
+  }
 
   void connection_gone() {
     if (!std::exchange(let_through, false)) return;
@@ -86,7 +95,9 @@ struct client::impl : std::enable_shared_from_this<impl> {
     connected = false;
     connecting = true;
     connection_gone();
-    if (conn) std::exchange(conn, nullptr)->close();
+    // Commands still waiting on a connection given up fail as not connected:
+    // nobody cancelled them.
+    if (conn) std::exchange(conn, nullptr)->close_with(make_error_code(error::not_connected));
     if (sentinel_conn) std::exchange(sentinel_conn, nullptr)->close();
     if (!with_sentinel()) return open(opts.connection, false);
     ask_sentinel(0, make_error_code(error::master_not_found), false);
@@ -194,7 +205,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   void open_failed(error_code ec) {
     connecting = false;
     connected = false;
-    if (conn) std::exchange(conn, nullptr)->close();
+    if (conn) std::exchange(conn, nullptr)->close_with(make_error_code(error::not_connected));
     set_last_error(ec);
     schedule(next_backoff());
   }
@@ -287,6 +298,10 @@ client::client(executor_type ex, client_options opts) {
     throw_invalid_option("redis: a unix socket cannot be combined with Sentinel");
   detail::check_tls_options(so.tls, "redis::sentinel_options::tls");
   detail::check_connection_options(opts.connection);
+  if (opts.reconnect_min <= milliseconds::zero() || opts.reconnect_max < opts.reconnect_min)
+    throw_invalid_option("redis::client_options: need 0 < reconnect_min <= reconnect_max");
+  if (opts.health_check_interval <= milliseconds::zero())
+    throw_invalid_option("redis::client_options: health_check_interval must be positive");
   const cluster_options& co = opts.cluster;
   if (!co.nodes.empty()) {
     if (!so.master_name.empty()) throw_invalid_option("redis: Cluster and Sentinel cannot be combined");
@@ -407,21 +422,33 @@ void client::exec_serialized(std::string_view bytes, direct_fn fn, std::shared_p
 
 namespace cacheflight::redis {
 
-bool client::claim_connection_hook() noexcept {
-  return impl_ && !impl_->hook_claimed.exchange(true);
+std::uint64_t client::claim_connection_hook() noexcept {
+  if (!impl_) return 0;
+  std::lock_guard lk(impl_->hook_mu);
+  if (impl_->hook_holder != 0) return 0;
+  return impl_->hook_holder = ++impl_->hook_claims;
 }
 
-void client::release_connection_hook() {
+void client::release_connection_hook(std::uint64_t claim) {
   if (!impl_) return;
-  asio::dispatch(impl_->strand, [self = impl_] {
+  {
+    // Free for another claim at once; a later on_connection of this one is ignored.
+    std::lock_guard lk(impl_->hook_mu);
+    if (claim == 0 || impl_->hook_holder != claim) return;
+    impl_->hook_holder = 0;
+  }
+  asio::dispatch(impl_->strand, [self = impl_, claim] {
+    if (self->hooks_of != claim) return;
     self->setup = nullptr;
     self->lost_hook = nullptr;
-    self->hook_claimed = false;
+    self->hooks_of = 0;
   });
 }
 
-void client::on_connection(setup_fn setup, std::function<void()> lost) {
-  asio::dispatch(impl_->strand, [self = impl_, setup = std::move(setup), lost = std::move(lost)]() mutable {
+void client::on_connection(std::uint64_t claim, setup_fn setup, std::function<void()> lost) {
+  asio::dispatch(impl_->strand, [self = impl_, claim, setup = std::move(setup), lost = std::move(lost)]() mutable {
+    if (!self->holds_hooks(claim)) return;  // released meanwhile
+    self->hooks_of = claim;
     self->setup = std::move(setup);
     self->lost_hook = std::move(lost);
     // A connection let through before the hook: it had no setup.

@@ -452,7 +452,16 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     std::vector<std::uint64_t> cancelled;
     for (const command& c : pending)
       if (c.cancel && c.waiting() && c.cancel->requested.load(std::memory_order_acquire)) cancelled.push_back(c.id);
-    for (std::uint64_t id : cancelled) abandon(id, asio::error::operation_aborted);
+    for (std::size_t i = 0; i < cancelled.size(); ++i) {
+      try {
+        abandon(cancelled[i], asio::error::operation_aborted);
+      } catch (...) {
+        // The write, and the other cancelled commands' completions, in a turn
+        // of their own.
+        schedule_write();
+        throw;
+      }
+    }
     if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
     // Abandoned commands are not sent: their bytes are left out.
@@ -598,7 +607,12 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       inflight.pop_front();
       if (c.auth)
         handshake_reply(c, r);
-      else if (c.waiting()) {
+      else if (c.waiting() && c.cancel && c.cancel->requested.load(std::memory_order_acquire)) {
+        // Cancelled by its caller before its reply was taken (its abandonment
+        // is still on its way to the strand): the reply is dropped.
+        --live;
+        deliver(c, asio::error::operation_aborted, reply{});
+      } else if (c.waiting()) {
         --live;
         if (c.into) {  // set only with a handler
           // The caller's memory comes back to the reader through `incoming`.
@@ -644,9 +658,26 @@ struct connection::impl : std::enable_shared_from_this<impl> {
           }
       };
       collect();
-      for (auto id : late) self->abandon(id, make_error_code(error::timed_out));
-      self->arm_deadline();
+      self->time_out(std::move(late), 0);
     });
+  }
+
+  // Completes the commands `late[from...]` with `error::timed_out`, then
+  // arms the timer for the next deadline. A completion that throws
+  // propagates; the commands after it, and the timer, follow in a turn of
+  // their own.
+  void time_out(std::vector<std::uint64_t> late, std::size_t from) {
+    for (std::size_t i = from; i < late.size(); ++i) {
+      try {
+        abandon(late[i], make_error_code(error::timed_out));
+      } catch (...) {
+        asio::post(strand, [self = shared_from_this(), late = std::move(late), i]() mutable {
+          if (self->st != state::closed) self->time_out(std::move(late), i + 1);
+        });
+        throw;
+      }
+    }
+    arm_deadline();
   }
 
   // The execution context is shutting down: no handler will ever run again.
@@ -681,13 +712,32 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     live = 0;
     // Out of the queues first: a completion may issue commands (they fail at once).
-    detail::ring<command> in = std::move(inflight), pe = std::move(pending);
+    auto doomed = std::make_shared<detail::ring<command>>(std::move(inflight));
     inflight.clear();
+    for (auto& c : pending) doomed->push_back(std::move(c));
     pending.clear();
     out.clear();
-    for (auto* q : {&in, &pe})
-      for (auto& c : *q)
-        if (c.waiting()) deliver(c, ec, reply{});
+    fail_all(std::move(doomed), ec);
+  }
+
+  // Completes the commands of `doomed` with `ec`, in order. A completion that
+  // throws propagates; the commands after it are completed in a turn of their
+  // own.
+  void fail_all(std::shared_ptr<detail::ring<command>> doomed, error_code ec) {
+    while (!doomed->empty()) {
+      command c = std::move(doomed->front());
+      doomed->pop_front();
+      if (!c.waiting()) continue;
+      try {
+        deliver(c, ec, reply{});
+      } catch (...) {
+        if (!doomed->empty())
+          asio::post(strand, [self = shared_from_this(), doomed = std::move(doomed), ec]() mutable {
+            self->fail_all(std::move(doomed), ec);
+          });
+        throw;
+      }
+    }
   }
 };
 
@@ -700,8 +750,10 @@ connection::connection(executor_type ex, connection_options opts) {
 
 connection::~connection() { close(); }
 
-void connection::close() {
-  asio::post(impl_->strand, [self = impl_] { self->fail(asio::error::operation_aborted); });
+void connection::close() { close_with(asio::error::operation_aborted); }
+
+void connection::close_with(error_code reason) {
+  asio::post(impl_->strand, [self = impl_, reason] { self->fail(reason); });
 }
 
 bool connection::is_open() const noexcept { return impl_->open_flag.load(); }

@@ -147,6 +147,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // cannot be reached fails its slots at once): the tier's own stays closed.
   const bool cluster;
   bool stopped = false;
+  std::uint64_t hook_claim = 0;  // the client's connection hooks, with tracking
   std::string get_cmd;  // a plain read's GET, serialized (see get())
 
   // The breaker, on the strand. `gen` changes with every state change: an
@@ -840,7 +841,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (opts.invalidation == invalidation_mode::tracking) {
       std::weak_ptr<impl> w = weak_from_this();
       cl->on_connection(
-          [w](const std::shared_ptr<connection>& c, std::function<void(error_code)> done) {
+          hook_claim, [w](const std::shared_ptr<connection>& c, std::function<void(error_code)> done) {
             auto self = w.lock();
             if (!self || self->stopped) return done({});
             // After a failover the data connection reaches another server: the
@@ -1074,7 +1075,6 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   void stop() {
     stopped = true;
     fail_queue(asio::error::operation_aborted);
-    if (opts.invalidation == invalidation_mode::tracking) cl->release_connection_hook();
     sub_timer.cancel();
     if (sub) std::exchange(sub, nullptr)->close();
     set_linked(false);
@@ -1111,10 +1111,17 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
   if (opts.invalidation == invalidation_mode::tracking && !c->options().cluster.nodes.empty())
     cacheflight::detail::throw_invalid_option(
         "redis::tier_options: invalidation_mode::tracking cannot be used with Cluster (use publish)");
-  if (opts.invalidation == invalidation_mode::tracking && !c->claim_connection_hook())
+  std::uint64_t claim = 0;
+  if (opts.invalidation == invalidation_mode::tracking && (claim = c->claim_connection_hook()) == 0)
     cacheflight::detail::throw_invalid_option(
         "redis::tier_options: invalidation_mode::tracking needs a client no other tracking tier uses");
-  impl_ = std::make_shared<impl>(std::move(c), std::move(opts), listeners());
+  try {
+    impl_ = std::make_shared<impl>(c, std::move(opts), listeners());
+  } catch (...) {
+    c->release_connection_hook(claim);
+    throw;
+  }
+  impl_->hook_claim = claim;
   cacheflight::detail::drop_handlers_at_shutdown(impl_->strand, impl_);
   asio::post(impl_->strand, [self = impl_] { self->start_invalidation(); });
 }
@@ -1123,6 +1130,8 @@ tier::tier(executor_type ex, client_options copts, tier_options opts)
     : tier(std::make_shared<client>(std::move(ex), std::move(copts)), std::move(opts)) {}
 
 tier::~tier() {
+  // The hooks are free for another tracking tier on the client from now on.
+  impl_->cl->release_connection_hook(impl_->hook_claim);
   asio::post(impl_->strand, [self = impl_] { self->stop(); });
 }
 

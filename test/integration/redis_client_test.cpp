@@ -217,6 +217,54 @@ TEST_F(RedisClient, AThrowingHandlerLeavesTheRepliesReadWithItsOwnDeliveredAndTh
   EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
 }
 
+TEST_F(RedisClient, ACommandCancelledByAnEarlierCompletionOnceItsReplyWasReadIsAborted) {
+  redis::client c{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  asio::cancellation_signal returned_sig, into_sig;
+  std::optional<std::pair<error_code, std::string>> returned;
+  std::optional<error_code> into_ec;
+  redis::reply into;
+  into.str = "untouched";
+  // Issued together: one write, and their replies come back in one read. The
+  // first one's completion cancels the other two, whose replies are read.
+  asio::post(c.get_strand(), [&] {
+    c.async_exec({"PING"}, [&](error_code, redis::reply) {
+      returned_sig.emit(asio::cancellation_type::terminal);
+      into_sig.emit(asio::cancellation_type::terminal);
+    });
+    c.async_exec({"ECHO", "returned"}, asio::bind_cancellation_slot(returned_sig.slot(), [&](error_code ec, redis::reply r) {
+                   returned.emplace(ec, r.str);
+                 }));
+    c.async_exec({"ECHO", "into"}, into,
+                 asio::bind_cancellation_slot(into_sig.slot(), [&](error_code ec) { into_ec = ec; }));
+  });
+  ASSERT_TRUE(run_until([&] { return returned && into_ec; }));
+  EXPECT_EQ(returned->first, asio::error::operation_aborted);
+  EXPECT_EQ(returned->second, "");
+  EXPECT_EQ(*into_ec, asio::error::operation_aborted);
+  EXPECT_EQ(into.str, "untouched");
+  EXPECT_EQ(exec(c, {"ECHO", "after"}).second.str, "after");
+}
+
+TEST_F(RedisClient, CommandsOnAConnectionGivenUpAfterAFailedHealthCheckFailAsNotConnected) {
+  auto opts = client_options();
+  opts.connection.command_timeout = 1000ms;
+  opts.health_check_interval = 50ms;
+  redis::client c{io.get_executor(), opts};
+  redis::client pauser{io.get_executor(), client_options()};
+  ASSERT_TRUE(run_until([&] { return c.is_connected() && pauser.is_connected(); }));
+  // The server answers nobody for 1.5 s: the next health check's PING times
+  // out after 1 s, and the client gives its connection up.
+  ASSERT_EQ(exec(pauser, {"CLIENT", "PAUSE", "1500", "ALL"}).second.str, "OK");
+  run_until([] { return false; }, 200ms);  // a PING is waiting by now
+  std::optional<error_code> got;
+  c.async_exec({"ECHO", "late"}, [&](error_code ec, redis::reply) { got = ec; });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 3s));
+  EXPECT_EQ(*got, cf::error::not_connected) << got->message();
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }, 3s));
+  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+}
+
 TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
   auto opts = client_options();
   opts.health_check_interval = 60s;  // the loss must not wait for a health check

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <stdexcept>
 #include <thread>
 
 namespace {
@@ -362,6 +363,64 @@ TEST_F(RedisConnection, TimedOutCommandIsAbandonedAndTheConnectionStaysUsable) {
   EXPECT_FALSE(ec2);
   EXPECT_EQ(pong.str, "PONG");
   EXPECT_TRUE(c.is_open());
+}
+
+// Runs `io` until `done()`, counting the exceptions handlers threw out of it.
+template <class Done>
+int run_catching(asio::io_context& io, Done done, std::chrono::milliseconds limit = 5s) {
+  int thrown = 0;
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done() && std::chrono::steady_clock::now() < end) {
+    try {
+      io.restart();
+      io.run_for(5ms);
+    } catch (const std::runtime_error&) {
+      ++thrown;
+    }
+  }
+  return thrown;
+}
+
+TEST_F(RedisConnection, AHandlerThrowingAsTheConnectionClosesLeavesTheOthersCompleted) {
+  redis::connection c{io.get_executor(), options()};
+  ASSERT_FALSE(connect(c));
+  std::vector<error_code> got;
+  c.async_exec({"BLPOP", "empty-list", "5"}, [](error_code, redis::reply) { throw std::runtime_error("threw"); });
+  for (int i = 0; i < 2; ++i)
+    c.async_exec({"BLPOP", "empty-list", "5"}, [&](error_code ec, redis::reply) { got.push_back(ec); });
+  io.restart();
+  io.poll();
+  const auto t0 = std::chrono::steady_clock::now();
+  c.close();
+  EXPECT_EQ(run_catching(io, [&] { return got.size() == 2; }), 1);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], asio::error::operation_aborted);
+  EXPECT_EQ(got[1], asio::error::operation_aborted);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
+TEST_F(RedisConnection, AHandlerThrowingAsItTimesOutLeavesTheOthersTimingOut) {
+  auto o = options();
+  o.command_timeout = 200ms;
+  redis::connection c{io.get_executor(), o};
+  ASSERT_FALSE(connect(c));
+  std::vector<error_code> got;
+  const auto t0 = std::chrono::steady_clock::now();
+  // The server answers after 3 s; all three time out together.
+  c.async_exec({"BLPOP", "empty-list", "3"}, [](error_code, redis::reply) { throw std::runtime_error("threw"); });
+  for (int i = 0; i < 2; ++i)
+    c.async_exec({"BLPOP", "empty-list", "3"}, [&](error_code ec, redis::reply) { got.push_back(ec); });
+  EXPECT_EQ(run_catching(io, [&] { return got.size() == 2; }), 1);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], cf::error::timed_out);
+  EXPECT_EQ(got[1], cf::error::timed_out);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  // A later command still gets its deadline.
+  std::optional<error_code> later;
+  c.async_exec({"BLPOP", "empty-list", "3"}, [&](error_code ec, redis::reply) { later = ec; });
+  run_catching(io, [&] { return later.has_value(); }, 1s);
+  ASSERT_TRUE(later.has_value());
+  EXPECT_EQ(*later, cf::error::timed_out);
 }
 
 TEST_F(RedisConnection, CancelledCommandCompletesAtOnceWithOperationAborted) {

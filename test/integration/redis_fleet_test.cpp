@@ -226,6 +226,24 @@ TEST_F(RedisFleet, KillingTheDataConnectionFlushesMemoryAndReenablesTracking) {
   expect_propagation(a, b, "k1");
 }
 
+TEST_F(RedisFleet, ATrackingTierDestroyedFreesItsClientForAnotherAtOnce) {
+  const redis::tier_options o{.prefix = prefix, .invalidation = redis::invalidation_mode::tracking};
+  auto cl = std::make_shared<redis::client>(io.get_executor(), client_options());
+  ASSERT_TRUE(run_until([&] { return cl->is_connected(); }));
+  auto first = std::make_shared<redis::tier>(cl, o);
+  EXPECT_THROW(redis::tier(cl, o), boost::system::system_error);  // the client serves one tracking tier
+  ASSERT_TRUE(run_until([&] { return first->linked(); }));
+  first.reset();
+  auto second = std::make_shared<redis::tier>(cl, o);  // the context has not run since
+  ASSERT_TRUE(run_until([&] { return second->linked(); }));
+  // The client's connection hooks are the second tier's: killed, its data
+  // connection comes back with tracking on again.
+  ASSERT_TRUE(run_until([&] { return clients_with_flag('t').size() == 1; }, 3s));
+  for (const auto& id : clients_with_flag('t')) ASSERT_FALSE(exec(*raw, {"CLIENT", "KILL", "ID", id}).first);
+  ASSERT_TRUE(run_until([&] { return clients_with_flag('t').size() == 1 && cl->is_connected() && second->linked(); }, 3s))
+      << "tracking not re-enabled for the second tier";
+}
+
 TEST_F(RedisFleet, ARestartedServerIsRelinkedAndServed) {
   auto [a, b] = tracking_pair();
   std::atomic<int> calls{0};

@@ -183,10 +183,60 @@ TEST(RedisOptions, ImpossibleTlsAndSentinelOptionsAreRefusedAtConstruction) {
             }),
             cf::error::invalid_option);
   EXPECT_EQ(with([](auto& o) { o.sentinel.tls = {.enabled = true, .cert_file = "c.pem"}; }), cf::error::invalid_option);
-  for (const char* good : {"10.0.0.1:26379", "sentinel-a", "[::1]:26379", "[::1]", "::1"})
+  for (const char* good : {"10.0.0.1:26379", "sentinel-a", "[::1]:26379", "[::1]", "::1", "host:1", "host:65535"})
     EXPECT_FALSE(with([&](auto& o) {
       o.sentinel = {.sentinels = {good}, .master_name = "m"};
     })) << good;
+  // Ports that are not numbers from 1 to 65535, extra colons, a bracketed
+  // host that is not an IPv6 address.
+  for (const char* bad : {"127.0.0.1:26379:5", "host:port:x:y", "127.0.0.1:99999", "127.0.0.1: 1", "host:0",
+                          "host:http", "[localhost]:26379", "1:2:3"})
+    EXPECT_EQ(with([&](auto& o) {
+                o.sentinel = {.sentinels = {bad}, .master_name = "m"};
+              }),
+              cf::error::invalid_option)
+        << bad;
+  for (const char* bad : {"127.0.0.1:7000:1", "127.0.0.1:70000", "[x]:7000"})
+    EXPECT_EQ(with([&](auto& o) { o.cluster.nodes = {bad}; }), cf::error::invalid_option) << bad;
+}
+
+TEST(RedisOptions, ImpossibleTimesAndSizesAreRefusedAtConstruction) {
+  namespace redis = cftest::redis;
+  namespace cf = cftest::cf;
+  using namespace std::chrono_literals;
+  auto with = [](auto change) {
+    redis::client_options o;
+    change(o);
+    return construction_error(std::move(o));
+  };
+  EXPECT_EQ(with([](auto& o) { o.connection.connect_timeout = 0ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.connection.command_timeout = 0ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.connection.command_timeout = -5ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.connection.max_pending = 0; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.connection.database = -1; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.reconnect_min = 0ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.reconnect_min = -1ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) {
+              o.reconnect_min = 100ms;
+              o.reconnect_max = 50ms;
+            }),
+            cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.health_check_interval = 0ms; }), cf::error::invalid_option);
+  EXPECT_EQ(with([](auto& o) { o.cluster.nodes = {"127.0.0.1:7000"}; o.health_check_interval = 0ms; }),
+            cf::error::invalid_option);
+  // The same checks on a bare connection.
+  {
+    boost::asio::io_context io;
+    EXPECT_THROW(redis::connection(io.get_executor(), redis::connection_options{.command_timeout = 0ms}),
+                 boost::system::system_error);
+    EXPECT_THROW(redis::connection(io.get_executor(), redis::connection_options{.max_pending = 0}),
+                 boost::system::system_error);
+  }
+  EXPECT_FALSE(with([](auto& o) {
+    o.reconnect_min = 10ms;
+    o.reconnect_max = 10ms;
+    o.health_check_interval = 1ms;
+  }));
 }
 
 }  // namespace

@@ -169,13 +169,16 @@ class client {
 
   /// Starts connecting at once.
   /// @throws boost::system::system_error with `error::invalid_option` for
-  /// options that cannot work: those `connection` refuses; sentinels without a
+  /// options that cannot work: those `connection` refuses; a `reconnect_min`
+  /// or `health_check_interval` that is not positive, a `reconnect_max` below
+  /// `reconnect_min`; sentinels without a
   /// master name or a master name without sentinels; a sentinel address that
-  /// is not `host:port`, `[v6]:port`, `host` or `[v6]` (port 26379); Sentinel
+  /// is not `host:port`, `[v6]:port`, `host`, `[v6]` or a bare IPv6 address
+  /// (port 26379 when absent; a port is a number from 1 to 65535); Sentinel
   /// with a unix socket. Cluster: Sentinel too, a unix socket, a database
-  /// other than 0, a seed that is not `host:port` or `[v6]:port` (port 6379
-  /// when absent), zero `max_redirects` or `node_failures`, a refresh
-  /// interval or retry delay that is not positive.
+  /// other than 0, a seed not written as a sentinel's is (port 6379 when
+  /// absent), zero `max_redirects` or `node_failures`, a refresh interval or
+  /// retry delay that is not positive.
   client(executor_type ex, client_options opts);
   /// Stops reconnecting and closes the connection.
   ~client();
@@ -190,7 +193,11 @@ class client {
   /// @code void(boost::system::error_code ec, redis::reply r) @endcode
   /// Errors: those of `connection::async_exec`; `error::not_connected` while
   /// (re)connecting (with Cluster: while no slot map is known, or the master
-  /// of the command's slot cannot be reached). With Cluster, redirections and
+  /// of the command's slot cannot be reached), and for a command waiting on a
+  /// connection the client closes to reopen it (its health check failed); one
+  /// waiting on a connection that is lost gets the socket's error. Neither is
+  /// re-sent: it may have been executed. `operation_aborted` only for a
+  /// command its caller cancelled, or when the client is destroyed. With Cluster, redirections and
   /// retries are followed before the handler runs (see `cluster_options`).
   /// @par Executor
   /// The handler runs on its associated executor, never inside this call;
@@ -344,11 +351,13 @@ class client {
   // through is lost or replaced. A connection open before this call is
   // reopened so that it gets its setup.
   using setup_fn = std::function<void(const std::shared_ptr<connection>&, std::function<void(boost::system::error_code)>)>;
-  void on_connection(setup_fn setup, std::function<void()> lost);
-  // Whether the hooks above are free, taking them if so (false with Cluster).
-  bool claim_connection_hook() noexcept;
-  // Removes the hooks and frees them for another claim.
-  void release_connection_hook();
+  // `claim`: from claim_connection_hook; ignored once it is released.
+  void on_connection(std::uint64_t claim, setup_fn setup, std::function<void()> lost);
+  // Takes the hooks above if they are free: a claim, nonzero; 0 if they are
+  // taken, and with Cluster.
+  std::uint64_t claim_connection_hook() noexcept;
+  // Frees the hooks for another claim at once, and removes those `claim` set.
+  void release_connection_hook(std::uint64_t claim);
   // `work`: from `detail::typed_work`.
   void start_exec_at(std::string node, detail::command_bytes&& cmd, exec_handler h,
                      std::optional<boost::asio::any_completion_executor> work);

@@ -189,7 +189,9 @@ class connection {
 
   /// @throws boost::system::system_error with `error::invalid_option` for
   /// options that cannot work: TLS over a unix socket, a client certificate
-  /// without its key or a key without its certificate.
+  /// without its key or a key without its certificate, a `connect_timeout` or
+  /// `command_timeout` that is not positive, a `max_pending` of 0, a negative
+  /// `database`.
   connection(executor_type ex, connection_options opts);
   /// Closes the connection: waiting commands fail with `operation_aborted`.
   ~connection();
@@ -294,6 +296,8 @@ class connection {
   using exec_handler = boost::asio::any_completion_handler<void(boost::system::error_code, reply)>;
 
   void start_connect(connect_handler h);
+  // As `close`, failing the waiting commands with `reason`.
+  void close_with(boost::system::error_code reason);
   // `Signature`: the completion's, `void(error_code, reply)` or, with the
   // reply read into the caller's, `void(error_code)`.
   template <class Signature = void(boost::system::error_code, reply), class CompletionToken>

@@ -101,8 +101,11 @@ struct tier_options {
 ///   queued is answered from the queue (its bytes, or nothing for an erase),
 ///   and every key reads as absent while a clear is queued or running.
 /// - A circuit breaker: after `breaker_failures` consecutive failures, or at
-///   once when the connection is lost, every operation fails at once with
-///   `error::tier_unavailable` (the cache then serves memory and loaders); after
+///   once when an operation finds the client not connected
+///   (`error::not_connected`: the connection was lost and not yet reopened),
+///   every operation fails at once with `error::tier_unavailable` (the cache
+///   then serves memory and loaders); a connection lost and reopened before
+///   any operation needed it leaves the breaker closed. After
 ///   `breaker_min` (doubling per failed probe, up to `breaker_max`) one
 ///   operation is let through as a probe, and its success closes the breaker.
 ///   Writes queued when it opens are dropped. Erases and clears fail too, and
