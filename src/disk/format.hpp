@@ -122,8 +122,11 @@ inline void write_record(char* out, std::uint64_t seq, std::int64_t expires_ms, 
   if (!bytes.empty()) std::memcpy(out + record_header_size + klen, bytes.data(), bytes.size());
 }
 
-// Reads a record; nullopt when its header is damaged.
-inline std::optional<record_view> parse_record(std::string_view r) {
+// Reads the record stored under data key `dk`; nullopt when its header is
+// damaged: a wrong magic, or a full-key length that does not fit the data key
+// (0 under a plain data key; more than `max_plain_key` bytes, within the
+// record, under a digest one).
+inline std::optional<record_view> parse_record(std::string_view dk, std::string_view r) {
   if (r.size() < record_header_size || r.substr(0, 4) != record_magic) return std::nullopt;
   record_view v;
   v.seq = load_le64(r.data() + 4);
@@ -131,6 +134,11 @@ inline std::optional<record_view> parse_record(std::string_view r) {
   std::uint32_t klen = 0;
   for (int i = 0; i < 4; ++i) klen |= std::uint32_t{static_cast<unsigned char>(r[20 + i])} << (8 * i);
   if (klen > r.size() - record_header_size) return std::nullopt;
+  if (dk.starts_with('k')) {
+    if (klen != 0) return std::nullopt;
+  } else if (!dk.starts_with('h') || klen <= max_plain_key) {
+    return std::nullopt;
+  }
   v.full_key = r.substr(record_header_size, klen);
   v.bytes = r.substr(record_header_size + klen);
   return v;

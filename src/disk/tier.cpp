@@ -138,8 +138,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   MDB_dbi dbi_data = 0, dbi_order = 0, dbi_expiry = 0, dbi_meta = 0;
   std::uint64_t psize = 4096;
   std::uint64_t map_bytes = 0;
-  std::uint64_t high_bytes = 0;  // live data is kept under it
-  std::uint64_t low_bytes = 0;   // eviction brings it down to this
+  std::uint64_t budget_bytes = 0;  // max_bytes
+  std::uint64_t high_bytes = 0;    // the pages in use are kept under it
+  std::uint64_t low_bytes = 0;     // eviction brings them down to this
   std::uint64_t max_value = 0;
   std::uint64_t batch_bytes = 0;
   std::pair<dev_t, ino_t> dir_id{};
@@ -224,7 +225,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
 
     // A truncated file would fault on the first read of a page past its end:
-    // refuse it here.
+    // refuse it here. An empty one LMDB has just made a new store of, as it
+    // makes every new store (a crash between its creating the file and
+    // writing the meta pages leaves it empty).
     MDB_envinfo info{};
     MDB_stat est{};
     ::mdb_env_info(env, &info);
@@ -238,12 +241,14 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     int dead = 0;
     ::mdb_reader_check(env, &dead);
 
-    // The map may be larger than asked, when the store was made with a larger budget.
+    // The map is larger than the budget when a store made with a larger one
+    // uses more pages than it: LMDB maps at least the pages in use. Eviction
+    // then brings the data down to this budget.
     ::mdb_env_info(env, &info);
-    const std::uint64_t map = std::max<std::uint64_t>(info.me_mapsize, opts.max_bytes);
-    map_bytes = map;
-    high_bytes = map / 4 * 3;
-    low_bytes = high_bytes - map / 32;
+    map_bytes = std::max<std::uint64_t>(info.me_mapsize, opts.max_bytes);
+    budget_bytes = opts.max_bytes;
+    high_bytes = budget_bytes / 4 * 3;
+    low_bytes = high_bytes - budget_bytes / 32;
     max_value = opts.max_bytes / 16;
     batch_bytes = opts.max_bytes / 16;
 
@@ -543,7 +548,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     const int rc = ::mdb_get(txn, dbi_data, &k, &v);
     if (rc == MDB_NOTFOUND) return {};
     if (rc) return mdb_error(rc);
-    const auto r = detail::parse_record(view(v));
+    const auto r = detail::parse_record(dk, view(v));
     if (!r) return make_error_code(error::corrupt_store);
     if (detail::is_digest_key(key) && r->full_key != key) return {};  // another key with the same digest
     if (r->expires_ms != 0 && r->expires_ms <= now) return {};
@@ -572,9 +577,12 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     if (committed) commits.fetch_add(1, std::memory_order_relaxed);
   }
 
+  // The bytes of the pages in use: the two meta pages and every B-tree's
+  // pages (the entries, the indexes, LMDB's main database and its free list).
+  // The rest of the file is free pages, which LMDB reuses.
   std::uint64_t used_bytes(MDB_txn* t) const {
-    std::uint64_t pages = 0;
-    for (MDB_dbi d : {dbi_data, dbi_order, dbi_expiry, dbi_meta}) {
+    std::uint64_t pages = 2;
+    for (MDB_dbi d : {MDB_dbi{0}, MDB_dbi{1}, dbi_data, dbi_order, dbi_expiry, dbi_meta}) {
       MDB_stat st{};
       if (::mdb_stat(t, d, &st) == 0) pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
     }
@@ -601,7 +609,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     int rc = ::mdb_get(t, dbi_data, &k, &v);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
-    if (auto r = detail::parse_record(view(v))) {
+    if (auto r = detail::parse_record(dk, view(v))) {
       char seqk[8];
       detail::store_be64(seqk, r->seq);
       MDB_val ok{8, seqk};
@@ -646,7 +654,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       const int rc = ::mdb_get(t, dbi_data, &k, &v);
       if (rc == MDB_NOTFOUND) return 0;
       if (rc) return rc;
-      const auto r = detail::parse_record(view(v));
+      const auto r = detail::parse_record(dk, view(v));
       if (r && r->full_key != op.key) return 0;
     }
     return remove_entry(t, dk);
@@ -667,7 +675,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     int rc = ::mdb_get(t, dbi_data, &dkv, &rv);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
-    const auto r = detail::parse_record(view(rv));
+    const auto r = detail::parse_record(dk, view(rv));
     if (r && r->seq != seq) return 0;
     if ((rc = remove_entry(t, dk))) return rc;
     ++removed;
@@ -703,12 +711,13 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return rc;
   }
 
-  // Drops the oldest written entries until the live data is at most `until` bytes.
-  int evict_oldest(MDB_txn* t, std::uint64_t until, std::uint64_t& removed) {
+  // Drops up to `limit` of the oldest written entries, stopping early once
+  // the pages in use are at most `until` bytes.
+  int evict_oldest(MDB_txn* t, std::uint64_t until, std::size_t limit, std::uint64_t& removed) {
     MDB_cursor* c = nullptr;
     if (int rc = ::mdb_cursor_open(t, dbi_order, &c)) return rc;
     int rc = 0;
-    while (used_bytes(t) > until) {
+    for (std::size_t n = 0; n < limit && used_bytes(t) > until; ++n) {
       MDB_val k{}, v{};
       rc = ::mdb_cursor_get(c, &k, &v, MDB_FIRST);
       if (rc == MDB_NOTFOUND) {
@@ -724,121 +733,216 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     return rc;
   }
 
-  // Makes the live data at most `until` bytes: expired entries first, then the oldest.
-  int make_room(MDB_txn* t, std::uint64_t until, txn_counts& c) {
-    if (used_bytes(t) <= until) return 0;
-    int rc = sweep(t, now_ms(), std::numeric_limits<std::size_t>::max(), until, c.expired);
-    if (!rc) rc = evict_oldest(t, until, c.evicted);
-    return rc;
+  // The pages in use as of the last commit.
+  std::uint64_t committed_used() {
+    MDB_txn* t = nullptr;
+    if (::mdb_txn_begin(env, nullptr, MDB_RDONLY, &t)) return used.load(std::memory_order_relaxed);
+    const std::uint64_t u = used_bytes(t);
+    ::mdb_txn_abort(t);
+    return u;
   }
 
-  // One transaction: the batch, a sweep, and room for the next one.
-  int commit_batch(std::vector<write_op>& batch, bool& sync) {
+  // One small transaction that drops up to `limit` entries, expired ones
+  // first, then the oldest written, stopping once the pages in use are at
+  // most `until` bytes. `removed` counts the entries and the index entries
+  // it dropped (an index entry left by a damaged record points to nothing),
+  // `left` the pages in use after it.
+  int evict_step(std::uint64_t until, std::size_t limit, std::uint64_t& removed, std::uint64_t& left) {
+    txn_guard g;
+    int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
+    if (rc) return rc;
+    auto index_entries = [&] {
+      std::uint64_t n = 0;
+      for (MDB_dbi d : {dbi_order, dbi_expiry}) {
+        MDB_stat st{};
+        if (::mdb_stat(g.t, d, &st) == 0) n += st.ms_entries;
+      }
+      return n;
+    };
+    const std::uint64_t indexed = index_entries();
+    txn_counts c;
+    if ((rc = sweep(g.t, now_ms(), limit, until, c.expired))) return rc;
+    if (c.expired < limit && (rc = evict_oldest(g.t, until, limit - c.expired, c.evicted))) return rc;
+    removed = std::max(c.expired + c.evicted, indexed - index_entries());
+    snapshot(g.t, c);
+    left = c.used;
+    if (removed == 0) return 0;  // nothing to commit
+    if ((rc = ::mdb_txn_commit(g.release()))) return rc;
+    publish(c, true);
+    return 0;
+  }
+
+  // Brings the pages in use down to at most `until` bytes in small committed
+  // transactions: each frees the pages of what it drops for the ones after it,
+  // where one large transaction would need room for a copy of every page it
+  // touches. A step that does not fit is halved, down to one entry. Returns
+  // true when it dropped anything.
+  bool evict_steps(std::uint64_t until) {
+    // A step copies about a page per entry it drops: at most a sixteenth of
+    // the budget.
+    const auto max_step =
+        static_cast<std::size_t>(std::clamp<std::uint64_t>(budget_bytes / 16 / psize, 64, 65536));
+    std::size_t step = max_step;
+    bool any = false;
+    for (;;) {
+      std::uint64_t removed = 0, left = 0;
+      const int rc = evict_step(until, step, removed, left);
+      if (rc == MDB_MAP_FULL && step > 1) {
+        step /= 2;
+        continue;
+      }
+      if (rc || removed == 0) return any;
+      any = true;
+      if (left <= until) return true;
+      step = std::min(step * 2, max_step);
+    }
+  }
+
+  // The pages a put adds to the store, estimated: its nodes in the three
+  // databases, twice over for leaves that are half full, and a large value's
+  // overflow pages.
+  std::uint64_t write_cost(const write_op& op) const {
+    constexpr std::uint64_t node = 16;  // node header and alignment
+    if (op.what != kind::put) return node + op.key.size();
+    const std::uint64_t dk = detail::is_digest_key(op.key) ? 17 : op.key.size() + 1;
+    const std::uint64_t rec = detail::record_size(op.key, op.bytes->size());
+    std::uint64_t small = (node + 8 + dk) + (op.expires_ms != 0 ? node + 16 + dk : 0);
+    std::uint64_t large = 0;
+    if (rec + dk + node > psize / 2) {
+      small += node + dk + 8;
+      large = (rec + psize - 1) / psize * psize;
+    } else {
+      small += node + dk + rec;
+    }
+    return 2 * small + large;
+  }
+
+  // Applies ops [from, to) of `batch` in one transaction and commits it;
+  // `sweep_limit` expired entries are removed with them.
+  int commit_batch(std::vector<write_op>& batch, std::size_t from, std::size_t to, std::size_t sweep_limit,
+                   bool& sync) {
     txn_guard g;
     int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
     if (rc) return rc;
     std::uint64_t seq = last_seq(g.t, rc) + 1;
     if (rc) return rc;
-    for (write_op& op : batch) {
+    bool flushes = false;
+    for (std::size_t i = from; i < to; ++i) {
+      write_op& op = batch[i];
       switch (op.what) {
         case kind::put: rc = apply_put(g.t, op, seq++); break;
         case kind::erase: rc = apply_erase(g.t, op); break;
         case kind::clear: rc = apply_clear(g.t); break;
-        case kind::flush: sync = true; break;
+        case kind::flush: flushes = true; break;
       }
       if (rc) return rc;
     }
     txn_counts c;
-    if ((rc = sweep(g.t, now_ms(), opts.sweep_batch, 0, c.expired))) return rc;
-    if (used_bytes(g.t) > high_bytes && (rc = make_room(g.t, low_bytes, c))) return rc;
+    if (sweep_limit != 0 && (rc = sweep(g.t, now_ms(), sweep_limit, 0, c.expired))) return rc;
     snapshot(g.t, c);
     if ((rc = ::mdb_txn_commit(g.release()))) return rc;
     publish(c, true);
+    if (flushes) sync = true;
     return 0;
   }
 
-  // A transaction that only makes room.
-  int evict_to(std::uint64_t until) {
-    txn_guard g;
-    int rc = ::mdb_txn_begin(env, nullptr, 0, &g.t);
-    if (rc) return rc;
-    txn_counts c;
-    if ((rc = make_room(g.t, until, c))) return rc;
-    snapshot(g.t, c);
-    if ((rc = ::mdb_txn_commit(g.release()))) return rc;
-    publish(c, true);
-    return 0;
+  // Commits ops [from, to) of `batch`, in order, setting each one's outcome
+  // in `results` (an LMDB code). The budget: the pages in use are kept under
+  // `high_bytes`. Room is made before a commit that would pass that mark, and
+  // after one that did (the estimate may be short), always in small steps.
+  // When the map fills up inside the transaction anyway: the reader slots of
+  // dead processes are cleared (once a batch), then a range of several
+  // writes is split in two; a single write that does not fit has room made
+  // for it, down to half the budget, then to a quarter, no further: what then
+  // fills the map is pages that read transactions of other processes still
+  // see, which dropping entries does not free.
+  void commit_range(std::vector<write_op>& batch, std::size_t from, std::size_t to, std::vector<int>& results,
+                    bool& sync, bool& readers_checked, bool first) {
+    std::uint64_t cost = 0;
+    for (std::size_t i = from; i < to; ++i) cost += write_cost(batch[i]);
+    if (used.load(std::memory_order_relaxed) + cost > high_bytes)
+      evict_steps(low_bytes > cost + budget_bytes / 4 ? low_bytes - cost : budget_bytes / 4);
+    int rc = commit_batch(batch, from, to, first ? opts.sweep_batch : 0, sync);
+    if (rc == MDB_MAP_FULL && !readers_checked) {
+      readers_checked = true;
+      int dead = 0;
+      ::mdb_reader_check(env, &dead);
+      if (dead > 0) rc = commit_batch(batch, from, to, 0, sync);
+    }
+    if (rc == MDB_MAP_FULL && to - from > 1) {
+      const std::size_t mid = from + (to - from) / 2;
+      commit_range(batch, from, mid, results, sync, readers_checked, false);
+      commit_range(batch, mid, to, results, sync, readers_checked, false);
+      return;
+    }
+    for (std::uint64_t until : {budget_bytes / 2, budget_bytes / 4}) {
+      if (rc != MDB_MAP_FULL) break;
+      if (evict_steps(until)) rc = commit_batch(batch, from, to, 0, sync);
+    }
+    for (std::size_t i = from; i < to; ++i) results[i] = rc;
+    if (!rc && used.load(std::memory_order_relaxed) > high_bytes) evict_steps(low_bytes);
   }
 
   void write_batch(std::vector<write_op>& batch) {
-    bool sync = false;
-    int rc = commit_batch(batch, sync);
-    // The map filled up inside the transaction. Free pages may be pinned by
-    // the reader slots of dead processes: clear them and try again. Else make
-    // room in a transaction of its own (pages freed by this very transaction
-    // are not reusable before it commits), deeper once, and try again; no
-    // deeper than a quarter of the map, where what fills it is pages that live
-    // readers of other processes still see, which evicting would not free.
-    if (rc == MDB_MAP_FULL) {
-      int dead = 0;
-      ::mdb_reader_check(env, &dead);
-      if (dead > 0) rc = commit_batch(batch, sync = false);
+    bool sync = false, readers_checked = false;
+    std::vector<int> rcs(batch.size(), 0);
+    commit_range(batch, 0, batch.size(), rcs, sync, readers_checked, true);
+    auto to_error = [](int rc) {
+      if (rc == MDB_MAP_FULL) return make_error_code(boost::system::errc::no_space_on_device);
+      return rc ? mdb_error(rc) : error_code{};
+    };
+    error_code sync_ec;
+    if (sync && opts.durability == durability::relaxed) {
+      if (int src = ::mdb_env_sync(env, 1)) sync_ec = mdb_error(src);
     }
-    for (std::uint64_t until : {map_bytes / 2, map_bytes / 4}) {
-      if (rc != MDB_MAP_FULL || used.load(std::memory_order_relaxed) <= until) continue;
-      sync = false;
-      if (int erc = evict_to(until); erc && erc != MDB_MAP_FULL) {
-        rc = erc;
-        break;
-      }
-      rc = commit_batch(batch, sync);
-    }
-    error_code ec;
-    if (rc == MDB_MAP_FULL)
-      ec = make_error_code(boost::system::errc::no_space_on_device);
-    else if (rc)
-      ec = mdb_error(rc);
-    if (!rc && sync && opts.durability == durability::relaxed) {
-      if (int src = ::mdb_env_sync(env, 1)) ec = mdb_error(src);
-    }
-    if (rc) write_errors.fetch_add(1, std::memory_order_relaxed);
 
-    std::size_t counted = 0;
-    error_code flush_ec;
+    std::size_t stored = 0, failed = 0;
+    std::vector<error_code> results;
+    results.reserve(batch.size());
     {
       std::lock_guard lk(mu);
-      if (ec && !unflushed_error) unflushed_error = ec;
-      if (std::any_of(batch.begin(), batch.end(), [](const write_op& op) { return op.what == kind::flush; })) {
-        flush_ec = unflushed_error;
-        unflushed_error = {};
-      }
-      for (write_op& op : batch) {
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        write_op& op = batch[i];
+        error_code ec = to_error(rcs[i]);
         if (op.what == kind::put || op.what == kind::erase) {
           auto it = pending.find(op.key);
           if (it != pending.end() && it->second.id == op.id) pending.erase(it);
         } else if (op.what == kind::clear) {
           --clears_pending;
         }
-        if (op.what != kind::flush) ++counted;
+        if (op.what == kind::flush) {
+          if (!ec) ec = sync_ec ? sync_ec : unflushed_error;
+          unflushed_error = {};
+        } else {
+          (rcs[i] ? failed : stored) += 1;
+          if (!ec) ec = sync_ec;
+          if (ec && !unflushed_error) unflushed_error = ec;
+        }
+        results.push_back(ec);
       }
     }
-    unfinished_writes.fetch_sub(counted, std::memory_order_relaxed);
-    (rc ? dropped : writes).fetch_add(counted, std::memory_order_relaxed);
-    std::vector<error_code> results;
-    results.reserve(batch.size());
-    for (const write_op& op : batch) results.push_back(op.what == kind::flush ? flush_ec : ec);
+    unfinished_writes.fetch_sub(stored + failed, std::memory_order_relaxed);
+    writes.fetch_add(stored, std::memory_order_relaxed);
+    dropped.fetch_add(failed, std::memory_order_relaxed);
+    write_errors.fetch_add(failed, std::memory_order_relaxed);
     complete_writes(batch, results);
   }
 
   void idle_sweep() {
     int dead = 0;
     ::mdb_reader_check(env, &dead);  // slots of processes that died reading
-    txn_guard g;
-    if (::mdb_txn_begin(env, nullptr, 0, &g.t)) return;
-    txn_counts c;
-    if (sweep(g.t, now_ms(), opts.sweep_batch, 0, c.expired) || c.expired == 0) return;
-    snapshot(g.t, c);
-    if (::mdb_txn_commit(g.release()) == 0) publish(c, true);
+    {
+      txn_guard g;
+      if (::mdb_txn_begin(env, nullptr, 0, &g.t)) return;
+      txn_counts c;
+      if (!sweep(g.t, now_ms(), opts.sweep_batch, 0, c.expired) && c.expired != 0) {
+        snapshot(g.t, c);
+        if (::mdb_txn_commit(g.release()) == 0) publish(c, true);
+      }
+    }
+    // Over the mark (a store reopened with a smaller budget, or written by
+    // another process): back under it.
+    if (committed_used() > high_bytes) evict_steps(low_bytes);
   }
 
   // Queues an erase, a clear or a flush: never refused while the tier runs.
@@ -880,7 +984,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         std::uint64_t bytes = 0;
         while (!wq.empty() && batch.size() < opts.max_write_batch) {
           write_op& op = wq.front();
-          const std::uint64_t sz = op.bytes ? op.bytes->size() + op.key.size() : op.key.size();
+          const std::uint64_t sz = write_cost(op);
           if (!batch.empty() && bytes + sz > batch_bytes) break;
           bytes += sz;
           if (op.what == kind::put) --queued_puts;
@@ -900,8 +1004,8 @@ tier::tier(executor_type ex, tier_options opts) {
   using cacheflight::detail::throw_invalid_option;
   if (opts.path.empty()) throw_invalid_option("disk::tier_options::path must not be empty");
   if (opts.max_bytes < (std::uint64_t{1} << 20)) throw_invalid_option("disk::tier_options::max_bytes must be at least 1 MiB");
-  if (opts.max_bytes > std::numeric_limits<std::size_t>::max() / 2)
-    throw_invalid_option("disk::tier_options::max_bytes is larger than the address space");
+  if (opts.max_bytes > (std::uint64_t{1} << 46) || opts.max_bytes > std::numeric_limits<std::size_t>::max() / 2)
+    throw_invalid_option("disk::tier_options::max_bytes must be at most 64 TiB and half the address space");
   if (opts.durability != durability::durable && opts.durability != durability::relaxed)
     throw_invalid_option("disk::tier_options::durability is not durable or relaxed");
   if (opts.max_queued_writes == 0) throw_invalid_option("disk::tier_options::max_queued_writes must be positive");

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -447,6 +448,158 @@ TEST_F(DiskTier, ADamagedRecordIsAnErrorNotACrash) {
   EXPECT_EQ(get(*t, "k"), "fresh");
 }
 
+// Puts whose transaction would not fit in the room the budget leaves: the
+// writer makes room in small transactions and splits the batch, and every
+// put is stored.
+TEST_F(DiskTier, BurstsOfPutsIntoAFullBudgetEvictTheOldestInsteadOfFailing) {
+  auto t = open(options(std::uint64_t{1} << 20));
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::promise<error_code>> done(4096);
+    for (int i = 0; i < 4096; ++i)
+      t->async_put("r" + std::to_string(round) + "k" + std::to_string(i), "v" + std::to_string(i), 1h,
+                   [&, i](error_code ec) { done[static_cast<std::size_t>(i)].set_value(ec); });
+    int errors = 0;
+    for (auto& d : done) errors += d.get_future().get() ? 1 : 0;
+    ASSERT_EQ(errors, 0) << "round " << round;
+    EXPECT_EQ(get(*t, "r" + std::to_string(round) + "k4095"), "v4095");
+  }
+  const auto s = t->stats();
+  EXPECT_GT(s.evicted, 0u);
+  EXPECT_EQ(s.write_errors, 0u);
+  EXPECT_LE(s.used_bytes, s.map_bytes / 4 * 3);
+  EXPECT_EQ(get(*t, "r0k0"), std::nullopt);  // the oldest went first
+  EXPECT_EQ(t->health().writes_dropped, 0u);
+}
+
+TEST_F(DiskTier, ASteadyLoadOfRandomKeysStaysWithinTheBudgetWithoutErrors) {
+  auto o = options(std::uint64_t{4} << 20);
+  auto t = open(o);
+  std::mt19937_64 rng(1);
+  const std::string value(100, 'v');
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::future<void>> fs;
+    for (int i = 0; i < 4000; ++i)
+      fs.push_back(t->async_put("key-" + std::to_string(rng()), value, 1h, asio::use_future));
+    for (auto& f : fs) ASSERT_NO_THROW(f.get()) << "round " << round;
+  }
+  const auto s = t->stats();
+  EXPECT_GT(s.evicted, 0u);
+  EXPECT_LE(s.used_bytes, o.max_bytes / 4 * 3);
+  EXPECT_LE(fs::file_size(o.path / "data.mdb"), o.max_bytes);
+}
+
+TEST_F(DiskTier, AStoreReopenedWithASmallerBudgetIsEvictedDownToItAndStaysWritable) {
+  auto o = options(std::uint64_t{16} << 20);
+  o.max_queued_writes = 100'000;
+  {
+    auto t = open(o);
+    std::vector<std::future<void>> fs;
+    for (int i = 0; i < 6000; ++i)
+      fs.push_back(t->async_put("k" + std::to_string(i), std::string(1000, 'x'), forever, asio::use_future));
+    for (auto& f : fs) f.get();
+    ASSERT_GT(t->stats().used_bytes, std::uint64_t{8} << 20);
+  }
+  const auto file = fs::file_size(o.path / "data.mdb");
+  o.max_bytes = std::uint64_t{1} << 20;
+  auto t = open(o);
+  EXPECT_EQ(t->max_value_bytes(), o.max_bytes / 16);
+  EXPECT_GE(t->stats().map_bytes, file);  // the map covers the file
+  // An erase is never refused: the entries are dropped down to the new budget
+  // first, then the erase is committed.
+  t->async_erase("k5998", asio::use_future).get();
+  EXPECT_EQ(get(*t, "k5998"), std::nullopt);
+  put(*t, "k5999", "newer");
+  EXPECT_EQ(get(*t, "k5999"), "newer");
+  EXPECT_EQ(get(*t, "k0"), std::nullopt);  // the oldest went first
+  for (int i = 0; i < 100; ++i) EXPECT_FALSE(put_error(*t, "n" + std::to_string(i), std::string(1000, 'y'))) << i;
+  const auto s = t->stats();
+  EXPECT_LE(s.used_bytes, o.max_bytes / 4 * 3);
+  EXPECT_GT(s.evicted, 5000u);
+  EXPECT_EQ(s.write_errors, 0u);
+  EXPECT_EQ(fs::file_size(o.path / "data.mdb"), file);  // the file keeps its size
+}
+
+TEST_F(DiskTier, TheIdleWriterEvictsAStoreReopenedWithASmallerBudget) {
+  auto o = options(std::uint64_t{8} << 20);
+  o.max_queued_writes = 100'000;
+  {
+    auto t = open(o);
+    std::vector<std::future<void>> fs;
+    for (int i = 0; i < 3000; ++i)
+      fs.push_back(t->async_put("k" + std::to_string(i), std::string(1000, 'x'), forever, asio::use_future));
+    for (auto& f : fs) f.get();
+  }
+  o.max_bytes = std::uint64_t{1} << 20;
+  o.sweep_interval = 20ms;
+  auto t = open(o);
+  for (int i = 0; i < 250 && t->stats().used_bytes > o.max_bytes / 4 * 3; ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_LE(t->stats().used_bytes, o.max_bytes / 4 * 3);
+  EXPECT_EQ(get(*t, "k0"), std::nullopt);
+  EXPECT_EQ(get(*t, "k2999"), std::string(1000, 'x'));
+}
+
+TEST_F(DiskTier, WriteErrorsCountsEveryWriteOfAFailedCommit) {
+  const auto r = run_tool({"fill-burst", (dir / "store").string(), std::to_string(1 << 20), "32"});
+  ASSERT_EQ(r.status, 0) << r.out;
+  int failed = -1, counted = -1;
+  ASSERT_EQ(std::sscanf(r.out.c_str(), "failed:%d write_errors:%d", &failed, &counted), 2) << r.out;
+  EXPECT_GT(failed, 1) << r.out;
+  EXPECT_EQ(counted, failed) << r.out;
+}
+
+TEST_F(DiskTier, AnEmptyDataFileIsANewStore) {
+  {
+    auto t = open();
+    put(*t, "k", "v");
+  }
+  // As a crash between LMDB's creating the file and writing its first pages leaves it.
+  fs::resize_file(dir / "store" / "data.mdb", 0);
+  ASSERT_TRUE(fs::exists(dir / "store" / "lock.mdb"));
+  auto t = open();
+  EXPECT_EQ(t->stats().entries, 0u);
+  EXPECT_EQ(get(*t, "k"), std::nullopt);
+  put(*t, "k", "w");
+  EXPECT_EQ(get(*t, "k"), "w");
+}
+
+// Sets the full-key length of every copy of the record holding `marker` to `klen`.
+void damage_key_length(const fs::path& file, const std::string& marker, std::uint32_t klen) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::size_t at = 0, n = 0;
+  while ((at = all.find(marker, at)) != std::string::npos) {
+    const std::size_t rec = all.rfind("CFD1", at);
+    ASSERT_NE(rec, std::string::npos);
+    f.seekp(static_cast<std::streamoff>(rec + 20));
+    for (int i = 0; i < 4; ++i) f.put(static_cast<char>(klen >> (8 * i)));
+    at += marker.size();
+    ++n;
+  }
+  ASSERT_GT(n, 0u);
+}
+
+TEST_F(DiskTier, AKeyLengthThatDoesNotFitTheKeyIsADamagedRecord) {
+  const std::string long_key = std::string(600, 'L');
+  {
+    auto t = open();
+    put(*t, "plainkey", "PLAIN-ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    put(*t, long_key, "LONG-ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+  }
+  damage_key_length(dir / "store" / "data.mdb", "PLAIN-ABCDEF", 5);  // a plain key's record has none
+  damage_key_length(dir / "store" / "data.mdb", "LONG-ABCDEF", 5);   // a digest key's is a long key
+  auto t = open();
+  for (const std::string& key : {std::string("plainkey"), long_key}) {
+    try {
+      const auto v = get(*t, key);
+      ADD_FAILURE() << "no error; read " << (v ? "\"" + *v + "\"" : "nothing");
+    } catch (const boost::system::system_error& e) {
+      EXPECT_EQ(e.code(), cf::error::corrupt_store);
+    }
+    put(*t, key, "fresh");  // a write replaces it
+    EXPECT_EQ(get(*t, key), "fresh");
+  }
+}
+
 TEST_F(DiskTier, AMissingOrReadOnlyDirectoryIsAClearError) {
   auto o = options();
   o.path = "/proc/self/cacheflight-store";  // cannot be created
@@ -562,6 +715,8 @@ TEST_F(DiskTier, ImpossibleOptionsAreRefused) {
   };
   EXPECT_EQ(bad([](auto& o) { o.path.clear(); }), cf::error::invalid_option);
   EXPECT_EQ(bad([](auto& o) { o.max_bytes = 1000; }), cf::error::invalid_option);
+  EXPECT_EQ(bad([](auto& o) { o.max_bytes = (std::uint64_t{1} << 46) + 1; }), cf::error::invalid_option);
+  EXPECT_EQ(bad([](auto& o) { o.max_bytes = std::uint64_t{1} << 60; }), cf::error::invalid_option);
   EXPECT_EQ(bad([](auto& o) { o.readers = 0; }), cf::error::invalid_option);
   EXPECT_EQ(bad([](auto& o) { o.readers = 65; }), cf::error::invalid_option);
   EXPECT_EQ(bad([](auto& o) { o.max_queued_writes = 0; }), cf::error::invalid_option);

@@ -9,6 +9,9 @@
 //   disk_tool fill DIR FSIZE_LIMIT           under RLIMIT_FSIZE, puts 64 KiB values until one fails,
 //                                            then reads the first back, then flushes twice; prints
 //                                            each outcome
+//   disk_tool fill-burst DIR FSIZE_LIMIT N   under RLIMIT_FSIZE, N puts of 64 KiB at once (a few
+//                                            transactions); prints "failed:<puts that failed>
+//                                            write_errors:<the tier's count>"
 //   disk_tool forge DIR KEY RECORDED VALUE   writes, with LMDB directly, a record under KEY's slot
 //                                            whose full key is RECORDED (a digest collision)
 //   disk_tool foreign DIR                    makes an LMDB environment that is not a cacheflight store
@@ -141,6 +144,28 @@ int fill(const char* dir, const char* limit) {
   return 0;
 }
 
+int fill_burst(const char* dir, const char* limit, const char* count) {
+  std::signal(SIGXFSZ, SIG_IGN);
+  rlimit rl{};
+  rl.rlim_cur = rl.rlim_max = std::stoull(limit);
+  if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) {
+    say("error: setrlimit");
+    return 2;
+  }
+  asio::io_context io;
+  cf::disk::tier t(io.get_executor(), options(dir));
+  int failed = 0;
+  const int n = std::stoi(count);
+  for (int i = 0; i < n; ++i)
+    t.async_put("b" + std::to_string(i), std::string(64 * 1024, 'y'), std::chrono::milliseconds::max(),
+                [&](error_code ec) {
+                  if (ec) ++failed;
+                });
+  io.run();
+  say("failed:" + std::to_string(failed) + " write_errors:" + std::to_string(t.stats().write_errors));
+  return 0;
+}
+
 int forge(const char* dir, const char* key, const char* recorded, const char* value) {
   MDB_env* env = nullptr;
   MDB_txn* txn = nullptr;
@@ -196,6 +221,7 @@ int main(int argc, char** argv) {
     if (cmd == "get" && argc == 4) return get(argv[2], argv[3]);
     if (cmd == "open" && argc == 3) return open(argv[2]);
     if (cmd == "fill" && argc == 4) return fill(argv[2], argv[3]);
+    if (cmd == "fill-burst" && argc == 5) return fill_burst(argv[2], argv[3], argv[4]);
     if (cmd == "forge" && argc == 6) return forge(argv[2], argv[3], argv[4], argv[5]);
     if (cmd == "foreign" && argc == 3) return foreign(argv[2]);
   } catch (const std::exception& e) {

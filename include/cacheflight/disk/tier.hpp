@@ -38,12 +38,25 @@ struct tier_options {
   /// The directory of the store, created (with its parents) if missing. It holds
   /// LMDB's `data.mdb` and `lock.mdb`. Must be on a local file system.
   std::filesystem::path path;
-  /// The budget: the store's file never grows past it (it is LMDB's map size,
-  /// at least 1 MiB). Live entries are kept under three quarters of it, the
-  /// rest being room for LMDB's copy-on-write pages; when a commit would pass
-  /// that mark, expired entries, then the oldest written, are dropped first.
+  /// The budget: the store's file never grows past it (it is LMDB's map size;
+  /// at least 1 MiB, at most 64 TiB, else `error::invalid_option`). The pages
+  /// in use (entries, indexes and LMDB's own, see `store_stats::used_bytes`)
+  /// are kept under three quarters of it, the rest being room for LMDB's
+  /// copy-on-write pages: before a commit that would pass that mark (by an
+  /// estimate of what its puts add), and after one that did, expired entries,
+  /// then the oldest written, are dropped, in small transactions of their own.
   /// One entry (key and value) larger than `max_bytes / 16` is refused with
   /// `error::value_too_large` (see `tier::max_value_bytes`).
+  ///
+  /// A store made with a larger budget may be reopened with a smaller one.
+  /// Its file keeps its size (LMDB never shrinks it), and LMDB maps it up to
+  /// its last page in use when that is past the new budget, so the file does
+  /// not grow either (`store_stats::map_bytes` is then that size). The
+  /// entries are dropped as above, expired ones first, then the oldest
+  /// written, until the pages in use are under three quarters of the new
+  /// budget: by the first write, or by the idle writer within
+  /// `sweep_interval`. Only a copy of the store (LMDB's `mdb_copy -c`) is
+  /// smaller.
   std::uint64_t max_bytes = std::uint64_t{1} << 30;
   /// See `durability`.
   disk::durability durability = disk::durability::durable;
@@ -51,7 +64,8 @@ struct tier_options {
   /// fails with `error::queue_full`. Erases, clears and flushes are never refused.
   std::size_t max_queued_writes = 10'000;
   /// Writes committed in one transaction at most (group commit: the writer takes
-  /// every queued write up to this count, and up to `max_bytes / 16` bytes).
+  /// every queued write up to this count, and up to an estimated `max_bytes / 16`
+  /// bytes of pages).
   std::size_t max_write_batch = 4096;
   /// Reader threads (1 to 64). Each serves the reads queued at the moment in
   /// one LMDB read transaction; one of them polls the queue for up to 50 µs
@@ -68,14 +82,22 @@ struct tier_options {
 /// What a disk tier reports of its store (see `tier::stats`).
 struct store_stats {
   std::uint64_t entries = 0;        ///< entries in the store (expired ones not yet swept included)
-  std::uint64_t used_bytes = 0;     ///< bytes of the pages that hold them
-  std::uint64_t map_bytes = 0;      ///< the store's budget (LMDB's map size)
+  /// Bytes of the pages in use: those of the entries and their indexes, of
+  /// LMDB's free list and main database, and the two meta pages. The rest of
+  /// the file is free pages, reused by later writes.
+  std::uint64_t used_bytes = 0;
+  /// LMDB's map size: `max_bytes`, or, for a store made with a larger budget,
+  /// the size of its file up to its last page in use when that is larger.
+  std::uint64_t map_bytes = 0;
   std::uint64_t commits = 0;        ///< write transactions committed by this tier
   std::uint64_t evicted = 0;        ///< entries dropped to stay within the budget
   std::uint64_t expired = 0;        ///< expired entries removed by the sweeps
   std::uint64_t too_large = 0;      ///< puts refused with `error::value_too_large`
   std::uint64_t queue_full = 0;     ///< puts refused with `error::queue_full`
-  std::uint64_t write_errors = 0;   ///< writes failed by the file system (disk full, I/O error)
+  /// Puts, erases and clears that failed in the store: no room in the budget
+  /// (`errc::no_space_on_device`) or a failed commit (disk full, I/O error).
+  /// One for each write, however many failed in one transaction.
+  std::uint64_t write_errors = 0;
 };
 
 /// A cache tier on the local disk, in an LMDB environment: what it holds
@@ -93,7 +115,9 @@ struct store_stats {
 ///   replace each other, like a cache eviction).
 /// - Writes: one writer thread takes every queued put, erase, clear and flush,
 ///   applies them in order in one transaction, commits it (see `durability`),
-///   then completes them all.
+///   then completes them all. A batch that does not fit in the room the budget
+///   leaves is split, in order, into several transactions; each write
+///   completes with the outcome of its own.
 /// - Reads: `readers` threads; each takes the reads queued at that moment and
 ///   answers them in one read transaction. Reads see the writes initiated
 ///   before them: a key with a write not yet committed is answered from the
@@ -110,17 +134,29 @@ struct store_stats {
 /// cannot be created or opened for writing (`errc::permission_denied`,
 /// `errc::read_only_file_system`, ...); `error::corrupt_store` for files that
 /// are not a store of this library (another LMDB database, any other file) or
-/// are truncated; `error::already_open`. Operations complete with
+/// are shorter than the pages their meta page says are in use;
+/// `error::already_open`. An empty `data.mdb` is a new store, not a truncated
+/// one: LMDB creates the file empty before it writes its first pages, and a
+/// crash in between leaves it so. Operations complete with
 /// `error::invalid_key` (an empty key), `error::value_too_large`,
 /// `error::queue_full`, the file system's error for a failed commit
 /// (`errc::no_space_on_device`, `errc::file_too_large`, an I/O error; the
 /// writes of that transaction are not stored), `errc::no_space_on_device` too
-/// when the budget is full of pages that read transactions of other processes
-/// still see (the tier first clears the slots of dead processes, then drops
-/// entries down to a quarter of the budget, no further), `error::corrupt_store`
-/// for a record whose header is damaged, or `operation_aborted`. LMDB does not checksum pages: bytes
-/// damaged inside the file are found only where a record's header or the
-/// cache's envelope is checked.
+/// for a write that does not fit in the budget even alone: the tier first
+/// clears the reader slots of dead processes, then drops entries down to half,
+/// then a quarter, of the budget, no further, since what then fills it is
+/// pages that read transactions of other processes still see (an erase needs
+/// room too: LMDB copies the pages it changes), `error::corrupt_store` for a
+/// record whose header is damaged, or `operation_aborted`.
+///
+/// @par Damaged files
+/// LMDB does not checksum pages. The tier checks a record's header (its magic,
+/// and a full-key length that fits its key) and the cache checks its
+/// envelope; damage elsewhere is not detected. Bytes damaged inside LMDB's
+/// own structures (the B-trees' branch and leaf pages, the free list) can
+/// make a read or a write return wrong data or a wrong error, or crash the
+/// process (`SIGSEGV`, `SIGBUS`, an LMDB assertion). A store whose file may
+/// be damaged should be deleted, not opened.
 ///
 /// @par Threads
 /// Every member may be called from any thread, concurrently. The tier owns
