@@ -113,14 +113,21 @@ int open(const char* dir) {
   }
 }
 
-int fill(const char* dir, const char* limit) {
+// Files this process writes stop growing at `limit` bytes (a full disk, as
+// the store sees it): a write past it fails with EFBIG.
+bool limit_file_size(const char* limit) {
   std::signal(SIGXFSZ, SIG_IGN);
   rlimit rl{};
   rl.rlim_cur = rl.rlim_max = std::stoull(limit);
   if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) {
     say("error: setrlimit");
-    return 2;
+    return false;
   }
+  return true;
+}
+
+int fill(const char* dir, const char* limit) {
+  if (!limit_file_size(limit)) return 2;
   asio::io_context io;
   cf::disk::tier t(io.get_executor(), options(dir));
   const std::string value(64 * 1024, 'x');
@@ -145,13 +152,7 @@ int fill(const char* dir, const char* limit) {
 }
 
 int fill_burst(const char* dir, const char* limit, const char* count) {
-  std::signal(SIGXFSZ, SIG_IGN);
-  rlimit rl{};
-  rl.rlim_cur = rl.rlim_max = std::stoull(limit);
-  if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) {
-    say("error: setrlimit");
-    return 2;
-  }
+  if (!limit_file_size(limit)) return 2;
   asio::io_context io;
   cf::disk::tier t(io.get_executor(), options(dir));
   int failed = 0;
