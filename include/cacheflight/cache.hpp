@@ -469,6 +469,9 @@ class cache {
             detail::post_result(st->executor(), std::move(handler), detail::make_error(error::invalid_key), false);
             return;
           }
+          // With tiers, the handler may run (and its owner destroy the cache)
+          // before `inv` ends: `keep` outlives it.
+          const auto keep = st->has_tiers() ? st->shared_from_this() : nullptr;
           auto inv = st->invalidate_key(key);  // until the tiers' erases are initiated
           const bool erased = st->erase(key);
           if (!st->has_tiers()) {
@@ -498,6 +501,7 @@ class cache {
   auto async_clear(CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
         [st = st_.get()](auto handler) {
+          const auto keep = st->has_tiers() ? st->shared_from_this() : nullptr;  // as in async_erase
           auto inv = st->invalidate_all();  // until the tiers' clears are initiated
           st->clear();
           if (!st->has_tiers()) {
@@ -580,9 +584,13 @@ class cache {
     state_type* st;
     bool counted = false;  // the caller counted this lookup already (co_get's miss)
 
+    // Once the handler is handed on it may run on another thread and end the
+    // initiation (an awaiting coroutine's frame holds this object, `key` and
+    // `loader`): nothing of theirs is read after that.
     template <class Handler, class Loader>
     void operator()(Handler&& handler, std::string&& key, get_options opts, Loader&& loader) const {
       namespace asio = boost::asio;
+      state_type* const st = this->st;
       if (!st->valid_key(key)) {
         detail::post_result(st->executor(), std::forward<Handler>(handler), detail::make_error(error::invalid_key), V{});
         return;
@@ -601,9 +609,21 @@ class cache {
         }
       }
       if (v) {
+        if (rs.refresh) {
+          // A stale or early read: the reload takes the key and the loader
+          // before the value is handed on, and the cache is held until it has
+          // started.
+          const auto keep = st->shared_from_this();
+          std::string k = std::move(key);
+          std::decay_t<Loader> l(std::forward<Loader>(loader));
+          const auto ttl = opts.ttl;
+          detail::post_result(st->ready(), st->executor(), std::forward<Handler>(handler), std::exception_ptr{},
+                              std::move(*v));
+          st->refresh_for_read(std::move(k), std::move(l), ttl, rs);
+          return;
+        }
         detail::post_result(st->ready(), st->executor(), std::forward<Handler>(handler), std::exception_ptr{},
                             std::move(*v));
-        if (rs.refresh) st->refresh_for_read(std::move(key), std::forward<Loader>(loader), opts.ttl, rs);
         return;
       }
       if (failure) {

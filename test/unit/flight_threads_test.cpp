@@ -274,4 +274,99 @@ TEST(FlightThreads, CallersOnAThreadPoolWithRandomCancelsEachCompleteOnce) {
   EXPECT_GT(values.load(), 0);
 }
 
+// A caller that joins a run may be completed by another thread the moment it
+// is linked, and an awaiting coroutine's frame (holding the key it passed)
+// ends with it: the join reads nothing of the caller's afterwards. The
+// sanitizer builds catch a read of the freed frame.
+TEST(FlightThreads, AwaitingCoroutinesJoiningRunsThatEndOnOtherThreadsAllGetTheirValue) {
+  pool p(4);
+  cf::flight<int> f{p.io, cf::flight_options{.shards = 2}};
+  constexpr int total = 4000;
+  std::atomic<int> right{0}, done{0};
+  for (int i = 0; i < total; ++i)
+    asio::co_spawn(
+        p.io,
+        [&, k = i % 4]() -> asio::awaitable<void> {
+          const int v = co_await f.async_run(
+              "join:" + std::to_string(k), [k]() -> asio::awaitable<int> { co_return k; }, asio::use_awaitable);
+          right += v == k;
+          ++done;
+        },
+        asio::detached);
+  while (done.load() < total) std::this_thread::sleep_for(1ms);
+  p.join();
+  EXPECT_EQ(right.load(), total);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+// Work whose copies and moves wait for its caller to be gone. Not an
+// aggregate: built by aggregate initialisation in a `co_await` expression,
+// GCC 12 frees the string its default member initializer made twice.
+struct work_outliving_its_caller {
+  static inline std::atomic<std::size_t> ran_with{0};
+  waits_for_caller gate;
+  std::string payload = std::string(200, 'x');
+  work_outliving_its_caller() = default;
+  asio::awaitable<int> operator()() {
+    ran_with = payload.size();
+    co_return 1;
+  }
+};
+
+// An awaiting caller whose timeout ends it (on another thread) while its run
+// is still starting: the frame that held the work is gone by then, and the
+// run still starts from an intact copy of it.
+TEST(FlightThreads, AnAwaitingCallerTimedOutWhileItsRunStartsLeavesTheRunItsWork) {
+  waits_for_caller::caller_gone = false;
+  work_outliving_its_caller::ran_with = 0;
+  asio::io_context io(2);
+  cf::flight<int> f{io, cf::flight_options{.on_abandon = cf::abandon_policy::finish}};
+  std::atomic<bool> timed_out{false};
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await f.async_run("k", cf::run_options{.timeout = 1ms}, work_outliving_its_caller{},
+                               asio::use_awaitable);
+        } catch (const boost::system::system_error& e) {
+          timed_out = e.code() == cf::error::timed_out;
+        }
+      },
+      [](std::exception_ptr) { waits_for_caller::caller_gone = true; });
+  std::thread other([&] { io.run(); });
+  io.run();
+  other.join();
+  EXPECT_TRUE(timed_out.load());
+  EXPECT_EQ(work_outliving_its_caller::ran_with.load(), 200u);
+}
+
+// The flight may be owned by the awaiting coroutine, and go as soon as its one
+// caller is completed (here by its timeout, on another thread, while the run
+// is reporting its miss): starting the run reads nothing of the flight's
+// after that but what it holds a share of.
+TEST(FlightThreads, AFlightOwnedByItsAwaitingCallerMayGoAsSoonAsTheCallerIsCompleted) {
+  waits_for_caller::caller_gone = false;
+  asio::io_context io(2);
+  std::atomic<bool> timed_out{false};
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        cf::flight<int> f{io, cf::flight_options{.on_event = [](const cf::event& e) {
+                            if (e.kind == cf::event_kind::miss) waits_for_caller::wait();
+                          }}};
+        try {
+          co_await f.async_run(
+              "k", cf::run_options{.timeout = 1ms}, []() -> asio::awaitable<int> { co_return 1; }, asio::use_awaitable);
+        } catch (const boost::system::system_error& e) {
+          timed_out = e.code() == cf::error::timed_out;
+        }
+      },
+      [](std::exception_ptr) { waits_for_caller::caller_gone = true; });
+  std::thread other([&] { io.run(); });
+  io.run();
+  other.join();
+  EXPECT_TRUE(timed_out.load());
+  EXPECT_TRUE(waits_for_caller::caller_gone.load());
+}
+
 }  // namespace

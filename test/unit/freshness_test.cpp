@@ -491,6 +491,40 @@ TEST_F(Freshness, ThreadsReadingAStaleKeyStartOneReloadAndAllGetAValue) {
   EXPECT_EQ(c.stats().refreshes, 5u);
 }
 
+// A loader whose copies and moves wait for the awaiting reader to be gone.
+struct loader_outliving_its_reader {
+  waits_for_caller gate;
+  std::shared_ptr<std::atomic<int>> loads = std::make_shared<std::atomic<int>>(0);
+  asio::awaitable<int> operator()() const { co_return ++*loads; }
+};
+
+// A stale read hands its value on before it starts the reload, and the
+// awaiting reader may resume on another thread and free the frame holding the
+// key and the loader it passed at once: the reload starts from copies taken
+// before.
+TEST_F(Freshness, AStaleReadByAnAwaitingReaderGoneAtOnceStillStartsItsReload) {
+  mcache c{io, cf::cache_options{.default_ttl = 1s, .stale_while_revalidate = 10s}};
+  loader_outliving_its_reader loader;
+  waits_for_caller::caller_gone = true;  // no wait for the first load
+  EXPECT_EQ(get(c, "k", loader).value, 1);
+  cf::manual_clock::advance(2s);  // stale
+  waits_for_caller::caller_gone = false;
+  std::atomic<int> got{0};
+  io.restart();
+  asio::co_spawn(
+      io, [&]() -> asio::awaitable<void> { got = co_await c.async_get("k", loader, asio::use_awaitable); },
+      [](std::exception_ptr) { waits_for_caller::caller_gone = true; });
+  auto run = [&] {
+    while (!waits_for_caller::caller_gone.load() || c.stats().refreshes_succeeded < 1) io.run_for(1ms);
+  };
+  std::thread other(run);
+  run();
+  other.join();
+  EXPECT_EQ(got.load(), 1);  // the stale value
+  EXPECT_EQ(loader.loads->load(), 2);
+  EXPECT_EQ(c.peek("k"), std::optional<int>(2));
+}
+
 TEST_F(Freshness, AnEarlyReloadRunsTheLoaderRatherThanTakeBackItsOwnTierCopy) {
   // Real time here: the tier's times are wall-clock times, memory's the cache's clock.
   auto t = std::make_shared<memory_tier>(io.get_executor());

@@ -8,11 +8,14 @@
 #include <boost/asio.hpp>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <exception>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace cftest {
@@ -184,6 +187,23 @@ inline void await(asio::io_context& io, asio::awaitable<void> a) {
   drain(io);
   f.get();
 }
+
+// Put first in a function object passed to an initiating function, holds each
+// copy and move of the object until `caller_gone` is set (or a bounded while
+// passes): a copy that an initiation makes from its arguments after it handed
+// the handler on, and the awaiting caller's frame holding them is gone, then
+// reads freed memory, which the sanitizer builds report.
+struct waits_for_caller {
+  static inline std::atomic<bool> caller_gone{false};
+  waits_for_caller() = default;
+  waits_for_caller(const waits_for_caller&) noexcept { wait(); }
+  waits_for_caller(waits_for_caller&&) noexcept { wait(); }
+  waits_for_caller& operator=(const waits_for_caller&) = default;
+  waits_for_caller& operator=(waits_for_caller&&) = default;
+  static void wait() {
+    for (int i = 0; i < 200 && !caller_gone.load(); ++i) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+};
 
 struct test_error : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -618,29 +618,50 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     op->arm_timer_locked();
   };
 
+  // Once the waiter is linked, the entry may complete it on another thread at
+  // any moment (its result, its timeout, a cancellation), and with it end the
+  // initiation: an awaiting coroutine's frame holds `key` and `fn`, and may
+  // own the flight itself. From then on only the entry's copy of the key and
+  // what this call holds are read.
+  std::shared_ptr<entry> joined_entry;
+  std::shared_ptr<flight_state> keep;
   {
     std::lock_guard lk(sh.mu);
     if (auto it = sh.map.find(hk); it != sh.map.end()) {
       link_locked(*it->second);
       joined = true;
+      if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
+      if (opts_.on_event) {
+        joined_entry = it->second;
+        keep = this->shared_from_this();
+      }
     }
   }
   if (joined) {
-    if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
-    emit(event_kind::hit, key);
+    if (joined_entry) keep->emit(event_kind::hit, joined_entry->key);
     return;
   }
 
-  // A new key: build the entry outside the lock, then insert it unless another
-  // caller got there first.
-  std::shared_ptr<entry> fresh;
+  // A new key: build the entry, and take the work, outside the lock; then
+  // insert the entry unless another caller got there first.
+  struct starter {
+    starter(std::shared_ptr<flight_state> s, std::shared_ptr<entry> en, Fn&& fn)
+        : st(std::move(s)), e(std::move(en)), f(std::forward<Fn>(fn)) {}
+    std::shared_ptr<flight_state> st;
+    std::shared_ptr<entry> e;
+    std::decay_t<Fn> f;
+    void operator()() { st->start(e, f); }
+  };
+  std::optional<starter> begin;
   try {
-    fresh = std::allocate_shared<entry>(block_allocator<entry>{}, std::move(key), hk.hash, &sh, ex_, serial_,
-                                        !coroutine_work<std::decay_t<Fn>, V>);
+    auto fresh = std::allocate_shared<entry>(block_allocator<entry>{}, std::move(key), hk.hash, &sh, ex_, serial_,
+                                             !coroutine_work<std::decay_t<Fn>, V>);
+    begin.emplace(this->shared_from_this(), std::move(fresh), std::forward<Fn>(fn));
   } catch (...) {
     op->complete(std::current_exception(), nullptr, ex_, delivery::post);
     return;
   }
+  const std::shared_ptr<entry>& fresh = begin->e;
   bool rejected = false;
   std::exception_ptr failure;
   {
@@ -649,12 +670,13 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     if (auto it = sh.map.find(hk); it != sh.map.end()) {
       link_locked(*it->second);
       joined = true;
+      if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
     } else if (!reserve_key()) {
       rejected = true;
     } else {
       try {
         if constexpr (observes_creation<std::remove_reference_t<Fn>>)
-          fn.on_entry_created(entry_created_tag{}, std::shared_ptr<const std::string>(fresh, &fresh->key));
+          begin->f.on_entry_created(entry_created_tag{}, std::shared_ptr<const std::string>(fresh, &fresh->key));
         sh.map.emplace(hk, fresh);
       } catch (...) {
         keys_.fetch_sub(1, std::memory_order_relaxed);
@@ -666,28 +688,29 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
   if (failure) {
     op->complete(failure, nullptr, ex_, delivery::post);
   } else if (joined) {
-    if (joins_) joins_->fetch_add(1, std::memory_order_relaxed);
     emit(event_kind::hit, fresh->key);
   } else if (rejected) {
     emit(event_kind::max_keys_rejected, fresh->key);
     op->complete(make_error(error::max_keys_exceeded), nullptr, ex_, delivery::post);
   } else {
     emit(event_kind::miss, fresh->key);
+    // `begin` is moved into the post below; should that throw, the waiter may
+    // be gone with its flight, and these keep what failing the entry needs.
+    std::shared_ptr<flight_state> self = begin->st;
+    std::shared_ptr<entry> e = fresh;
     try {
-      const auto& strand = fresh->strand;  // `fresh` is kept until the end
-      auto begin = asio::bind_allocator(block_allocator<void>{},
-                                        [st = this->shared_from_this(), e = fresh,
-                                         f = std::decay_t<Fn>(std::forward<Fn>(fn))]() mutable { st->start(e, f); });
+      const auto& strand = e->strand;
+      auto start = asio::bind_allocator(block_allocator<void>{}, std::move(*begin));
       // An io_context's own executor queues it in the allocator's memory; the
       // type-erased one would take Asio's per-thread recycled memory instead.
       if (const auto* io = strand.template target<asio::io_context::executor_type>())
-        asio::post(*io, std::move(begin));
+        asio::post(*io, std::move(start));
       else if (const auto* s = strand.template target<asio::strand<asio::io_context::executor_type>>())
-        asio::post(*s, std::move(begin));
+        asio::post(*s, std::move(start));
       else
-        asio::post(strand, std::move(begin));
+        asio::post(strand, std::move(start));
     } catch (...) {
-      abort_fresh(fresh, std::current_exception());
+      self->abort_fresh(e, std::current_exception());
     }
   }
 }
