@@ -313,21 +313,18 @@ struct work_outliving_its_caller {
   }
 };
 
-// An awaiting caller whose timeout ends it (on another thread) while its run
-// is still starting: the frame that held the work is gone by then, and the
-// run still starts from an intact copy of it.
-TEST(FlightThreads, AnAwaitingCallerTimedOutWhileItsRunStartsLeavesTheRunItsWork) {
+// Awaits `call()` (a run with a 1 ms timeout) in a coroutine on `io`, which
+// two threads run, and sets `waits_for_caller::caller_gone` once the
+// coroutine is gone. Returns whether the call timed out.
+template <class Call>
+bool await_timing_out(asio::io_context& io, Call call) {
   waits_for_caller::caller_gone = false;
-  work_outliving_its_caller::ran_with = 0;
-  asio::io_context io(2);
-  cf::flight<int> f{io, cf::flight_options{.on_abandon = cf::abandon_policy::finish}};
   std::atomic<bool> timed_out{false};
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
         try {
-          co_await f.async_run("k", cf::run_options{.timeout = 1ms}, work_outliving_its_caller{},
-                               asio::use_awaitable);
+          co_await call();
         } catch (const boost::system::system_error& e) {
           timed_out = e.code() == cf::error::timed_out;
         }
@@ -336,7 +333,19 @@ TEST(FlightThreads, AnAwaitingCallerTimedOutWhileItsRunStartsLeavesTheRunItsWork
   std::thread other([&] { io.run(); });
   io.run();
   other.join();
-  EXPECT_TRUE(timed_out.load());
+  return timed_out.load();
+}
+
+// An awaiting caller whose timeout ends it (on another thread) while its run
+// is still starting: the frame that held the work is gone by then, and the
+// run still starts from an intact copy of it.
+TEST(FlightThreads, AnAwaitingCallerTimedOutWhileItsRunStartsLeavesTheRunItsWork) {
+  work_outliving_its_caller::ran_with = 0;
+  asio::io_context io(2);
+  cf::flight<int> f{io, cf::flight_options{.on_abandon = cf::abandon_policy::finish}};
+  EXPECT_TRUE(await_timing_out(io, [&]() -> asio::awaitable<void> {
+    co_await f.async_run("k", cf::run_options{.timeout = 1ms}, work_outliving_its_caller{}, asio::use_awaitable);
+  }));
   EXPECT_EQ(work_outliving_its_caller::ran_with.load(), 200u);
 }
 
@@ -345,27 +354,14 @@ TEST(FlightThreads, AnAwaitingCallerTimedOutWhileItsRunStartsLeavesTheRunItsWork
 // is reporting its miss): starting the run reads nothing of the flight's
 // after that but what it holds a share of.
 TEST(FlightThreads, AFlightOwnedByItsAwaitingCallerMayGoAsSoonAsTheCallerIsCompleted) {
-  waits_for_caller::caller_gone = false;
   asio::io_context io(2);
-  std::atomic<bool> timed_out{false};
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        cf::flight<int> f{io, cf::flight_options{.on_event = [](const cf::event& e) {
-                            if (e.kind == cf::event_kind::miss) waits_for_caller::wait();
-                          }}};
-        try {
-          co_await f.async_run(
-              "k", cf::run_options{.timeout = 1ms}, []() -> asio::awaitable<int> { co_return 1; }, asio::use_awaitable);
-        } catch (const boost::system::system_error& e) {
-          timed_out = e.code() == cf::error::timed_out;
-        }
-      },
-      [](std::exception_ptr) { waits_for_caller::caller_gone = true; });
-  std::thread other([&] { io.run(); });
-  io.run();
-  other.join();
-  EXPECT_TRUE(timed_out.load());
+  EXPECT_TRUE(await_timing_out(io, [&]() -> asio::awaitable<void> {
+    cf::flight<int> f{io, cf::flight_options{.on_event = [](const cf::event& e) {
+                        if (e.kind == cf::event_kind::miss) waits_for_caller::wait();
+                      }}};
+    co_await f.async_run(
+        "k", cf::run_options{.timeout = 1ms}, []() -> asio::awaitable<int> { co_return 1; }, asio::use_awaitable);
+  }));
   EXPECT_TRUE(waits_for_caller::caller_gone.load());
 }
 
