@@ -30,7 +30,8 @@ enum class error {
   invalid_timeout,
   /// An options aggregate holds a value out of range.
   invalid_option,
-  /// A server or tier sent bytes that do not follow its protocol or format.
+  /// A server or tier sent bytes that do not follow its protocol or format,
+  /// or a Redis reply beyond `redis::connection_options::max_reply_bytes`.
   protocol_error,
   /// The connection is not open (never opened, lost, or closed).
   not_connected,

@@ -153,7 +153,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, connection_options o)
       : strand(strand_of(ex)), opts(std::move(o)), socket(strand.get_inner_executor()), resolver(strand),
         connect_timer(strand),
-        deadline_timer(strand) {
+        deadline_timer(strand),
+        reader(opts.max_reply_bytes) {
     if (opts.tls.enabled) tls_ctx = make_tls_context(opts.tls, tls_error);
   }
 

@@ -12,13 +12,39 @@ namespace cacheflight::redis {
 namespace {
 
 // hiredis' reader, told to build `reply` objects in place: the reply being
-// parsed is the reader's own (its `privdata`), an element is its parent's
-// `elements[idx]`. A null return is hiredis' out-of-memory error; no
-// exception crosses the C code.
+// parsed is the reader's own (`parse::building`, reached from the root task's
+// `privdata`), an element is its parent's `elements[idx]`. A null return is
+// hiredis' out-of-memory error; no exception crosses the C code. Each string
+// and each array's elements are charged to the reply's bound before anything
+// is allocated for them.
+
+struct parse {
+  reply building;                  // the reply being parsed (an array may span several feeds)
+  std::size_t limit;               // max_reply_bytes
+  std::size_t used = 0;            // charged to `building` so far
+  bool too_large = false;
+
+  // Charges `n` bytes to the reply; false, and the reply refused, beyond the bound.
+  bool charge(std::size_t n) noexcept {
+    if (n > limit - used) {
+      too_large = true;
+      return false;
+    }
+    used += n;
+    return true;
+  }
+};
+
+parse& state_of(const redisReadTask* task) {
+  while (task->parent) task = task->parent;
+  return *static_cast<parse*>(task->privdata);
+}
 
 reply* target(const redisReadTask* task) {
   if (!task->parent) {
-    auto* root = static_cast<reply*>(task->privdata);
+    parse& p = *static_cast<parse*>(task->privdata);
+    p.used = 0;
+    reply* root = &p.building;
     root->type = reply::kind::nil;
     root->str.clear();
     root->integer = 0;
@@ -32,6 +58,7 @@ reply* target(const redisReadTask* task) {
 void* create_string(const redisReadTask* task, char* str, size_t len) {
   try {
     reply* r = target(task);
+    if (!state_of(task).charge(len)) return nullptr;
     r->type = task->type == REDIS_REPLY_ERROR    ? reply::kind::error
               : task->type == REDIS_REPLY_STATUS ? reply::kind::status
                                                  : reply::kind::bulk;
@@ -45,6 +72,12 @@ void* create_string(const redisReadTask* task, char* str, size_t len) {
 void* create_array(const redisReadTask* task, int elements) {
   try {
     reply* r = target(task);
+    parse& p = state_of(task);
+    if (elements < 0 || static_cast<std::size_t>(elements) > p.limit / sizeof(reply) ||
+        !p.charge(static_cast<std::size_t>(elements) * sizeof(reply))) {
+      p.too_large = true;
+      return nullptr;
+    }
     r->type = reply::kind::array;
     r->elements.resize(static_cast<std::size_t>(elements));  // elements are filled in place
     return r;
@@ -67,23 +100,32 @@ void free_object(void*) {}  // every object belongs to the reader's reply
 redisReplyObjectFunctions in_place_functions = {create_string, create_array, create_integer, create_nil,
                                                 free_object};
 
+// What a header line can take beyond the bytes charged for its string
+// ("$<20 digits>\r\n", the string's own "\r\n", a partial next header).
+constexpr std::size_t header_slack = 64;
+
 }  // namespace
 
 struct reply_reader::impl {
-  impl() : r(redisReaderCreateWithFunctions(&in_place_functions)) {
+  explicit impl(std::size_t limit) : r(redisReaderCreateWithFunctions(&in_place_functions)), p{{}, limit} {
     if (!r) throw std::bad_alloc();
-    r->privdata = &building;
+    r->privdata = &p;
   }
   ~impl() { redisReaderFree(r); }
   impl(const impl&) = delete;
   impl& operator=(const impl&) = delete;
 
   redisReader* r;
-  reply building;  // the reply being parsed (an array may span several feeds)
+  parse p;
   bool failed = false;
 };
 
-reply_reader::reply_reader() : impl_(std::make_unique<impl>()) {}
+reply_reader::reply_reader() : reply_reader(default_max_reply_bytes) {}
+reply_reader::reply_reader(std::size_t max_reply_bytes) {
+  if (max_reply_bytes == 0)
+    cacheflight::detail::throw_invalid_option("redis::reply_reader: max_reply_bytes must be positive");
+  impl_ = std::make_unique<impl>(max_reply_bytes);
+}
 reply_reader::~reply_reader() = default;
 reply_reader::reply_reader(reply_reader&&) noexcept = default;
 reply_reader& reply_reader::operator=(reply_reader&&) noexcept = default;
@@ -105,9 +147,21 @@ bool reply_reader::next(reply& out, boost::system::error_code& ec) {
     ec = make_error_code(error::protocol_error);
     return false;
   }
-  if (!raw) return false;
+  if (!raw) {
+    // The bytes waiting for the rest of a reply count toward its bound: a
+    // string declared too long is refused once that many bytes are buffered,
+    // not once they have all arrived.
+    const parse& p = impl_->p;
+    const std::size_t buffered = impl_->r->len - impl_->r->pos;
+    if (buffered > header_slack && buffered - header_slack > p.limit - p.used) {
+      impl_->failed = true;
+      ec = make_error_code(error::protocol_error);
+    }
+    return false;
+  }
   // The finished reply goes to `out`; `out`'s old memory is reused for the next.
-  swap(out, impl_->building);
+  swap(out, impl_->p.building);
+  impl_->p.used = 0;
   return true;
 }
 

@@ -5,6 +5,7 @@
 #include <cacheflight/redis/connection.hpp>
 
 #include <boost/asio.hpp>
+#include <boost/system/system_error.hpp>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -513,6 +514,46 @@ TEST_F(RedisConnection, MaxPendingBoundsTheWaitingCommandsAndACancelledOneFreesI
   }
   EXPECT_FALSE(*fourth);
   EXPECT_FALSE(*second);
+}
+
+// A reply beyond `max_reply_bytes` fails the connection with a protocol
+// error, as malformed bytes do: the command waiting for it and those behind
+// it fail, and so does every later one. Replies within the bound pass.
+TEST_F(RedisConnection, AReplyBeyondTheBoundFailsTheConnectionWithAProtocolError) {
+  {
+    redis::connection setter{io.get_executor(), options()};
+    ASSERT_FALSE(connect(setter));
+    ASSERT_FALSE(exec(setter, {"SET", "bounded:big", std::string(8000, 'x')}).first);
+    ASSERT_FALSE(exec(setter, {"SET", "bounded:small", std::string(3000, 'y')}).first);
+  }
+  auto o = options();
+  o.max_reply_bytes = 4096;
+  redis::connection c{io.get_executor(), o};
+  ASSERT_FALSE(connect(c));
+  auto [ec1, small] = exec(c, {"GET", "bounded:small"});
+  ASSERT_FALSE(ec1);
+  EXPECT_EQ(small.str, std::string(3000, 'y'));
+  std::optional<error_code> big, behind;
+  c.async_exec({"GET", "bounded:big"}, [&](error_code ec, redis::reply) { big = ec; });
+  c.async_exec({"PING"}, [&](error_code ec, redis::reply) { behind = ec; });
+  io.restart();
+  while (!(big && behind) && io.run_one()) {
+  }
+  EXPECT_EQ(*big, cf::error::protocol_error);
+  EXPECT_TRUE(*behind);
+  EXPECT_FALSE(c.is_open());
+  EXPECT_EQ(exec(c, {"PING"}).first, cf::error::not_connected);
+}
+
+TEST_F(RedisConnection, AMaxReplyBytesOfZeroIsAnInvalidOption) {
+  auto o = options();
+  o.max_reply_bytes = 0;
+  try {
+    redis::connection c{io.get_executor(), o};
+    ADD_FAILURE() << "no exception";
+  } catch (const boost::system::system_error& e) {
+    EXPECT_EQ(e.code(), cf::error::invalid_option);
+  }
 }
 
 TEST_F(RedisConnection, FailsFastWhenNotConnectedOrClosed) {

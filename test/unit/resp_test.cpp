@@ -2,6 +2,7 @@
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/resp.hpp>
 
+#include <boost/system/system_error.hpp>
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -250,6 +251,91 @@ TEST(RespReader, ProtocolErrorsAreStickyErrors) {
   r.feed("+OK\r\n");  // the connection must be reopened: nothing more is read
   EXPECT_FALSE(r.next(ec));
   EXPECT_EQ(ec, cacheflight::error::protocol_error);
+}
+
+// An array header declaring more elements than the bound leaves room for is
+// refused from the header, before memory for its elements is asked for (ten
+// million replies take over 512 MiB, two billion over a hundred gigabytes,
+// and each would be constructed as it is made).
+TEST(RespReader, AnArrayHeaderBeyondTheBoundIsRefusedBeforeItsElementsAreMade) {
+  boost::system::error_code ec;
+  for (const char* header : {"*10000000\r\n", "*2000000000\r\n", "*-2\r\n"}) {
+    redis::reply_reader r;
+    r.feed(header);
+    r.feed("$1\r\na\r\n");
+    EXPECT_FALSE(r.next(ec)) << header;
+    EXPECT_EQ(ec, cacheflight::error::protocol_error) << header;
+  }
+  // Nested: each level is charged to the same reply.
+  redis::reply_reader nested(1000);
+  const std::size_t fits = 1000 / sizeof(redis::reply);
+  nested.feed("*2\r\n*" + std::to_string(fits) + "\r\n");
+  EXPECT_FALSE(nested.next(ec));
+  EXPECT_EQ(ec, cacheflight::error::protocol_error);
+}
+
+// A bulk string declared longer than the bound is refused once the bytes
+// buffered for it pass the bound, not once it has all arrived.
+TEST(RespReader, AStringBeyondTheBoundIsRefusedWhileItsBytesArrive) {
+  redis::reply_reader r(64 * 1024);
+  r.feed("$1000000000\r\n");
+  boost::system::error_code ec;
+  EXPECT_FALSE(r.next(ec));
+  EXPECT_FALSE(ec);  // nothing buffered yet
+  const std::string chunk(16 * 1024, 'x');
+  int fed = 0;
+  while (!ec && fed < 64) {
+    r.feed(chunk);
+    ++fed;
+    EXPECT_FALSE(r.next(ec));
+  }
+  EXPECT_EQ(ec, cacheflight::error::protocol_error);
+  EXPECT_EQ(fed, 5);  // 80 KiB buffered: past 64 KiB and its 64 bytes of headers
+}
+
+// The bound counts what a reply holds: strings up to it pass, whole or split
+// across reads, and a reply after a large one starts its count anew.
+TEST(RespReader, RepliesUpToTheBoundPassAndEachIsCountedOnItsOwn) {
+  const std::size_t bound = 4096;
+  redis::reply_reader r(bound);
+  boost::system::error_code ec;
+  const std::string full(bound, 'a');
+  const std::string bulk = "$" + std::to_string(bound) + "\r\n" + full + "\r\n";
+  for (int i = 0; i < 3; ++i) {
+    r.feed(bulk.substr(0, 1000));
+    EXPECT_FALSE(r.next(ec));
+    r.feed(bulk.substr(1000));
+    auto got = r.next(ec);
+    ASSERT_TRUE(got) << ec.message();
+    EXPECT_EQ(got->str, full);
+  }
+  // An array whose elements and strings come to the bound exactly.
+  const std::size_t n = 4, each = (bound - n * sizeof(redis::reply)) / n;
+  std::string arr = "*" + std::to_string(n) + "\r\n";
+  for (std::size_t i = 0; i < n; ++i) arr += "$" + std::to_string(each) + "\r\n" + std::string(each, 'b') + "\r\n";
+  r.feed(arr);
+  auto ok = r.next(ec);
+  ASSERT_TRUE(ok) << ec.message();
+  EXPECT_EQ(ok->elements.size(), n);
+  EXPECT_EQ(ok->elements[3].str, std::string(each, 'b'));
+  // One byte more in its last string, and it is refused.
+  std::string over = "*" + std::to_string(n) + "\r\n";
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t len = each + (i + 1 == n ? n * sizeof(redis::reply) + n * each - bound + 1 : 0);
+    over += "$" + std::to_string(len) + "\r\n" + std::string(len, 'c') + "\r\n";
+  }
+  r.feed(over);
+  EXPECT_FALSE(r.next(ec));
+  EXPECT_EQ(ec, cacheflight::error::protocol_error);
+}
+
+TEST(RespReader, ABoundOfZeroIsAnInvalidOption) {
+  try {
+    redis::reply_reader r(0);
+    ADD_FAILURE() << "no exception";
+  } catch (const boost::system::system_error& e) {
+    EXPECT_EQ(e.code(), cacheflight::error::invalid_option);
+  }
 }
 
 }  // namespace

@@ -206,10 +206,22 @@ struct reply {
   }
 };
 
+/// What one reply may take by default (`reply_reader`,
+/// `connection_options::max_reply_bytes`): 512 MiB, the longest string a
+/// Redis server accepts by default (`proto-max-bulk-len`).
+inline constexpr std::size_t default_max_reply_bytes = std::size_t(512) << 20;
+
 /// Parses replies from a byte stream, in order. Not thread-safe.
 ///
 /// A protocol error is sticky, as hiredis' reader is: after one, `next` keeps
 /// failing and the connection must be closed and opened anew.
+///
+/// Each reply is bounded: its strings' bytes, plus `sizeof(reply)` for each
+/// element of each of its arrays, at most `max_reply_bytes`. A reply beyond it
+/// is a protocol error, found before its memory is allocated: an array's
+/// elements are counted from its header, and a string is refused once more of
+/// its bytes are buffered than the bound leaves (so the reader buffers at most
+/// the bound, plus 64 bytes, plus one `feed`).
 ///
 /// Replies are built in place, without hiredis' own reply objects: the
 /// reader's own allocations are its input buffer's growth and the memory of
@@ -217,7 +229,11 @@ struct reply {
 /// memory back (see there).
 class reply_reader {
  public:
+  /// With `default_max_reply_bytes`.
   reply_reader();
+  /// @throws boost::system::system_error with `error::invalid_option` for a
+  /// `max_reply_bytes` of 0.
+  explicit reply_reader(std::size_t max_reply_bytes);
   ~reply_reader();
   reply_reader(const reply_reader&) = delete;
   reply_reader& operator=(const reply_reader&) = delete;
@@ -228,7 +244,8 @@ class reply_reader {
   void feed(std::string_view bytes);
 
   /// The next complete reply, or nullopt when more bytes are needed. Sets `ec`
-  /// to `cacheflight::error::protocol_error` on malformed input.
+  /// to `cacheflight::error::protocol_error` on malformed input and on a reply
+  /// beyond the bound.
   std::optional<reply> next(boost::system::error_code& ec);
 
   /// As above, into `out`: returns true with the next complete reply in
