@@ -48,6 +48,25 @@ std::string prefix_pattern(std::string_view prefix) {
   return out;
 }
 
+// Whether an error reply says the server cannot serve now (loading its data,
+// busy with a script, a replica or a master without its replicas, out of
+// memory, unable to persist, a cluster slot unavailable) rather than refusing
+// the one command (`WRONGTYPE` for a key another application keeps a list
+// under, `NOPERM`, a script's own error): only the first counts toward the
+// breaker. Either fails the command.
+bool says_unavailable(const reply& r) {
+  static constexpr std::string_view codes[] = {"LOADING",    "BUSY", "MASTERDOWN", "READONLY", "NOREPLICAS",
+                                               "OOM",        "MISCONF", "TRYAGAIN", "CLUSTERDOWN"};
+  const std::string_view text(r.str);
+  for (std::string_view c : codes)
+    if (text.substr(0, c.size()) == c && (text.size() == c.size() || text[c.size()] == ' ')) return true;
+  return false;
+}
+
+// What a write of a batch came to, besides its error code.
+constexpr char lost_lease = 1;     // a fill whose lease was lost: not written
+constexpr char refused_write = 2;  // an error reply of a server that is up
+
 // A read's cancellation, handed to the strand: the signal the command in
 // flight listens to, and whether it was emitted (a read waiting for a lease's
 // fill checks it between its steps).
@@ -322,13 +341,16 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // Completes a plain read: the reply of its GET.
   void read_reply(get_handler h, std::uint64_t g, error_code ec, reply r) {
     std::optional<std::string> v;
+    bool refused = false;  // the server refused the command, and is up
     if (!ec) {
       if (r.type == reply::kind::bulk)
         v = std::move(r.str);
-      else if (r.type != reply::kind::nil)
+      else if (r.type != reply::kind::nil) {
         ec = make_error_code(error::protocol_error);
+        refused = r.is_error() && !says_unavailable(r);
+      }
     }
-    outcome(ec, g);
+    outcome(refused ? error_code{} : ec, g);
     complete(std::move(h), ec, std::move(v));
   }
 
@@ -423,8 +445,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                                             token = std::move(token)](error_code ec, reply r) mutable {
           const bool shaped = !ec && r.type == reply::kind::array && !r.elements.empty() &&
                               r.elements[0].type == reply::kind::integer;
+          const bool refused = !ec && r.is_error() && !says_unavailable(r);
           if (!ec && !shaped) ec = make_error_code(error::protocol_error);
-          self->outcome(ec, g);
+          self->outcome(refused ? error_code{} : ec, g);
           if (ec) return self->end_read(std::move(h), ec);
           const long long what = r.elements[0].integer;
           if (what == 1 && r.elements.size() == 2 && r.elements[1].type == reply::kind::bulk)
@@ -643,7 +666,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     }
     publish_queue();
     auto results = std::make_shared<std::vector<error_code>>(batch->size());
-    auto lost = std::make_shared<std::vector<char>>(batch->size());  // fills whose lease was lost
+    // Per write: `lost_lease` (a fill whose lease was lost), `refused_write`
+    // (an error reply of a server that is up).
+    auto lost = std::make_shared<std::vector<char>>(batch->size());
     auto remaining = std::make_shared<std::size_t>(batch->size());
     std::size_t i = 0;
     for (write_op& op : *batch) {
@@ -700,7 +725,10 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
                                                                    remaining, lost, i, g = *g, conditional, echoed,
                                                                    key = op.key](error_code ec, reply r) {
-                       if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
+                       if (!ec && r.is_error()) {
+                         ec = make_error_code(error::protocol_error);
+                         if (!says_unavailable(r)) (*lost)[i] |= refused_write;
+                       }
                        // No write, no report to expect (after a failure, one that comes is
                        // passed on).
                        if (echoed && (ec || (r.type == reply::kind::integer && r.integer == 0)))
@@ -710,7 +738,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                          // The fill's lease was voided or expired: a newer value stands (or
                          // none), which this instance's memory must not outlast.
                          self->leases_lost.fetch_add(1, std::memory_order_relaxed);
-                         (*lost)[i] = 1;
+                         (*lost)[i] |= lost_lease;
                          self->listeners->invalidate(std::string_view(key).substr(self->opts.prefix.size()));
                        }
                        (*results)[i] = ec;
@@ -724,20 +752,21 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                   std::uint64_t g) {
     writing = false;
     sent.clear();
-    error_code first;
+    error_code first, counted;  // the batch's first failure, and its first the breaker counts
     std::size_t i = 0;
     for (write_op& op : batch) {
-      const bool was_lost = lost[i] != 0;
+      const char flags = lost[i];
       const error_code ec = results[i++];
       if (ec) {
         dropped.fetch_add(1, std::memory_order_relaxed);
         if (!first) first = ec;
-      } else if (!was_lost) {  // a lost fill is counted in leases_lost only
+        if (!counted && !(flags & refused_write)) counted = ec;
+      } else if (!(flags & lost_lease)) {  // a lost fill is counted in leases_lost only
         writes.fetch_add(1, std::memory_order_relaxed);
       }
       for (done_handler& w : op.waiters) complete(std::move(w), ec);
     }
-    outcome(first, g);
+    outcome(counted, g);
     pump();
   }
 

@@ -178,6 +178,52 @@ TEST_F(RedisTier, GarbageUnderAKeyIsAMissWithAnEventAndTheLoaderRuns) {
   EXPECT_EQ(cf::detail::decode_stored<int>(bytes.str, cf::detail::envelope::now_ms(), nullptr), 5);
 }
 
+// An error reply refusing one command (a key that another application keeps
+// a list under answers GET with WRONGTYPE) fails that read, but the server
+// answered: the breaker stays closed and other keys are read. Error replies
+// that say the server cannot serve (OOM for every write once it is past
+// `maxmemory`) count as failures and open it.
+TEST_F(RedisTier, ErrorRepliesOpenTheBreakerOnlyWhenTheySayTheServerCannotServe) {
+  std::vector<cf::breaker_state> states;
+  auto t = make_tier(redis::tier_options{
+      .breaker_failures = 2, .breaker_min = 10s, .breaker_max = 10s,
+      .on_breaker = [&](cf::breaker_state s) { states.push_back(s); }});
+  exec(*raw, {"LPUSH", prefix + "list", "x"});
+  ASSERT_FALSE(exec(*raw, {"SET", prefix + "plain", "v"}).first);
+  auto read = [&](std::string key) {
+    std::optional<std::pair<error_code, std::optional<std::string>>> r;
+    t->async_get(std::move(key), [&](error_code ec, std::optional<std::string> b) { r.emplace(ec, std::move(b)); });
+    EXPECT_TRUE(run_until([&] { return r.has_value(); }));
+    return r.value_or(std::pair{make_error_code(asio::error::timed_out), std::optional<std::string>{}});
+  };
+  for (int i = 0; i < 5; ++i) {
+    auto [ec, bytes] = read("list");
+    EXPECT_EQ(ec, cf::error::protocol_error) << ec.message();
+    EXPECT_FALSE(bytes);
+  }
+  EXPECT_TRUE(states.empty());
+  EXPECT_EQ(t->health().breaker, cf::breaker_state::closed);
+  auto [ec, plain] = read("plain");
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(plain, "v");
+
+  // Past maxmemory (with the default noeviction policy) every write is
+  // answered with OOM.
+  ASSERT_FALSE(exec(*raw, {"CONFIG", "SET", "maxmemory", "1"}).first);
+  const std::shared_ptr<void> restore(nullptr, [&](void*) { exec(*raw, {"CONFIG", "SET", "maxmemory", "0"}); });
+  std::vector<error_code> writes;
+  for (int i = 0; i < 3; ++i) {
+    std::optional<error_code> w;
+    t->async_put("w" + std::to_string(i), "bytes", std::chrono::milliseconds(60'000), [&](error_code e) { w = e; });
+    EXPECT_TRUE(run_until([&] { return w.has_value(); }));
+    writes.push_back(w.value_or(asio::error::timed_out));
+  }
+  EXPECT_EQ(writes[0], cf::error::protocol_error) << writes[0].message();
+  EXPECT_EQ(writes[1], cf::error::protocol_error) << writes[1].message();
+  EXPECT_EQ(writes[2], cf::error::tier_unavailable) << writes[2].message();
+  EXPECT_EQ(states, (std::vector<cf::breaker_state>{cf::breaker_state::open}));
+}
+
 TEST_F(RedisTier, WritesKeepTheirOrderPerKeyAndTheLastOneWins) {
   auto t = make_tier(redis::tier_options{.max_queued_writes = 3});
   std::vector<std::string> results;

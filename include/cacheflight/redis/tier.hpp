@@ -59,7 +59,7 @@ struct tier_options {
   /// Writes sent together in one pipelined batch at most.
   std::size_t write_batch = 64;
   /// Consecutive failed operations that open the breaker; a lost connection
-  /// opens it at once.
+  /// opens it at once. Which error replies count: see `tier`.
   unsigned breaker_failures = 5;
   /// How long the breaker stays open before letting one probe through; doubled
   /// after each failed probe, up to `breaker_max`.
@@ -108,6 +108,12 @@ struct tier_options {
 ///   any operation needed it leaves the breaker closed. After
 ///   `breaker_min` (doubling per failed probe, up to `breaker_max`) one
 ///   operation is let through as a probe, and its success closes the breaker.
+///   An error reply fails its operation (`error::protocol_error`) but counts
+///   as a failure only when it says the server cannot serve now (`LOADING`,
+///   `BUSY`, `MASTERDOWN`, `READONLY`, `NOREPLICAS`, `OOM`, `MISCONF`,
+///   `TRYAGAIN`, `CLUSTERDOWN`); any other (`WRONGTYPE` for a key held under
+///   another type, `NOPERM`, a script's error) refuses that one command of a
+///   server that answered, and counts as a success.
 ///   Writes queued when it opens are dropped. Erases and clears fail too, and
 ///   the cache's `async_erase` and `async_clear` report that to their callers:
 ///   Redis still holds what it held, so retry them once Redis is back (or give
