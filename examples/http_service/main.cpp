@@ -282,7 +282,8 @@ struct service {
     d["path"] = disk->path().string();
     d["entries"] = st.entries;
     d["used_bytes"] = st.used_bytes;
-    d["max_bytes"] = st.map_bytes;
+    d["max_bytes"] = std::uint64_t(cfg.disk_max_mb) << 20;  // the budget (--disk-max-mb)
+    d["map_bytes"] = st.map_bytes;                          // LMDB's map: the budget, or a larger store's file
     d["commits"] = st.commits;
     d["evicted"] = st.evicted;
     d["expired"] = st.expired;
