@@ -29,8 +29,9 @@ inline void check_connection_options(const connection_options& o) {
     cacheflight::detail::throw_invalid_option(
         "redis::connection_options: connect_timeout and command_timeout must be positive");
   if (o.max_pending == 0) cacheflight::detail::throw_invalid_option("redis::connection_options: max_pending must be positive");
-  if (o.max_reply_bytes == 0)
-    cacheflight::detail::throw_invalid_option("redis::connection_options: max_reply_bytes must be positive");
+  if (o.max_reply_bytes == 0 || o.max_reply_bytes > max_max_reply_bytes)
+    cacheflight::detail::throw_invalid_option(
+        "redis::connection_options: max_reply_bytes must be from 1 to max_max_reply_bytes");
   if (o.database < 0) cacheflight::detail::throw_invalid_option("redis::connection_options: database must not be negative");
 }
 

@@ -122,8 +122,8 @@ struct reply_reader::impl {
 
 reply_reader::reply_reader() : reply_reader(default_max_reply_bytes) {}
 reply_reader::reply_reader(std::size_t max_reply_bytes) {
-  if (max_reply_bytes == 0)
-    cacheflight::detail::throw_invalid_option("redis::reply_reader: max_reply_bytes must be positive");
+  if (max_reply_bytes == 0 || max_reply_bytes > max_max_reply_bytes)
+    cacheflight::detail::throw_invalid_option("redis::reply_reader: max_reply_bytes must be from 1 to max_max_reply_bytes");
   impl_ = std::make_unique<impl>(max_reply_bytes);
 }
 reply_reader::~reply_reader() = default;

@@ -48,19 +48,28 @@ std::string prefix_pattern(std::string_view prefix) {
   return out;
 }
 
-// Whether an error reply says the server cannot serve now (loading its data,
-// busy with a script, a replica or a master without its replicas, out of
-// memory, unable to persist, a cluster slot unavailable) rather than refusing
-// the one command (`WRONGTYPE` for a key another application keeps a list
-// under, `NOPERM`, a script's own error): only the first counts toward the
-// breaker. Either fails the command.
-bool says_unavailable(const reply& r) {
-  static constexpr std::string_view codes[] = {"LOADING",    "BUSY", "MASTERDOWN", "READONLY", "NOREPLICAS",
-                                               "OOM",        "MISCONF", "TRYAGAIN", "CLUSTERDOWN"};
+// Whether an error reply refuses its one command (`WRONGTYPE` for a key
+// another application keeps a list under, `NOPERM`, a script's own error) of
+// a server that is up, rather than saying the server cannot serve now
+// (loading its data, busy with a script, a replica or a master without its
+// replicas, out of memory, unable to persist, a cluster slot unavailable):
+// only the second counts toward the breaker. Either fails the command. Redis
+// before 7 reports an error raised inside a script as "ERR Error running
+// script ...: -OOM ...": the code inside counts as the reply's.
+bool refuses_one(const reply& r) {
+  if (!r.is_error()) return false;
+  static constexpr std::string_view codes[] = {"LOADING", "BUSY",    "MASTERDOWN", "READONLY",   "NOREPLICAS",
+                                               "OOM",     "MISCONF", "TRYAGAIN",   "CLUSTERDOWN"};
   const std::string_view text(r.str);
-  for (std::string_view c : codes)
-    if (text.substr(0, c.size()) == c && (text.size() == c.size() || text[c.size()] == ' ')) return true;
-  return false;
+  const bool in_script = text.substr(0, 3) == "ERR" && text.find("Error running script") != std::string_view::npos;
+  for (std::string_view c : codes) {
+    if (text.substr(0, c.size()) == c && (text.size() == c.size() || text[c.size()] == ' ')) return false;
+    if (in_script)
+      for (auto at = text.find(c); at != std::string_view::npos; at = text.find(c, at + 1))
+        if (at > 0 && text[at - 1] == '-' && (at + c.size() == text.size() || text[at + c.size()] == ' '))
+          return false;
+  }
+  return true;
 }
 
 // What a write of a batch came to, besides its error code.
@@ -347,7 +356,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
         v = std::move(r.str);
       else if (r.type != reply::kind::nil) {
         ec = make_error_code(error::protocol_error);
-        refused = r.is_error() && !says_unavailable(r);
+        refused = refuses_one(r);
       }
     }
     outcome(refused ? error_code{} : ec, g);
@@ -445,7 +454,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                                             token = std::move(token)](error_code ec, reply r) mutable {
           const bool shaped = !ec && r.type == reply::kind::array && !r.elements.empty() &&
                               r.elements[0].type == reply::kind::integer;
-          const bool refused = !ec && r.is_error() && !says_unavailable(r);
+          const bool refused = !ec && refuses_one(r);
           if (!ec && !shaped) ec = make_error_code(error::protocol_error);
           self->outcome(refused ? error_code{} : ec, g);
           if (ec) return self->end_read(std::move(h), ec);
@@ -727,7 +736,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                                                                    key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) {
                          ec = make_error_code(error::protocol_error);
-                         if (!says_unavailable(r)) (*lost)[i] |= refused_write;
+                         if (refuses_one(r)) (*lost)[i] |= refused_write;
                        }
                        // No write, no report to expect (after a failure, one that comes is
                        // passed on).
@@ -752,14 +761,13 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                   std::uint64_t g) {
     writing = false;
     sent.clear();
-    error_code first, counted;  // the batch's first failure, and its first the breaker counts
+    error_code counted;  // the batch's first failure that the breaker counts
     std::size_t i = 0;
     for (write_op& op : batch) {
       const char flags = lost[i];
       const error_code ec = results[i++];
       if (ec) {
         dropped.fetch_add(1, std::memory_order_relaxed);
-        if (!first) first = ec;
         if (!counted && !(flags & refused_write)) counted = ec;
       } else if (!(flags & lost_lease)) {  // a lost fill is counted in leases_lost only
         writes.fetch_add(1, std::memory_order_relaxed);
@@ -788,14 +796,15 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     cl->async_exec_at(
         (*nodes)[i], {"SCAN", std::move(cursor), "MATCH", prefix_pattern(opts.prefix), "COUNT", "1000"},
         asio::bind_executor(strand, [self = shared_from_this(), batch, nodes, i, g](error_code ec, reply r) {
+          const bool refused = !ec && refuses_one(r);
           if (!ec && (r.type != reply::kind::array || r.elements.size() != 2 ||
                       r.elements[0].type != reply::kind::bulk || r.elements[1].type != reply::kind::array))
             ec = make_error_code(error::protocol_error);
-          if (ec) return self->clear_done(*batch, ec, g);
+          if (ec) return self->clear_done(*batch, ec, g, refused);
           std::string next = std::move(r.elements[0].str);
           // After this page: the next page, the next node, or done.
-          auto then = [self, batch, nodes, i, g, next](error_code ec) {
-            if (ec) return self->clear_done(*batch, ec, g);
+          auto then = [self, batch, nodes, i, g, next](error_code ec, bool refused) {
+            if (ec) return self->clear_done(*batch, ec, g, refused);
             if (next != "0") return self->scan(batch, nodes, i, next, g);
             if (i + 1 < nodes->size()) return self->scan(batch, nodes, i + 1, "0", g);
             self->clear_done(*batch, {}, g);
@@ -806,26 +815,28 @@ struct tier::impl : std::enable_shared_from_this<impl> {
             if (self->cluster || commands.empty()) commands.push_back({"UNLINK"});
             commands.back().push_back(std::move(k.str));
           }
-          if (commands.empty()) return then({});
+          if (commands.empty()) return then({}, false);
           auto remaining = std::make_shared<std::size_t>(commands.size());
-          auto first = std::make_shared<error_code>();
+          auto first = std::make_shared<std::pair<error_code, bool>>();  // the first failure, and if it was refused
           for (auto& args : commands)
             self->cl->async_exec(std::move(args), asio::bind_executor(self->strand, [remaining, first, then](
                                                                                       error_code ec, reply r) {
+                                   const bool refused = !ec && refuses_one(r);
                                    if (!ec && r.is_error()) ec = make_error_code(error::protocol_error);
-                                   if (ec && !*first) *first = ec;
-                                   if (--*remaining == 0) then(*first);
+                                   if (ec && !first->first) *first = {ec, refused};
+                                   if (--*remaining == 0) then(first->first, first->second);
                                  }));
         }));
   }
 
-  void clear_done(op_list& batch, error_code ec, std::uint64_t g) {
+  // `refused`: `ec` is an error reply of a server that is up (see refuses_one).
+  void clear_done(op_list& batch, error_code ec, std::uint64_t g, bool refused = false) {
     writing = false;
     clearing = false;
     announce_clear();  // a clear that failed part of the way changed something too
     (ec ? dropped : writes).fetch_add(1, std::memory_order_relaxed);
     for (done_handler& w : batch.front().waiters) complete(std::move(w), ec);
-    outcome(ec, g);
+    outcome(refused ? error_code{} : ec, g);
     pump();
   }
 

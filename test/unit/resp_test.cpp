@@ -329,13 +329,19 @@ TEST(RespReader, RepliesUpToTheBoundPassAndEachIsCountedOnItsOwn) {
   EXPECT_EQ(ec, cacheflight::error::protocol_error);
 }
 
-TEST(RespReader, ABoundOfZeroIsAnInvalidOption) {
-  try {
-    redis::reply_reader r(0);
-    ADD_FAILURE() << "no exception";
-  } catch (const boost::system::system_error& e) {
-    EXPECT_EQ(e.code(), cacheflight::error::invalid_option);
+TEST(RespReader, ABoundOfZeroOrPastWhatHiredisCanBufferIsAnInvalidOption) {
+  for (std::size_t bound : {std::size_t(0), redis::max_max_reply_bytes + 1}) {
+    try {
+      redis::reply_reader r(bound);
+      ADD_FAILURE() << "no exception for " << bound;
+    } catch (const boost::system::system_error& e) {
+      EXPECT_EQ(e.code(), cacheflight::error::invalid_option);
+    }
   }
+  redis::reply_reader largest(redis::max_max_reply_bytes);
+  largest.feed("+OK\r\n");
+  boost::system::error_code ec;
+  EXPECT_TRUE(largest.next(ec));
 }
 
 }  // namespace

@@ -165,10 +165,12 @@ struct connection_options {
   std::size_t max_pending = 10'000;
   /// TLS; off by default.
   tls_options tls{};
-  /// Bound on one reply's memory: its strings' bytes plus `sizeof(reply)` per
-  /// array element (see `reply_reader`). A reply beyond it fails the
-  /// connection with `error::protocol_error`, as malformed bytes do, before
-  /// the connection buffers or allocates more than the bound for it.
+  /// Bound on one reply: its strings' bytes plus `sizeof(reply)` per array
+  /// element, from 1 to `max_max_reply_bytes` (see `reply_reader`). A reply
+  /// beyond it fails the connection with `error::protocol_error`, as malformed
+  /// bytes do (every command waiting on it fails), before the connection has
+  /// received much more than the bound of it; the memory it holds for one
+  /// reply stays under about twice the bound.
   std::size_t max_reply_bytes = default_max_reply_bytes;
 };
 
@@ -195,8 +197,9 @@ class connection {
   /// @throws boost::system::system_error with `error::invalid_option` for
   /// options that cannot work: TLS over a unix socket, a client certificate
   /// without its key or a key without its certificate, a `connect_timeout` or
-  /// `command_timeout` that is not positive, a `max_pending` or a
-  /// `max_reply_bytes` of 0, a negative `database`.
+  /// `command_timeout` that is not positive, a `max_pending` of 0, a
+  /// `max_reply_bytes` of 0 or above `max_max_reply_bytes`, a negative
+  /// `database`.
   connection(executor_type ex, connection_options opts);
   /// Closes the connection: waiting commands fail with `operation_aborted`.
   ~connection();

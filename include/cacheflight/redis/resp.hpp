@@ -208,8 +208,12 @@ struct reply {
 
 /// What one reply may take by default (`reply_reader`,
 /// `connection_options::max_reply_bytes`): 512 MiB, the longest string a
-/// Redis server accepts by default (`proto-max-bulk-len`).
-inline constexpr std::size_t default_max_reply_bytes = std::size_t(512) << 20;
+/// Redis server accepts by default (`proto-max-bulk-len`), and 4 KiB more, so
+/// that such a string also fits in a small array.
+inline constexpr std::size_t default_max_reply_bytes = (std::size_t(512) << 20) + 4096;
+/// The largest bound a reader takes: hiredis finds a reply's lines with `int`
+/// offsets into what it has buffered.
+inline constexpr std::size_t max_max_reply_bytes = (std::size_t(1) << 31) - 4096;
 
 /// Parses replies from a byte stream, in order. Not thread-safe.
 ///
@@ -220,8 +224,11 @@ inline constexpr std::size_t default_max_reply_bytes = std::size_t(512) << 20;
 /// element of each of its arrays, at most `max_reply_bytes`. A reply beyond it
 /// is a protocol error, found before its memory is allocated: an array's
 /// elements are counted from its header, and a string is refused once more of
-/// its bytes are buffered than the bound leaves (so the reader buffers at most
-/// the bound, plus 64 bytes, plus one `feed`).
+/// its bytes are buffered than the bound leaves. The bytes waiting to be
+/// parsed are then at most the bound, plus 64 bytes, plus one `feed`; the
+/// reader's memory for one reply is about twice the bound at most (its input
+/// buffer, which grows ahead of need, and the reply built from it, which
+/// coexist while the last string is copied out).
 ///
 /// Replies are built in place, without hiredis' own reply objects: the
 /// reader's own allocations are its input buffer's growth and the memory of
@@ -232,7 +239,7 @@ class reply_reader {
   /// With `default_max_reply_bytes`.
   reply_reader();
   /// @throws boost::system::system_error with `error::invalid_option` for a
-  /// `max_reply_bytes` of 0.
+  /// `max_reply_bytes` of 0 or above `max_max_reply_bytes`.
   explicit reply_reader(std::size_t max_reply_bytes);
   ~reply_reader();
   reply_reader(const reply_reader&) = delete;

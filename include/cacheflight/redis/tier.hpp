@@ -113,7 +113,9 @@ struct tier_options {
 ///   `BUSY`, `MASTERDOWN`, `READONLY`, `NOREPLICAS`, `OOM`, `MISCONF`,
 ///   `TRYAGAIN`, `CLUSTERDOWN`); any other (`WRONGTYPE` for a key held under
 ///   another type, `NOPERM`, a script's error) refuses that one command of a
-///   server that answered, and counts as a success.
+///   server that answered, and counts as a success. (Redis before 7 reports
+///   an error raised inside the tier's scripts as `ERR Error running script
+///   ... -OOM ...`: the code inside is the one that counts.)
 ///   Writes queued when it opens are dropped. Erases and clears fail too, and
 ///   the cache's `async_erase` and `async_clear` report that to their callers:
 ///   Redis still holds what it held, so retry them once Redis is back (or give
