@@ -22,14 +22,10 @@ struct parse {
   reply building;                  // the reply being parsed (an array may span several feeds)
   std::size_t limit;               // max_reply_bytes
   std::size_t used = 0;            // charged to `building` so far
-  bool too_large = false;
 
   // Charges `n` bytes to the reply; false, and the reply refused, beyond the bound.
   bool charge(std::size_t n) noexcept {
-    if (n > limit - used) {
-      too_large = true;
-      return false;
-    }
+    if (n > limit - used) return false;
     used += n;
     return true;
   }
@@ -74,10 +70,8 @@ void* create_array(const redisReadTask* task, int elements) {
     reply* r = target(task);
     parse& p = state_of(task);
     if (elements < 0 || static_cast<std::size_t>(elements) > p.limit / sizeof(reply) ||
-        !p.charge(static_cast<std::size_t>(elements) * sizeof(reply))) {
-      p.too_large = true;
+        !p.charge(static_cast<std::size_t>(elements) * sizeof(reply)))
       return nullptr;
-    }
     r->type = reply::kind::array;
     r->elements.resize(static_cast<std::size_t>(elements));  // elements are filled in place
     return r;

@@ -677,7 +677,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     auto results = std::make_shared<std::vector<error_code>>(batch->size());
     // Per write: `lost_lease` (a fill whose lease was lost), `refused_write`
     // (an error reply of a server that is up).
-    auto lost = std::make_shared<std::vector<char>>(batch->size());
+    auto marks = std::make_shared<std::vector<char>>(batch->size());
     auto remaining = std::make_shared<std::size_t>(batch->size());
     std::size_t i = 0;
     for (write_op& op : *batch) {
@@ -732,11 +732,11 @@ struct tier::impl : std::enable_shared_from_this<impl> {
       const bool conditional = kind == 'f' || opts.invalidation == invalidation_mode::publish;
       const bool echoed = kind == 'f' && opts.invalidation == invalidation_mode::tracking;
       cl->async_exec(std::move(args), asio::bind_executor(strand, [self = shared_from_this(), batch, results,
-                                                                   remaining, lost, i, g = *g, conditional, echoed,
+                                                                   remaining, marks, i, g = *g, conditional, echoed,
                                                                    key = op.key](error_code ec, reply r) {
                        if (!ec && r.is_error()) {
                          ec = make_error_code(error::protocol_error);
-                         if (refuses_one(r)) (*lost)[i] |= refused_write;
+                         if (refuses_one(r)) (*marks)[i] |= refused_write;
                        }
                        // No write, no report to expect (after a failure, one that comes is
                        // passed on).
@@ -747,24 +747,24 @@ struct tier::impl : std::enable_shared_from_this<impl> {
                          // The fill's lease was voided or expired: a newer value stands (or
                          // none), which this instance's memory must not outlast.
                          self->leases_lost.fetch_add(1, std::memory_order_relaxed);
-                         (*lost)[i] |= lost_lease;
+                         (*marks)[i] |= lost_lease;
                          self->listeners->invalidate(std::string_view(key).substr(self->opts.prefix.size()));
                        }
                        (*results)[i] = ec;
-                       if (--*remaining == 0) self->batch_done(*batch, *results, *lost, g);
+                       if (--*remaining == 0) self->batch_done(*batch, *results, *marks, g);
                      }));
       ++i;
     }
   }
 
-  void batch_done(op_list& batch, const std::vector<error_code>& results, const std::vector<char>& lost,
+  void batch_done(op_list& batch, const std::vector<error_code>& results, const std::vector<char>& marks,
                   std::uint64_t g) {
     writing = false;
     sent.clear();
     error_code counted;  // the batch's first failure that the breaker counts
     std::size_t i = 0;
     for (write_op& op : batch) {
-      const char flags = lost[i];
+      const char flags = marks[i];
       const error_code ec = results[i++];
       if (ec) {
         dropped.fetch_add(1, std::memory_order_relaxed);
