@@ -365,7 +365,7 @@ class cache {
           if (!st->valid_key(key))
             e = detail::make_error(error::invalid_key);
           else
-            v = st->lookup(key, 2, nullptr);
+            st->lookup(v, key, 2, nullptr);
           detail::post_result(st->ready(), st->executor(), std::move(handler), std::move(e), std::move(v));
         },
         token, std::move(key));
@@ -377,24 +377,48 @@ class cache {
   /// paths; use `async_get` for other tokens, or where a hit must not resume the
   /// caller inline. Errors are thrown. The cache must outlive the awaitable.
   template <class Loader>
-  boost::asio::awaitable<V> co_get(std::string key, Loader loader, get_options opts = {}) {
-    if (st_->valid_key(key)) {
-      std::exception_ptr failure;
-      detail::read_state rs;
-      if (auto v = st_->lookup(key, 2, &failure, true, &rs)) {
-        // A stale or early read: one background reload (see async_get).
-        if (rs.refresh) st_->refresh_for_read(std::move(key), std::move(loader), opts.ttl, rs);
-        co_return std::move(*v);
-      }
-      if (failure) std::rethrow_exception(failure);
-    }
+  boost::asio::awaitable<V> co_get(std::string key, Loader loader, get_options opts) {
+    std::optional<V> v;
+    if (co_get_found(v, key, loader, &opts.ttl)) co_return std::move(*v);
     // The miss path lives in its own frame, keeping the hit path's small.
     auto op = co_get_miss(std::move(key), std::move(loader), opts);
     co_return co_await std::move(op);
   }
 
+  /// As above, with default `get_options`.
+  template <class Loader>
+  boost::asio::awaitable<V> co_get(std::string key, Loader loader) {
+    // Its own coroutine, not a call of the one above: that would move the key
+    // once more, and copy a `get_options` whose unset members were just built
+    // (only their flags written), a load that waits for those stores.
+    std::optional<V> v;
+    if (co_get_found(v, key, loader, nullptr)) co_return std::move(*v);
+    auto op = co_get_miss(std::move(key), std::move(loader), get_options{});
+    co_return co_await std::move(op);
+  }
 
  private:
+  // co_get's look in memory: true with the value in `v` (starting the
+  // background reload of a stale or early read, see async_get), false for a
+  // miss; throws a cached failure, and `V`'s copy's exception. `ttl` is the
+  // caller's option, null for the default (an unset optional passed by value
+  // would be built and then loaded whole, the stall co_get avoids).
+  template <class Loader>
+  bool co_get_found(std::optional<V>& v, std::string& key, Loader& loader,
+                    const std::optional<std::chrono::nanoseconds>* ttl) {
+    if (!st_->valid_key(key)) return false;
+    std::exception_ptr failure;
+    detail::read_state rs;
+    st_->lookup(v, key, 2, &failure, true, &rs);
+    if (v) {
+      if (rs.refresh)
+        st_->refresh_for_read(std::move(key), std::move(loader), ttl ? *ttl : std::nullopt, rs);
+      return true;
+    }
+    if (failure) std::rethrow_exception(failure);
+    return false;
+  }
+
   template <class Loader>
   boost::asio::awaitable<V> co_get_miss(std::string key, Loader loader, get_options opts) {
     // The fast path counted this miss already.
@@ -541,7 +565,11 @@ class cache {
   /// (a stale value starts no reload here). Synchronous, thread-safe, no
   /// executor hop; a hit allocates nothing beyond `V`'s copy. Counts a hit or
   /// a miss like any lookup.
-  std::optional<V> peek(std::string_view key) const { return st_->lookup(key, 0, nullptr); }
+  std::optional<V> peek(std::string_view key) const {
+    std::optional<V> v;
+    st_->lookup(v, key, 0, nullptr);
+    return v;
+  }
 
   /// Refresh-ahead: keeps `key` fresh in the background, for keys that must
   /// never make a caller wait (warmed ones, say). `loader` runs as a load of
@@ -600,10 +628,10 @@ class cache {
       detail::read_state rs;
       std::size_t hash = 0;  // the lookup hashes the key once for memory, the flight and the load's token
       if constexpr (std::is_nothrow_copy_constructible_v<V>) {
-        v = st->lookup(key, 2, &failure, !counted, &rs, &hash);
+        st->lookup(v, key, 2, &failure, !counted, &rs, &hash);
       } else {
         try {
-          v = st->lookup(key, 2, &failure, !counted, &rs, &hash);
+          st->lookup(v, key, 2, &failure, !counted, &rs, &hash);
         } catch (...) {
           failure = std::current_exception();  // V's copy threw
         }
@@ -681,7 +709,9 @@ class cache {
         --o->pending;
         continue;
       }
-      if (st_->lookup(key, 0, nullptr, false)) {
+      std::optional<V> held;
+      st_->lookup(held, key, 0, nullptr, false);
+      if (held) {
         std::lock_guard lk(o->mu);
         ++o->result.skipped;
         --o->pending;
@@ -692,7 +722,9 @@ class cache {
         // Loaded, and still in memory as the load completes (it may not have
         // been stored: invalidated meanwhile, too heavy, or a cache that
         // stores nothing).
-        const bool kept = !e && st->lookup(k, 0, nullptr, false).has_value();
+        std::optional<V> held;
+        if (!e) st->lookup(held, k, 0, nullptr, false);
+        const bool kept = held.has_value();
         {
           std::lock_guard lk(o->mu);
           if (e)

@@ -871,7 +871,9 @@ TEST_F(Cache, AStoreRefusedByAThrowingWeigherReleasesTheLoadsToken) {
   // Released: the same token no longer entitles anyone to store.
   int v = 1;
   EXPECT_FALSE(memory.store("k", &v, nullptr, std::chrono::seconds(1), token, nullptr, nullptr));
-  EXPECT_EQ(memory.lookup("k", 0, nullptr), std::nullopt);
+  std::optional<int> found;
+  memory.lookup(found, "k", 0, nullptr);
+  EXPECT_EQ(found, std::nullopt);
 }
 
 // Load registrations are filed by the key's hash alone: two keys of one

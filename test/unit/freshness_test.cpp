@@ -334,6 +334,52 @@ TEST_F(Freshness, CoGetServesStaleAndReloadsInTheBackground) {
   EXPECT_EQ(c.stats().stale_hits, 1u);
 }
 
+// With options, co_get stores its load under the given TTL, and a stale read
+// reloads under it too; without, both take the cache's default (1 s here).
+TEST_F(Freshness, CoGetWithOptionsLoadsAndReloadsUnderItsTtl) {
+  mcache c{io, swr_options(log)};
+  counting_loader l;
+  std::vector<int> got;
+  boost::system::error_code bad_ttl;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        got.push_back(co_await c.co_get("k", l.fn(), cf::get_options{.ttl = 5s}));  // loads 1
+        cf::manual_clock::advance(4s);
+        got.push_back(co_await c.co_get("k", l.fn(), cf::get_options{.ttl = 5s}));  // fresh under 5 s
+        cf::manual_clock::advance(1500ms);
+        got.push_back(co_await c.co_get("k", l.fn(), cf::get_options{.ttl = 5s}));  // stale: reloads 2
+        try {
+          co_await c.co_get("other", l.fn(), cf::get_options{.ttl = 0s});
+        } catch (const boost::system::system_error& e) {
+          bad_ttl = e.code();
+        }
+      },
+      asio::detached);
+  drain(io);
+  EXPECT_EQ(got, (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(*l.calls, 2);
+  EXPECT_EQ(c.stats().stale_hits, 1u);
+  EXPECT_EQ(bad_ttl, cf::error::invalid_timeout);
+  cf::manual_clock::advance(4s);  // the reload's value is fresh for 5 s
+  EXPECT_EQ(c.peek("k"), 2);
+  EXPECT_EQ(c.stats().stale_hits, 1u);
+
+  // The default: the same steps find the value stale after 1 s.
+  counting_loader d;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        got.push_back(co_await c.co_get("d", d.fn()));
+        cf::manual_clock::advance(1500ms);
+        got.push_back(co_await c.co_get("d", d.fn()));  // stale: reloads
+      },
+      asio::detached);
+  drain(io);
+  EXPECT_EQ(*d.calls, 2);
+  EXPECT_EQ(c.stats().stale_hits, 2u);
+}
+
 TEST_F(Freshness, ValuesCarryTheirFreshnessThroughATier) {
   auto t = std::make_shared<memory_tier>(io.get_executor());
   auto o = swr_options(log);

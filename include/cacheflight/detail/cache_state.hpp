@@ -88,9 +88,10 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
 
   bool valid_key(std::string_view key) const noexcept { return !key.empty() && key.size() <= opts_.max_key_length; }
 
-  std::optional<V> lookup(std::string_view key, std::size_t purge, std::exception_ptr* failure, bool count = true,
-                          read_state* rs = nullptr, std::size_t* hash = nullptr) {
-    return memory_.lookup(key, purge, failure, count, rs, hash);
+  // See memory_tier::lookup: the value goes into `v`, which is empty on entry.
+  void lookup(std::optional<V>& v, std::string_view key, std::size_t purge, std::exception_ptr* failure,
+              bool count = true, read_state* rs = nullptr, std::size_t* hash = nullptr) {
+    memory_.lookup(v, key, purge, failure, count, rs, hash);
   }
 
   // The fresh time (jittered) and stale window of a value stored with `ttl`:

@@ -157,13 +157,16 @@ class memory_tier {
   // `rs->refresh` is set for one caller at a time (the entry remembers that a
   // reload was started until it is replaced or the reload ends). `hash`, if
   // given, receives the key's hash, for the caller's load of a miss.
-  std::optional<V> lookup(std::string_view k, std::size_t purge, std::exception_ptr* failure, bool count = true,
-                          read_state* rs = nullptr, std::size_t* hash = nullptr) {
+  // The value found goes into `v` (empty on entry), the caller's own object:
+  // an optional returned by value from here would come back packed in a
+  // register from the two stores that built it, which stalls the load that
+  // packs it on every hit.
+  void lookup(std::optional<V>& v, std::string_view k, std::size_t purge, std::exception_ptr* failure,
+              bool count = true, read_state* rs = nullptr, std::size_t* hash = nullptr) {
     const hashed_key key(k);
     if (hash) *hash = key.hash;
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
-    std::optional<V> v;
     bool hit = false;
     read_state local;
     read_state& seen = rs ? (*rs = read_state{}) : local;  // written in place, not copied out
@@ -226,7 +229,6 @@ class memory_tier {
       if (seen.after_error) events_.emit(cache_event_kind::stale_after_error, key.key);
     }
     if (!dead.empty()) bury(dead);
-    return v;
   }
 
   // Stores a value (or a failure, for negative caching), fresh for `ttl`, then
