@@ -9,6 +9,7 @@
 
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <atomic>
 #include <chrono>
@@ -163,6 +164,7 @@ class memory_tier {
   // packs it on every hit.
   void lookup(std::optional<V>& v, std::string_view k, std::size_t purge, std::exception_ptr* failure,
               bool count = true, read_state* rs = nullptr, std::size_t* hash = nullptr) {
+    assert(!v);
     const hashed_key key(k);
     if (hash) *hash = key.hash;
     shard& sh = shard_for(key);
