@@ -110,8 +110,12 @@ struct cache_options {
   /// background reload early, with a probability that grows as the fresh time
   /// runs out: when `now - delta * beta * ln(u) >= fresh_until` for a uniform
   /// u in (0, 1], delta the key's running average load time (so keys never
-  /// loaded here, and reads without a loader, do not refresh early). 1 is the
-  /// paper's default; larger refreshes earlier. 0 (the default): off.
+  /// loaded here, and reads without a loader, do not refresh early). Load
+  /// times are read from the cache's clock: with the default
+  /// `coarse_steady_clock`, a load shorter than its tick (1 to 4 ms, more on
+  /// a CPU left idle meanwhile) may be timed at zero, and a key whose loads
+  /// all were does not refresh early either. 1 is the paper's default; larger
+  /// refreshes earlier. 0 (the default): off.
   double early_refresh_beta = 0;
   /// TTL jitter: each fresh time is multiplied by a uniform factor in
   /// [1 - ttl_jitter, 1 + ttl_jitter], so that values stored together do not
