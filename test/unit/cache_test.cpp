@@ -160,6 +160,36 @@ TEST_F(Cache, S3FifoKeepsAHotSetThroughAScanWhereLruLosesIt) {
   EXPECT_EQ(survivors(cf::eviction_policy::lru), 0);
 }
 
+// Under a cap below 10 the small queue's tenth is less than one entry: a key
+// read again after its eviction comes back from the ghost into main, and the
+// entry read once waiting in the small queue is the one that goes.
+TEST_F(Cache, S3FifoUnderACapBelowTenKeepsAKeyReadAgainRatherThanOneReadOnce) {
+  for (std::size_t cap : {1u, 2u, 9u}) {
+    SCOPED_TRACE(cap);
+    mcache c{io, cf::cache_options{.max_entries = cap, .shards = 1}};
+    int calls = 0;
+    auto get = [&](const std::string& k) {
+      bool done = false;
+      c.async_get(
+          k,
+          [&calls]() -> asio::awaitable<int> {
+            ++calls;
+            co_return 1;
+          },
+          [&](std::exception_ptr e, int) { done = !e; });
+      run_until(io, [&] { return done; });
+    };
+    // Fill the cache with keys read once, then read "a" (evicted by then) again and again.
+    get("a");
+    for (std::size_t i = 0; i < cap; ++i) get("once" + std::to_string(i));
+    ASSERT_FALSE(c.peek("a"));
+    for (int i = 0; i < 5; ++i) get("a");
+    EXPECT_EQ(calls, int(cap) + 2);  // "a" twice, each key read once once
+    EXPECT_TRUE(c.peek("a"));
+    EXPECT_EQ(c.stats().size, cap);
+  }
+}
+
 TEST_F(Cache, ZeroEntriesStoresNothing) {
   mcache c{io, cf::cache_options{.max_entries = 0}};
   int calls = 0;

@@ -402,9 +402,13 @@ class alignas(64) l1_shard {
       }
       // The small queue holds a tenth of the cache, measured in the limit being
       // enforced now: entries when the count is over, weight otherwise (a weight
-      // cap that is not reached must not size the queue).
+      // cap that is not reached must not size the queue). It is evicted from
+      // while it holds more than that tenth (`small_size * 10 > cap`, written
+      // without the product): under a cap below 10 whenever it holds
+      // anything, so that an entry readmitted from the ghost into main is not
+      // the one evicted while the small queue keeps an entry read once.
       const bool by_count = map_.size() > max_entries_;
-      const std::size_t small_target = std::max<std::size_t>(1, (by_count ? max_entries_ : max_weight_) / 10);
+      const std::size_t small_target = (by_count ? max_entries_ : max_weight_) / 10;
       const std::size_t small_size = by_count ? small_.size() : small_weight_;
       if (!small_.empty() && (small_size > small_target || main_.empty()))
         evict_small(dead);
