@@ -56,8 +56,9 @@ struct event {
 
 /// What happened in a `cache`, as reported to `cache_options::on_event`.
 enum class cache_event_kind {
-  hit,            ///< a caller found a fresh value in memory
-  miss,           ///< a caller found no fresh value in memory
+  hit,            ///< a caller was served from memory: a value, fresh or stale (a
+                  ///< `stale_hit` follows), or a cached failure
+  miss,           ///< a caller found nothing in memory to serve it
   load_started,   ///< a loader was invoked (once per coalesced load)
   load_resolved,  ///< a loader produced a value; `duration` is its run time, from its
                   ///< spawn on the load's executor to its result's return there (a

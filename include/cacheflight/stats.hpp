@@ -4,6 +4,7 @@
 
 #include <cacheflight/tier.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -29,10 +30,12 @@ struct tier_stats {
 
 /// A snapshot of a cache's counters (see `cache::stats`). Counters only grow.
 struct cache_stats {
-  std::uint64_t hits = 0;                 ///< callers served from memory (stale hits included)
+  /// Callers served from memory: a value, fresh or stale, or a cached failure
+  /// (negative caching) handed to a caller that takes failures.
+  std::uint64_t hits = 0;
   std::uint64_t misses = 0;               ///< callers that found none (every caller, joined loads included)
   double hit_rate = 0;                    ///< hits / (hits + misses), 0 when both are 0
-  std::size_t size = 0;                   ///< entries in memory (expired ones excluded)
+  std::size_t size = 0;                   ///< entries in memory, cached failures included (expired ones excluded)
   std::size_t weight = 0;                 ///< their total weight (their count without a weigher)
   std::uint64_t loads = 0;                ///< loader runs that produced a value
   std::uint64_t load_failures = 0;        ///< loader runs that failed (cancelled runs excluded)
@@ -49,7 +52,9 @@ struct cache_stats {
   std::uint64_t l2_errors = 0;
   /// Every tier, in the order the cache consults them.
   std::vector<tier_stats> tiers;
-  /// Hits served past their fresh time, while a reload ran (stale-while-revalidate).
+  /// Hits served past their fresh time (stale-while-revalidate), by any read:
+  /// a read with a loader starts the reload unless one is running; `peek` and
+  /// reads without a loader start none.
   std::uint64_t stale_hits = 0;
   /// Stale hits served after their reload had failed (stale-if-error).
   std::uint64_t stale_after_error = 0;
@@ -80,12 +85,34 @@ inline void prometheus_family(std::string& out, std::string_view prefix, std::st
   if (!labels.empty()) out.append("{").append(labels).append("}");
   out.append(" ").append(value).append("\n");
 }
+
+// A label value as the text format writes it: backslash, double quote and
+// line feed escaped.
+inline std::string prometheus_label_value(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (const char c : v) {
+    if (c == '\\')
+      out.append("\\\\");
+    else if (c == '"')
+      out.append("\\\"");
+    else if (c == '\n')
+      out.append("\\n");
+    else
+      out.push_back(c);
+  }
+  return out;
+}
 }  // namespace detail
 
 /// Writes `s` in the Prometheus text exposition format (version 0.0.4), one
 /// metric family per counter, each named `<prefix>_<counter>`, with
 /// `# HELP` and `# TYPE` lines. `labels`, if not empty, is inserted verbatim
-/// between braces (for example `cache="users"`).
+/// between braces (for example `cache="users"`). With tiers, the `tier_*`
+/// families hold one sample per tier, labelled `tier="<name>"` with the name
+/// escaped (`\`, `"` and line feeds); a tier whose name an earlier tier
+/// already took is labelled `<name>#2`, then `#3`, ..., so that no two samples
+/// share their labels (two Redis tiers: `redis` and `redis#2`).
 inline std::string to_prometheus(const cache_stats& s, std::string_view prefix = "cacheflight",
                                  std::string_view labels = {}) {
   std::string out;
@@ -94,10 +121,11 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
     detail::prometheus_family(out, prefix, labels, name, type, help, value);
   };
   auto u = [](auto v) { return std::to_string(v); };
-  family("hits_total", "counter", "Callers that found a fresh value in memory.", u(s.hits));
-  family("misses_total", "counter", "Callers that found no fresh value in memory.", u(s.misses));
+  family("hits_total", "counter", "Callers served from memory: a value, fresh or stale, or a cached failure.",
+         u(s.hits));
+  family("misses_total", "counter", "Callers that found nothing in memory to serve them.", u(s.misses));
   family("hit_ratio", "gauge", "Hits divided by hits plus misses.", std::to_string(s.hit_rate));
-  family("entries", "gauge", "Entries in memory.", u(s.size));
+  family("entries", "gauge", "Entries in memory, cached failures included.", u(s.size));
   family("weight", "gauge", "Total weight of the entries in memory.", u(s.weight));
   family("loads_total", "counter", "Loader runs that produced a value.", u(s.loads));
   family("load_failures_total", "counter", "Loader runs that failed.", u(s.load_failures));
@@ -110,7 +138,7 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
          u(s.evictions_oversized));
   family("expirations_total", "counter", "Expired entries removed.", u(s.expirations));
   family("loads_in_flight", "gauge", "Keys being loaded now.", u(s.loads_in_flight));
-  family("stale_hits_total", "counter", "Hits served past their fresh time while a reload ran.", u(s.stale_hits));
+  family("stale_hits_total", "counter", "Hits served past their fresh time.", u(s.stale_hits));
   family("stale_after_error_total", "counter", "Stale hits served after their reload failed.",
          u(s.stale_after_error));
   family("refreshes_total", "counter", "Background reloads started.", u(s.refreshes));
@@ -125,14 +153,25 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
   family("memory_flushes_total", "counter", "Times memory was emptied because changes may have been missed.",
          u(s.memory_flushes));
   if (s.tiers.empty()) return out;
-  // Per-tier families: one sample per tier, labelled tier="<name>".
+  // Per-tier families: one sample per tier, labelled tier="<name>" (see above).
+  std::vector<std::string> tier_names;
+  tier_names.reserve(s.tiers.size());
+  for (const tier_stats& t : s.tiers) {
+    std::string v = t.name;
+    for (std::size_t k = 2; std::find(tier_names.begin(), tier_names.end(), v) != tier_names.end(); ++k)
+      v = t.name + "#" + std::to_string(k);
+    tier_names.push_back(std::move(v));
+  }
+  std::vector<std::string> tier_labels;
+  tier_labels.reserve(s.tiers.size());
+  for (const std::string& v : tier_names) tier_labels.push_back(detail::prometheus_label_value(v));
   auto tier_family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
     out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
     out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
-    for (const tier_stats& t : s.tiers) {
+    for (std::size_t i = 0; i < s.tiers.size(); ++i) {
       out.append(prefix).append("_").append(name).append("{");
       if (!labels.empty()) out.append(labels).append(",");
-      out.append("tier=\"").append(t.name).append("\"} ").append(value(t)).append("\n");
+      out.append("tier=\"").append(tier_labels[i]).append("\"} ").append(value(s.tiers[i])).append("\n");
     }
   };
   tier_family("tier_hits_total", "counter", "Memory misses answered by the tier.", [&](auto& t) { return u(t.hits); });

@@ -407,6 +407,41 @@ TEST_F(Tier, StatsAndPrometheusCarryTheTiers) {
   EXPECT_NE(text.find("app_tier_breaker_open{cache=\"users\",tier=\"memory\"} 0\n"), std::string::npos);
 }
 
+TEST(TierPrometheus, TierNamesAreEscapedAndNoTwoSamplesShareTheirLabels) {
+  cf::cache_stats s;
+  for (const char* name : {"redis", "redis", "a\"b\\c\nd", "redis#2", "redis"}) {
+    cf::tier_stats t;
+    t.name = name;
+    t.hits = s.tiers.size();
+    s.tiers.push_back(t);
+  }
+  const std::string text = cf::to_prometheus(s, "app");
+  EXPECT_NE(text.find("app_tier_hits_total{tier=\"redis\"} 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("app_tier_hits_total{tier=\"redis#2\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("app_tier_hits_total{tier=\"a\\\"b\\\\c\\nd\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("app_tier_hits_total{tier=\"redis#2#2\"} 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("app_tier_hits_total{tier=\"redis#3\"} 4\n"), std::string::npos) << text;
+  // Every sample line of a family has labels of its own.
+  std::vector<std::string> seen;
+  std::size_t at = 0;
+  while ((at = text.find("app_tier_hits_total{", at)) != std::string::npos) {
+    const std::size_t end = text.find('}', at);
+    seen.push_back(text.substr(at, end - at));
+    at = end;
+  }
+  ASSERT_EQ(seen.size(), 5u);
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end());
+  // No raw line feed inside a sample: every line is a comment or a sample.
+  std::size_t line = 0;
+  while (line < text.size()) {
+    const std::size_t nl = text.find('\n', line);
+    const std::string l = text.substr(line, nl - line);
+    EXPECT_TRUE(l.starts_with("# ") || l.starts_with("app_")) << l;
+    line = nl + 1;
+  }
+}
+
 }  // namespace
 
 TEST_F(Tier, ALoadAfterACompletedEraseNeverReadsAnOlderLoadsLateWrite) {
