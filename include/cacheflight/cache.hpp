@@ -66,7 +66,11 @@ struct cache_options {
   /// Bound on each caller's wait for a load (`no_timeout` for none); `error::timed_out` after it.
   std::chrono::nanoseconds load_timeout = no_timeout;
   /// What happens to a load whose callers have all left: cancelled (default), or
-  /// left to finish and fill the cache.
+  /// left to finish and fill the cache. Cancelling asks the loader to stop (its
+  /// cancellation slot receives `terminal`) and frees the key for a new load; a
+  /// loader that ignores it and still returns a value has that value stored
+  /// and counted in `cache_stats::loads`, as any load's, unless the key was
+  /// erased, cleared or set meanwhile.
   abandon_policy on_abandon = abandon_policy::cancel;
   /// Longest accepted key, in bytes.
   std::size_t max_key_length = 1024;
@@ -484,8 +488,8 @@ class cache {
   /// removal (a tier never applies it before an earlier write of the key).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, bool erased) @endcode
-  /// `erased`: whether memory held a live value of the key, fresh or stale (an expired one is
-  /// reclaimed and counted as an expiration). Errors: `error::invalid_key`; the
+  /// `erased`: whether memory held a live entry of the key: a value, fresh or stale, or a
+  /// cached failure (an expired one is reclaimed and counted as an expiration). Errors: `error::invalid_key`; the
   /// first tier's failure as a `boost::system::system_error` (for instance
   /// `error::tier_unavailable` while its breaker is open); memory is erased
   /// regardless.

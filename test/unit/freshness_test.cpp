@@ -702,6 +702,23 @@ TEST_F(Freshness, ImpossibleOptionsAreRefused) {
   EXPECT_FALSE(refused({.stale_while_revalidate = 1s, .early_refresh_beta = 2, .ttl_jitter = 0.5}));
 }
 
+TEST_F(Freshness, ARefusedOptionIsNamedAsTheCacheCallsIt) {
+  auto message = [&](cf::cache_options o) -> std::string {
+    try {
+      mcache c{io, std::move(o)};
+    } catch (const boost::system::system_error& e) {
+      EXPECT_EQ(e.code(), cf::error::invalid_option);
+      return e.what();
+    }
+    return "accepted";
+  };
+  EXPECT_NE(message({.max_loads = 0}).find("cache_options::max_loads"), std::string::npos);
+  EXPECT_NE(message({.load_timeout = 0s}).find("cache_options::load_timeout"), std::string::npos);
+  EXPECT_NE(message({.load_timeout = -1s}).find("cache_options::load_timeout"), std::string::npos);
+  EXPECT_NE(message({.max_key_length = 0}).find("cache_options::max_key_length"), std::string::npos);
+  EXPECT_NE(message({.shards = 0}).find("cache_options::shards"), std::string::npos);
+}
+
 TEST_F(Freshness, PrometheusTextHasTheFreshnessCounters) {
   mcache c{io, swr_options(log)};
   counting_loader l;

@@ -275,6 +275,11 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
     if (opts.negative_ttl && *opts.negative_ttl <= std::chrono::nanoseconds::zero())
       throw_invalid_option("cache_options::negative_ttl must be positive");
     if (opts.shards == 0 || opts.shards > 1024) throw_invalid_option("cache_options::shards must be in [1, 1024]");
+    // Checked here too, though the flight checks them, so that the message names the option that was set.
+    if (opts.max_loads == 0) throw_invalid_option("cache_options::max_loads must be at least 1");
+    if (opts.load_timeout <= std::chrono::nanoseconds::zero())
+      throw_invalid_option("cache_options::load_timeout must be positive (or no_timeout)");
+    if (opts.max_key_length == 0) throw_invalid_option("cache_options::max_key_length must be at least 1");
     if (opts.stale_while_revalidate < std::chrono::nanoseconds::zero())
       throw_invalid_option("cache_options::stale_while_revalidate must not be negative");
     if (opts.refresh_timeout <= std::chrono::nanoseconds::zero())
