@@ -44,7 +44,8 @@ class cache_state;
 /// @par Threads
 /// Every member function may be called from any thread, concurrently. State is
 /// kept in `flight_options::shards` partitions, each guarded by a lock held only
-/// for constant-time bookkeeping; no user code (work functions, handlers, event
+/// for constant-time bookkeeping (`clear` and `forget_all` hold it for time
+/// linear in the partition's keys); no user code (work functions, handlers, event
 /// sinks) ever runs under it. The recommended setup for a multi-core server is
 /// one `io_context(1)` (concurrency hint 1) per thread: the work then runs on it
 /// without a strand. Callers on several threads may share one flight; give it
@@ -57,6 +58,16 @@ class cache_state;
 /// A completion queued on an `io_context` that is stopped and destroyed
 /// before it runs is destroyed with it, handler included, without being
 /// called, as Asio's own operations are.
+///
+/// The work must end by calling its completion handler. Work waiting on an
+/// operation of another `io_context` must not outlive that context: if the
+/// context is destroyed first, the operation's handler, and the work's, are
+/// destroyed without being called, and the key stays in flight (its waiters
+/// leave only by their own timeout or cancellation; later callers join it);
+/// the work's cancellation slot then still holds the destroyed operation's
+/// cancellation handler, which `cancel`, `clear` or the flight's destruction
+/// would call, as with any Asio operation whose context is gone before it
+/// completed.
 template <class V, class Clock = std::chrono::steady_clock>
 class flight {
   static_assert(std::is_copy_constructible_v<V>, "flight<V>: V must be copy constructible");
@@ -138,7 +149,9 @@ class flight {
   ///     (this caller's wait bound passed), `cancelled` (`cancel`, `clear` or the
   ///     flight's destruction);
   ///   - `boost::system::system_error` with `boost::asio::error::operation_aborted`
-  ///     when this caller was cancelled through its own cancellation slot.
+  ///     when this caller was cancelled through its own cancellation slot;
+  ///   - the exception thrown by `V`'s copy constructor when this caller's copy
+  ///     of the result threw (the other waiters get their own copies).
   ///
   /// @par Executor and allocator
   /// The handler runs on its associated executor (the flight's executor when it
@@ -195,7 +208,10 @@ class flight {
   bool has(std::string_view key) const { return st_->has(key); }
 
   /// The number of works in flight (forgotten ones still running included).
-  /// Thread-safe; lock free. `flight_options::max_keys` bounds it.
+  /// Work that was cancelled (by `cancel`, `clear`, or its last waiter leaving)
+  /// is no longer counted, even while it goes on running because it ignores
+  /// its cancellation slot. Thread-safe; lock free. `flight_options::max_keys`
+  /// bounds it.
   std::size_t size() const noexcept { return st_->size(); }
 
   /// Forgets the work in flight for `key` (Go's `singleflight.Forget`): callers

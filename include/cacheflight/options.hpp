@@ -43,8 +43,10 @@ enum class eviction_policy {
 
 /// Options for one `flight`. An aggregate: use designated initializers.
 struct flight_options {
-  /// Cap on keys in flight at once. A call for a new key beyond it completes
-  /// with `error::max_keys_exceeded`; joining a key already in flight is allowed.
+  /// Cap on keys in flight at once (as `flight::size` counts them). A call for
+  /// a new key beyond it completes with `error::max_keys_exceeded`; joining a
+  /// key already in flight is allowed. It bounds the works the flight waits
+  /// for, not the runs of work functions that ignore their cancellation.
   std::size_t max_keys = 100'000;
   /// Each caller's wait bound when `run_options::timeout` is unset; `no_timeout` for none.
   std::chrono::nanoseconds default_timeout = no_timeout;

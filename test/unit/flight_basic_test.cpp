@@ -691,3 +691,87 @@ TEST_F(FlightBasic, ClearCancelsForgottenWorkToo) {
   EXPECT_EQ(g.cancelled(), 1);
   EXPECT_EQ(f.size(), 0u);
 }
+
+TEST_F(FlightBasic, ForgetAllForgetsEveryKeyWhileTheirWaitersKeepTheirResults) {
+  cf::flight<int> f{io, cf::flight_options{.shards = 4}};
+  constexpr int keys = 1000;
+  std::vector<std::unique_ptr<gate>> old_work;
+  std::vector<outcome<>> old_out(keys);
+  for (int i = 0; i < keys; ++i) {
+    old_work.push_back(std::make_unique<gate>(io.get_executor()));
+    f.async_run("k" + std::to_string(i), old_work.back()->fn(), old_out[i].handler());
+  }
+  run_until(io, [&] { return old_work.back()->calls() == 1; });
+  EXPECT_EQ(f.forget_all(), std::size_t(keys));
+  EXPECT_EQ(f.forget_all(), 0u);
+  EXPECT_EQ(f.size(), std::size_t(keys));  // still running, still counted
+  for (int i = 0; i < keys; ++i) EXPECT_FALSE(f.has("k" + std::to_string(i)));
+  // A new caller of a forgotten key starts fresh work.
+  gate fresh{io.get_executor()};
+  outcome<> b;
+  f.async_run("k7", fresh.fn(), b.handler());
+  run_until(io, [&] { return fresh.calls() == 1; });
+  EXPECT_TRUE(f.has("k7"));
+  fresh.resolve(-7);
+  for (int i = 0; i < keys; ++i) old_work[i]->resolve(i);
+  drain(io);
+  for (int i = 0; i < keys; ++i) {
+    EXPECT_EQ(old_out[i].completions, 1);
+    EXPECT_EQ(old_out[i].value, i);
+  }
+  EXPECT_EQ(b.value, -7);
+  EXPECT_EQ(f.size(), 0u);
+}
+
+namespace {
+// A result whose copies throw while `failing_copies` is positive, each such
+// copy using one up; its moves never throw.
+struct brittle {
+  static inline int failing_copies = 0;
+  int v = 0;
+  brittle() = default;
+  explicit brittle(int x) : v(x) {}
+  brittle(const brittle& o) : v(o.v) {
+    if (failing_copies > 0) {
+      --failing_copies;
+      throw test_error("copy failed");
+    }
+  }
+  brittle(brittle&&) noexcept = default;
+  brittle& operator=(const brittle&) = default;
+  brittle& operator=(brittle&&) noexcept = default;
+};
+}  // namespace
+
+TEST_F(FlightBasic, AWaiterWhoseCopyOfTheResultThrowsCompletesWithThatException) {
+  cf::flight<brittle> f{io};
+  struct result {
+    int completions = 0;
+    std::exception_ptr error;
+    int value = -1;
+  };
+  std::vector<result> out(3);
+  for (auto& r : out)
+    f.async_run("k", []() -> asio::awaitable<brittle> { co_return brittle(7); },
+                [&r](std::exception_ptr e, brittle v) {
+                  ++r.completions;
+                  r.error = e;
+                  r.value = v.v;
+                });
+  brittle::failing_copies = 1;  // the first waiter's copy throws
+  drain(io);
+  brittle::failing_copies = 0;
+  int failed = 0;
+  for (auto& r : out) {
+    EXPECT_EQ(r.completions, 1);
+    if (r.error) {
+      ++failed;
+      EXPECT_THROW(std::rethrow_exception(r.error), test_error);
+      EXPECT_EQ(r.value, 0);
+    } else {
+      EXPECT_EQ(r.value, 7);
+    }
+  }
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(f.size(), 0u);
+}

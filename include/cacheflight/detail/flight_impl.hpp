@@ -275,10 +275,15 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
     for (std::size_t i = 0; i < opts_.shards; ++i) {
       shard& sh = shards_[i];
       std::lock_guard lk(sh.mu);
-      while (!sh.map.empty()) {
-        forget_locked(sh, sh.map.begin()->first);
-        ++n;
+      // One pass over the map (erasing at begin() one by one would rescan the
+      // emptied slots each time); with room reserved first, nothing below throws.
+      sh.forgotten.reserve(sh.forgotten.size() + sh.map.size());
+      for (auto& kv : sh.map) {
+        kv.second->in_map = false;
+        sh.forgotten.emplace(kv.second.get(), std::move(kv.second));
       }
+      n += sh.map.size();
+      sh.map.clear();
     }
     return n;
   }

@@ -206,10 +206,25 @@ class waiter_op final : public flight_waiter<V> {
       std::exception_ptr e = ep;
       release();  // free the node before the upcall, as Asio operations do
       std::move(h)(std::move(e), V{});
-    } else {
+    } else if constexpr (std::is_nothrow_copy_constructible_v<V>) {
       V value(*v);
       release();
       std::move(h)(std::exception_ptr{}, std::move(value));
+    } else {
+      // This waiter's copy of the result may throw: it then completes with
+      // that exception (the other waiters' copies are their own).
+      std::optional<V> value;
+      std::exception_ptr copy_failed;
+      try {
+        value.emplace(*v);
+      } catch (...) {
+        copy_failed = std::current_exception();
+      }
+      release();
+      if (copy_failed)
+        std::move(h)(std::move(copy_failed), V{});
+      else
+        std::move(h)(std::exception_ptr{}, std::move(*value));
     }
   }
 
