@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -20,10 +21,17 @@ namespace cacheflight {
 ///   static std::optional<T> decode(std::string_view bytes); // nullopt for bytes it cannot read
 /// @endcode
 /// Decoding must never trust its input: bytes come from outside the process.
-/// Provided: `std::string`, trivially copyable types, and (in
-/// `cacheflight/json_codec.hpp`) types convertible with Boost.JSON.
+/// Provided: `std::string`, `bool`, other trivially copyable types (see
+/// below), and (in `cacheflight/json_codec.hpp`) types convertible with
+/// Boost.JSON.
 template <class T, class = void>
 struct codec;
+
+/// Opt a type into the JSON codec (`cacheflight/json_codec.hpp`) by
+/// specializing this to `std::true_type`; such a type takes that codec even
+/// when it is trivially copyable.
+template <class T>
+struct use_json_codec : std::false_type {};
 
 /// Strings are stored as they are.
 template <>
@@ -32,10 +40,57 @@ struct codec<std::string> {
   static std::optional<std::string> decode(std::string_view bytes) { return std::string(bytes); }
 };
 
-/// Trivially copyable types are stored as their object representation: only
-/// for tiers shared by processes of the same build and architecture.
+/// `bool`: one byte, 0 or 1; any other byte is refused.
+template <>
+struct codec<bool> {
+  static std::string encode(bool v) { return std::string(1, v ? '\1' : '\0'); }
+  static std::optional<bool> decode(std::string_view bytes) {
+    if (bytes.size() != 1 || (bytes[0] != '\0' && bytes[0] != '\1')) return std::nullopt;
+    return bytes[0] == '\1';
+  }
+};
+
+namespace detail {
 template <class T>
-struct codec<T, std::enable_if_t<std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>>> {
+struct is_view_type : std::false_type {};
+template <class C, class Tr>
+struct is_view_type<std::basic_string_view<C, Tr>> : std::true_type {};
+template <class T, std::size_t N>
+struct is_view_type<std::span<T, N>> : std::true_type {};
+
+// An unscoped enumeration may have no fixed underlying type, and then not
+// every value of that type is one of its values; a scoped one always has one.
+template <class T>
+constexpr bool unscoped_enum() {
+  if constexpr (std::is_enum_v<T>)
+    return std::is_convertible_v<T, std::underlying_type_t<T>>;
+  else
+    return false;
+}
+
+// Whether the object representation of T is the codec for it: trivially
+// copyable, holding no address (a pointer, a view) that another process, or
+// this one after a restart, could not follow, and no value that some bytes
+// would not make (bool, an unscoped enumeration).
+template <class T>
+constexpr bool bytes_codec = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
+                             !std::is_member_pointer_v<T> && !std::is_null_pointer_v<T> && !is_view_type<T>::value &&
+                             !std::is_same_v<T, bool> && !unscoped_enum<T>() && !use_json_codec<T>::value;
+}  // namespace detail
+
+/// Other trivially copyable types are stored as their object representation:
+/// only for tiers shared by processes of the same build and architecture.
+/// Refused (no codec; give one of your own): pointers, `std::nullptr_t`,
+/// `std::string_view` and `std::span` (their addresses mean nothing to another
+/// process, nor to this one after a restart, and a disk tier keeps values
+/// across restarts), unscoped enumerations (without a fixed underlying type not
+/// every value of it is one of theirs; scoped enumerations are accepted), and
+/// types opted into the JSON codec. A decoded value is whatever the bytes
+/// make: a struct that holds a `bool`, an enumeration or a pointer should have
+/// a codec of its own, since bytes written by another build or changed on the
+/// way can make a value that is not one of its values.
+template <class T>
+struct codec<T, std::enable_if_t<detail::bytes_codec<T>>> {
   static std::string encode(const T& v) { return std::string(reinterpret_cast<const char*>(&v), sizeof(T)); }
   static std::optional<T> decode(std::string_view bytes) {
     if (bytes.size() != sizeof(T)) return std::nullopt;

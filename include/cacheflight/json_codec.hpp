@@ -11,10 +11,8 @@
 
 namespace cacheflight {
 
-/// Opt a type into the JSON codec by specializing this to `std::true_type`.
-template <class T>
-struct use_json_codec : std::false_type {};
-
+// Opt a type into this codec by specializing `use_json_codec` (codec.hpp) to
+// `std::true_type`.
 template <class T>
 struct codec<T, std::enable_if_t<use_json_codec<T>::value>> {
   static std::string encode(const T& v) { return boost::json::serialize(boost::json::value_from(v)); }

@@ -32,10 +32,32 @@ profile tag_invoke(boost::json::value_to_tag<profile>, const boost::json::value&
   return profile{boost::json::value_to<std::string>(o.at("name")), boost::json::value_to<int>(o.at("age"))};
 }
 
+// Trivially copyable, and opted into the JSON codec all the same.
+struct pixel {
+  int x = 0;
+  int y = 0;
+  friend bool operator==(const pixel&, const pixel&) = default;
+};
+
+void tag_invoke(boost::json::value_from_tag, boost::json::value& jv, const pixel& p) { jv = {p.x, p.y}; }
+
+pixel tag_invoke(boost::json::value_to_tag<pixel>, const boost::json::value& jv) {
+  const auto& a = jv.as_array();
+  return pixel{boost::json::value_to<int>(a.at(0)), boost::json::value_to<int>(a.at(1))};
+}
+
+enum unscoped_colour { red, green };
+enum class scoped_colour : std::uint8_t { red, green };
+
+template <class T>
+constexpr bool has_codec = requires(std::string_view b) { cf::codec<T>::decode(b); };
+
 }  // namespace
 
 template <>
 struct cacheflight::use_json_codec<profile> : std::true_type {};
+template <>
+struct cacheflight::use_json_codec<pixel> : std::true_type {};
 
 namespace {
 
@@ -52,6 +74,33 @@ TEST(Codec, TriviallyCopyableRoundTripAndWrongSizeRefused) {
   EXPECT_EQ(cf::codec<point>::decode(bytes), p);
   EXPECT_EQ(cf::codec<point>::decode(bytes.substr(1)), std::nullopt);
   EXPECT_EQ(cf::codec<double>::decode(cf::codec<double>::encode(2.5)), 2.5);
+}
+
+TEST(Codec, BoolIsOneByteAndAnyOtherByteIsRefused) {
+  EXPECT_EQ(cf::codec<bool>::encode(true), std::string(1, '\1'));
+  EXPECT_EQ(cf::codec<bool>::decode(cf::codec<bool>::encode(true)), true);
+  EXPECT_EQ(cf::codec<bool>::decode(cf::codec<bool>::encode(false)), false);
+  EXPECT_EQ(cf::codec<bool>::decode(std::string(1, '\2')), std::nullopt);
+  EXPECT_EQ(cf::codec<bool>::decode(std::string(1, '\xff')), std::nullopt);
+  EXPECT_EQ(cf::codec<bool>::decode(""), std::nullopt);
+  EXPECT_EQ(cf::codec<bool>::decode(std::string(2, '\1')), std::nullopt);
+}
+
+TEST(Codec, TypesWhoseBytesAreNoSafeValueHaveNoBuiltInCodec) {
+  static_assert(has_codec<int> && has_codec<double> && has_codec<point> && has_codec<scoped_colour>);
+  static_assert(!has_codec<const char*> && !has_codec<int*> && !has_codec<std::nullptr_t>);
+  static_assert(!has_codec<std::string_view> && !has_codec<std::span<const int>>);
+  static_assert(!has_codec<unscoped_colour>);
+  static_assert(!has_codec<int point::*>);
+  EXPECT_EQ(cf::codec<scoped_colour>::decode(cf::codec<scoped_colour>::encode(scoped_colour::green)),
+            scoped_colour::green);
+}
+
+TEST(Codec, ATriviallyCopyableTypeOptedIntoJsonTakesTheJsonCodec) {
+  const std::string bytes = cf::codec<pixel>::encode(pixel{1, -2});
+  EXPECT_EQ(bytes, "[1,-2]");
+  EXPECT_EQ(cf::codec<pixel>::decode(bytes), (pixel{1, -2}));
+  EXPECT_EQ(cf::codec<pixel>::decode(std::string(sizeof(pixel), '\0')), std::nullopt);
 }
 
 TEST(Codec, JsonRoundTripAndMalformedRefused) {
