@@ -65,7 +65,10 @@ struct loop_guard_options {
 /// What `agent_options::on_loop` receives.
 struct loop_report {
   loop_kind kind;
-  loop_policy action;         ///< what the guard does with the call
+  /// The session's policy for the call. Under `short_circuit`, a call that
+  /// cannot be answered from memory (a write tool, or a read with nothing
+  /// there) is reported with `short_circuit` and fails as with `raise`.
+  loop_policy action;
   std::string session;        ///< the session's name
   std::string call;           ///< the call that broke the rule
   std::vector<std::string> cycle;  ///< for `cycle`: the repeated sequence, oldest first
@@ -607,7 +610,10 @@ class agent_cache {
   }
 
   /// Opens a session named `name` (names need not be unique: the id is), with
-  /// the agent's loop guard rules or `guard`.
+  /// the agent's loop guard rules or `guard`. The id (the name, a dot and 16
+  /// hexadecimal digits) is part of the keys of the session's read tools:
+  /// with `tool_scope::session`, a call whose key then exceeds the cache's
+  /// `max_key_length` fails with `error::invalid_key`, so keep names short.
   /// @throws boost::system::system_error with `error::invalid_option` for
   ///         impossible rules (`cycle_repeats` below 2 or above 1024 with
   ///         cycle detection on, `max_cycle_length` above 64).

@@ -54,6 +54,10 @@ concept key_range = std::ranges::input_range<const T> && !string_like<T> &&
                     !std::is_same_v<std::remove_cvref_t<std::ranges::range_value_t<const T>>, T>;
 template <class>
 inline constexpr bool no_key_rule = false;
+// Whether the built-in rules may write a value of T as `null`.
+template <class T>
+inline constexpr bool may_write_null = is_optional<T>::value || std::is_pointer_v<T> ||
+                                       std::is_same_v<T, std::nullptr_t> || std::is_same_v<T, std::nullopt_t>;
 
 // Whether `append_key_part` has a rule for T (a tuple's elements are checked
 // when it is written).
@@ -78,12 +82,16 @@ constexpr bool key_encodable() {
 /// Appends the key text of `v` to `out`. The rule, stable across versions:
 /// - a `key_encoder<T>` specialization, if there is one;
 /// - `bool`: `true` or `false`; an enumeration: its underlying integer;
-/// - integers (including character types): decimal; floating point: the
+/// - integers (including character types, and 128-bit integers where the
+///   compiler counts them as integers): decimal; floating point: the
 ///   shortest text that reads back the same value (`std::to_chars`; `-0` as `0`);
 /// - strings (anything convertible to `std::string_view`): between double
 ///   quotes, with `"` and `\` escaped by a backslash; other bytes as they are;
-/// - `std::optional`: `null` when empty, else its value; `std::nullopt`,
-///   `nullptr` and a null `const char*`: `null`;
+/// - `std::optional`: `null` when empty, else its value, itself preceded by `?`
+///   when it could be written `null` too (an optional of an optional, of a
+///   `const char*`): `null`, `?null` and `?5` for the three kinds of
+///   `std::optional<std::optional<int>>`; `std::nullopt`, `nullptr` and a
+///   null `const char*`: `null`;
 /// - tuples, pairs and `std::array`: `(a,b,...)`; other ranges: `[a,b,...]`.
 /// Any other type does not compile: give it a `key_encoder`.
 template <class T>
@@ -94,6 +102,24 @@ void append_key_part(std::string& out, const T& v) {
     out += v ? "true" : "false";
   } else if constexpr (std::is_enum_v<T>) {
     append_key_part(out, static_cast<std::underlying_type_t<T>>(v));
+  } else if constexpr (std::is_integral_v<T> && (sizeof(T) > sizeof(long long))) {
+    using U = std::make_unsigned_t<T>;
+    U m = static_cast<U>(v);
+    bool negative = false;
+    if constexpr (std::is_signed_v<T>) {
+      if (v < 0) {
+        negative = true;
+        m = U(0) - m;
+      }
+    }
+    char buf[48];
+    char* p = buf + sizeof buf;
+    do {
+      *--p = char('0' + int(m % 10));
+      m /= 10;
+    } while (m != 0);
+    if (negative) *--p = '-';
+    out.append(p, buf + sizeof buf);
   } else if constexpr (std::is_integral_v<T>) {
     char buf[24];
     using wide = std::conditional_t<std::is_signed_v<T>, long long, unsigned long long>;
@@ -120,10 +146,12 @@ void append_key_part(std::string& out, const T& v) {
     }
     out += '"';
   } else if constexpr (detail::is_optional<T>::value) {
-    if (v)
-      append_key_part(out, *v);
-    else
+    if (!v) {
       out += "null";
+      return;
+    }
+    if constexpr (detail::may_write_null<typename T::value_type>) out += '?';
+    append_key_part(out, *v);
   } else if constexpr (detail::tuple_like<T>) {
     out += '(';
     std::apply(
@@ -451,7 +479,11 @@ class memoized;
 ///
 /// @tparam Signature  `V(Args...)`: `V` is the cache's value type; `Args` are
 ///                    values or const references (each call copies them, so
-///                    they must be copy constructible).
+///                    they must be copy constructible). A view or pointer
+///                    argument (`std::string_view`, `const char*`) is copied
+///                    as a view: what it points to must outlive the operation
+///                    (with `use_awaitable` or `deferred`, until it is awaited
+///                    or launched and has completed).
 ///
 /// @par Threads
 /// Every member may be called from any thread, concurrently.

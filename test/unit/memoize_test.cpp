@@ -64,6 +64,38 @@ TEST(MemoKeys, FollowTheDocumentedRule) {
   EXPECT_NE(cf::make_key("f", std::string("a,b")), cf::make_key("f", std::string("a"), std::string("b")));
 }
 
+TEST(MemoKeys, AnOptionalThatHoldsWhatCouldBeWrittenNullIsMarked) {
+  using oo = std::optional<std::optional<int>>;
+  EXPECT_EQ(cf::make_key("f", oo{}, oo{std::optional<int>{}}, oo{5}), "f(null,?null,?5)");
+  using oc = std::optional<const char*>;
+  EXPECT_EQ(cf::make_key("f", oc{}, oc{nullptr}, oc{"x"}), R"(f(null,?null,?"x"))");
+  using ooo = std::optional<oo>;
+  EXPECT_EQ(cf::make_key("f", ooo{}, ooo{oo{}}, ooo{oo{std::optional<int>{}}}, ooo{oo{1}}),
+            "f(null,?null,??null,??1)");
+  // The same inside a range: [null] and [?null] differ.
+  EXPECT_NE(cf::make_key("f", std::vector<oo>{oo{}}), cf::make_key("f", std::vector<oo>{oo{std::optional<int>{}}}));
+  // An optional whose value is never written null keeps its plain form.
+  EXPECT_EQ(cf::make_key("f", std::optional<std::string>{"s"}), R"(f("s"))");
+}
+
+#if defined(__SIZEOF_INT128__)
+// Built with GNU extensions (see test/CMakeLists.txt), where 128-bit integers are integers.
+__extension__ typedef __int128 i128;
+__extension__ typedef unsigned __int128 u128;
+static_assert(std::is_integral_v<i128>, "memoize_test.cpp is built with -std=gnu++20");
+TEST(MemoKeys, A128BitIntegerIsWrittenWhole) {
+  const i128 big = (i128(1) << 64) + 7;
+  EXPECT_EQ(cf::make_key("f", big), "f(18446744073709551623)");
+  EXPECT_EQ(cf::make_key("f", -big), "f(-18446744073709551623)");
+  EXPECT_NE(cf::make_key("f", big), cf::make_key("f", i128(7)));
+  const u128 top = ~u128(0);
+  EXPECT_EQ(cf::make_key("f", top), "f(340282366920938463463374607431768211455)");
+  const i128 lowest = -i128(top >> 1) - 1;
+  EXPECT_EQ(cf::make_key("f", lowest), "f(-170141183460469231731687303715884105728)");
+  EXPECT_EQ(cf::make_key("f", i128(0)), "f(0)");
+}
+#endif
+
 TEST_F(Memoize, FirstCallLoadsSecondHitsAndStatsCountBoth) {
   cf::memoized<int(int)> f{c, "times_ten", times_ten};
   EXPECT_EQ(await(io, f(4)), 40);
