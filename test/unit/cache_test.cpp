@@ -190,6 +190,33 @@ TEST_F(Cache, S3FifoUnderACapBelowTenKeepsAKeyReadAgainRatherThanOneReadOnce) {
   }
 }
 
+// S3-FIFO makes room before it inserts: a new entry is never the one its own
+// store evicts, whatever the cap.
+TEST_F(Cache, S3FifoKeepsTheEntryJustStoredUnderEveryCap) {
+  for (std::size_t cap : {1u, 2u, 8u, 9u, 10u, 25u}) {
+    SCOPED_TRACE(cap);
+    mcache c{io, cf::cache_options{.max_entries = cap, .shards = 1}};
+    // Fill memory with keys read twice, then store new keys one at a time.
+    for (std::size_t i = 0; i < cap; ++i) {
+      set(c, "hot" + std::to_string(i), 1);
+      EXPECT_TRUE(c.peek("hot" + std::to_string(i)));
+    }
+    for (std::size_t i = 0; i < 3 * cap; ++i) {
+      set(c, "new" + std::to_string(i), 2);
+      EXPECT_EQ(c.peek("new" + std::to_string(i)), 2) << i;
+    }
+    EXPECT_EQ(c.size(), cap);
+  }
+  // The same under a weight cap.
+  mcache w{io, cf::cache_options{.max_weight = 5, .shards = 1}, [](std::string_view, const int& v) -> std::size_t {
+             return std::size_t(v);
+           }};
+  for (int i = 0; i < 20; ++i) {
+    set(w, "k" + std::to_string(i), 1 + i % 3);
+    EXPECT_EQ(w.peek("k" + std::to_string(i)), 1 + i % 3) << i;
+  }
+}
+
 TEST_F(Cache, ZeroEntriesStoresNothing) {
   mcache c{io, cf::cache_options{.max_entries = 0}};
   int calls = 0;

@@ -307,6 +307,8 @@ class alignas(64) l1_shard {
       weight_ += w;
       set_expiry(n, expires);
       admit(n, hash);
+      evict(dead, n);
+      return true;
     }
     evict(dead);
     return true;
@@ -327,9 +329,18 @@ class alignas(64) l1_shard {
     return true;
   }
 
-  std::size_t clear(graveyard& dead) {
-    std::size_t n = map_.size();
-    while (!map_.empty()) remove(*map_.begin(), removal::erased, dead);
+  // In time linear in the entries: every node is on one of the two queues.
+  std::size_t clear(graveyard& dead) noexcept {
+    const std::size_t n = map_.size();
+    for (intrusive_list<node>* q : {&small_, &main_})
+      while (node* x = q->pop_front()) {
+        x->heap_index = node::no_heap;
+        x->why = removal::erased;
+        dead.push_back(x);
+      }
+    map_.clear();
+    heap_.clear();
+    weight_ = small_weight_ = main_weight_ = 0;
     ghost_.clear();
     return n;
   }
@@ -394,23 +405,27 @@ class alignas(64) l1_shard {
 
   bool over() const noexcept { return map_.size() > max_entries_ || weight_ > max_weight_; }
 
-  void evict(graveyard& dead) {
+  // `fresh`, if given, is the entry just admitted, which S3-FIFO inserts after
+  // making room: the small queue is measured without it.
+  void evict(graveyard& dead, const node* fresh = nullptr) {
     while (over() && !map_.empty()) {
       if (policy_ == eviction_policy::lru) {
         remove(main_.back(), removal::capacity, dead);
         continue;
       }
-      // The small queue holds a tenth of the cache, measured in the limit being
-      // enforced now: entries when the count is over, weight otherwise (a weight
-      // cap that is not reached must not size the queue). It is evicted from
-      // while it holds more than that tenth (`small_size * 10 > cap`, written
-      // without the product): under a cap below 10 whenever it holds
-      // anything, so that an entry readmitted from the ghost into main is not
-      // the one evicted while the small queue keeps an entry read once.
+      // The small queue is evicted from while it holds at least a tenth of the
+      // cache (`small * 10 >= cap`, written without the product), measured in
+      // the limit being enforced now: entries when the count is over, weight
+      // otherwise (a weight cap that is not reached must not size the queue).
+      // Under a cap below 10 that is whenever it holds anything besides the
+      // entry just admitted, so that an entry readmitted from the ghost into
+      // main is not the one evicted while the small queue keeps one read once.
       const bool by_count = map_.size() > max_entries_;
-      const std::size_t small_target = (by_count ? max_entries_ : max_weight_) / 10;
-      const std::size_t small_size = by_count ? small_.size() : small_weight_;
-      if (!small_.empty() && (small_size > small_target || main_.empty()))
+      const std::size_t cap = by_count ? max_entries_ : max_weight_;
+      std::size_t small_size = by_count ? small_.size() : small_weight_;
+      if (fresh && !fresh->in_main && fresh->why == removal::none) small_size -= by_count ? 1 : fresh->weight;
+      const std::size_t small_target = cap / 10 + (cap % 10 != 0);
+      if (!small_.empty() && (small_size >= small_target || main_.empty()))
         evict_small(dead);
       else
         evict_main(dead);
