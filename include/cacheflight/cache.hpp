@@ -68,9 +68,9 @@ struct cache_options {
   /// What happens to a load whose callers have all left: cancelled (default), or
   /// left to finish and fill the cache. Cancelling asks the loader to stop (its
   /// cancellation slot receives `terminal`) and frees the key for a new load; a
-  /// loader that ignores it and still returns a value has that value stored
-  /// and counted in `cache_stats::loads`, as any load's, unless the key was
-  /// erased, cleared or set meanwhile.
+  /// loader that ignores it and still returns a value has that value counted
+  /// in `cache_stats::loads`, and stored as any load's, unless the key was
+  /// erased, cleared or set, or a new load of it started, meanwhile.
   abandon_policy on_abandon = abandon_policy::cancel;
   /// Longest accepted key, in bytes.
   std::size_t max_key_length = 1024;

@@ -29,7 +29,9 @@ struct codec;
 
 /// Opt a type into the JSON codec (`cacheflight/json_codec.hpp`) by
 /// specializing this to `std::true_type`; such a type takes that codec even
-/// when it is trivially copyable.
+/// when it is trivially copyable. Declare the specialization beside the type,
+/// so that every use of `codec<T>` sees it: one that did not would write the
+/// object representation.
 template <class T>
 struct use_json_codec : std::false_type {};
 
@@ -73,14 +75,14 @@ constexpr bool unscoped_enum() {
 // this one after a restart, could not follow, and no value that some bytes
 // would not make (bool, an unscoped enumeration).
 template <class T>
-constexpr bool bytes_codec = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
+inline constexpr bool bytes_codec = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
                              !std::is_member_pointer_v<T> && !std::is_null_pointer_v<T> && !is_view_type<T>::value &&
                              !std::is_same_v<T, bool> && !unscoped_enum<T>() && !use_json_codec<T>::value;
 }  // namespace detail
 
 /// Other trivially copyable types are stored as their object representation:
 /// only for tiers shared by processes of the same build and architecture.
-/// Refused (no codec; give one of your own): pointers, `std::nullptr_t`,
+/// Refused (no codec; give one of your own): pointers, member pointers, `std::nullptr_t`,
 /// `std::string_view` and `std::span` (their addresses mean nothing to another
 /// process, nor to this one after a restart, and a disk tier keeps values
 /// across restarts), unscoped enumerations (without a fixed underlying type not

@@ -63,7 +63,8 @@ class cache_state;
 /// operation of another `io_context` must not outlive that context: if the
 /// context is destroyed first, the operation's handler, and the work's, are
 /// destroyed without being called, and the key stays in flight (its waiters
-/// leave only by their own timeout or cancellation; later callers join it);
+/// leave only by their own timeout or cancellation, or by `cancel`, `clear` or
+/// `forget`; later callers join it);
 /// the work's cancellation slot then still holds the destroyed operation's
 /// cancellation handler, which `cancel`, `clear` or the flight's destruction
 /// would call, as with any Asio operation whose context is gone before it

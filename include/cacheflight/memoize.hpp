@@ -54,10 +54,6 @@ concept key_range = std::ranges::input_range<const T> && !string_like<T> &&
                     !std::is_same_v<std::remove_cvref_t<std::ranges::range_value_t<const T>>, T>;
 template <class>
 inline constexpr bool no_key_rule = false;
-// Whether the built-in rules may write a value of T as `null`.
-template <class T>
-inline constexpr bool may_write_null = is_optional<T>::value || std::is_pointer_v<T> ||
-                                       std::is_same_v<T, std::nullptr_t> || std::is_same_v<T, std::nullopt_t>;
 
 // Whether `append_key_part` has a rule for T (a tuple's elements are checked
 // when it is written).
@@ -87,10 +83,11 @@ constexpr bool key_encodable() {
 ///   shortest text that reads back the same value (`std::to_chars`; `-0` as `0`);
 /// - strings (anything convertible to `std::string_view`): between double
 ///   quotes, with `"` and `\` escaped by a backslash; other bytes as they are;
-/// - `std::optional`: `null` when empty, else its value, itself preceded by `?`
-///   when it could be written `null` too (an optional of an optional, of a
-///   `const char*`): `null`, `?null` and `?5` for the three kinds of
-///   `std::optional<std::optional<int>>`; `std::nullopt`, `nullptr` and a
+/// - `std::optional`: `null` when empty, else its value, preceded by `?` when
+///   the value's text is `null` or begins with `?` (so that an empty optional
+///   inside an optional, or a null `const char*` inside one, stays apart:
+///   `null`, `?null` and `5` for the three kinds of
+///   `std::optional<std::optional<int>>`); `std::nullopt`, `nullptr` and a
 ///   null `const char*`: `null`;
 /// - tuples, pairs and `std::array`: `(a,b,...)`; other ranges: `[a,b,...]`.
 /// Any other type does not compile: give it a `key_encoder`.
@@ -150,8 +147,10 @@ void append_key_part(std::string& out, const T& v) {
       out += "null";
       return;
     }
-    if constexpr (detail::may_write_null<typename T::value_type>) out += '?';
+    const std::size_t at = out.size();
     append_key_part(out, *v);
+    const std::string_view text = std::string_view(out).substr(at);
+    if (text == "null" || text.starts_with('?')) out.insert(at, 1, '?');
   } else if constexpr (detail::tuple_like<T>) {
     out += '(';
     std::apply(

@@ -64,18 +64,19 @@ TEST(MemoKeys, FollowTheDocumentedRule) {
   EXPECT_NE(cf::make_key("f", std::string("a,b")), cf::make_key("f", std::string("a"), std::string("b")));
 }
 
-TEST(MemoKeys, AnOptionalThatHoldsWhatCouldBeWrittenNullIsMarked) {
+TEST(MemoKeys, AnOptionalHoldingWhatIsWrittenNullIsMarkedAndOthersKeepTheirText) {
   using oo = std::optional<std::optional<int>>;
-  EXPECT_EQ(cf::make_key("f", oo{}, oo{std::optional<int>{}}, oo{5}), "f(null,?null,?5)");
+  EXPECT_EQ(cf::make_key("f", oo{}, oo{std::optional<int>{}}, oo{5}), "f(null,?null,5)");
   using oc = std::optional<const char*>;
-  EXPECT_EQ(cf::make_key("f", oc{}, oc{nullptr}, oc{"x"}), R"(f(null,?null,?"x"))");
+  EXPECT_EQ(cf::make_key("f", oc{}, oc{nullptr}, oc{"x"}), R"(f(null,?null,"x"))");
   using ooo = std::optional<oo>;
   EXPECT_EQ(cf::make_key("f", ooo{}, ooo{oo{}}, ooo{oo{std::optional<int>{}}}, ooo{oo{1}}),
-            "f(null,?null,??null,??1)");
+            "f(null,?null,??null,1)");
   // The same inside a range: [null] and [?null] differ.
   EXPECT_NE(cf::make_key("f", std::vector<oo>{oo{}}), cf::make_key("f", std::vector<oo>{oo{std::optional<int>{}}}));
-  // An optional whose value is never written null keeps its plain form.
+  // An optional whose value is not written null keeps that value's text.
   EXPECT_EQ(cf::make_key("f", std::optional<std::string>{"s"}), R"(f("s"))");
+  EXPECT_EQ(cf::make_key("f", std::optional<std::string>{"null"}), R"(f("null"))");
 }
 
 #if defined(__SIZEOF_INT128__)

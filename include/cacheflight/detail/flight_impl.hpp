@@ -276,12 +276,23 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       shard& sh = shards_[i];
       std::lock_guard lk(sh.mu);
       // One pass over the map (erasing at begin() one by one would rescan the
-      // emptied slots each time); with room reserved first, nothing below throws.
-      sh.forgotten.reserve(sh.forgotten.size() + sh.map.size());
-      for (auto& kv : sh.map) {
-        kv.second->in_map = false;
-        sh.forgotten.emplace(kv.second.get(), std::move(kv.second));
+      // emptied slots each time). The entries are filed as forgotten first,
+      // which may throw (the set may grow): then those filed are taken back
+      // and nothing has changed. What follows cannot throw.
+      std::size_t filed = 0;
+      try {
+        for (auto& kv : sh.map) {
+          sh.forgotten.emplace(kv.second.get(), kv.second);
+          ++filed;
+        }
+      } catch (...) {
+        for (auto& kv : sh.map) {
+          if (filed-- == 0) break;
+          sh.forgotten.erase(kv.second.get());
+        }
+        throw;
       }
+      for (auto& kv : sh.map) kv.second->in_map = false;
       n += sh.map.size();
       sh.map.clear();
     }
