@@ -227,8 +227,12 @@ class flight {
   /// Any thread, including from a waiter's completion handler.
   bool forget(std::string_view key) { return st_->forget(key); }
 
-  /// Forgets every work in flight, as `forget` does for each key.
+  /// Forgets every work in flight, as `forget` does for each key, one
+  /// partition at a time.
   /// @returns the number of works forgotten.
+  /// @throws std::bad_alloc when the record of forgotten works cannot grow;
+  ///         the partition being forgotten is then left as it was, those
+  ///         before it stay forgotten.
   std::size_t forget_all() { return st_->forget_all(); }
 
   /// Cancels the work for `key`: every waiter completes with `error::cancelled`

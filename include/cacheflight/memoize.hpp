@@ -84,9 +84,9 @@ constexpr bool key_encodable() {
 /// - strings (anything convertible to `std::string_view`): between double
 ///   quotes, with `"` and `\` escaped by a backslash; other bytes as they are;
 /// - `std::optional`: `null` when empty, else its value, preceded by `?` when
-///   the value's text is `null` or begins with `?` (so that an empty optional
-///   inside an optional, or a null `const char*` inside one, stays apart:
-///   `null`, `?null` and `5` for the three kinds of
+///   the value's text is `null` after any number of `?` (so that an empty
+///   optional inside an optional, or a null `const char*` inside one, stays
+///   apart: `null`, `?null` and `5` for the three kinds of
 ///   `std::optional<std::optional<int>>`); `std::nullopt`, `nullptr` and a
 ///   null `const char*`: `null`;
 /// - tuples, pairs and `std::array`: `(a,b,...)`; other ranges: `[a,b,...]`.
@@ -149,8 +149,9 @@ void append_key_part(std::string& out, const T& v) {
     }
     const std::size_t at = out.size();
     append_key_part(out, *v);
-    const std::string_view text = std::string_view(out).substr(at);
-    if (text == "null" || text.starts_with('?')) out.insert(at, 1, '?');
+    std::string_view text = std::string_view(out).substr(at);
+    while (text.starts_with('?')) text.remove_prefix(1);
+    if (text == "null") out.insert(at, 1, '?');
   } else if constexpr (detail::tuple_like<T>) {
     out += '(';
     std::apply(

@@ -196,7 +196,7 @@ TEST_F(Cache, S3FifoKeepsTheEntryJustStoredUnderEveryCap) {
   for (std::size_t cap : {1u, 2u, 8u, 9u, 10u, 25u}) {
     SCOPED_TRACE(cap);
     mcache c{io, cf::cache_options{.max_entries = cap, .shards = 1}};
-    // Fill memory with keys read twice, then store new keys one at a time.
+    // Fill memory with keys read once more, then store new keys one at a time.
     for (std::size_t i = 0; i < cap; ++i) {
       set(c, "hot" + std::to_string(i), 1);
       EXPECT_TRUE(c.peek("hot" + std::to_string(i)));
@@ -206,6 +206,21 @@ TEST_F(Cache, S3FifoKeepsTheEntryJustStoredUnderEveryCap) {
       EXPECT_EQ(c.peek("new" + std::to_string(i)), 2) << i;
     }
     EXPECT_EQ(c.size(), cap);
+  }
+  // A key back from the ghost into main is not evicted by its own store either.
+  {
+    mcache c{io, cf::cache_options{.max_entries = 2, .shards = 1}};
+    set(c, "a", 1);
+    set(c, "b", 2);
+    set(c, "c", 3);  // "a" goes to the ghost
+    ASSERT_FALSE(c.peek("a"));
+    EXPECT_TRUE(c.peek("b"));
+    EXPECT_TRUE(c.peek("c"));
+    set(c, "d", 4);  // "b" and "c" move to main, "b" goes
+    EXPECT_TRUE(c.peek("c"));
+    EXPECT_TRUE(c.peek("d"));
+    set(c, "a", 5);  // back from the ghost, into main
+    EXPECT_EQ(c.peek("a"), 5);
   }
   // The same under a weight cap.
   mcache w{io, cf::cache_options{.max_weight = 5, .shards = 1}, [](std::string_view, const int& v) -> std::size_t {

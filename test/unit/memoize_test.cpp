@@ -21,7 +21,17 @@ struct point {
   int x, y;
 };
 
+// Written as its text, whatever it is.
+struct marked {
+  std::string text;
+};
+
 }  // namespace
+
+template <>
+struct cacheflight::key_encoder<marked> {
+  static void append(std::string& out, const marked& m) { out += m.text; }
+};
 
 template <>
 struct cacheflight::key_encoder<point> {
@@ -77,6 +87,14 @@ TEST(MemoKeys, AnOptionalHoldingWhatIsWrittenNullIsMarkedAndOthersKeepTheirText)
   // An optional whose value is not written null keeps that value's text.
   EXPECT_EQ(cf::make_key("f", std::optional<std::string>{"s"}), R"(f("s"))");
   EXPECT_EQ(cf::make_key("f", std::optional<std::string>{"null"}), R"(f("null"))");
+  // The same for texts of a key_encoder of one's own.
+  EXPECT_EQ(cf::make_key("f", std::optional<marked>{marked{"?1"}}), "f(?1)");
+  EXPECT_EQ(cf::make_key("f", std::optional<marked>{marked{"null"}}), "f(?null)");
+  EXPECT_EQ(cf::make_key("f", std::optional<marked>{marked{"??null"}}), "f(???null)");
+  using om = std::optional<marked>;
+  using oom = std::optional<om>;
+  EXPECT_EQ(cf::make_key("f", oom{}, oom{om{}}, oom{om{marked{"null"}}}, oom{om{marked{"?null"}}}),
+            "f(null,?null,??null,???null)");
 }
 
 #if defined(__SIZEOF_INT128__)

@@ -278,7 +278,8 @@ class flight_state : public std::enable_shared_from_this<flight_state<V, Clock>>
       // One pass over the map (erasing at begin() one by one would rescan the
       // emptied slots each time). The entries are filed as forgotten first,
       // which may throw (the set may grow): then those filed are taken back
-      // and nothing has changed. What follows cannot throw.
+      // and this shard is as it was (the shards before it stay forgotten).
+      // What follows cannot throw.
       std::size_t filed = 0;
       try {
         for (auto& kv : sh.map) {

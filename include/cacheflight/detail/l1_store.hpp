@@ -306,8 +306,11 @@ class alignas(64) l1_shard {
       owned.release();
       weight_ += w;
       set_expiry(n, expires);
-      admit(n, hash);
-      evict(dead, n);
+      // Room is made before the entry joins a queue, as S3-FIFO inserts after
+      // evicting: it counts toward the caps, but no eviction can pick it.
+      const bool to_main = admitted_to_main(hash);
+      evict(dead);
+      link(n, to_main);
       return true;
     }
     evict(dead);
@@ -386,17 +389,18 @@ class alignas(64) l1_shard {
   }
 
   // `h`: the hash of the node's key.
-  void admit(node* n, std::uint64_t h) {
-    if (policy_ == eviction_policy::lru) {
+  // Whether a new entry of this hash goes to the main queue: always under LRU;
+  // under S3-FIFO when it was recently evicted from the small queue (proven
+  // reuse), else it starts on probation in the small queue.
+  bool admitted_to_main(std::uint64_t h) const noexcept {
+    return policy_ == eviction_policy::lru || ghost_.contains(h, ghost_window());
+  }
+
+  void link(node* n, bool to_main) noexcept {
+    if (to_main) {
       n->in_main = true;
       main_.push_front(n);
-      return;
-    }
-    if (ghost_.contains(h, ghost_window())) {
-      // Recently evicted from the small queue: it has proven reuse.
-      n->in_main = true;
-      main_.push_front(n);
-      main_weight_ += n->weight;
+      if (policy_ != eviction_policy::lru) main_weight_ += n->weight;
     } else {
       small_.push_front(n);
       small_weight_ += n->weight;
@@ -405,10 +409,10 @@ class alignas(64) l1_shard {
 
   bool over() const noexcept { return map_.size() > max_entries_ || weight_ > max_weight_; }
 
-  // `fresh`, if given, is the entry just admitted, which S3-FIFO inserts after
-  // making room: the small queue is measured without it.
-  void evict(graveyard& dead, const node* fresh = nullptr) {
-    while (over() && !map_.empty()) {
+  // Evicts until the caps hold. An entry being stored is on neither queue yet
+  // (see put): it counts toward the caps but is never picked.
+  void evict(graveyard& dead) {
+    while (over() && !(small_.empty() && main_.empty())) {
       if (policy_ == eviction_policy::lru) {
         remove(main_.back(), removal::capacity, dead);
         continue;
@@ -417,13 +421,12 @@ class alignas(64) l1_shard {
       // cache (`small * 10 >= cap`, written without the product), measured in
       // the limit being enforced now: entries when the count is over, weight
       // otherwise (a weight cap that is not reached must not size the queue).
-      // Under a cap below 10 that is whenever it holds anything besides the
-      // entry just admitted, so that an entry readmitted from the ghost into
-      // main is not the one evicted while the small queue keeps one read once.
+      // Under a count cap below 10 that is whenever it holds an entry, so that
+      // an entry readmitted from the ghost into main is not the one evicted
+      // while the small queue keeps one read once.
       const bool by_count = map_.size() > max_entries_;
       const std::size_t cap = by_count ? max_entries_ : max_weight_;
-      std::size_t small_size = by_count ? small_.size() : small_weight_;
-      if (fresh && !fresh->in_main && fresh->why == removal::none) small_size -= by_count ? 1 : fresh->weight;
+      const std::size_t small_size = by_count ? small_.size() : small_weight_;
       const std::size_t small_target = cap / 10 + (cap % 10 != 0);
       if (!small_.empty() && (small_size >= small_target || main_.empty()))
         evict_small(dead);
