@@ -388,8 +388,7 @@ class alignas(64) l1_shard {
     }
   }
 
-  // `h`: the hash of the node's key.
-  // Whether a new entry of this hash goes to the main queue: always under LRU;
+  // Whether a new entry of hash `h` goes to the main queue: always under LRU;
   // under S3-FIFO when it was recently evicted from the small queue (proven
   // reuse), else it starts on probation in the small queue.
   bool admitted_to_main(std::uint64_t h) const noexcept {
