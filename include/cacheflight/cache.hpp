@@ -488,11 +488,11 @@ class cache {
   /// removal (a tier never applies it before an earlier write of the key).
   /// @par Completion signature
   /// @code void(std::exception_ptr error, bool erased) @endcode
-  /// `erased`: whether memory held a live entry of the key: a value, fresh or stale, or a
-  /// cached failure (an expired one is reclaimed and counted as an expiration). Errors: `error::invalid_key`; the
-  /// first tier's failure as a `boost::system::system_error` (for instance
-  /// `error::tier_unavailable` while its breaker is open); memory is erased
-  /// regardless.
+  /// `erased`: whether memory held a live entry of the key: a value, fresh or
+  /// stale, or a cached failure (an expired one is reclaimed and counted as an
+  /// expiration). Errors: `error::invalid_key`; the first tier's failure as a
+  /// `boost::system::system_error` (for instance `error::tier_unavailable`
+  /// while its breaker is open); memory is erased regardless.
   template <boost::asio::completion_token_for<void(std::exception_ptr, bool)> CompletionToken>
   auto async_erase(std::string key, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, bool)>(

@@ -64,11 +64,10 @@ class cache_state;
 /// context is destroyed first, the operation's handler, and the work's, are
 /// destroyed without being called, and the key stays in flight (its waiters
 /// leave only by their own timeout or cancellation, or by `cancel`, `clear` or
-/// `forget`; later callers join it);
-/// the work's cancellation slot then still holds the destroyed operation's
-/// cancellation handler, which `cancel`, `clear` or the flight's destruction
-/// would call, as with any Asio operation whose context is gone before it
-/// completed.
+/// `forget`; later callers join it); the work's cancellation slot then still
+/// holds the destroyed operation's cancellation handler, which `cancel`,
+/// `clear` or the flight's destruction would call, as with any Asio operation
+/// whose context is gone before it completed.
 template <class V, class Clock = std::chrono::steady_clock>
 class flight {
   static_assert(std::is_copy_constructible_v<V>, "flight<V>: V must be copy constructible");

@@ -154,17 +154,17 @@ inline std::string to_prometheus(const cache_stats& s, std::string_view prefix =
          u(s.memory_flushes));
   if (s.tiers.empty()) return out;
   // Per-tier families: one sample per tier, labelled tier="<name>" (see above).
-  std::vector<std::string> tier_names;
-  tier_names.reserve(s.tiers.size());
-  for (const tier_stats& t : s.tiers) {
-    std::string v = t.name;
-    for (std::size_t k = 2; std::find(tier_names.begin(), tier_names.end(), v) != tier_names.end(); ++k)
-      v = t.name + "#" + std::to_string(k);
-    tier_names.push_back(std::move(v));
-  }
+  // Escaping is one to one and leaves "#2" as it is, so the labels can be
+  // told apart as escaped.
   std::vector<std::string> tier_labels;
   tier_labels.reserve(s.tiers.size());
-  for (const std::string& v : tier_names) tier_labels.push_back(detail::prometheus_label_value(v));
+  for (const tier_stats& t : s.tiers) {
+    const std::string escaped = detail::prometheus_label_value(t.name);
+    std::string v = escaped;
+    for (std::size_t k = 2; std::find(tier_labels.begin(), tier_labels.end(), v) != tier_labels.end(); ++k)
+      v = escaped + "#" + std::to_string(k);
+    tier_labels.push_back(std::move(v));
+  }
   auto tier_family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
     out.append("# HELP ").append(prefix).append("_").append(name).append(" ").append(help).append("\n");
     out.append("# TYPE ").append(prefix).append("_").append(name).append(" ").append(type).append("\n");
