@@ -35,7 +35,9 @@ enum class loop_policy {
   /// The call goes on; only `agent_options::on_loop` and the counters hear of it.
   warn,
   /// A read tool answers from memory without running the tool; without a
-  /// value in memory, and for write tools, the call fails as with `raise`.
+  /// value in memory, and for write tools, the call fails as with `raise`
+  /// (a key the cache refuses fails with `error::invalid_key`, as without
+  /// the guard).
   short_circuit,
 };
 
@@ -437,6 +439,9 @@ class agent_cache {
           std::string message = std::move(report->message);
           auto key_op = c->current_key(std::move(argkey), std::move(tags));
           std::string key = co_await std::move(key_op);
+          // A key the cache refuses fails as the call would without the guard.
+          if (key.size() > c->target->options().max_key_length)
+            throw boost::system::system_error(make_error_code(error::invalid_key));
           auto v = c->target->peek(key);
           if (!v) throw_loop(message);
           count_read(*ag, s.get(), false);

@@ -272,6 +272,22 @@ TEST_F(Agent, WarnLetsTheCallThroughAndShortCircuitAnswersFromMemory) {
   EXPECT_NO_THROW(agent.open_session("x", cf::loop_guard_options{.max_cycle_length = 3, .cycle_repeats = 1024}));
 }
 
+TEST_F(Agent, AKeyTooLongForTheCacheFailsAsInvalidKeyUnderEveryPolicy) {
+  cf::cache<std::string> small{io, cf::cache_options{.max_key_length = 40}};
+  cf::agent_cache<std::string> agent{small};
+  auto ticket = agent.read_tool<std::string>("get_ticket", counting("ticket"), {.scope = cf::tool_scope::session});
+  // The session's id (the name, a dot, 16 digits) makes the key too long.
+  for (auto policy : {cf::loop_policy::raise, cf::loop_policy::warn, cf::loop_policy::short_circuit}) {
+    auto s = agent.open_session(std::string(24, 'n'), cf::loop_guard_options{.max_identical_calls = 1,
+                                                                              .policy = policy});
+    EXPECT_EQ(failure_of(io, ticket(s, "a")), cf::error::invalid_key);
+    // The repeat breaks the rule: refused under raise, a key error otherwise.
+    EXPECT_EQ(failure_of(io, ticket(s, "a")),
+              policy == cf::loop_policy::raise ? cf::error::loop_detected : cf::error::invalid_key);
+  }
+  EXPECT_EQ(runs["ticket"], 0);
+}
+
 TEST_F(Agent, MetricsPerSessionAndGlobalInPrometheusText) {
   cf::agent_cache<std::string> agent{results};
   auto search = agent.read_tool<std::string>("search", counting("search"));
