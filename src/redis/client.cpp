@@ -251,6 +251,10 @@ struct client::impl : std::enable_shared_from_this<impl> {
         self->set_last_error(role_error(r));
         return self->connect();
       }
+      // Refused by the connection itself (its queue full of the caller's
+      // commands): says nothing of the server's health; checked next time.
+      if ((ec == error::queue_full || ec == asio::error::operation_aborted) && c->is_open())
+        return self->schedule(self->opts.health_check_interval);
       if (ec || r.is_error()) {
         // A lost connection was seen by its hook, which scheduled the reconnect.
         if (!c->is_open()) return;

@@ -265,6 +265,25 @@ TEST_F(RedisClient, CommandsOnAConnectionGivenUpAfterAFailedHealthCheckFailAsNot
   EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
 }
 
+TEST_F(RedisClient, AHealthCheckRefusedByAFullQueueLeavesTheConnectionOpen) {
+  auto opts = client_options();
+  opts.connection.max_pending = 1;
+  opts.connection.command_timeout = 5000ms;
+  opts.health_check_interval = 50ms;
+  redis::client c{io.get_executor(), opts};
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  // The one command the queue holds blocks on the server for a second, while
+  // several health checks find no room for their PING.
+  std::optional<std::pair<error_code, redis::reply>> got;
+  c.async_exec({"BLPOP", "no-such-list", "1"}, [&](error_code ec, redis::reply r) { got.emplace(ec, std::move(r)); });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 3s));
+  EXPECT_FALSE(got->first) << got->first.message();
+  EXPECT_EQ(got->second.type, redis::reply::kind::nil);
+  EXPECT_TRUE(c.is_connected());
+  EXPECT_EQ(c.connections_opened(), 1u);
+  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+}
+
 TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
   auto opts = client_options();
   opts.health_check_interval = 60s;  // the loss must not wait for a health check

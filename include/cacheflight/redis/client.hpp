@@ -129,8 +129,9 @@ struct client_options {
   /// and each delay is drawn between half of it and all of it (jitter).
   std::chrono::milliseconds reconnect_min{50};
   std::chrono::milliseconds reconnect_max{5000};
-  /// How often the connection is checked: a lost connection is reopened, an idle
-  /// one is sent a PING, and a PING that fails closes it for reopening.
+  /// How often the connection is checked: a lost connection is reopened, an open
+  /// one is sent a PING, and a PING that fails closes it for reopening (one the
+  /// connection refuses itself, its queue full, waits for the next check).
   std::chrono::milliseconds health_check_interval{1000};
   /// Find the server through Redis Sentinel (see `sentinel_options`); off
   /// while `sentinel.master_name` is empty.
