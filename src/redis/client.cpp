@@ -306,6 +306,10 @@ client::client(executor_type ex, client_options opts) {
     throw_invalid_option("redis::client_options: need 0 < reconnect_min <= reconnect_max");
   if (opts.health_check_interval <= milliseconds::zero())
     throw_invalid_option("redis::client_options: health_check_interval must be positive");
+  detail::cap_connection_durations(opts.connection);
+  for (milliseconds* d : {&opts.reconnect_min, &opts.reconnect_max, &opts.health_check_interval,
+                          &opts.cluster.refresh_interval, &opts.cluster.retry_delay})
+    detail::cap_duration(*d);
   const cluster_options& co = opts.cluster;
   if (!co.nodes.empty()) {
     if (!so.master_name.empty()) throw_invalid_option("redis: Cluster and Sentinel cannot be combined");

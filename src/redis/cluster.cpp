@@ -352,6 +352,7 @@ void client::cluster::redirect(const std::shared_ptr<op>& o, node* t, bool askin
 
 void client::cluster::route_after(const std::shared_ptr<op>& o, milliseconds delay, node* t, bool asking) {
   o->retry_timer.emplace(strand);
+  detail::cap_duration(delay);  // a long retry_delay, doubled
   o->retry_timer->expires_after(delay);
   delayed.emplace(o.get(), o);
   o->retry_timer->async_wait([self = shared_from_this(), o, t, asking](error_code ec) {

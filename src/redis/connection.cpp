@@ -745,6 +745,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
 connection::connection(executor_type ex, connection_options opts) {
   detail::check_connection_options(opts);
+  detail::cap_connection_durations(opts);
   impl_ = std::make_shared<impl>(ex, std::move(opts));
   cacheflight::detail::drop_handlers_at_shutdown(ex, impl_);
 }

@@ -14,6 +14,20 @@
 
 namespace cacheflight::redis::detail {
 
+// Durations in options past ten years count as ten years: a deadline drawn
+// from one (or from one doubled by a backoff) then fits the clocks' 64-bit
+// nanoseconds, where `milliseconds::max()` meaning "never" would overflow.
+inline constexpr std::chrono::milliseconds max_duration = std::chrono::hours(24 * 3653);
+
+inline void cap_duration(std::chrono::milliseconds& d) {
+  if (d > max_duration) d = max_duration;
+}
+
+inline void cap_connection_durations(connection_options& o) {
+  cap_duration(o.connect_timeout);
+  cap_duration(o.command_timeout);
+}
+
 // Throws `error::invalid_option` for TLS options that cannot work.
 inline void check_tls_options(const tls_options& t, const std::string& what) {
   if (t.cert_file.empty() != t.key_file.empty())

@@ -5,6 +5,7 @@
 
 #include "../common/shutdown_registry.hpp"
 #include "exec_cancel.hpp"
+#include "options_check.hpp"
 #include "strand_hop.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -1151,6 +1152,8 @@ tier::tier(std::shared_ptr<client> c, tier_options opts) {
   if (opts.invalidation == invalidation_mode::tracking && !c->options().cluster.nodes.empty())
     cacheflight::detail::throw_invalid_option(
         "redis::tier_options: invalidation_mode::tracking cannot be used with Cluster (use publish)");
+  for (milliseconds* d : {&opts.breaker_min, &opts.breaker_max, &opts.lease_ttl, &opts.lease_poll})
+    detail::cap_duration(*d);
   std::uint64_t claim = 0;
   if (opts.invalidation == invalidation_mode::tracking && (claim = c->claim_connection_hook()) == 0)
     cacheflight::detail::throw_invalid_option(

@@ -284,6 +284,27 @@ TEST_F(RedisClient, AHealthCheckRefusedByAFullQueueLeavesTheConnectionOpen) {
   EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
 }
 
+TEST_F(RedisClient, DurationsStandingForNeverAreTakenAsTenYears) {
+  auto opts = client_options();
+  opts.connection.connect_timeout = std::chrono::milliseconds::max();
+  opts.connection.command_timeout = std::chrono::milliseconds::max();
+  opts.health_check_interval = std::chrono::milliseconds::max();
+  opts.reconnect_max = std::chrono::milliseconds::max();
+  redis::client c{io.get_executor(), opts};
+  constexpr auto ten_years = std::chrono::hours(24 * 3653);
+  EXPECT_EQ(c.options().connection.command_timeout, ten_years);
+  EXPECT_EQ(c.options().health_check_interval, ten_years);
+  EXPECT_EQ(c.options().reconnect_max, ten_years);
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
+  // A command waiting on the server is not timed out at once.
+  std::optional<std::pair<error_code, redis::reply>> got;
+  c.async_exec({"BLPOP", "no-such-list", "1"}, [&](error_code ec, redis::reply r) { got.emplace(ec, std::move(r)); });
+  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 3s));
+  EXPECT_FALSE(got->first) << got->first.message();
+  EXPECT_EQ(got->second.type, redis::reply::kind::nil);
+  EXPECT_EQ(c.connections_opened(), 1u);
+}
+
 TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
   auto opts = client_options();
   opts.health_check_interval = 60s;  // the loss must not wait for a health check

@@ -123,6 +123,9 @@ struct cluster_options {
   unsigned node_failures = 3;
 };
 
+/// Options of a `client`. Durations above ten years, here and in
+/// `connection` and `cluster`, count as ten years (`milliseconds::max()` can
+/// stand for never); `client::options()` returns them so.
 struct client_options {
   connection_options connection{};
   /// First delay before reconnecting; it doubles on each failure up to `reconnect_max`,

@@ -145,6 +145,9 @@ struct tls_options {
   bool verify_peer = true;
 };
 
+/// Options of a `connection` (and of each connection of a `client`).
+/// Durations above ten years count as ten years (`milliseconds::max()` can
+/// stand for never).
 struct connection_options {
   std::string host = "127.0.0.1";
   std::string port = "6379";

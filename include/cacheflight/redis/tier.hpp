@@ -46,6 +46,7 @@ enum class invalidation_mode {
 };
 
 /// Options of a Redis `tier`. An aggregate: use designated initializers.
+/// Durations above ten years count as ten years.
 struct tier_options {
   /// Prepended to every key; `async_clear` removes only keys with it. Must not
   /// be empty. Give each cache its own prefix when several share one server.
