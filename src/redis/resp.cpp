@@ -112,6 +112,12 @@ struct reply_reader::impl {
   redisReader* r;
   parse p;
   bool failed = false;
+  // Whether hiredis may find more since it last found the reply incomplete:
+  // every item ends with CRLF, so until one arrives nothing new can end, and
+  // a line item (which hiredis scans from its start on each call) is not
+  // scanned again for every piece of it that comes in.
+  bool ready = true;
+  bool last_cr = false;  // the last byte fed was '\r'
 };
 
 reply_reader::reply_reader() : reply_reader(default_max_reply_bytes) {}
@@ -126,6 +132,12 @@ reply_reader& reply_reader::operator=(reply_reader&&) noexcept = default;
 
 void reply_reader::feed(std::string_view bytes) {
   if (impl_->failed || bytes.empty()) return;
+  // Bytes that start an item (none left unread before them) are looked at at
+  // once, so that a wrong type byte is refused as soon as it arrives.
+  if (!impl_->ready)
+    impl_->ready = impl_->r->pos == impl_->r->len || (impl_->last_cr && bytes.front() == '\n') ||
+                   bytes.find("\r\n") != std::string_view::npos;
+  impl_->last_cr = bytes.back() == '\r';
   if (redisReaderFeed(impl_->r, bytes.data(), bytes.size()) != REDIS_OK) impl_->failed = true;
 }
 
@@ -136,12 +148,13 @@ bool reply_reader::next(reply& out, boost::system::error_code& ec) {
     return false;
   }
   void* raw = nullptr;
-  if (redisReaderGetReply(impl_->r, &raw) != REDIS_OK) {
+  if (impl_->ready && redisReaderGetReply(impl_->r, &raw) != REDIS_OK) {
     impl_->failed = true;
     ec = make_error_code(error::protocol_error);
     return false;
   }
   if (!raw) {
+    impl_->ready = false;
     // The bytes waiting for the rest of a reply count toward its bound: a
     // string declared too long is refused once that many bytes are buffered,
     // not once they have all arrived.

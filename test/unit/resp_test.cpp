@@ -151,6 +151,55 @@ TEST(RespReader, RepliesSplitAcrossReads) {
   EXPECT_EQ(v->str, "hello world");
 }
 
+// hiredis is asked again only once a CRLF (the end of any item) may have
+// arrived: these check that no reply is then held back.
+TEST(RespReader, LineItemsFedAByteAtATimeEndAtTheirCrlfEvenSplitBetweenFeeds) {
+  redis::reply_reader r;
+  boost::system::error_code ec;
+  const std::string wire = "+PONG\r\n-ERR no\r\n:42\r\n*1\r\n$2\r\nab\r\n";
+  std::vector<redis::reply> got;
+  for (char ch : wire) {
+    r.feed(std::string_view(&ch, 1));
+    while (auto v = r.next(ec)) got.push_back(std::move(*v));
+    ASSERT_FALSE(ec);
+  }
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0].str, "PONG");
+  EXPECT_EQ(got[1].str, "ERR no");
+  EXPECT_EQ(got[2].integer, 42);
+  ASSERT_EQ(got[3].elements.size(), 1u);
+  EXPECT_EQ(got[3].elements[0].str, "ab");
+}
+
+TEST(RespReader, ALongLineArrivingInPiecesIsReadWholeWithTheReplyAfterIt) {
+  redis::reply_reader r;
+  boost::system::error_code ec;
+  const std::string line = "+" + std::string(1 << 20, 'a');
+  for (std::size_t at = 0; at < line.size(); at += 16384) {
+    r.feed(std::string_view(line).substr(at, 16384));
+    EXPECT_FALSE(r.next(ec));
+    ASSERT_FALSE(ec);
+  }
+  r.feed("\r\n:7\r\n");
+  auto v = r.next(ec);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->str.size(), std::size_t{1} << 20);
+  auto w = r.next(ec);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->integer, 7);
+}
+
+TEST(RespReader, AWrongTypeByteIsRefusedAsSoonAsItArrives) {
+  redis::reply_reader r;
+  boost::system::error_code ec;
+  r.feed("+OK\r\n");
+  ASSERT_TRUE(r.next(ec));
+  EXPECT_FALSE(r.next(ec));
+  r.feed("?");
+  EXPECT_FALSE(r.next(ec));
+  EXPECT_EQ(ec, cacheflight::error::protocol_error);
+}
+
 TEST(RespReader, NestedArraysWithNilsAndEmptiesSplitAtEveryByte) {
   const std::string wire = "*4\r\n*2\r\n:1\r\n$1\r\nx\r\n$-1\r\n*0\r\n*-1\r\n+PONG\r\n";
   for (std::size_t split = 1; split < wire.size(); ++split) {
