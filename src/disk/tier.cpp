@@ -13,12 +13,15 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <fcntl.h>
 #include <lmdb.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <mutex>
@@ -64,6 +67,47 @@ error_code mdb_error(int rc) {
 }
 
 [[noreturn]] void throw_error(error_code ec, const std::string& what) { throw boost::system::system_error(ec, what); }
+
+// The bytes of the pages an LMDB file's newer meta page says are in use
+// (UINT64_MAX past 64 bits); nullopt when the file has no readable meta page.
+// Read before LMDB opens the file, which maps that much first: a damaged
+// count would fail the map (ENOMEM) instead of being refused as truncated.
+// The layout, on 64-bit builds: each meta page starts with a 16-byte page
+// header; then the magic (4 bytes) and version (4), two 8-byte words, the two
+// 48-byte database records (the first one's first 4 bytes: the page size),
+// the last page in use (8) and the transaction id (8).
+std::optional<std::uint64_t> claimed_bytes(const char* file) {
+  if constexpr (sizeof(std::size_t) != 8) return std::nullopt;
+  const int fd = ::open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct meta {
+    std::uint32_t psize = 0;
+    std::uint64_t last_pg = 0, txnid = 0;
+  };
+  auto read_meta = [fd](off_t at) -> std::optional<meta> {
+    unsigned char b[152];
+    if (::pread(fd, b, sizeof b, at) != static_cast<ssize_t>(sizeof b)) return std::nullopt;
+    std::uint32_t magic = 0, version = 0;
+    meta m;
+    std::memcpy(&magic, b + 16, 4);
+    std::memcpy(&version, b + 20, 4);
+    std::memcpy(&m.psize, b + 40, 4);
+    std::memcpy(&m.last_pg, b + 136, 8);
+    std::memcpy(&m.txnid, b + 144, 8);
+    if (magic != 0xBEEFC0DE || version != 1) return std::nullopt;
+    return m;
+  };
+  std::optional<meta> newest = read_meta(0);
+  if (newest && newest->psize >= 512 && newest->psize <= 65536)
+    if (auto second = read_meta(static_cast<off_t>(newest->psize)); second && second->txnid > newest->txnid)
+      newest->last_pg = second->last_pg;
+  ::close(fd);
+  if (!newest) return std::nullopt;
+  const std::uint64_t pages = newest->last_pg + 1, psize = newest->psize;
+  if (pages == 0 || (psize != 0 && pages > std::numeric_limits<std::uint64_t>::max() / psize))
+    return std::numeric_limits<std::uint64_t>::max();
+  return pages * psize;
+}
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -216,6 +260,17 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     ::mdb_env_set_maxdbs(env, 4);
     ::mdb_env_set_maxreaders(env, static_cast<unsigned>(126 + opts.readers));
     if ((rc = ::mdb_env_set_mapsize(env, static_cast<std::size_t>(opts.max_bytes)))) throw_error(mdb_error(rc), where);
+    {
+      // A file shorter than its meta page says: refused before LMDB maps it.
+      const std::filesystem::path data_file = opts.path / "data.mdb";
+      struct ::stat dst {};
+      if (::stat(data_file.c_str(), &dst) == 0 && dst.st_size > 0)
+        if (auto claim = claimed_bytes(data_file.c_str()); claim && *claim > static_cast<std::uint64_t>(dst.st_size)) {
+          ::mdb_env_close(env);
+          env = nullptr;
+          throw_error(make_error_code(error::corrupt_store), where + ": data.mdb is truncated");
+        }
+    }
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
     if (opts.durability == durability::relaxed) flags |= MDB_NOMETASYNC;
     if ((rc = ::mdb_env_open(env, opts.path.c_str(), flags, 0644))) {
@@ -249,7 +304,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     budget_bytes = opts.max_bytes;
     high_bytes = budget_bytes / 4 * 3;
     low_bytes = high_bytes - budget_bytes / 32;
-    max_value = opts.max_bytes / 16;
+    // LMDB stores a value of at most 2^32 - 1 bytes: a record's header and
+    // an entry's key and value must fit in that.
+    max_value = std::min<std::uint64_t>(opts.max_bytes / 16, 0xffff'ffffULL - detail::record_header_size);
     batch_bytes = opts.max_bytes / 16;
 
     open_databases(where);
@@ -803,8 +860,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
   // overflow pages.
   std::uint64_t write_cost(const write_op& op) const {
     constexpr std::uint64_t node = 16;  // node header and alignment
-    if (op.what != kind::put) return node + op.key.size();
+    // The data key: a long key's is its digest.
     const std::uint64_t dk = detail::is_digest_key(op.key) ? 17 : op.key.size() + 1;
+    if (op.what != kind::put) return node + dk;
     const std::uint64_t rec = detail::record_size(op.key, op.bytes->size());
     std::uint64_t small = (node + 8 + dk) + (op.expires_ms != 0 ? node + 16 + dk : 0);
     std::uint64_t large = 0;

@@ -266,6 +266,27 @@ TEST_F(DiskTier, AValueLargerThanTheBudgetAllowsIsRefusedAndEvictsNothing) {
   EXPECT_EQ(get(*t, "fits")->size(), t->max_value_bytes() - 4);
 }
 
+TEST_F(DiskTier, TheLargestEntryIsWhatLmdbStoresInOneValue) {
+  // A budget whose sixteenth is past LMDB's limit on a value (2^32 - 1 bytes).
+  auto t = open(options(std::uint64_t{128} << 30));
+  EXPECT_EQ(t->max_value_bytes(), 0xffff'ffffULL - 24);
+}
+
+TEST_F(DiskTier, AnEraseOfALongKeyIsChargedItsDigestAndEvictsNothing) {
+  auto t = open(options(std::uint64_t{1} << 20));
+  int n = 0;
+  while (t->stats().used_bytes < 450 * 1024) put(*t, "k" + std::to_string(n++), std::string(200, 'x'));
+  const auto before = t->stats();
+  ASSERT_EQ(before.evicted, 0u);
+  // Absent, 400 KB long: what the erase touches is one 17-byte data key.
+  t->async_erase(std::string(400 * 1024, 'L'), asio::use_future).get();
+  put(*t, std::string(400 * 1024, 'M'), "v", 0ms);  // a put without lifetime erases too
+  const auto after = t->stats();
+  EXPECT_EQ(after.evicted, 0u);
+  EXPECT_EQ(after.entries, before.entries);
+  EXPECT_EQ(get(*t, "k0"), std::string(200, 'x'));
+}
+
 TEST_F(DiskTier, KeysOfAnyLengthNeverShareAValue) {
   auto t = open();
   const std::string base(600, 'k');
@@ -417,6 +438,22 @@ TEST_F(DiskTier, FilesThatAreNotAStoreOrAreTruncatedAreRefusedAtOpen) {
   const auto size = fs::file_size(store / "data.mdb");
   fs::resize_file(store / "data.mdb", size / 2);
   EXPECT_EQ(open_error(options()), cf::error::corrupt_store);
+  fs::remove_all(store);
+
+  // Meta pages damaged to claim more pages than any map could hold, up to a
+  // count whose bytes pass 64 bits: refused, not an error of the map.
+  open().reset();
+  const long psize = ::sysconf(_SC_PAGESIZE);
+  for (std::uint64_t last : {std::uint64_t{1} << 36, std::uint64_t{1} << 40, ~std::uint64_t{0} >> 12}) {
+    {
+      std::fstream f(store / "data.mdb", std::ios::binary | std::ios::in | std::ios::out);
+      for (long page : {0L, psize}) {
+        f.seekp(page + 136);  // the meta page's last page in use
+        f.write(reinterpret_cast<const char*>(&last), sizeof last);
+      }
+    }
+    EXPECT_EQ(open_error(options()), cf::error::corrupt_store) << last;
+  }
 }
 
 TEST_F(DiskTier, ADamagedRecordIsAnErrorNotACrash) {

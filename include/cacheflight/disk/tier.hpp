@@ -45,8 +45,9 @@ struct tier_options {
   /// copy-on-write pages: before a commit that would pass that mark (by an
   /// estimate of what its puts add), and after one that did, expired entries,
   /// then the oldest written, are dropped, in small transactions of their own.
-  /// One entry (key and value) larger than `max_bytes / 16` is refused with
-  /// `error::value_too_large` (see `tier::max_value_bytes`).
+  /// One entry (key and value) larger than `max_bytes / 16`, or than LMDB's
+  /// limit on a value less a record's header (2^32 - 25 bytes), is refused
+  /// with `error::value_too_large` (see `tier::max_value_bytes`).
   ///
   /// A store made with a larger budget may be reopened with a smaller one.
   /// Its file keeps its size (LMDB never shrinks it), and LMDB maps it up to
@@ -75,7 +76,9 @@ struct tier_options {
   /// How often an idle writer looks for expired entries to remove (and clears
   /// the reader slots of dead processes); values above a day count as a day.
   std::chrono::milliseconds sweep_interval{1000};
-  /// Expired entries removed by one transaction at most (every commit sweeps).
+  /// Expired entries removed by one sweep at most (every commit of writes
+  /// sweeps, and the idle writer). The budget's eviction, which drops expired
+  /// entries before live ones, is not bound by it: it removes what it must.
   std::size_t sweep_batch = 1000;
 };
 
@@ -89,9 +92,13 @@ struct store_stats {
   /// LMDB's map size: `max_bytes`, or, for a store made with a larger budget,
   /// the size of its file up to its last page in use when that is larger.
   std::uint64_t map_bytes = 0;
-  std::uint64_t commits = 0;        ///< write transactions committed by this tier
+  /// Write transactions committed by this tier since it opened the store:
+  /// one for each batch of writes (flushes and erases of absent keys included,
+  /// though LMDB then writes nothing), each idle sweep and each eviction step that
+  /// removed entries. The transaction that creates a new store is not counted.
+  std::uint64_t commits = 0;
   std::uint64_t evicted = 0;        ///< entries dropped to stay within the budget
-  std::uint64_t expired = 0;        ///< expired entries removed by the sweeps
+  std::uint64_t expired = 0;        ///< expired entries removed, by the sweeps and by the budget's eviction
   std::uint64_t too_large = 0;      ///< puts refused with `error::value_too_large`
   std::uint64_t queue_full = 0;     ///< puts refused with `error::queue_full`
   /// Puts, erases and clears that failed in the store: no room in the budget
@@ -208,7 +215,8 @@ class tier final : public cacheflight::tier {
   /// thread-safe, reads no file.
   store_stats stats() const;
 
-  /// The largest entry (key and value bytes) a put accepts: `max_bytes / 16`.
+  /// The largest entry (key and value bytes) a put accepts: `max_bytes / 16`,
+  /// at most 2^32 - 25 (4 GiB less 25 bytes).
   std::uint64_t max_value_bytes() const noexcept;
 
   /// The store's directory, as given.
