@@ -25,6 +25,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -128,8 +129,9 @@ class tag_registry {
   /// Runs on the registry's executor; the handler runs on its associated
   /// executor, never inside this call.
   /// @par Per-Operation Cancellation
-  /// `terminal`: the caller stops waiting (`operation_aborted`); a store read
-  /// it shares with others goes on.
+  /// `terminal`: the caller stops waiting (`operation_aborted`) at once, even
+  /// when the store's read does not honour cancellation; a store read it
+  /// shares with others goes on, one of its own is cancelled.
   template <boost::asio::completion_token_for<void(std::exception_ptr, std::uint64_t)> CompletionToken>
   auto async_resolve(std::vector<std::string> tags, CompletionToken&& token) {
     return boost::asio::co_spawn(impl_->ex, resolve(std::move(tags)), std::forward<CompletionToken>(token));
@@ -233,8 +235,14 @@ class tag_registry {
         std::pair<std::uint64_t, std::uint64_t> read;
         if (self->opts.recheck_interval == std::chrono::nanoseconds::zero()) {
           // Every call reads the store itself: a read that started before
-          // this call could miss an invalidation made elsewhere since.
-          auto op = self->read_store(t);
+          // this call could miss an invalidation made elsewhere since. The
+          // read is this call's own work in the flight, which a cancelled
+          // caller stops waiting for even if the store does not stop it.
+          std::string own = t;
+          own += '\0';
+          own += std::to_string(self->own_reads.fetch_add(1, std::memory_order_relaxed));
+          auto op = self->reads.async_run(std::move(own), [self, t]() { return self->read_store(t); },
+                                          boost::asio::use_awaitable);
           read = co_await std::move(op);
         } else {
           // Within the recheck interval, concurrent calls share one read.
@@ -321,7 +329,11 @@ class tag_registry {
       boost::unordered_flat_set<std::string> keys;  // remembered keys carrying the tag
     };
 
-    impl(executor_type e, tag_options o) : ex(std::move(e)), opts(std::move(o)), reads(ex) {
+    impl(executor_type e, tag_options o)
+        : ex(std::move(e)),
+          opts(std::move(o)),
+          reads(ex, flight_options{.max_keys = std::numeric_limits<std::size_t>::max(),
+                                   .max_key_length = max_tag_length + 24}) {
       if (opts.max_tracked == 0) detail::throw_invalid_option("tag_options::max_tracked must be positive");
       if (opts.recheck_interval < std::chrono::nanoseconds::zero())
         detail::throw_invalid_option("tag_options::recheck_interval must not be negative");
@@ -331,18 +343,31 @@ class tag_registry {
 
     executor_type ex;
     tag_options opts;
-    // One store read per tag at a time: the generation, and the tag's epoch
-    // when the read started.
+    // The store reads: one per tag at a time within the recheck interval, one
+    // per call under a key of its own without it (the tag, a NUL and a count).
+    // A read gives the generation, and the tag's epoch when the read started.
     flight<std::pair<std::uint64_t, std::uint64_t>, std::chrono::steady_clock> reads;
+    std::atomic<std::uint64_t> own_reads{0};
     mutable std::mutex mu;
     boost::unordered_flat_map<std::string, tag_entry> tags;
-    // Remembered keys: their eraser and tags, and the order they came in.
+    // Remembered keys: their eraser and tags, and the order they came in
+    // (each with the number it was remembered under: a key forgotten and
+    // remembered again is found in `order` at its new place only).
     struct tracked_key {
       std::weak_ptr<const eraser> erase;
       std::vector<std::string> tags;
+      std::uint64_t seq = 0;
     };
     boost::unordered_flat_map<std::string, tracked_key> keys;
-    std::deque<std::string> order;
+    std::deque<std::pair<std::uint64_t, std::string>> order;
+    std::uint64_t tracked_seq = 0;
+
+    // Under mu. Whether an entry of `order` names a key still remembered
+    // under that entry's number.
+    bool current(const std::pair<std::uint64_t, std::string>& o) const {
+      auto it = keys.find(o.second);
+      return it != keys.end() && it->second.seq == o.first;
+    }
     std::uint64_t epochs = 0;  // registry-wide, so a recreated tag never repeats an epoch
     std::mt19937_64 rng;
     tag_stats counters;
@@ -382,14 +407,19 @@ class tag_registry {
         known->second.erase = erase;  // the latest owner erases it
       } else {
         while (keys.size() >= opts.max_tracked && !order.empty()) {  // forget the first remembered
-          untrack(order.front());
+          if (current(order.front())) untrack(order.front().second);
           order.pop_front();
         }
         if (order.size() > 2 * opts.max_tracked) {  // drop the names of keys removed since
-          std::erase_if(order, [&](const std::string& o) { return !keys.contains(o); });
+          std::erase_if(order, [&](const auto& o) { return !current(o); });
         }
-        keys.emplace(k, tracked_key{erase, {}});
-        order.push_back(k);
+        order.emplace_back(++tracked_seq, k);
+        try {
+          keys.emplace(k, tracked_key{erase, {}, tracked_seq});
+        } catch (...) {
+          order.pop_back();
+          throw;
+        }
       }
       for (const auto& t : ts) {
         // entry() may forget a tag, and keys with it: look the key up again.

@@ -6,6 +6,8 @@
 #include "memory_tier.hpp"
 #include "test_support.hpp"
 
+#include <algorithm>
+
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
 #include <future>
@@ -580,6 +582,84 @@ TEST_F(Memoize, ARecheckIntervalSparesStoreReads) {
   }
   EXPECT_EQ(every->stats().store_reads, 5u);
   EXPECT_EQ(rarely->stats().store_reads, 1u);
+}
+
+// A store whose reads wait until `release` and ignore cancellation, as a
+// tier may.
+struct held_store : cf::tier {
+  std::vector<get_handler> reads;
+  std::string_view name() const noexcept override { return "held"; }
+  void do_get(std::string, get_handler h) override { reads.push_back(std::move(h)); }
+  void do_put(std::string, std::string, std::chrono::milliseconds, done_handler h) override {
+    std::move(h)(boost::system::error_code{});
+  }
+  void do_erase(std::string, done_handler h) override { std::move(h)(boost::system::error_code{}); }
+  void do_clear(done_handler h) override { std::move(h)(boost::system::error_code{}); }
+  void release() {
+    for (auto& h : std::exchange(reads, {})) std::move(h)(boost::system::error_code{}, std::string("0123456789abcdef"));
+  }
+};
+
+TEST_F(Memoize, ACancelledResolveStopsWaitingForAStoreReadThatIgnoresCancellation) {
+  auto poll = [&] {
+    io.restart();
+    io.poll();
+  };
+  for (auto recheck : {std::chrono::nanoseconds::zero(), std::chrono::nanoseconds(std::chrono::seconds(1))}) {
+    auto store = std::make_shared<held_store>();
+    cf::tag_registry reg(io.get_executor(), {.store = store, .recheck_interval = recheck});
+    asio::cancellation_signal sig;
+    std::optional<std::exception_ptr> got;
+    reg.async_resolve({"t"}, asio::bind_cancellation_slot(sig.slot(), [&](std::exception_ptr e, std::uint64_t) {
+                        got = e;
+                      }));
+    poll();
+    ASSERT_EQ(store->reads.size(), 1u);
+    sig.emit(asio::cancellation_type::terminal);
+    poll();
+    ASSERT_TRUE(got.has_value()) << "recheck " << recheck.count();
+    try {
+      std::rethrow_exception(*got);
+      ADD_FAILURE() << "no error";
+    } catch (const boost::system::system_error& e) {
+      EXPECT_EQ(e.code(), asio::error::operation_aborted);
+    }
+    // The read completing later harms nothing, and the next resolve works.
+    store->release();
+    poll();
+    std::optional<std::uint64_t> stamp;
+    reg.async_resolve({"t"}, [&](std::exception_ptr e, std::uint64_t s) {
+      if (!e) stamp = s;
+    });
+    poll();
+    store->release();
+    poll();
+    EXPECT_TRUE(stamp.has_value()) << "recheck " << recheck.count();
+  }
+}
+
+TEST_F(Memoize, PastTheCapTheKeyRememberedFirstIsForgottenEvenAfterAnotherWasRememberedAgain) {
+  cf::tag_registry reg(io.get_executor(), {.max_tracked = 3});
+  std::vector<std::string> erased;
+  auto er = std::make_shared<const cf::tag_registry::eraser>(
+      [&](const std::string& k, std::function<void(std::exception_ptr)> done) {
+        erased.push_back(k);
+        done({});
+      });
+  reg.track({"ta"}, "A", er);
+  reg.track({"tb"}, "B", er);
+  reg.track({"tb"}, "C", er);
+  reg.async_remove_tracked("ta", [](std::exception_ptr) {});
+  io.run();
+  io.restart();
+  EXPECT_EQ(erased, std::vector<std::string>{"A"});
+  erased.clear();
+  reg.track({"ta"}, "A", er);  // remembered again: now the newest
+  reg.track({"tb"}, "D", er);  // past the cap: B, the first remembered, is forgotten
+  reg.async_invalidate({"ta", "tb"}, [](std::exception_ptr) {});
+  io.run();
+  std::sort(erased.begin(), erased.end());
+  EXPECT_EQ(erased, (std::vector<std::string>{"A", "C", "D"}));
 }
 
 TEST_F(Memoize, PrometheusText) {
