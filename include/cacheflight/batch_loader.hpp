@@ -442,7 +442,13 @@ class batch_loader {
     p.handler.reset();
     auto ex = asio::get_associated_executor(h, st->ex);
     std::optional<V> value;
-    if (v) value.emplace(*v);
+    if (v) {
+      try {
+        value.emplace(*v);
+      } catch (...) {
+        e = std::current_exception();  // this key's result: the copy's exception
+      }
+    }
     auto fn = [h = std::move(h), e = std::move(e), value = std::move(value)]() mutable {
       asio::get_associated_cancellation_slot(h).clear();
       if (value)

@@ -2,7 +2,7 @@
 // concurrency cap, cancellation, both batch-function forms, and the cache.
 #include "test_support.hpp"
 
-#include <cmath>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -150,6 +150,60 @@ TEST_F(BatchLoader, BatchFunctionFailureReachesEveryCallerOfThatBatchOnly) {
   EXPECT_EQ(out[0].error, out[1].error);
   EXPECT_EQ(out[2].value, "ok");
   EXPECT_EQ(out[3].value, "ok");
+}
+
+// A value whose copy throws for 1.
+struct touchy {
+  int x = 0;
+  touchy() = default;
+  explicit touchy(int v) : x(v) {}
+  touchy(const touchy& o) : x(o.x) {
+    if (x == 1) throw cftest::test_error("copy of 1");
+  }
+  touchy(touchy&&) = default;
+  touchy& operator=(const touchy&) = default;
+  touchy& operator=(touchy&&) = default;
+};
+
+TEST_F(BatchLoader, AValueWhoseCopyThrowsFailsItsKeyAloneAndFreesTheBatchsTurn) {
+  cf::batch_loader<int, touchy> l{io,
+                                  [](std::vector<int> keys) -> asio::awaitable<std::vector<touchy>> {
+                                    std::vector<touchy> r;
+                                    for (int k : keys) r.emplace_back(k);
+                                    co_return r;
+                                  },
+                                  cf::batch_options{.max_concurrent_batches = 1}};
+  std::vector<outcome<touchy>> out(4);
+  for (int k = 1; k <= 3; ++k) l.async_load(k, out[k].handler());
+  EXPECT_NO_THROW(drain(io));
+  EXPECT_THROW(std::rethrow_exception(out[1].error), cftest::test_error);
+  EXPECT_EQ(out[2].value.x, 2);
+  EXPECT_EQ(out[3].value.x, 3);
+  outcome<touchy> later;
+  l.async_load(9, later.handler());
+  drain(io);
+  EXPECT_EQ(later.completions, 1);
+  EXPECT_EQ(later.value.x, 9);
+}
+
+TEST_F(BatchLoader, AHandlerThatThrowsLeavesTheOtherKeysAndTheNextBatchToComplete) {
+  cf::batch_loader<int, int> l{io,
+                               [](std::vector<int> keys) -> asio::awaitable<std::vector<int>> { co_return keys; },
+                               cf::batch_options{.max_concurrent_batches = 1}};
+  std::vector<int> got;
+  l.async_load(1, [&](std::exception_ptr, int v) {
+    got.push_back(v);
+    throw cftest::test_error("handler");
+  });
+  for (int k = 2; k <= 3; ++k) l.async_load(k, [&](std::exception_ptr, int v) { got.push_back(v); });
+  EXPECT_THROW(drain(io), cftest::test_error);
+  drain(io);
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<int>{1, 2, 3}));
+  std::optional<int> later;
+  l.async_load(9, [&](std::exception_ptr, int v) { later = v; });
+  drain(io);
+  EXPECT_EQ(later, 9);
 }
 
 TEST_F(BatchLoader, BatchesRunConcurrentlyUpToTheCap) {
