@@ -68,7 +68,11 @@ enum class cache_event_kind {
   expiration,     ///< an expired entry was removed
   tier_hit,       ///< a tier answered a memory miss; `tier` names it
   tier_miss,      ///< a tier had no value for the key
-  tier_error,     ///< a tier operation failed (`error` holds a `system_error`); the next tier or the loader is used
+  /// A tier operation failed (`error` holds a `system_error`); the next tier
+  /// or the loader is used. Also, once for each tier, a loaded or set value
+  /// that `codec<V>::encode` refused: `error` then holds the codec's exception,
+  /// and nothing is written to the tiers.
+  tier_error,
   tier_corrupt,   ///< a tier returned bytes that are not a readable value: treated as a miss
   /// A caller was served a value past its fresh time (stale-while-revalidate);
   /// follows its `hit`.
@@ -132,7 +136,8 @@ struct cache_event {
   /// `refresh_resolved` and `refresh_failed`: the time since the reload started.
   std::chrono::nanoseconds duration{};
   /// For `load_failed` and `refresh_failed`: the exception; for `tier_error`: a
-  /// `boost::system::system_error` with the tier's error code.
+  /// `boost::system::system_error` with the tier's error code, or the codec's
+  /// exception for a value it could not encode.
   std::exception_ptr error;
   /// For `eviction`: why.
   eviction_cause cause = eviction_cause::capacity;
