@@ -11,7 +11,8 @@
 //                            [--fleet] [--fleet-invalidation tracking|publish] [--lease-ms MS]
 //
 // `--help` lists every option with its default; a malformed or out-of-range
-// value is an error (exit status 2).
+// value is an error (exit status 2); an address and port it cannot listen on,
+// or a disk directory it cannot use, exits with status 1.
 //
 // With --redis, the cache has a Redis L2 behind memory: instances started with
 // the same server and prefix share what any of them loaded. With --disk, a
@@ -29,7 +30,9 @@
 // GET /user/{id}  the user, through the cache (JSON)
 // PUT /user/{id}  body: the new name; updates the database row and sets the cache
 // GET /stats      database calls and cache figures (JSON)
-// GET /metrics    the same in the Prometheus text format
+// GET /metrics    the requests, the database's calls and writes, and the cache's
+//                 figures (its tiers' included) in the Prometheus text format; the
+//                 disk store's and the fleet's own figures are in /stats only
 // GET /healthz    "ok"
 // GET /constant   a fixed small JSON body (a baseline for load tests)
 // GET /           a dashboard that polls /stats and fires bursts from the browser
@@ -299,6 +302,8 @@ struct service {
     out += "demo_requests_total " + std::to_string(requests.load()) + "\n";
     out += "# HELP demo_db_calls_total Calls that reached the database.\n# TYPE demo_db_calls_total counter\n";
     out += "demo_db_calls_total " + std::to_string(db_calls.load()) + "\n";
+    out += "# HELP demo_db_writes_total Rows written to the database.\n# TYPE demo_db_writes_total counter\n";
+    out += "demo_db_writes_total " + std::to_string(db_writes.load()) + "\n";
     return out;
   }
 
@@ -457,11 +462,11 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
       ("threads", po::value(&threads)->default_value(threads),
        "threads, each running its own io_context (1 to 256)")  //
       ("db-latency-ms", po::value(&db_latency)->default_value(db_latency),
-       "latency of one call to the simulated database, in ms (0 or more)")  //
-      ("ttl-ms", po::value(&ttl)->default_value(ttl), "lifetime of a cached user, in ms (1 or more)")  //
+       "latency of one call to the simulated database, in ms (0 to 10^12)")  //
+      ("ttl-ms", po::value(&ttl)->default_value(ttl), "lifetime of a cached user, in ms (1 to 10^12)")  //
       ("stale-ms", po::value(&stale)->default_value(stale),
        "after --ttl-ms, how long a user is still served while one background reload replaces it, in ms "
-       "(0 or more; 0: none)")  //
+       "(0 to 10^12; 0: none)")  //
       ("redis", po::value(&cfg.redis)->value_name("HOST:PORT")->default_value("", "none: memory only"),
        "a Redis L2 behind memory, shared by every instance using the same server and prefix")  //
       ("redis-prefix", po::value(&cfg.redis_prefix)->default_value(cfg.redis_prefix),
@@ -513,9 +518,17 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   }
   if (port < 0 || port > 65535) return fail("--port must be in [0, 65535]");
   if (threads < 1 || threads > 256) return fail("--threads must be in [1, 256]");
-  if (db_latency < 0) return fail("--db-latency-ms must not be negative");
-  if (ttl < 1) return fail("--ttl-ms must be at least 1");
-  if (stale < 0) return fail("--stale-ms must not be negative");
+  // Durations up to 10^12 ms (about 31 years): their sums in nanoseconds fit
+  // the clocks' 64 bits.
+  constexpr long max_ms = 1'000'000'000'000;
+  if (db_latency < 0 || db_latency > max_ms) return fail("--db-latency-ms must be in [0, 10^12]");
+  if (ttl < 1 || ttl > max_ms) return fail("--ttl-ms must be in [1, 10^12]");
+  if (stale < 0 || stale > max_ms) return fail("--stale-ms must be in [0, 10^12]");
+  {
+    boost::system::error_code ec;
+    asio::ip::make_address(cfg.address, ec);
+    if (ec) return fail("--address must be an IPv4 or IPv6 address, not '" + cfg.address + "'");
+  }
   if (cfg.redis_prefix.empty()) return fail("--redis-prefix must not be empty");
   if (cfg.redis_sentinel.empty() != cfg.redis_master.empty())
     return fail("--redis-sentinel and --redis-master go together");
@@ -523,20 +536,26 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
     return fail("give one of --redis, --redis-sentinel and --redis-cluster");
   if (cfg.redis_tls_cert.empty() != cfg.redis_tls_key.empty())
     return fail("--redis-tls-cert and --redis-tls-key go together");
-  // HOST:PORT[,HOST:PORT...], each port a number.
-  auto address_list = [](const std::string& list) {
+  // HOST:PORT, the port a number in [1, 65535] (HOST alone if `port_optional`).
+  auto host_port = [](const std::string& a, bool port_optional) {
+    const auto colon = a.rfind(':');
+    if (colon == std::string::npos) return port_optional && !a.empty();
+    const std::string p = a.substr(colon + 1);
+    return colon != 0 && !p.empty() && p.size() <= 5 && p.find_first_not_of("0123456789") == std::string::npos &&
+           std::stol(p) >= 1 && std::stol(p) <= 65535;
+  };
+  // HOST:PORT[,HOST:PORT...].
+  auto address_list = [&](const std::string& list) {
     std::size_t from = 0;
     for (;;) {
       const std::size_t to = std::min(list.find(',', from), list.size());
-      const std::string a = list.substr(from, to - from);
-      const auto colon = a.rfind(':');
-      if (colon == std::string::npos || colon == 0 || colon + 1 == a.size() ||
-          a.find_first_not_of("0123456789", colon + 1) != std::string::npos)
-        return false;
+      if (!host_port(list.substr(from, to - from), false)) return false;
       if (to == list.size()) return true;
       from = to + 1;
     }
   };
+  if (!cfg.redis.empty() && !host_port(cfg.redis, true))
+    return fail("--redis takes HOST:PORT (or HOST, for port 6379), the port in [1, 65535]");
   if (!cfg.redis_cluster.empty() && !address_list(cfg.redis_cluster))
     return fail("--redis-cluster takes HOST:PORT[,HOST:PORT...]");
   if (!cfg.redis_sentinel.empty() && !address_list(cfg.redis_sentinel))
@@ -582,7 +601,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   service& svc = *svc_storage;
-  tcp::acceptor acceptor(main_io, {asio::ip::make_address(cfg.address), cfg.port});
+  tcp::acceptor acceptor(main_io);
+  try {
+    const tcp::endpoint at{asio::ip::make_address(cfg.address), cfg.port};
+    acceptor.open(at.protocol());
+    acceptor.set_option(asio::socket_base::reuse_address(true));
+    acceptor.bind(at);
+    acceptor.listen();
+  } catch (const boost::system::system_error& e) {  // the port taken, say
+    std::cerr << argv[0] << ": cannot listen on " << cfg.address << ":" << cfg.port << ": " << e.code().message()
+              << "\n";
+    return 1;
+  }
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
   if (!cfg.redis_cluster.empty())
     std::cout << "L2: redis cluster from " << cfg.redis_cluster << (cfg.redis_tls ? " (TLS)" : "") << ", prefix "
