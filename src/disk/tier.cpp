@@ -68,18 +68,21 @@ error_code mdb_error(int rc) {
 
 [[noreturn]] void throw_error(error_code ec, const std::string& what) { throw boost::system::system_error(ec, what); }
 
-// The bytes of the pages an LMDB file's newer meta page says are in use
-// (UINT64_MAX past 64 bits); nullopt when the file has no readable meta page.
-// Read before LMDB opens the file, which maps that much first: a damaged
-// count would fail the map (ENOMEM) instead of being refused as truncated.
+// Whether an LMDB file is shorter than the pages its newer meta page says
+// are in use; false for a file without a readable meta page (empty, or not
+// LMDB's: LMDB refuses it). Checked before LMDB opens the file, which first
+// maps that much: a damaged count would fail the map (ENOMEM) instead of
+// being refused. The size is taken after the meta pages are read: another
+// process writes a transaction's pages before its meta page, and the file
+// never shrinks, so a store being written is never taken for a short one.
 // The layout, on 64-bit builds: each meta page starts with a 16-byte page
 // header; then the magic (4 bytes) and version (4), two 8-byte words, the two
 // 48-byte database records (the first one's first 4 bytes: the page size),
 // the last page in use (8) and the transaction id (8).
-std::optional<std::uint64_t> claimed_bytes(const char* file) {
-  if constexpr (sizeof(std::size_t) != 8) return std::nullopt;
+bool shorter_than_its_meta(const char* file) {
+  if constexpr (sizeof(std::size_t) != 8) return false;
   const int fd = ::open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
+  if (fd < 0) return false;
   struct meta {
     std::uint32_t psize = 0;
     std::uint64_t last_pg = 0, txnid = 0;
@@ -101,12 +104,13 @@ std::optional<std::uint64_t> claimed_bytes(const char* file) {
   if (newest && newest->psize >= 512 && newest->psize <= 65536)
     if (auto second = read_meta(static_cast<off_t>(newest->psize)); second && second->txnid > newest->txnid)
       newest->last_pg = second->last_pg;
+  struct ::stat st {};
+  const bool sized = ::fstat(fd, &st) == 0;
   ::close(fd);
-  if (!newest) return std::nullopt;
+  if (!newest || !sized) return false;
   const std::uint64_t pages = newest->last_pg + 1, psize = newest->psize;
-  if (pages == 0 || (psize != 0 && pages > std::numeric_limits<std::uint64_t>::max() / psize))
-    return std::numeric_limits<std::uint64_t>::max();
-  return pages * psize;
+  if (pages == 0 || (psize != 0 && pages > std::numeric_limits<std::uint64_t>::max() / psize)) return true;
+  return pages * psize > static_cast<std::uint64_t>(st.st_size);
 }
 
 std::int64_t now_ms() {
@@ -260,17 +264,9 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     ::mdb_env_set_maxdbs(env, 4);
     ::mdb_env_set_maxreaders(env, static_cast<unsigned>(126 + opts.readers));
     if ((rc = ::mdb_env_set_mapsize(env, static_cast<std::size_t>(opts.max_bytes)))) throw_error(mdb_error(rc), where);
-    {
-      // A file shorter than its meta page says: refused before LMDB maps it.
-      const std::filesystem::path data_file = opts.path / "data.mdb";
-      struct ::stat dst {};
-      if (::stat(data_file.c_str(), &dst) == 0 && dst.st_size > 0)
-        if (auto claim = claimed_bytes(data_file.c_str()); claim && *claim > static_cast<std::uint64_t>(dst.st_size)) {
-          ::mdb_env_close(env);
-          env = nullptr;
-          throw_error(make_error_code(error::corrupt_store), where + ": data.mdb is truncated");
-        }
-    }
+    // A file shorter than its meta page says: refused before LMDB maps it.
+    if (shorter_than_its_meta((opts.path / "data.mdb").c_str()))
+      throw_error(make_error_code(error::corrupt_store), where + ": data.mdb is truncated");
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
     if (opts.durability == durability::relaxed) flags |= MDB_NOMETASYNC;
     if ((rc = ::mdb_env_open(env, opts.path.c_str(), flags, 0644))) {
