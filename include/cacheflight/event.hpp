@@ -71,7 +71,8 @@ enum class cache_event_kind {
   /// A tier operation failed (`error` holds a `system_error`); the next tier
   /// or the loader is used. Also, once for each tier, a loaded or set value
   /// that `codec<V>::encode` refused: `error` then holds the codec's exception,
-  /// and nothing is written to the tiers.
+  /// and the key is erased from the tiers instead (an erase that fails is
+  /// reported as well).
   tier_error,
   tier_corrupt,   ///< a tier returned bytes that are not a readable value: treated as a miss
   /// A caller was served a value past its fresh time (stale-while-revalidate);

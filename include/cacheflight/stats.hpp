@@ -19,8 +19,8 @@ struct tier_stats {
   std::string name;                 ///< `tier::name()`
   std::uint64_t hits = 0;           ///< misses in memory that this tier answered
   std::uint64_t misses = 0;         ///< lookups that found nothing usable here (corrupt included)
-  /// Failed operations: reads and writes, breaker-open refusals, and values
-  /// the codec could not encode (one for each tier).
+  /// Failed operations: reads and writes (erases included), breaker-open
+  /// refusals, and values the codec could not encode (one for each tier).
   std::uint64_t errors = 0;
   std::uint64_t corrupt = 0;        ///< values read back that were not readable (counted as misses too)
   breaker_state breaker = breaker_state::closed;  ///< from `tier::health()`

@@ -76,8 +76,8 @@ struct tier_options {
   /// How often an idle writer looks for expired entries to remove (and clears
   /// the reader slots of dead processes); values above a day count as a day.
   std::chrono::milliseconds sweep_interval{1000};
-  /// Expired entries removed by one sweep at most (every commit of writes
-  /// sweeps, and the idle writer). The budget's eviction, which drops expired
+  /// Expired entries removed by one sweep at most (the first commit of each
+  /// batch of writes sweeps, and so does the idle writer). The budget's eviction, which drops expired
   /// entries before live ones, is not bound by it: it removes what it must.
   std::size_t sweep_batch = 1000;
 };
@@ -93,9 +93,11 @@ struct store_stats {
   /// the size of its file up to its last page in use when that is larger.
   std::uint64_t map_bytes = 0;
   /// Write transactions committed by this tier since it opened the store:
-  /// one for each batch of writes (flushes and erases of absent keys included,
-  /// though LMDB then writes nothing), each idle sweep and each eviction step that
-  /// removed entries. The transaction that creates a new store is not counted.
+  /// those of the batches of writes (one a batch, more for a batch split to
+  /// fit the budget; flushes and erases of absent keys count, though LMDB then
+  /// writes nothing, and a commit that fails does not), of the idle sweeps and
+  /// of the eviction steps that removed entries. The transaction that creates
+  /// a new store is not counted.
   std::uint64_t commits = 0;
   std::uint64_t evicted = 0;        ///< entries dropped to stay within the budget
   std::uint64_t expired = 0;        ///< expired entries removed, by the sweeps and by the budget's eviction
