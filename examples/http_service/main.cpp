@@ -520,7 +520,7 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
   if (threads < 1 || threads > 256) return fail("--threads must be in [1, 256]");
   // Durations up to 10^12 ms (about 31 years): their sums in nanoseconds fit
   // the clocks' 64 bits.
-  constexpr long max_ms = 1'000'000'000'000;
+  constexpr long long max_ms = 1'000'000'000'000;
   if (db_latency < 0 || db_latency > max_ms) return fail("--db-latency-ms must be in [0, 10^12]");
   if (ttl < 1 || ttl > max_ms) return fail("--ttl-ms must be in [1, 10^12]");
   if (stale < 0 || stale > max_ms) return fail("--stale-ms must be in [0, 10^12]");

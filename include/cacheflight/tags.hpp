@@ -332,6 +332,7 @@ class tag_registry {
     impl(executor_type e, tag_options o)
         : ex(std::move(e)),
           opts(std::move(o)),
+          // No cap on reads in flight: each is a caller's, which the callers bound.
           reads(ex, flight_options{.max_keys = std::numeric_limits<std::size_t>::max(),
                                    .max_key_length = max_tag_length + 24}) {
       if (opts.max_tracked == 0) detail::throw_invalid_option("tag_options::max_tracked must be positive");

@@ -253,7 +253,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
       }
       // Refused by the connection itself (its queue full of the caller's
       // commands): says nothing of the server's health; checked next time.
-      if ((ec == error::queue_full || ec == asio::error::operation_aborted) && c->is_open())
+      if (ec == error::queue_full && c->is_open())
         return self->schedule(self->opts.health_check_interval);
       if (ec || r.is_error()) {
         // A lost connection was seen by its hook, which scheduled the reconnect.

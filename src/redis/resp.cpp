@@ -132,8 +132,11 @@ reply_reader& reply_reader::operator=(reply_reader&&) noexcept = default;
 
 void reply_reader::feed(std::string_view bytes) {
   if (impl_->failed || bytes.empty()) return;
-  // Bytes that start an item (none left unread before them) are looked at at
-  // once, so that a wrong type byte is refused as soon as it arrives.
+  // Bytes fed when all before them were read (between items, or after an
+  // item's type byte) are looked at at once, so that a wrong type byte is
+  // refused as soon as it arrives. (hiredis takes a string's last two bytes
+  // without looking at them: one whose end is not CRLF, sent by a broken
+  // server, waits here for the next CRLF.)
   if (!impl_->ready)
     impl_->ready = impl_->r->pos == impl_->r->len || (impl_->last_cr && bytes.front() == '\n') ||
                    bytes.find("\r\n") != std::string_view::npos;

@@ -8,7 +8,27 @@ namespace {
 
 using namespace cftest;
 
-using RedisClient = redis_fixture;
+class RedisClient : public redis_fixture {
+ protected:
+  // `args` issued again while the connection's queue is full (of a health
+  // check's PING, when the queue holds one command).
+  std::pair<error_code, redis::reply> exec_with_room(redis::client& c, const std::vector<std::string>& args) {
+    for (int tries = 1;; ++tries) {
+      auto r = exec(c, args);
+      if (r.first != cf::error::queue_full || tries == 100) return r;
+      run_until([] { return false; }, 5ms);
+    }
+  }
+
+  // A BLPOP of an empty list for a second: answered nil, on the connection
+  // the client opened first.
+  void expect_a_blocking_command_answered(redis::client& c) {
+    auto [ec, r] = exec_with_room(c, {"BLPOP", "no-such-list", "1"});
+    EXPECT_FALSE(ec) << ec.message();
+    EXPECT_EQ(r.type, redis::reply::kind::nil);
+    EXPECT_EQ(c.connections_opened(), 1u);
+  }
+};
 
 TEST_F(RedisClient, ReconnectsAfterTheServerRestarts) {
   redis::client c{io.get_executor(), client_options()};
@@ -274,14 +294,9 @@ TEST_F(RedisClient, AHealthCheckRefusedByAFullQueueLeavesTheConnectionOpen) {
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
   // The one command the queue holds blocks on the server for a second, while
   // several health checks find no room for their PING.
-  std::optional<std::pair<error_code, redis::reply>> got;
-  c.async_exec({"BLPOP", "no-such-list", "1"}, [&](error_code ec, redis::reply r) { got.emplace(ec, std::move(r)); });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 3s));
-  EXPECT_FALSE(got->first) << got->first.message();
-  EXPECT_EQ(got->second.type, redis::reply::kind::nil);
+  expect_a_blocking_command_answered(c);
   EXPECT_TRUE(c.is_connected());
-  EXPECT_EQ(c.connections_opened(), 1u);
-  EXPECT_EQ(exec(c, {"PING"}).second.str, "PONG");
+  EXPECT_EQ(exec_with_room(c, {"PING"}).second.str, "PONG");
 }
 
 TEST_F(RedisClient, DurationsStandingForNeverAreTakenAsTenYears) {
@@ -297,12 +312,7 @@ TEST_F(RedisClient, DurationsStandingForNeverAreTakenAsTenYears) {
   EXPECT_EQ(c.options().reconnect_max, ten_years);
   ASSERT_TRUE(run_until([&] { return c.is_connected(); }));
   // A command waiting on the server is not timed out at once.
-  std::optional<std::pair<error_code, redis::reply>> got;
-  c.async_exec({"BLPOP", "no-such-list", "1"}, [&](error_code ec, redis::reply r) { got.emplace(ec, std::move(r)); });
-  ASSERT_TRUE(run_until([&] { return got.has_value(); }, 3s));
-  EXPECT_FALSE(got->first) << got->first.message();
-  EXPECT_EQ(got->second.type, redis::reply::kind::nil);
-  EXPECT_EQ(c.connections_opened(), 1u);
+  expect_a_blocking_command_answered(c);
 }
 
 TEST_F(RedisClient, IsConnectedTurnsFalseAsSoonAsTheConnectionIsLostAndComesBack) {
