@@ -77,8 +77,9 @@ struct tier_options {
   /// the reader slots of dead processes); values above a day count as a day.
   std::chrono::milliseconds sweep_interval{1000};
   /// Expired entries removed by one sweep at most (the first commit of each
-  /// batch of writes sweeps, and so does the idle writer). The budget's eviction, which drops expired
-  /// entries before live ones, is not bound by it: it removes what it must.
+  /// batch of writes sweeps, and so does the idle writer). The budget's
+  /// eviction, which drops expired entries before live ones, is not bound by
+  /// it: it removes what it must.
   std::size_t sweep_batch = 1000;
 };
 
@@ -100,7 +101,7 @@ struct store_stats {
   /// a new store is not counted.
   std::uint64_t commits = 0;
   std::uint64_t evicted = 0;        ///< entries dropped to stay within the budget
-  std::uint64_t expired = 0;        ///< expired entries removed, by the sweeps and by the budget's eviction
+  std::uint64_t expired = 0;        ///< expired entries removed (by the sweeps and the budget's eviction)
   std::uint64_t too_large = 0;      ///< puts refused with `error::value_too_large`
   std::uint64_t queue_full = 0;     ///< puts refused with `error::queue_full`
   /// Puts, erases and clears that failed in the store: no room in the budget
