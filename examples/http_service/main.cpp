@@ -541,8 +541,9 @@ std::optional<int> parse(int argc, char** argv, config& cfg) {
     const auto colon = a.rfind(':');
     if (colon == std::string::npos) return port_optional && !a.empty();
     const std::string p = a.substr(colon + 1);
-    return colon != 0 && !p.empty() && p.size() <= 5 && p.find_first_not_of("0123456789") == std::string::npos &&
-           std::stol(p) >= 1 && std::stol(p) <= 65535;
+    if (colon == 0 || p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) return false;
+    const long n = std::stol(p);
+    return n >= 1 && n <= 65535;
   };
   // HOST:PORT[,HOST:PORT...].
   auto address_list = [&](const std::string& list) {
@@ -601,18 +602,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   service& svc = *svc_storage;
-  tcp::acceptor acceptor(main_io);
+  std::optional<tcp::acceptor> acceptor_storage;
   try {
-    const tcp::endpoint at{asio::ip::make_address(cfg.address), cfg.port};
-    acceptor.open(at.protocol());
-    acceptor.set_option(asio::socket_base::reuse_address(true));
-    acceptor.bind(at);
-    acceptor.listen();
+    acceptor_storage.emplace(main_io, tcp::endpoint{asio::ip::make_address(cfg.address), cfg.port});
   } catch (const boost::system::system_error& e) {  // the port taken, say
     std::cerr << argv[0] << ": cannot listen on " << cfg.address << ":" << cfg.port << ": " << e.code().message()
               << "\n";
     return 1;
   }
+  tcp::acceptor& acceptor = *acceptor_storage;
   std::cout << "listening on " << cfg.address << ":" << acceptor.local_endpoint().port() << std::endl;
   if (!cfg.redis_cluster.empty())
     std::cout << "L2: redis cluster from " << cfg.redis_cluster << (cfg.redis_tls ? " (TLS)" : "") << ", prefix "
