@@ -431,7 +431,9 @@ TEST_F(RedisCluster, PublishInvalidationAndLeasesWorkAcrossMasters) {
   EXPECT_EQ(used.size(), 3u);  // the keys spread over every master
   // A set through one instance reaches the other, whatever the key's master.
   // b holds every key first (a waiter woken by the fill's message may not
-  // have kept what it re-read: the message voids its load).
+  // have kept what it re-read: the message voids its load), read once every
+  // message of a's fills is behind it, or one would void that read too.
+  ASSERT_TRUE(run_until([&] { return tb->health().invalidations >= ta->health().writes; }, 5s));
   got_b.clear();
   for (auto& k : keys)
     b.async_get(k, slow("b"), [&got_b, k](std::exception_ptr e, std::string v) { if (!e) got_b[k] = v; });
