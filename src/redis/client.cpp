@@ -157,7 +157,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   void open(const connection_options& co, bool check_role) {
     {
       std::lock_guard lk(error_mu);
-      server = co.host + ":" + co.port;
+      server = co.unix_socket.empty() ? co.host + ":" + co.port : co.unix_socket;
     }
     conn = std::make_shared<connection>(strand, co);
     // A lost connection is noticed at once (not at the next health check):

@@ -2,7 +2,10 @@
 // commands fail fast while it is down, and the client reconnects by itself.
 #include "redis_fixture.hpp"
 
+#include <fstream>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -28,7 +31,40 @@ class RedisClient : public redis_fixture {
     EXPECT_EQ(r.type, redis::reply::kind::nil);
     EXPECT_EQ(c.connections_opened(), 1u);
   }
+
+  // The unix socket the fixture's server of `dir` listens on.
+  std::string socket_path() {
+    std::ifstream f(dir + "/socket");
+    std::string path;
+    f >> path;
+    return path;
+  }
 };
+
+TEST_F(RedisClient, AUnixSocketServesCommandsAndNamesTheServerByItsPath) {
+  const std::string path = socket_path();
+  ASSERT_FALSE(path.empty()) << "the fixture's server listens on no unix socket";
+  auto o = client_options();
+  o.connection.host.clear();
+  o.connection.port.clear();
+  o.connection.unix_socket = path;
+  redis::client c(io.get_executor(), o);
+  ASSERT_TRUE(run_until([&] { return c.is_connected(); })) << c.last_error().message();
+  EXPECT_EQ(c.server(), path);
+  EXPECT_EQ(c.masters(), std::vector<std::string>{path});
+  auto [ec, set] = exec(c, {"SET", "cf:unix", "over the socket"});
+  ASSERT_FALSE(ec) << ec.message();
+  auto [ec2, got] = exec(c, {"GET", "cf:unix"});
+  ASSERT_FALSE(ec2) << ec2.message();
+  EXPECT_EQ(got.str, "over the socket");
+  // The server sees a unix-socket client ('U' among its flags).
+  auto [ec3, info] = exec(c, {"CLIENT", "INFO"});
+  ASSERT_FALSE(ec3) << ec3.message();
+  const auto at = info.str.find(" flags=");
+  ASSERT_NE(at, std::string::npos) << info.str;
+  EXPECT_NE(info.str.substr(at + 7, info.str.find(' ', at + 7) - at - 7).find('U'), std::string::npos) << info.str;
+  exec(c, {"DEL", "cf:unix"});
+}
 
 TEST_F(RedisClient, ReconnectsAfterTheServerRestarts) {
   redis::client c{io.get_executor(), client_options()};

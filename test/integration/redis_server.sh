@@ -2,7 +2,9 @@
 # Starts or stops a throwaway redis-server on 127.0.0.1 for the integration tests.
 #
 #   redis_server.sh start DIR [PASSWORD]   picks a free port, starts the server
-#                                           (no persistence), writes DIR/port
+#                                           (no persistence), writes DIR/port;
+#                                           without TLS it also listens on a unix
+#                                           socket, whose path it writes to DIR/socket
 #   redis_server.sh stop DIR
 #   redis_server.sh kill DIR                 stops it, keeping its port for a restart
 #   redis_server.sh restart DIR [PASSWORD]   starts it again on the same port
@@ -41,6 +43,11 @@ case "$cmd" in
       args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
             --pidfile "$dir/pid" --logfile "$dir/log" --dir "$dir")
       [ -n "${3:-}" ] && args+=(--requirepass "$3")
+      # Under /tmp, named by the port: a socket's path has at most 107 bytes,
+      # fewer than a build directory may take.
+      socket=""
+      [ -z "${REDIS_TLS_DIR:-}" ] && socket=/tmp/cacheflight-redis-$port.sock &&
+        args+=(--unixsocket "$socket" --unixsocketperm 700)
       if [ -n "${REDIS_TLS_DIR:-}" ]; then
         args[1]=0
         args+=(--tls-port "$port" --tls-cert-file "$REDIS_TLS_DIR/server.crt"
@@ -52,6 +59,10 @@ case "$cmd" in
       for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && [ -f "$dir/pid" ]; then
           echo "$port" >"$dir/port"
+          if [ -n "$socket" ]; then
+            for _ in $(seq 1 100); do [ -S "$socket" ] && break; sleep 0.05; done
+            echo "$socket" >"$dir/socket"
+          fi
           exit 0
         fi
         grep -q "Address already in use" "$dir/log" && break
@@ -64,7 +75,7 @@ case "$cmd" in
     ;;
   stop)
     terminate
-    rm -f "$dir/port"
+    rm -f "$dir/port" "$dir/socket"
     ;;
   kill)
     terminate

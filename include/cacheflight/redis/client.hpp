@@ -328,8 +328,9 @@ class client {
   boost::system::error_code last_error() const;
 
   /// The address ("host:port") of the server the client is connected to, or
-  /// last tried; with Sentinel, the master the sentinels named; with Cluster,
-  /// the node that gave the last slot map.
+  /// last tried (over a unix-domain socket, the socket's path); with
+  /// Sentinel, the master the sentinels named; with Cluster, the node that
+  /// gave the last slot map.
   std::string server() const;
 
  private:
