@@ -86,6 +86,28 @@ TEST_F(RedisConnection, SetGetBinarySafe) {
   EXPECT_TRUE(err.is_error());
 }
 
+TEST_F(RedisConnection, AConnectionIsOpenedOnceAndAnotherConnectIsRefusedAsAlreadyStarted) {
+  redis::connection c{io.get_executor(), options()};
+  std::optional<error_code> first, during;
+  c.async_connect([&](error_code ec) { first = ec; });
+  c.async_connect([&](error_code ec) { during = ec; });
+  EXPECT_FALSE(first || during);  // neither completes inside its call
+  io.restart();
+  while (!(first && during) && io.run_one()) {
+  }
+  ASSERT_TRUE(first && during);
+  EXPECT_FALSE(*first) << first->message();
+  EXPECT_EQ(*during, asio::error::already_started);
+  EXPECT_TRUE(c.is_open());
+  EXPECT_EQ(connect(c), asio::error::already_started);  // open
+  auto [ec, pong] = exec(c, {"PING"});
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(pong.str, "PONG");  // the open connection is untouched
+  c.close();
+  EXPECT_EQ(connect(c), asio::error::already_started);  // closed: a new connection reconnects
+  EXPECT_FALSE(c.is_open());
+}
+
 TEST_F(RedisConnection, ArgumentsAreTakenBeforeExecReturnsWhateverTheToken) {
   redis::connection c{io.get_executor(), options()};
   ASSERT_FALSE(connect(c));

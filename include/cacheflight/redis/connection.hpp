@@ -213,7 +213,10 @@ class connection {
   /// @par Completion signature
   /// @code void(boost::system::error_code ec) @endcode
   /// Errors: resolver and socket errors, `error::timed_out` (after
-  /// `connect_timeout`), `error::auth_failed`, `error::protocol_error`.
+  /// `connect_timeout`), `error::auth_failed`, `error::protocol_error`;
+  /// `asio::error::already_started` for any call after the first (connecting,
+  /// open or closed: a connection is opened once), which leaves the
+  /// connection as it was.
   template <boost::asio::completion_token_for<void(boost::system::error_code)> CompletionToken>
   auto async_connect(CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
