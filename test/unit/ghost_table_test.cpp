@@ -225,11 +225,12 @@ TEST(HashedKey, EveryKeyBitFlipsEveryHashBitAboutHalfTheTime) {
   }
 }
 
-// Keys that differ in a counter, as keys usually do, spread evenly over the
-// buckets a table takes from the hash's high bits, those it takes from its low
-// bits, and the shards; none of 200,000 such keys collide.
+// Keys that differ in a counter, as keys usually do (short keys, and keys of
+// several words), spread evenly over the buckets a table takes from the
+// hash's high bits, those it takes from its low bits, and the shards; none
+// of 200,000 such keys collide.
 TEST(HashedKey, SequentialKeysSpreadEvenly) {
-  for (const char* prefix : {"key:", "user:profile:v2:"}) {
+  for (const char* prefix : {"key:", "user:profile:v2:", "https://example.com/api/v1/items/"}) {
     constexpr std::size_t keys = 200'000, buckets = 1024;
     std::vector<std::size_t> high(buckets), low(buckets), shards(64);
     std::vector<std::size_t> hashes;

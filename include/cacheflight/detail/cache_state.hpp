@@ -444,7 +444,8 @@ class cache_state : public std::enable_shared_from_this<cache_state<V, Clock>>, 
   };
   struct string_hash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view k) const noexcept { return boost::hash<std::string_view>{}(k); }
+    using is_avalanching = void;  // hashed_key::hash_of
+    std::size_t operator()(std::string_view k) const noexcept { return hashed_key::hash_of(k); }
   };
   using ahead_timer = boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>,
                                                         boost::asio::any_io_executor>;

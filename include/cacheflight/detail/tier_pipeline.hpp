@@ -4,12 +4,11 @@
 
 #include <cacheflight/codec.hpp>
 #include <cacheflight/detail/cache_events.hpp>
+#include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/options.hpp>
 #include <cacheflight/stats.hpp>
 #include <cacheflight/tier.hpp>
-
-#include <boost/container_hash/hash.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -304,7 +303,7 @@ class tier_pipeline : public std::enable_shared_from_this<tier_pipeline<V>> {
   // Keys share epochs and pending counts by stripe.
   static constexpr std::size_t stripes = 256;
   static std::size_t stripe_of(std::string_view key) noexcept {
-    return boost::hash<std::string_view>{}(key) % stripes;
+    return hashed_key::hash_of(key) % stripes;
   }
 
   // An invalidation of `key` since a value was stored in memory (at `epoch`)
