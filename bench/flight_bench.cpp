@@ -2,7 +2,14 @@
 // or per miss); see compare.cpp for the ratio table and RESULTS.md for figures.
 #include "cache_scenarios.hpp"
 
+#include <cacheflight/detail/hashed_key.hpp>
+
 #include <benchmark/benchmark.h>
+#include <boost/container_hash/hash.hpp>
+
+#include <string>
+#include <string_view>
+#include <vector>
 
 namespace {
 
@@ -17,7 +24,34 @@ void per_item(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+// The key hash of the library's indexes, and Boost's string hash as the
+// baseline, over 1,024 keys of the length given, each ending in its own
+// counter: each hash picks the next key, so the time is the hash's latency,
+// as in a lookup that waits for it.
+struct library_hash {
+  std::size_t operator()(std::string_view k) const noexcept { return cacheflight::detail::hashed_key::hash_of(k); }
+};
+template <class Hash>
+void key_hash(benchmark::State& state) {
+  const auto length = static_cast<std::size_t>(state.range(0));
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1024; ++i) {
+    std::string k(length, 'k');
+    const std::string counter = std::to_string(1000 + i);
+    k.replace(length - counter.size(), counter.size(), counter);
+    keys.push_back(std::move(k));
+  }
+  std::size_t h = 0;
+  for (auto _ : state) {
+    h = Hash{}(std::string_view(keys[h & 1023]));
+    benchmark::DoNotOptimize(h);
+  }
+}
+
 }  // namespace
+
+BENCHMARK(key_hash<library_hash>)->Name("key_hash")->Arg(7)->Arg(16)->Arg(40);
+BENCHMARK(key_hash<boost::hash<std::string_view>>)->Name("baseline/boost_string_hash")->Arg(7)->Arg(16)->Arg(40);
 
 BENCHMARK(per_item<cfbench::flight_waiters_callback>)->Name("flight/waiters/callback")->Arg(10'000)->UseManualTime();
 BENCHMARK(per_item<cfbench::baseline_waiters_callback>)->Name("baseline/batch_post/callback")->Arg(10'000)->UseManualTime();
