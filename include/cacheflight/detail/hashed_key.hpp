@@ -2,6 +2,7 @@
 #ifndef CACHEFLIGHT_DETAIL_HASHED_KEY_HPP
 #define CACHEFLIGHT_DETAIL_HASHED_KEY_HPP
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -62,10 +63,17 @@ struct hashed_key {
   hashed_key(std::string_view k, std::size_t h) noexcept : key(k), hash(h) {}
 
  private:
+  // A little-endian word: the byte at p is the lowest, on any machine.
   template <class Word>
   static Word load(const char* p) noexcept {
     Word w;
     std::memcpy(&w, p, sizeof(Word));
+    if constexpr (std::endian::native == std::endian::big) {
+      if constexpr (sizeof(Word) == 8)
+        w = __builtin_bswap64(w);
+      else
+        w = __builtin_bswap32(w);
+    }
     return w;
   }
   // A bijection of 64-bit words whose every input bit flips every output bit
