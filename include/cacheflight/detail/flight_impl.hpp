@@ -6,6 +6,7 @@
 #include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
+#include <cacheflight/detail/table_room.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 #include <cacheflight/options.hpp>
@@ -692,6 +693,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
       rejected = true;
     } else {
       try {
+        keep_room(sh.map);
         if constexpr (observes_creation<std::remove_reference_t<Fn>>)
           begin->f.on_entry_created(entry_created_tag{}, std::shared_ptr<const std::string>(fresh, &fresh->key));
         sh.map.emplace(hk, fresh);

@@ -6,6 +6,7 @@
 #include <cacheflight/detail/hashed_key.hpp>
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
+#include <cacheflight/detail/table_room.hpp>
 #include <cacheflight/options.hpp>
 
 #include <boost/unordered/unordered_flat_map.hpp>
@@ -366,7 +367,10 @@ class alignas(64) l1_shard {
   // result), and an invalidation of either voids both. Nothing stale is ever
   // stored. (With a 32-bit size_t such collisions are likelier, with the same
   // consequence.)
-  void begin_load(const hashed_key& key, std::uint64_t token) { loading_.insert_or_assign(key.hash, token); }
+  void begin_load(const hashed_key& key, std::uint64_t token) {
+    keep_room(loading_);
+    loading_.insert_or_assign(key.hash, token);
+  }
   bool end_load(const hashed_key& key, std::uint64_t token) {
     auto it = loading_.find(key.hash);
     if (it == loading_.end() || it->second != token) return false;

@@ -1,0 +1,45 @@
+// Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
+#ifndef CACHEFLIGHT_DETAIL_TABLE_ROOM_HPP
+#define CACHEFLIGHT_DETAIL_TABLE_ROOM_HPP
+
+#include <cstddef>
+
+namespace cacheflight::detail {
+
+// Called before an insertion into a Boost.Unordered open-addressing table
+// whose elements come and go at a steady count (the loads in flight, their
+// registrations): once the room left before the table's next rehash falls to
+// a quarter of its elements, makes room for as many elements again as it
+// holds.
+//
+// Such a table lowers its maximum load by one on each erasure from a group
+// that has overflowed, and rehashes once its size reaches that maximum, at
+// the capacity its size needs (Boost.Unordered's guard against probe lengths
+// drifting up under insert/erase cycles). A table holding a steady number of
+// elements close to its maximum load has many overflowed groups, and under
+// churn it rehashes every few insertions, each rehash moving every element:
+// 50 loads in flight on one shard cost a rehash every 6 loads with Boost
+// 1.81. With room for its elements twice over, few groups overflow, and the
+// table is rebuilt about as often as it grows.
+//
+// May throw what the table's rehash throws (`std::bad_alloc`); the table
+// then holds the same elements.
+template <class Table>
+void keep_room(Table& t) {
+  const std::size_t n = t.size();
+  if (t.max_load() - n > n / 4 + 1) return;
+  const std::size_t want = 2 * n + 2;
+  const std::size_t before = t.bucket_count();
+  t.reserve(want);
+  if (t.bucket_count() == before && t.max_load() < want) {
+    // Its capacity would hold `want`, its maximum load no longer does: the
+    // room went to erasures from overflowed groups. Rebuilt, the table has
+    // its full maximum load again.
+    t.rehash(0);
+    t.reserve(want);
+  }
+}
+
+}  // namespace cacheflight::detail
+
+#endif
