@@ -387,8 +387,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     // run from here is posted to the strand (do_get).
     std::string& cmd = get_cmd;
     cmd.clear();
-    cmd.append("*2\r\n");
-    detail::append_bulk(cmd, "GET");
+    cmd.append(std::string_view("*2\r\n$3\r\nGET\r\n"));
     const std::size_t at = detail::append_bulk(cmd, opts.prefix, key);
     const std::string_view k(cmd.data() + at, opts.prefix.size() + key.size());
     if (auto it = index.find(k); it != index.end()) {

@@ -35,6 +35,23 @@ TEST(RespWriter, PipelinedCommandsAppend) {
   EXPECT_EQ(out, "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nDEL\r\n$1\r\na\r\n$1\r\nb\r\n");
 }
 
+TEST(RespWriter, LengthsOfEveryNumberOfDigitsPrecedeTheirBytes) {
+  std::string out = "kept";
+  std::string expected = "kept";
+  std::vector<std::string> args;
+  for (std::size_t n : {0, 1, 9, 10, 99, 100, 999, 1000, 12345}) args.push_back(std::string(n, char('a' + n % 26)));
+  redis::append_command(out, args);
+  expected += "*9\r\n";
+  for (const std::string& a : args) expected += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+  EXPECT_EQ(out, expected);
+  // A command of more than 9 arguments: a header of two digits.
+  std::string many;
+  redis::append_command(many, std::vector<std::string_view>(12, "x"));
+  std::string twelve = "*12\r\n";
+  for (int i = 0; i < 12; ++i) twelve += "$1\r\nx\r\n";
+  EXPECT_EQ(many, twelve);
+}
+
 TEST(RespWriter, ACommandTakenAheadIsTheSameBytesInPlaceOnTheHeapOrFromOwnedStrings) {
   using redis::detail::command_bytes;
   auto appended = [](const command_bytes& c) {

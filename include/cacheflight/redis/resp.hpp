@@ -24,21 +24,40 @@ namespace cacheflight::redis {
 
 namespace detail {
 
-inline void append_number(std::string& out, std::size_t n) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, n);
-  out.append(buf, r.ptr);
+// One bulk string holding `head` then `tail`; returns where its bytes start
+// in `out`. Written in place after one resize of `out` (neither view may
+// point into `out`).
+inline std::size_t append_bulk(std::string& out, std::string_view head, std::string_view tail) {
+  const std::size_t n = head.size() + tail.size();
+  char len[24];
+  const auto r = std::to_chars(len, len + sizeof len, n);
+  const auto digits = static_cast<std::size_t>(r.ptr - len);
+  const std::size_t old = out.size();
+  out.resize(old + digits + n + 5);  // '$', the length, CRLF, the bytes, CRLF
+  char* p = out.data() + old;
+  *p++ = '$';
+  std::memcpy(p, len, digits);
+  p += digits;
+  *p++ = '\r';
+  *p++ = '\n';
+  const std::size_t at = old + digits + 3;
+  if (!head.empty()) std::memcpy(p, head.data(), head.size());
+  p += head.size();
+  if (!tail.empty()) std::memcpy(p, tail.data(), tail.size());
+  p += tail.size();
+  *p++ = '\r';
+  *p = '\n';
+  return at;
 }
 
-// One bulk string holding `head` then `tail`; returns where its bytes start
-// in `out`.
-inline std::size_t append_bulk(std::string& out, std::string_view head, std::string_view tail) {
-  out.push_back('$');
-  append_number(out, head.size() + tail.size());
-  out.append("\r\n");
-  const std::size_t at = out.size();
-  out.append(head).append(tail).append("\r\n");
-  return at;
+// "*<count>\r\n", the header of a command of `count` arguments.
+inline void append_header(std::string& out, std::size_t count) {
+  char buf[24];
+  buf[0] = '*';
+  auto r = std::to_chars(buf + 1, buf + sizeof buf - 2, count);
+  *r.ptr++ = '\r';
+  *r.ptr++ = '\n';
+  out.append(buf, r.ptr);
 }
 
 inline void append_bulk(std::string& out, std::string_view arg) { append_bulk(out, arg, {}); }
@@ -47,25 +66,19 @@ inline void append_bulk(std::string& out, std::string_view arg) { append_bulk(ou
 
 /// Appends one command, `args[0]` being its name, to `out`.
 inline void append_command(std::string& out, std::initializer_list<std::string_view> args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
+  detail::append_header(out, args.size());
   for (std::string_view a : args) detail::append_bulk(out, a);
 }
 
 /// As above, for a command whose arguments are only known at run time.
 inline void append_command(std::string& out, const std::vector<std::string_view>& args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
+  detail::append_header(out, args.size());
   for (std::string_view a : args) detail::append_bulk(out, a);
 }
 
 /// As above, from owned strings.
 inline void append_command(std::string& out, const std::vector<std::string>& args) {
-  out.push_back('*');
-  detail::append_number(out, args.size());
-  out.append("\r\n");
+  detail::append_header(out, args.size());
   for (const std::string& a : args) detail::append_bulk(out, a);
 }
 
