@@ -18,7 +18,7 @@ namespace cacheflight::detail {
 // drifting up under insert/erase cycles). A table holding a steady number of
 // elements close to its maximum load has many overflowed groups, and under
 // churn it rehashes every few insertions, each rehash moving every element:
-// 50 loads in flight on one shard cost a rehash every 6 loads with Boost
+// 50 loads in flight on one shard cost a rehash every 5 loads with Boost
 // 1.81. With room for its elements twice over, few groups overflow, and the
 // table is rebuilt about as often as it grows.
 //
