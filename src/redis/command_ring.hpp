@@ -62,6 +62,22 @@ class ring {
     ::new (static_cast<void*>(slot(size_))) T(std::move(v));
     ++size_;
   }
+  // A value-initialized element at the back, built in place. Throws what
+  // growing or T's constructor throws, and then holds what it held.
+  T& emplace_back() {
+    if (size_ == capacity()) grow();
+    T* p = ::new (static_cast<void*>(slot(size_))) T();
+    ++size_;
+    return *p;
+  }
+  // Removes the element at the back (the one just added, whose setting up failed).
+  void pop_back() noexcept {
+    std::destroy_at(&at(size_ - 1));
+    --size_;
+  }
+  // The element `i` places from the front.
+  T& operator[](std::size_t i) noexcept { return at(i); }
+  const T& operator[](std::size_t i) const noexcept { return at(i); }
   void pop_front() noexcept {
     std::destroy_at(&at(0));
     head_ = (head_ + 1) & mask_;

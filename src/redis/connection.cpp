@@ -173,6 +173,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     bool waiting() const noexcept { return handler || fn; }
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
+    bool dropped = false;     // abandoned before its write: left out of it, no reply will come
     clock_type::time_point deadline;
   };
 
@@ -202,8 +203,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool flush_scheduled = false;  // a write() is posted
   bool delivering = false;       // completing the replies of one read
   bool write_after = false;      // commands were queued meanwhile: written once they are all completed
-  detail::ring<command> pending;   // not written yet
-  detail::ring<command> inflight;  // written, awaiting replies in order
+  // The commands, in their order: the first `written` were written and await
+  // their replies in order (those `dropped` await none), the rest are pending.
+  // A command stays in its place from its queueing to its reply.
+  detail::ring<command> queue;
+  std::size_t written = 0;
   std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
   std::uint64_t next_id = 0;
   state st = state::idle;
@@ -295,12 +299,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     if (opts.database != 0) steps.push_back({"SELECT", std::to_string(opts.database)});
     steps.push_back({"PING"});
-    for (std::size_t i = 0; i < steps.size(); ++i) {
-      command c = new_command();
-      c.auth = true;
-      c.last_step = i + 1 == steps.size();
-      enqueue(std::move(c), [&](std::string& o) { append_command(o, steps[i]); });
-    }
+    for (std::size_t i = 0; i < steps.size(); ++i)
+      enqueue(
+          [&](command& c) {
+            c.auth = true;
+            c.last_step = i + 1 == steps.size();
+          },
+          [&](std::string& o) { append_command(o, steps[i]); });
     write();
   }
 
@@ -318,24 +323,22 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   }
 
   // --- commands --------------------------------------------------------------
-  command new_command() {
-    command c;
-    c.id = ++next_id;
-    c.deadline = clock_type::now() + opts.command_timeout;
-    return c;
-  }
-
-  // Queues `c`, its bytes appended to `out` by `append(out)`. If that or the
-  // queueing throws (memory), nothing was queued and `out` is as it was: a
-  // command's bytes are never sent without their command.
-  template <class Append>
-  void enqueue(command&& c, Append&& append) {
+  // Queues a command, built in place at the back of the queue and set up by
+  // `setup(c)`, its bytes appended to `out` by `append(out)`. If any of it
+  // throws (memory), nothing was queued and `out` is as it was: a command's
+  // bytes are never sent without their command.
+  template <class Setup, class Append>
+  void enqueue(Setup&& setup, Append&& append) {
     const std::size_t before = out.size();
+    command& c = queue.emplace_back();
     try {
+      c.id = ++next_id;
+      c.deadline = clock_type::now() + opts.command_timeout;
+      setup(c);
       append(out);
       c.size = out.size() - before;
-      pending.push_back(std::move(c));
     } catch (...) {
+      queue.pop_back();
       out.resize(before);
       throw;
     }
@@ -361,12 +364,14 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (st != state::open) return early(make_error_code(error::not_connected));
     if (cmd.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
-    command c = new_command();
-    if (cancel) watch(c, cancel);
-    c.work = std::move(work);
-    c.handler.emplace(std::move(h));
-    c.into = cmd.into;
-    enqueue(std::move(c), [&](std::string& o) { cmd.append_to(o); });
+    enqueue(
+        [&](command& c) {
+          if (cancel) watch(c, cancel);
+          c.work = std::move(work);
+          c.handler.emplace(std::move(h));
+          c.into = cmd.into;
+        },
+        [&](std::string& o) { cmd.append_to(o); });
     ++live;
     arm_deadline();
     schedule_write();
@@ -383,12 +388,14 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (st != state::open) return early(make_error_code(error::not_connected));
     if (bytes.empty()) return early(asio::error::invalid_argument);
     if (live >= opts.max_pending) return early(make_error_code(error::queue_full));
-    command c = new_command();
-    if (cancel) watch(c, cancel);
-    c.fn = fn;
-    c.ctx = std::move(ctx);
-    c.skip = skip;
-    enqueue(std::move(c), [&](std::string& o) { o += bytes; });
+    enqueue(
+        [&](command& c) {
+          if (cancel) watch(c, cancel);
+          c.fn = fn;
+          c.ctx = std::move(ctx);
+          c.skip = skip;
+        },
+        [&](std::string& o) { o += bytes; });
     ++live;
     arm_deadline();
     schedule_write();
@@ -434,25 +441,26 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // out before it is completed, since completing may run code that queues
   // more commands.
   void abandon(std::uint64_t id, error_code ec) {
-    for (auto* q : {&pending, &inflight})
-      for (auto& c : *q)
-        if (c.id == id) {
-          if (!c.waiting()) return;
-          --live;
-          deliver(c, ec, reply{});
-          return;
-        }
+    for (auto& c : queue)
+      if (c.id == id) {
+        if (!c.waiting()) return;
+        --live;
+        deliver(c, ec, reply{});
+        return;
+      }
   }
 
   void write() {
-    if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
+    if (writing || written == queue.size() || (st != state::open && st != state::connecting)) return;
     // A command whose caller cancelled it after it was queued is never sent,
     // even if this write runs before the cancellation's own (posted) turn:
     // it is completed here, before anything is moved. Its completion may
     // queue more commands (they go out with this write).
     std::vector<std::uint64_t> cancelled;
-    for (const command& c : pending)
+    for (std::size_t i = written; i < queue.size(); ++i) {
+      const command& c = queue[i];
       if (c.cancel && c.waiting() && c.cancel->requested.load(std::memory_order_acquire)) cancelled.push_back(c.id);
+    }
     for (std::size_t i = 0; i < cancelled.size(); ++i) {
       try {
         abandon(cancelled[i], asio::error::operation_aborted);
@@ -463,32 +471,33 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         throw;
       }
     }
-    if (writing || pending.empty() || (st != state::open && st != state::connecting)) return;
+    if (writing || written == queue.size() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
-    // Abandoned commands are not sent: their bytes are left out.
+    // Abandoned commands are not sent: their bytes are left out, and they
+    // keep their places, marked as awaiting no reply (what they held is
+    // released now).
     bool all = true;
-    for (const command& c : pending)
-      if (!c.waiting() && !c.auth) all = false;
+    for (std::size_t i = written; i < queue.size(); ++i)
+      if (!queue[i].waiting() && !queue[i].auth) all = false;
     if (all) {
       write_buf.swap(out);
     } else {
       std::size_t at = 0;
-      for (const command& c : pending) {
-        if (c.waiting() || c.auth) write_buf.append(out, at, c.size);
+      for (std::size_t i = written; i < queue.size(); ++i) {
+        command& c = queue[i];
+        if (c.waiting() || c.auth) {
+          write_buf.append(out, at, c.size);
+        } else {
+          c.dropped = true;
+          c.cancel.reset();
+          c.ctx.reset();
+        }
         at += c.size;
       }
     }
     out.clear();
-    try {
-      while (!pending.empty()) {
-        if (pending.front().waiting() || pending.front().auth) inflight.push_back(std::move(pending.front()));
-        pending.pop_front();
-      }
-    } catch (...) {
-      // Out of memory with the queues half moved: the bytes taken no longer
-      // match the commands left, so the connection cannot go on.
-      return fail(make_error_code(boost::system::errc::not_enough_memory));
-    }
+    written = queue.size();
+    drop_front();
     if (write_buf.empty()) return;
     // Without TLS the bytes are first sent in place: when the socket takes
     // them all, as it does unless the peer falls behind, no operation is
@@ -596,16 +605,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         if (st == state::closed) return false;
         continue;
       }
-      if (inflight.empty()) {
+      drop_front();
+      if (written == 0) {
         fail(make_error_code(error::protocol_error));
         return false;
       }
-      if (inflight.front().skip > 0) {  // the reply to a prefix written with the command
-        --inflight.front().skip;
+      if (queue.front().skip > 0) {  // the reply to a prefix written with the command
+        --queue.front().skip;
         continue;
       }
-      command c = std::move(inflight.front());
-      inflight.pop_front();
+      command c = std::move(queue.front());
+      queue.pop_front();
+      --written;
       if (c.auth)
         handshake_reply(c, r);
       else if (c.waiting() && c.cancel && c.cancel->requested.load(std::memory_order_acquire)) {
@@ -630,10 +641,17 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   // One timer for every command's deadline. All commands share one timeout, so
   // deadlines grow in queue order: the first live command is the earliest.
   const command* first_live() const {
-    for (auto* q : {&inflight, &pending})
-      for (const auto& c : *q)
-        if (c.waiting()) return &c;
+    for (const auto& c : queue)
+      if (c.waiting()) return &c;
     return nullptr;
+  }
+
+  // Removes the written commands at the front that await no reply.
+  void drop_front() noexcept {
+    while (written > 0 && queue.front().dropped) {
+      queue.pop_front();
+      --written;
+    }
   }
 
   void arm_deadline() {
@@ -651,12 +669,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       const auto now = clock_type::now();
       std::vector<std::uint64_t> late;
       auto collect = [&] {
-        for (auto* q : {&self->inflight, &self->pending})
-          for (auto& c : *q) {
-            if (!c.waiting()) continue;
-            if (c.deadline > now) return;
-            late.push_back(c.id);
-          }
+        for (auto& c : self->queue) {
+          if (!c.waiting()) continue;
+          if (c.deadline > now) return;
+          late.push_back(c.id);
+        }
       };
       collect();
       self->time_out(std::move(late), 0);
@@ -687,10 +704,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   void drop_handlers() {
     std::optional<connect_handler> c = std::move(connecting);
     connecting.reset();
-    detail::ring<command> p = std::move(pending), i = std::move(inflight);
-    pending.clear();
+    detail::ring<command> q = std::move(queue);
+    queue.clear();
+    written = 0;
     out.clear();
-    inflight.clear();
     live = 0;
   }
 
@@ -713,10 +730,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     live = 0;
     // Out of the queues first: a completion may issue commands (they fail at once).
-    auto doomed = std::make_shared<detail::ring<command>>(std::move(inflight));
-    inflight.clear();
-    for (auto& c : pending) doomed->push_back(std::move(c));
-    pending.clear();
+    auto doomed = std::make_shared<detail::ring<command>>(std::move(queue));
+    queue.clear();
+    written = 0;
     out.clear();
     fail_all(std::move(doomed), ec);
   }

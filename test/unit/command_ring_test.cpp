@@ -96,4 +96,25 @@ TEST(CommandRing, EveryElementIsDestroyedOnceWhetherPoppedClearedOrLeftAtTheEnd)
   EXPECT_EQ(token.use_count(), 1);
 }
 
+TEST(CommandRing, ElementsBuiltInPlaceAtTheBackAreReachedByIndexAndTheLastCanBeTakenBack) {
+  ring<std::string> r;
+  for (int i = 0; i < 10; ++i) r.push_back(std::to_string(i));
+  for (int i = 0; i < 8; ++i) r.pop_front();  // "8", "9" left, at slots 8 and 9
+  for (int i = 10; i < 40; ++i) {            // wraps around, then grows
+    std::string& s = r.emplace_back();
+    EXPECT_TRUE(s.empty());
+    s = std::to_string(i);
+  }
+  ASSERT_EQ(r.size(), 32u);
+  for (std::size_t i = 0; i < r.size(); ++i) EXPECT_EQ(r[i], std::to_string(i + 8));
+  r.emplace_back() = "set up, then taken back";
+  r.pop_back();
+  EXPECT_EQ(r.size(), 32u);
+  EXPECT_EQ(r[31], "39");
+  r[0] = "changed in place";
+  EXPECT_EQ(r.front(), "changed in place");
+  const ring<std::string>& c = r;
+  EXPECT_EQ(c[1], "9");
+}
+
 }  // namespace
