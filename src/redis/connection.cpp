@@ -203,9 +203,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool flush_scheduled = false;  // a write() is posted
   bool delivering = false;       // completing the replies of one read
   bool write_after = false;      // commands were queued meanwhile: written once they are all completed
-  // The commands, in their order: the first `written` were written and await
-  // their replies in order (those `dropped` await none), the rest are pending.
-  // A command stays in its place from its queueing to its reply.
+  // The commands, in their order: the first `written` were taken by a write
+  // and await their replies in order (those `dropped`, abandoned before the
+  // write, were left out of it and await none), the rest are pending. A
+  // command stays in its place from its queueing until its reply is taken
+  // (a dropped one: until the commands before it are done).
   detail::ring<command> queue;
   std::size_t written = 0;
   std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
@@ -434,8 +436,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     });
   }
 
-  // Completes a command early. It keeps its place in the queues (removing it
-  // from the middle of a queue would move-assign handlers, which recurses in
+  // Completes a command early. It keeps its place in the queue (removing it
+  // from the middle of the queue would move-assign handlers, which recurses in
   // Boost 1.81's any_completion_handler): an unwritten one is skipped by
   // write(), a written one's reply is matched and dropped. The handler is taken
   // out before it is completed, since completing may run code that queues
@@ -454,8 +456,8 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (writing || written == queue.size() || (st != state::open && st != state::connecting)) return;
     // A command whose caller cancelled it after it was queued is never sent,
     // even if this write runs before the cancellation's own (posted) turn:
-    // it is completed here, before anything is moved. Its completion may
-    // queue more commands (they go out with this write).
+    // it is completed here, before the write takes the bytes. Its completion
+    // may queue more commands (they go out with this write).
     std::vector<std::uint64_t> cancelled;
     for (std::size_t i = written; i < queue.size(); ++i) {
       const command& c = queue[i];
