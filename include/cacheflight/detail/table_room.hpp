@@ -34,10 +34,8 @@ namespace cacheflight::detail {
 // May throw what the table's rehash throws (`std::bad_alloc`); the table
 // then holds the same elements.
 template <class Table>
-void keep_room(Table& t) {
-  const std::size_t n = t.size();
-  if (t.max_load() - n > n / 4 + 1) return;
-  const std::size_t want = 2 * n + 2;
+[[gnu::noinline, gnu::cold]] void make_room(Table& t) {
+  const std::size_t want = 2 * t.size() + 2;
   const std::size_t before = t.bucket_count();
   t.reserve(want);
   if (t.bucket_count() == before && t.max_load() < want) {
@@ -47,6 +45,12 @@ void keep_room(Table& t) {
     t.rehash(0);
     t.reserve(want);
   }
+}
+
+template <class Table>
+void keep_room(Table& t) {
+  const std::size_t n = t.size();
+  if (t.max_load() - n <= n / 4 + 1) make_room(t);
 }
 
 }  // namespace cacheflight::detail
