@@ -70,7 +70,7 @@ class ring {
     ++size_;
     return *p;
   }
-  // Removes the element at the back (the one just added, whose setting up failed).
+  // Removes the element at the back.
   void pop_back() noexcept {
     std::destroy_at(&at(size_ - 1));
     --size_;

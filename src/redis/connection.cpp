@@ -171,9 +171,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     unsigned skip = 0;                     // replies before its own to drop (a prefix such as ASKING)
     reply* into = nullptr;                 // the caller's reply to swap its reply into
     bool waiting() const noexcept { return handler || fn; }
+    bool to_send() const noexcept { return waiting() || auth; }  // not abandoned before its write
     bool auth = false;        // a handshake step: a failed reply means auth_failed
     bool last_step = false;   // the handshake's last step: its reply opens the connection
-    bool dropped = false;     // abandoned before its write: left out of it, no reply will come
     clock_type::time_point deadline;
   };
 
@@ -203,11 +203,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   bool flush_scheduled = false;  // a write() is posted
   bool delivering = false;       // completing the replies of one read
   bool write_after = false;      // commands were queued meanwhile: written once they are all completed
-  // The commands, in their order: the first `written` were taken by a write
-  // and await their replies in order (those `dropped`, abandoned before the
-  // write, were left out of it and await none), the rest are pending. A
-  // command stays in its place from its queueing until its reply is taken
-  // (a dropped one: until the commands before it are done).
+  // The commands, in their order: the first `written` were written and await
+  // their replies in order, the rest are pending. A command stays in its
+  // place from its queueing until its reply is taken, unless it is abandoned
+  // before its write (see write()).
   detail::ring<command> queue;
   std::size_t written = 0;
   std::size_t live = 0;          // commands whose callers still wait (abandoned ones excluded)
@@ -438,10 +437,10 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   // Completes a command early. It keeps its place in the queue (removing it
   // from the middle of the queue would move-assign handlers, which recurses in
-  // Boost 1.81's any_completion_handler): an unwritten one is skipped by
-  // write(), a written one's reply is matched and dropped. The handler is taken
-  // out before it is completed, since completing may run code that queues
-  // more commands.
+  // Boost 1.81's any_completion_handler): an unwritten one is left out of
+  // the next write, and of the queue, by write(); a written one's reply is
+  // matched and dropped. The handler is taken out before it is completed,
+  // since completing may run code that queues more commands.
   void abandon(std::uint64_t id, error_code ec) {
     for (auto& c : queue)
       if (c.id == id) {
@@ -475,31 +474,34 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
     if (writing || written == queue.size() || (st != state::open && st != state::connecting)) return;
     write_buf.clear();
-    // Abandoned commands are not sent: their bytes are left out, and they
-    // keep their places, marked as awaiting no reply (what they held is
-    // released now).
     bool all = true;
     for (std::size_t i = written; i < queue.size(); ++i)
-      if (!queue[i].waiting() && !queue[i].auth) all = false;
+      if (!queue[i].to_send()) all = false;
     if (all) {
       write_buf.swap(out);
     } else {
+      // Abandoned commands are not sent: their bytes are left out, and they
+      // leave the queue. The commands after them are moved down (built anew
+      // in place, never assigned); what may throw comes first, so that a
+      // failure leaves the queue and `out` as they were.
+      std::vector<command> unsent;
+      unsent.reserve(queue.size() - written);
       std::size_t at = 0;
       for (std::size_t i = written; i < queue.size(); ++i) {
-        command& c = queue[i];
-        if (c.waiting() || c.auth) {
-          write_buf.append(out, at, c.size);
-        } else {
-          c.dropped = true;
-          c.cancel.reset();
-          c.ctx.reset();
-        }
+        const command& c = queue[i];
+        if (c.to_send()) write_buf.append(out, at, c.size);
         at += c.size;
       }
+      while (queue.size() > written) {
+        unsent.push_back(std::move(queue[queue.size() - 1]));
+        queue.pop_back();
+      }
+      // Never grows the ring: it held them all a moment ago.
+      for (auto c = unsent.rbegin(); c != unsent.rend(); ++c)
+        if (c->to_send()) queue.push_back(std::move(*c));
     }
     out.clear();
     written = queue.size();
-    drop_front();
     if (write_buf.empty()) return;
     // Without TLS the bytes are first sent in place: when the socket takes
     // them all, as it does unless the peer falls behind, no operation is
@@ -607,7 +609,6 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         if (st == state::closed) return false;
         continue;
       }
-      drop_front();
       if (written == 0) {
         fail(make_error_code(error::protocol_error));
         return false;
@@ -646,14 +647,6 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     for (const auto& c : queue)
       if (c.waiting()) return &c;
     return nullptr;
-  }
-
-  // Removes the written commands at the front that await no reply.
-  void drop_front() noexcept {
-    while (written > 0 && queue.front().dropped) {
-      queue.pop_front();
-      --written;
-    }
   }
 
   void arm_deadline() {
