@@ -195,7 +195,8 @@ struct l1_node_eq {
 };
 
 // Counters kept per shard, under its lock, so that hits on different shards
-// never share a cache line.
+// never share a cache line. (Lookups made without the lock are counted in the
+// reading thread's slot instead: see reader_slots.)
 struct l1_counters {
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;
@@ -207,8 +208,10 @@ struct l1_counters {
 };
 
 // One lock-protected partition of the memory tier. Every member function
-// requires `mu` held. Removed nodes are handed back on a graveyard list so that
-// events and frees happen after the lock is released.
+// requires `mu` held, except the const ones, which a reader may also call
+// while no holder of `mu` changes the shard (see memory_tier::read_unlocked).
+// Removed nodes are handed back on a graveyard list so that events and frees
+// happen after the lock is released.
 template <class V>
 class alignas(64) l1_shard {
  public:
@@ -236,6 +239,11 @@ class alignas(64) l1_shard {
   std::size_t weight() const noexcept { return weight_; }
   std::size_t max_weight() const noexcept { return max_weight_; }
   bool has_expiring() const noexcept { return !heap_.empty(); }
+  // The soonest expiry of the shard's entries (requires has_expiring()).
+  std::int64_t earliest_expiry() const noexcept { return heap_.front()->expires; }
+  // Whether a hit on `n` would record nothing for the eviction policy: under
+  // S3-FIFO once its access count is full; never under LRU, which moves it.
+  bool untouched_by_read(const node& n) const noexcept { return policy_ != eviction_policy::lru && n.freq >= 3; }
   bool stores_nothing() const noexcept { return max_entries_ == 0 || max_weight_ == 0; }
 
   // A fresh entry for `key`, or null. An expired entry found on the way is

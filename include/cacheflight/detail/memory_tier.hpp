@@ -4,6 +4,7 @@
 
 #include <cacheflight/detail/cache_events.hpp>
 #include <cacheflight/detail/l1_store.hpp>
+#include <cacheflight/detail/reader_slots.hpp>
 #include <cacheflight/options.hpp>
 #include <cacheflight/stats.hpp>
 
@@ -30,7 +31,11 @@ namespace cacheflight::detail {
 // The cache's memory (L1): its shards of entries, and the tokens of the loads
 // that may still store into it. Every function is thread-safe; each takes one
 // shard's lock for constant-time bookkeeping, and runs user code (weigher,
-// V's copy, event sink) outside it.
+// event sink, V's copy into a store) outside it; a lookup copies the value it
+// finds in place. Under S3-FIFO, a lookup whose read changes nothing
+// in the shard takes no lock (see `read_unlocked`); every function that
+// changes what such a read sees holds the shard's lock and waits for the
+// shard's readers (`write_lock`).
 //
 // A key's epoch (`std::atomic<std::uint64_t>*`, null without tiers) belongs to
 // the tier pipeline: it is bumped by every invalidation and read by every
@@ -78,6 +83,7 @@ class memory_tier {
               weigher_type weigher, const cache_events& events, double early_beta = 0)
       : nshards_(shards_within(shards, max_entries, max_weight)),
         early_beta_(early_beta),
+        unlocked_reads_(policy == eviction_policy::s3fifo),
         weigher_(std::move(weigher)),
         events_(events),
         shards_(std::make_unique<shard[]>(nshards_)) {
@@ -117,7 +123,7 @@ class memory_tier {
     shard& sh = shard_for(key);
     typename shard::graveyard dead;
     {
-      std::lock_guard lk(sh.mu);
+      write_lock lk(*this, sh);
       node* n = sh.peek(key);
       // A replaced value has a new life of its own: leave it alone.
       if (n && n->refreshing) {
@@ -136,7 +142,7 @@ class memory_tier {
   // read does not start a second reload.
   void mark_refreshing(const hashed_key& key) {
     shard& sh = shard_for(key);
-    std::lock_guard lk(sh.mu);
+    write_lock lk(*this, sh);
     if (node* n = sh.peek(key)) n->refreshing = true;
   }
 
@@ -167,15 +173,18 @@ class memory_tier {
     assert(!v);
     const hashed_key key(k);
     if (hash) *hash = key.hash;
-    shard& sh = shard_for(key);
+    const std::size_t index = shard_index_of(key);
+    shard& sh = shards_[index];
     typename shard::graveyard dead;
     bool hit = false;
     read_state local;
     read_state& seen = rs ? (*rs = read_state{}) : local;  // written in place, not copied out
     constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
     [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
-    {
-      std::lock_guard lk(sh.mu);
+    if (unlocked_reads_ && read_unlocked(sh, std::uint32_t(index), key, v, hit, purge, count, rs != nullptr)) {
+      // served without the lock: nothing to start, nothing reclaimed
+    } else {
+      write_lock lk(*this, sh);
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
       if (purge && sh.has_expiring()) sh.purge(clock(), purge, dead);
@@ -264,7 +273,7 @@ class memory_tier {
     bool oversized = false;
     std::string k(key.key);
     {
-      std::lock_guard lk(sh.mu);
+      write_lock lk(*this, sh);
       if (token) {
         if (!sh.end_load(key, *token)) return false;  // erased, cleared or set meanwhile
       } else {
@@ -307,7 +316,7 @@ class memory_tier {
     typename shard::graveyard dead;
     bool erased;
     {
-      std::lock_guard lk(sh.mu);
+      write_lock lk(*this, sh);
       sh.invalidate_load(key);
       if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
       erased = sh.erase(key, [] { return now(); }, dead);
@@ -323,7 +332,7 @@ class memory_tier {
     for (std::size_t i = 0; i < nshards_; ++i) {
       typename shard::graveyard dead;
       {
-        std::lock_guard lk(shards_[i].mu);
+        write_lock lk(*this, shards_[i]);
         shards_[i].invalidate_loads();
         locked();
         shards_[i].clear(dead);
@@ -354,7 +363,7 @@ class memory_tier {
     for (std::size_t i = 0; i < nshards_; ++i) {
       typename shard::graveyard dead;
       {
-        std::lock_guard lk(shards_[i].mu);
+        write_lock lk(*this, shards_[i]);
         shards_[i].purge(now(), unlimited, dead);  // expired entries do not count
         const l1_counters& c = shards_[i].counters;
         s.hits += c.hits;
@@ -369,14 +378,71 @@ class memory_tier {
       }
       bury(dead);
     }
+    readers_.add_counts(s.hits, s.misses);
     s.evictions = s.evictions_capacity + s.evictions_oversized;
     s.hit_rate = s.hits + s.misses == 0 ? 0.0 : double(s.hits) / double(s.hits + s.misses);
   }
 
  private:
   // The shard of a key, from the hash it carries (see shard_index).
-  shard& shard_for(const hashed_key& key) const noexcept {
-    return nshards_ == 1 ? shards_[0] : shards_[shard_index(key.hash, nshards_)];
+  std::size_t shard_index_of(const hashed_key& key) const noexcept {
+    return nshards_ == 1 ? 0 : shard_index(key.hash, nshards_);
+  }
+  shard& shard_for(const hashed_key& key) const noexcept { return shards_[shard_index_of(key)]; }
+
+  // A shard's lock, taken by whatever changes what an unlocked read sees:
+  // once it is held, no reader is in the shard until it is released.
+  class write_lock {
+   public:
+    write_lock(const memory_tier& t, shard& sh) noexcept : sh_(sh) {
+      sh.mu.lock();
+      if (t.unlocked_reads_) t.readers_.wait_for_readers(std::uint32_t(&sh - t.shards_.get()));
+    }
+    write_lock(const write_lock&) = delete;
+    write_lock& operator=(const write_lock&) = delete;
+    ~write_lock() { sh_.mu.unlock(); }
+
+   private:
+    shard& sh_;
+  };
+
+  // A lookup without the shard's lock, when the lock would change nothing:
+  // a fresh value already read since it was stored whose access count is
+  // full (S3-FIFO's touch then writes nothing), or an absent key while no
+  // entry of the shard is due to be purged. Returns true with `v` and `hit`
+  // set (and the lookup counted in the thread's slot); false, having changed
+  // nothing, for every other case (the slot taken by a thread sharing it, a
+  // writer in the shard, an entry expired, stale, due for an early reload,
+  // or a cached failure), which the caller handles under the lock. V's copy
+  // runs here, as it runs under the lock otherwise; if it throws, the
+  // exception propagates and nothing was counted.
+  bool read_unlocked(shard& sh, std::uint32_t index, const hashed_key& key, std::optional<V>& v, bool& hit,
+                     std::size_t purge, bool count, bool may_refresh) {
+    reader_slots::slot* const slot = readers_.enter(index);
+    if (!slot) return false;
+    struct leave_at_exit {
+      reader_slots::slot* s;
+      ~leave_at_exit() { reader_slots::leave(s); }
+    } leave{slot};
+    if (sh.mu.held()) return false;
+    std::int64_t t = -1;
+    auto clock = [&t] { return t < 0 ? (t = now()) : t; };
+    if (purge && sh.has_expiring() && sh.earliest_expiry() <= clock()) return false;
+    const node* n = sh.peek(key);
+    if (!n) {
+      if (count) reader_slots::count_miss(slot);
+      return true;
+    }
+    const V* stored = n->value();
+    if (!stored || !n->read || !sh.untouched_by_read(*n)) return false;
+    if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= clock()) return false;
+    if (n->fresh_until != std::numeric_limits<std::int64_t>::max() &&
+        (clock() >= n->fresh_until || (may_refresh && early_beta_ > 0)))
+      return false;
+    v.emplace(*stored);
+    if (count) reader_slots::count_hit(slot);
+    hit = true;
+    return true;
   }
 
   // Emits the events of removed entries and frees them, outside any lock.
@@ -392,6 +458,8 @@ class memory_tier {
 
   const std::size_t nshards_;
   const double early_beta_;
+  const bool unlocked_reads_;  // S3-FIFO: a read of a hot entry changes nothing in its shard
+  reader_slots readers_;
   weigher_type weigher_;
   const cache_events& events_;
   std::unique_ptr<shard[]> shards_;

@@ -38,14 +38,21 @@ class shard_mutex {
   static constexpr unsigned spins = 128;
   static constexpr std::chrono::microseconds backstop{1000};
 
+  // The exchange that takes the lock is sequentially consistent: a cache's
+  // lock-free readers check the lock after announcing themselves, and the
+  // holder looks for them after taking it (see reader_slots).
   void lock() noexcept {
-    if (!locked_.exchange(1, std::memory_order_acquire)) return;
+    if (!locked_.exchange(1, std::memory_order_seq_cst)) return;
     lock_contended();
   }
 
   bool try_lock() noexcept {
-    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(1, std::memory_order_acquire);
+    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(1, std::memory_order_seq_cst);
   }
+
+  // Whether the lock is held now, read in the sequentially consistent order
+  // of the exchanges that take it.
+  bool held() const noexcept { return locked_.load(std::memory_order_seq_cst) != 0; }
 
   void unlock() noexcept {
     locked_.store(0, std::memory_order_release);
@@ -66,7 +73,7 @@ class shard_mutex {
       if (try_lock()) return;
     }
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    while (locked_.exchange(1, std::memory_order_acquire)) sleep();
+    while (locked_.exchange(1, std::memory_order_seq_cst)) sleep();
     sleepers_.fetch_sub(1, std::memory_order_relaxed);
   }
 
