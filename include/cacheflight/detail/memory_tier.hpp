@@ -174,16 +174,30 @@ class memory_tier {
     const hashed_key key(k);
     if (hash) *hash = key.hash;
     const std::size_t index = shard_index_of(key);
-    shard& sh = shards_[index];
+    if (unlocked_reads_) {
+      // Served without the lock: nothing to start, nothing reclaimed.
+      if (const int found = read_unlocked(shards_[index], std::uint32_t(index), key, v, purge, count, rs != nullptr);
+          found >= 0) {
+        if (rs) *rs = read_state{};
+        if (count && events_) events_.emit(found ? cache_event_kind::hit : cache_event_kind::miss, key.key);
+        return;
+      }
+    }
+    lookup_locked(v, key, shards_[index], purge, failure, count, rs);
+  }
+
+ private:
+  // A lookup under the shard's lock (see lookup). Out of line, so that the
+  // frame of a read without the lock stays small.
+  [[gnu::noinline]] void lookup_locked(std::optional<V>& v, const hashed_key& key, shard& sh, std::size_t purge,
+                     std::exception_ptr* failure, bool count, read_state* rs) {
     typename shard::graveyard dead;
     bool hit = false;
     read_state local;
     read_state& seen = rs ? (*rs = read_state{}) : local;  // written in place, not copied out
     constexpr bool nothrow_copy = std::is_nothrow_copy_constructible_v<V>;
     [[maybe_unused]] std::conditional_t<nothrow_copy, std::nullptr_t, std::exception_ptr> copy_failed{};
-    if (unlocked_reads_ && read_unlocked(sh, std::uint32_t(index), key, v, hit, purge, count, rs != nullptr)) {
-      // served without the lock: nothing to start, nothing reclaimed
-    } else {
+    {
       write_lock lk(*this, sh);
       std::int64_t t = -1;  // the clock is read at most once, and only if needed
       auto clock = [&t] { return t < 0 ? (t = now()) : t; };
@@ -242,6 +256,7 @@ class memory_tier {
     if (!dead.empty()) bury(dead);
   }
 
+ public:
   // Stores a value (or a failure, for negative caching), fresh for `ttl`, then
   // servable stale for `stale` more (0: none); `took` (if not negative) is
   // the load's duration, averaged into the entry's. With a load token,
@@ -416,33 +431,34 @@ class memory_tier {
   // or a cached failure), which the caller handles under the lock. V's copy
   // runs here, as it runs under the lock otherwise; if it throws, the
   // exception propagates and nothing was counted.
-  bool read_unlocked(shard& sh, std::uint32_t index, const hashed_key& key, std::optional<V>& v, bool& hit,
-                     std::size_t purge, bool count, bool may_refresh) {
+  // Returns 1 for a hit (the value in `v`), 0 for a miss, -1 when the read
+  // needs the lock.
+  int read_unlocked(shard& sh, std::uint32_t index, const hashed_key& key, std::optional<V>& v, std::size_t purge,
+                    bool count, bool may_refresh) {
     reader_slots::slot* const slot = readers_.enter(index);
-    if (!slot) return false;
+    if (!slot) return -1;
     struct leave_at_exit {
       reader_slots::slot* s;
       ~leave_at_exit() { reader_slots::leave(s); }
     } leave{slot};
-    if (sh.mu.held()) return false;
+    if (sh.mu.held()) return -1;
     std::int64_t t = -1;
     auto clock = [&t] { return t < 0 ? (t = now()) : t; };
-    if (purge && sh.has_expiring() && sh.earliest_expiry() <= clock()) return false;
+    if (purge && sh.has_expiring() && sh.earliest_expiry() <= clock()) return -1;
     const node* n = sh.peek(key);
     if (!n) {
       if (count) reader_slots::count_miss(slot);
-      return true;
+      return 0;
     }
     const V* stored = n->value();
-    if (!stored || !n->read || !sh.untouched_by_read(*n)) return false;
-    if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= clock()) return false;
+    if (!stored || !n->read || !sh.untouched_by_read(*n)) return -1;
+    if (n->expires != std::numeric_limits<std::int64_t>::max() && n->expires <= clock()) return -1;
     if (n->fresh_until != std::numeric_limits<std::int64_t>::max() &&
         (clock() >= n->fresh_until || (may_refresh && early_beta_ > 0)))
-      return false;
+      return -1;
     v.emplace(*stored);
     if (count) reader_slots::count_hit(slot);
-    hit = true;
-    return true;
+    return 1;
   }
 
   // Emits the events of removed entries and frees them, outside any lock.
