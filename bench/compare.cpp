@@ -144,6 +144,20 @@ int main(int argc, char** argv) {
   std::printf("%-44s %8.2f M/s  %-34s %8.2f M/s  ratio %5.2fx  (hardware ceiling)\n", "hits, 2 threads, a cache each",
               tp / 1e6, "1 thread", t1 / 1e6, tp / t1);
 
+  // The same with `peek`: the memory's reads alone, without completions.
+  std::vector<double> p1, p2, pp;
+  const std::size_t peeks = 10 * hits;
+  for (int i = 0; i < std::max(3, reps / 3); ++i) {
+    p1.push_back(double(peeks) / cache_peeks_threads(peeks, 1).count());
+    p2.push_back(double(2 * peeks) / cache_peeks_threads(peeks, 2).count());
+    pp.push_back(double(2 * peeks) / cache_peeks_threads(peeks, 2, false).count());
+  }
+  const double q1 = median(p1) * 1e9, q2 = median(p2) * 1e9, qp = median(pp) * 1e9;
+  std::printf("%-44s %8.2f M/s  %-34s %8.2f M/s  ratio %5.2fx  (report)\n", "peeks, 2 threads, one shared cache",
+              q2 / 1e6, "1 thread", q1 / 1e6, q2 / q1);
+  std::printf("%-44s %8.2f M/s  %-34s %8.2f M/s  ratio %5.2fx  (hardware ceiling)\n", "peeks, 2 threads, a cache each",
+              qp / 1e6, "1 thread", q1 / 1e6, qp / q1);
+
   std::vector<double> kps;
   const std::size_t batch_keys = quick ? 20'000 : 200'000;
   for (int i = 0; i < std::max(3, reps / 3); ++i) kps.push_back(double(batch_keys) / batch_loader_keys(batch_keys).count() * 1e9);
