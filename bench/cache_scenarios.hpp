@@ -172,11 +172,14 @@ inline ns baseline_awaited_post(std::size_t n) {
   return took;
 }
 
-// Hit-heavy load from `threads` threads, each running its own io_context(1)
-// and calling a sharded cache with callbacks bound to its context. With
-// `shared`, one cache serves all threads; otherwise each thread has its own (the
-// ceiling the hardware allows). Returns the wall time for `n` gets per thread.
-inline ns cache_hits_threads(std::size_t n, unsigned threads, bool shared = true) {
+// Reads of 1,000 keys from `threads` threads, each running `reads(cache,
+// names, rng)` once and adding up what it returns, which must come to `n`
+// per thread. With `shared`, one cache serves all threads; otherwise each
+// thread has its own (the ceiling the hardware allows). With `warm`, every
+// key is read a few times first, as the keys of a warm cache are. Returns
+// the wall time of the threads' reads.
+template <class Reads>
+ns threaded_reads(std::size_t n, unsigned threads, bool shared, bool warm, Reads reads) {
   constexpr int keys = 1000;
   std::vector<std::string> names;
   for (int k = 0; k < keys; ++k) names.push_back("user:" + std::to_string(k));
@@ -187,24 +190,19 @@ inline ns cache_hits_threads(std::size_t n, unsigned threads, bool shared = true
     for (int k = 0; k < keys; ++k) caches.back()->async_set(names[k], k, [](std::exception_ptr) {});
   }
   cache_io.run();
+  if (warm)
+    for (auto& c : caches)
+      for (int r = 0; r < 4; ++r)
+        for (int k = 0; k < keys; ++k) check(c->peek(names[k]).has_value(), "a warmed key is in memory");
   std::atomic<std::size_t> total{0};
   std::atomic<unsigned> ready{0};
   std::atomic<bool> go{false};
   auto worker = [&](unsigned id) {
     cf::cache<int>& c = *caches[shared ? 0 : id];
-    asio::io_context io{1};
     std::minstd_rand rng(id + 1);
-    std::size_t sum = 0;
     ready.fetch_add(1);
     while (!go.load()) std::this_thread::yield();
-    for (std::size_t i = 0; i < n; i += 1000) {
-      for (std::size_t j = 0; j < 1000; ++j)
-        c.async_get(names[rng() % keys], load_one,
-                    asio::bind_executor(io, [&sum](std::exception_ptr, int) { ++sum; }));
-      io.run();
-      io.restart();
-    }
-    total.fetch_add(sum);
+    total.fetch_add(reads(c, names, rng));
   };
   std::vector<std::thread> ts;
   for (unsigned t = 0; t < threads; ++t) ts.emplace_back(worker, t);
@@ -213,49 +211,39 @@ inline ns cache_hits_threads(std::size_t n, unsigned threads, bool shared = true
   go = true;
   for (auto& t : ts) t.join();
   auto t1 = clock_type::now();
-  check(total.load() == n * threads, "every threaded get hit");
+  check(total.load() == n * threads, "every threaded read hit");
   return t1 - t0;
 }
 
-// The same keys read with `peek` from `threads` threads, without an executor:
-// what one cache's memory allows readers on several cores, apart from the
-// scheduling of completions. Returns the wall time for `n` peeks per thread.
+// Hit-heavy load from `threads` threads, each running its own io_context(1)
+// and calling a sharded cache with callbacks bound to its context. Returns
+// the wall time for `n` gets per thread.
+inline ns cache_hits_threads(std::size_t n, unsigned threads, bool shared = true) {
+  return threaded_reads(n, threads, shared, false,
+                        [n](cf::cache<int>& c, const std::vector<std::string>& names, std::minstd_rand& rng) {
+                          asio::io_context io{1};
+                          std::size_t sum = 0;
+                          for (std::size_t i = 0; i < n; i += 1000) {
+                            for (std::size_t j = 0; j < 1000; ++j)
+                              c.async_get(names[rng() % names.size()], load_one,
+                                          asio::bind_executor(io, [&sum](std::exception_ptr, int) { ++sum; }));
+                            io.run();
+                            io.restart();
+                          }
+                          return sum;
+                        });
+}
+
+// The same keys read with `peek`, without an executor: what one cache's
+// memory allows readers on several cores, apart from the scheduling of
+// completions. Returns the wall time for `n` peeks per thread.
 inline ns cache_peeks_threads(std::size_t n, unsigned threads, bool shared = true) {
-  constexpr int keys = 1000;
-  std::vector<std::string> names;
-  for (int k = 0; k < keys; ++k) names.push_back("user:" + std::to_string(k));
-  asio::io_context cache_io{1};
-  std::vector<std::unique_ptr<cf::cache<int>>> caches;
-  for (unsigned t = 0; t < (shared ? 1u : threads); ++t) {
-    caches.push_back(std::make_unique<cf::cache<int>>(cache_io, cf::cache_options{.max_entries = 100'000, .shards = 16}));
-    for (int k = 0; k < keys; ++k) caches.back()->async_set(names[k], k, [](std::exception_ptr) {});
-  }
-  cache_io.run();
-  // Every key read a few times first, as the keys of a warm cache are.
-  for (auto& c : caches)
-    for (int r = 0; r < 4; ++r)
-      for (int k = 0; k < keys; ++k) check(c->peek(names[k]).has_value(), "a warmed key is in memory");
-  std::atomic<std::size_t> total{0};
-  std::atomic<unsigned> ready{0};
-  std::atomic<bool> go{false};
-  auto worker = [&](unsigned id) {
-    cf::cache<int>& c = *caches[shared ? 0 : id];
-    std::minstd_rand rng(id + 1);
-    std::size_t sum = 0;
-    ready.fetch_add(1);
-    while (!go.load()) std::this_thread::yield();
-    for (std::size_t i = 0; i < n; ++i) sum += c.peek(names[rng() % keys]).has_value();
-    total.fetch_add(sum);
-  };
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < threads; ++t) ts.emplace_back(worker, t);
-  while (ready.load() != threads) std::this_thread::yield();
-  auto t0 = clock_type::now();
-  go = true;
-  for (auto& t : ts) t.join();
-  auto t1 = clock_type::now();
-  check(total.load() == n * threads, "every threaded peek hit");
-  return t1 - t0;
+  return threaded_reads(n, threads, shared, true,
+                        [n](cf::cache<int>& c, const std::vector<std::string>& names, std::minstd_rand& rng) {
+                          std::size_t sum = 0;
+                          for (std::size_t i = 0; i < n; ++i) sum += c.peek(names[rng() % names.size()]).has_value();
+                          return sum;
+                        });
 }
 
 // Batch loader throughput: n distinct keys, trivial batch function, batches of 100.

@@ -62,14 +62,14 @@ struct gate {
   bool inside = false;
   bool open = true;
 };
-gate* the_gate = nullptr;
+std::atomic<gate*> the_gate{nullptr};
 
 struct gated {
   std::string text;
   gated() = default;
   explicit gated(std::string t) : text(std::move(t)) {}
   gated(const gated& o) : text() {
-    if (gate* g = the_gate; g && std::this_thread::get_id() == g->held_thread) {
+    if (gate* g = the_gate.load(); g && std::this_thread::get_id() == g->held_thread) {
       std::unique_lock lk(g->mu);
       g->inside = true;
       g->cv.notify_all();
@@ -82,50 +82,57 @@ struct gated {
   gated& operator=(gated&&) noexcept = default;
 };
 
-// Stores `key` and reads it until a read changes nothing in its shard (read
-// since stored, access count full), so that the next read takes no lock.
-void make_hot(cf::cache<gated>& c, asio::io_context& io, const std::string& key, const std::string& text) {
-  c.async_set(key, gated(text), [](std::exception_ptr e) { ASSERT_FALSE(e); });
-  io.run();
-  io.restart();
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(c.peek(key));
-}
+// A one-shard cache holding a hot value of "k" (read since stored, access
+// count full, so that the next read takes no lock), and a read of it on a
+// thread of its own, stopped inside the value's copy until `release`.
+class HeldRead : public ::testing::Test {
+ protected:
+  ~HeldRead() override {
+    if (held.joinable()) release();
+  }
 
-// Starts a thread whose read of `key` stops inside the value's copy; returns
-// once it is there.
-std::thread read_held_at_copy(cf::cache<gated>& c, gate& g, const std::string& key, std::string& seen) {
-  std::promise<void> named;
-  auto named_f = named.get_future();
-  std::thread t([&c, &g, key, &seen, named = std::move(named)]() mutable {
+  void hold(const std::string& text) {
+    c.async_set("k", gated(text), [](std::exception_ptr e) { ASSERT_FALSE(e); });
+    io.run();
+    io.restart();
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE(c.peek("k"));
+    the_gate = &g;
+    std::promise<void> named;
+    auto named_f = named.get_future();
+    held = std::thread([this, named = std::move(named)]() mutable {
+      {
+        std::lock_guard lk(g.mu);
+        g.held_thread = std::this_thread::get_id();
+        g.open = false;
+      }
+      named.set_value();
+      auto v = c.peek("k");
+      held_seen = v ? v->text : "<none>";
+    });
+    named_f.get();
+    std::unique_lock lk(g.mu);
+    g.cv.wait(lk, [&] { return g.inside; });
+  }
+
+  void release() {
     {
       std::lock_guard lk(g.mu);
-      g.held_thread = std::this_thread::get_id();
-      g.open = false;
+      g.open = true;
+      g.cv.notify_all();
     }
-    named.set_value();
-    auto v = c.peek(key);
-    seen = v ? v->text : "<none>";
-  });
-  named_f.get();
-  std::unique_lock lk(g.mu);
-  g.cv.wait(lk, [&] { return g.inside; });
-  return t;
-}
+    held.join();
+    the_gate = nullptr;
+  }
 
-void open_gate(gate& g) {
-  std::lock_guard lk(g.mu);
-  g.open = true;
-  g.cv.notify_all();
-}
-
-TEST(UnlockedRead, AHotValueIsReadWhileAnotherReadOfItsShardIsInProgress) {
   asio::io_context io;
   cf::cache<gated> c{io, cf::cache_options{.shards = 1}};
-  make_hot(c, io, "k", "v1");
   gate g;
-  the_gate = &g;
+  std::thread held;
   std::string held_seen;
-  std::thread held = read_held_at_copy(c, g, "k", held_seen);
+};
+
+TEST_F(HeldRead, AHotValueIsReadWhileAnotherReadOfItsShardIsInProgress) {
+  hold("v1");
   // The held read is inside the shard; a second reader of the same shard
   // finishes without it.
   auto other = std::async(std::launch::async, [&] {
@@ -133,40 +140,28 @@ TEST(UnlockedRead, AHotValueIsReadWhileAnotherReadOfItsShardIsInProgress) {
     return v ? v->text : std::string("<none>");
   });
   const bool finished = other.wait_for(10s) == std::future_status::ready;
-  open_gate(g);
-  held.join();
-  the_gate = nullptr;
+  release();
   EXPECT_TRUE(finished) << "a read waited for another read of its shard";
   EXPECT_EQ(other.get(), "v1");
   EXPECT_EQ(held_seen, "v1");
   EXPECT_EQ(c.stats().hits, 4u + 2u);
 }
 
-TEST(UnlockedRead, AWriteToAShardWaitsForTheReadsInProgressThere) {
-  asio::io_context io;
-  cf::cache<gated> c{io, cf::cache_options{.shards = 1}};
-  make_hot(c, io, "k", "old");
-  gate g;
-  the_gate = &g;
-  std::string held_seen;
-  std::thread held = read_held_at_copy(c, g, "k", held_seen);
+TEST_F(HeldRead, AWriteToAShardWaitsForTheReadsInProgressThere) {
+  hold("old");
   // The set replaces the value the held read is copying: it must wait.
   std::atomic<bool> stored{false};
   std::thread writer([&] {
     asio::io_context wio;
-    c.async_set("k", gated("new"), asio::bind_executor(wio, [&](std::exception_ptr e) {
-                  EXPECT_FALSE(e);
-                }));
+    c.async_set("k", gated("new"), asio::bind_executor(wio, [&](std::exception_ptr e) { EXPECT_FALSE(e); }));
     stored = true;  // the store happens inside the call
     wio.run();
   });
   // Time for a writer that did not wait to replace the value under the read.
   std::this_thread::sleep_for(100ms);
   const bool stored_during_read = stored.load();
-  open_gate(g);
-  held.join();
+  release();
   writer.join();
-  the_gate = nullptr;
   EXPECT_FALSE(stored_during_read) << "a write went ahead of a read in progress in its shard";
   EXPECT_EQ(held_seen, "old");
   auto now = c.peek("k");
