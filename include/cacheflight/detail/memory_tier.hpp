@@ -83,7 +83,7 @@ class memory_tier {
               weigher_type weigher, const cache_events& events, double early_beta = 0)
       : nshards_(shards_within(shards, max_entries, max_weight)),
         early_beta_(early_beta),
-        unlocked_reads_(policy == eviction_policy::s3fifo),
+        unlocked_reads_(policy == eviction_policy::s3fifo && !unordered_find_writes),
         weigher_(std::move(weigher)),
         events_(events),
         shards_(std::make_unique<shard[]>(nshards_)) {
@@ -176,9 +176,9 @@ class memory_tier {
     const std::size_t index = shard_index_of(key);
     if (unlocked_reads_) {
       // Served without the lock: nothing to start, nothing reclaimed.
+      if (rs) *rs = read_state{};
       if (const int found = read_unlocked(shards_[index], std::uint32_t(index), key, v, purge, count, rs != nullptr);
           found >= 0) {
-        if (rs) *rs = read_state{};
         if (count && events_) events_.emit(found ? cache_event_kind::hit : cache_event_kind::miss, key.key);
         return;
       }
@@ -421,18 +421,19 @@ class memory_tier {
     shard& sh_;
   };
 
-  // A lookup without the shard's lock, when the lock would change nothing:
-  // a fresh value already read since it was stored whose access count is
-  // full (S3-FIFO's touch then writes nothing), or an absent key while no
-  // entry of the shard is due to be purged. Returns true with `v` and `hit`
-  // set (and the lookup counted in the thread's slot); false, having changed
-  // nothing, for every other case (the slot taken by a thread sharing it, a
-  // writer in the shard, an entry expired, stale, due for an early reload,
-  // or a cached failure), which the caller handles under the lock. V's copy
-  // runs here, as it runs under the lock otherwise; if it throws, the
-  // exception propagates and nothing was counted.
-  // Returns 1 for a hit (the value in `v`), 0 for a miss, -1 when the read
-  // needs the lock.
+  // A lookup without the shard's lock, for the cases where the locked one
+  // would change nothing in the shard: a fresh value already read since it
+  // was stored whose access count is full (S3-FIFO's touch then writes
+  // nothing), or an absent key; in both cases only while, with `purge`, no
+  // entry of the shard is due to be purged, and for a hit with `may_refresh`
+  // only without early refresh. Returns 1 for a hit (the value in `v`), 0
+  // for a miss, each counted in the thread's slot (with `count`); -1, having
+  // changed nothing, for every other case (the slot taken by a thread sharing
+  // it, the shard's lock held, an entry expired, stale, not yet read or
+  // counted in full, a cached failure, early refresh on), which the caller
+  // handles under the lock. V's copy runs here, as it runs under the lock
+  // otherwise; if it throws, the lookup is counted as a miss, as the locked
+  // one counts it, and the exception propagates.
   int read_unlocked(shard& sh, std::uint32_t index, const hashed_key& key, std::optional<V>& v, std::size_t purge,
                     bool count, bool may_refresh) {
     reader_slots::slot* const slot = readers_.enter(index);
@@ -456,7 +457,16 @@ class memory_tier {
     if (n->fresh_until != std::numeric_limits<std::int64_t>::max() &&
         (clock() >= n->fresh_until || (may_refresh && early_beta_ > 0)))
       return -1;
-    v.emplace(*stored);
+    if constexpr (std::is_nothrow_copy_constructible_v<V>) {
+      v.emplace(*stored);
+    } else {
+      try {
+        v.emplace(*stored);
+      } catch (...) {
+        if (count) reader_slots::count_miss(slot);
+        throw;
+      }
+    }
     if (count) reader_slots::count_hit(slot);
     return 1;
   }
@@ -474,6 +484,13 @@ class memory_tier {
 
   const std::size_t nshards_;
   const double early_beta_;
+  // Boost.Unordered's statistics, when a build turns them on, are written by
+  // every lookup: reads of one table are then no longer free of each other.
+#if defined(BOOST_UNORDERED_ENABLE_STATS)
+  static constexpr bool unordered_find_writes = true;
+#else
+  static constexpr bool unordered_find_writes = false;
+#endif
   const bool unlocked_reads_;  // S3-FIFO: a read of a hot entry changes nothing in its shard
   reader_slots readers_;
   weigher_type weigher_;

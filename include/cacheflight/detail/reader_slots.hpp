@@ -14,8 +14,9 @@ namespace cacheflight::detail {
 // A small number per thread, for the threads that read caches: the lowest
 // free one of `reader_thread_index::tracked` when the thread first asks, given
 // back when it exits, so that a pool's threads keep the numbers low. Past that
-// many threads alive at once, numbers are handed out again round the range
-// (two threads may then share one; see reader_slots).
+// many threads alive at once, numbers are handed out again round the range,
+// and a thread that reads while its thread-locals are destroyed keeps the
+// number it gave back: two threads may then share one (see reader_slots).
 class reader_thread_index {
  public:
   static constexpr unsigned tracked = 256;
@@ -75,8 +76,11 @@ class reader_thread_index {
     unsigned result;
     if (i < tracked) {
       result = i;
-      unsigned h = high().load(std::memory_order_relaxed);
-      while (h < i + 1 && !high().compare_exchange_weak(h, i + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+      // Sequentially consistent even when it finds the mark high enough
+      // already: the mark this thread saw then comes before its first claim
+      // of a slot, and so before the load of any writer that missed the claim.
+      unsigned h = high().load(std::memory_order_seq_cst);
+      while (h < i + 1 && !high().compare_exchange_weak(h, i + 1, std::memory_order_seq_cst, std::memory_order_seq_cst)) {
       }
     } else {
       result = overflow().fetch_add(1, std::memory_order_relaxed) % tracked;
