@@ -84,6 +84,7 @@ class memory_tier {
       : nshards_(shards_within(shards, max_entries, max_weight)),
         early_beta_(early_beta),
         unlocked_reads_(policy == eviction_policy::s3fifo && !unordered_find_writes),
+        readers_(unlocked_reads_),
         weigher_(std::move(weigher)),
         events_(events),
         shards_(std::make_unique<shard[]>(nshards_)) {

@@ -2,6 +2,8 @@
 #ifndef CACHEFLIGHT_DETAIL_READER_SLOTS_HPP
 #define CACHEFLIGHT_DETAIL_READER_SLOTS_HPP
 
+#include <cacheflight/detail/cpu_relax.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
@@ -115,7 +117,9 @@ class reader_slots {
     std::atomic<std::uint64_t> misses{0};
   };
 
-  reader_slots() : slots_(std::make_unique<slot[]>(count)) {}
+  // The slots (`count` cache lines) exist only when `used`: a cache whose
+  // reads all lock (LRU) needs none, and then only `add_counts` may be called.
+  explicit reader_slots(bool used) : slots_(used ? std::make_unique<slot[]>(count) : nullptr) {}
 
   // Claims this thread's slot for reading `shard`; null when it is taken (by
   // a thread sharing it). The caller then checks the shard's lock and, if it
@@ -146,21 +150,17 @@ class reader_slots {
     for (unsigned i = 0; i < n; ++i) {
       const std::atomic<std::uint32_t>& r = slots_[i].reading;
       for (unsigned spins = 0; r.load(std::memory_order_seq_cst) == shard + 1; ++spins) {
-        if (spins < 1024) {
-#if defined(__x86_64__) || defined(__i386__)
-          __builtin_ia32_pause();
-#elif defined(__aarch64__)
-          __asm__ __volatile__("yield");
-#endif
-        } else {
+        if (spins < 1024)
+          cpu_relax();
+        else
           std::this_thread::yield();
-        }
       }
     }
   }
 
   // The hits and misses counted through the slots.
   void add_counts(std::uint64_t& hits, std::uint64_t& misses) const noexcept {
+    if (!slots_) return;
     for (unsigned i = 0; i < count; ++i) {
       hits += slots_[i].hits.load(std::memory_order_relaxed);
       misses += slots_[i].misses.load(std::memory_order_relaxed);

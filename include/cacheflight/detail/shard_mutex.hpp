@@ -2,6 +2,8 @@
 #ifndef CACHEFLIGHT_DETAIL_SHARD_MUTEX_HPP
 #define CACHEFLIGHT_DETAIL_SHARD_MUTEX_HPP
 
+#include <cacheflight/detail/cpu_relax.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -65,11 +67,7 @@ class shard_mutex {
  private:
   [[gnu::noinline]] void lock_contended() noexcept {
     for (unsigned i = 0; i < spins; ++i) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#elif defined(__aarch64__)
-      __asm__ __volatile__("yield");
-#endif
+      cpu_relax();
       if (try_lock()) return;
     }
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
