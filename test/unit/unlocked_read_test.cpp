@@ -3,7 +3,7 @@
 // the same shard is in progress; a write that waits for the reads in progress
 // in its shard; readers that keep seeing whole values, counted once each,
 // while writers replace, evict, erase and clear them; a read whose copy
-// throws; and LRU, whose reads still lock.
+// throws; and LRU, whose reads still lock and whose stats count every read.
 #include <cacheflight/cacheflight.hpp>
 #include <cacheflight/detail/reader_slots.hpp>
 
@@ -289,6 +289,22 @@ TEST(UnlockedRead, LruHitsStillReorderTheirEntries) {
   EXPECT_TRUE(c.peek("a"));
   EXPECT_FALSE(c.peek("b"));
   EXPECT_TRUE(c.peek("c"));
+}
+
+// An LRU cache keeps no reader slots: its hits and misses are all counted
+// by its shards, and its stats add up to the reads made.
+TEST(UnlockedRead, LruStatsCountEveryReadWithoutReaderSlots) {
+  asio::io_context io;
+  cf::cache<int> c{io, cf::cache_options{.max_entries = 8, .policy = cf::eviction_policy::lru, .shards = 2}};
+  c.async_set("a", 1, [](std::exception_ptr) {});
+  io.run();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.peek("a"));
+  ASSERT_FALSE(c.peek("b"));
+  ASSERT_FALSE(c.peek("c"));
+  const auto s = c.stats();
+  EXPECT_EQ(s.hits, 5u);
+  EXPECT_EQ(s.misses, 2u);
+  EXPECT_EQ(s.size, 1u);
 }
 
 }  // namespace
