@@ -1,5 +1,6 @@
 // Copyright (c) the cacheflight authors. Distributed under the Boost Software License 1.0.
 #include <cacheflight/detail/block_cache.hpp>
+#include <cacheflight/detail/with_allocator.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/redis/tier.hpp>
 
@@ -10,7 +11,6 @@
 
 #include <boost/asio/steady_timer.hpp>
 
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -274,7 +274,7 @@ struct tier::impl : std::enable_shared_from_this<impl> {
     else if (const auto* io = ex.target<asio::io_context::executor_type>())
       // Queued, if it must be, in the memory of the threads' block caches
       // (the type-erased executor would take Asio's recycled memory instead).
-      asio::dispatch(*io, asio::bind_allocator(cacheflight::detail::block_allocator<void>{}, std::move(run)));
+      asio::dispatch(*io, cacheflight::detail::allocated(std::move(run), cacheflight::detail::block_allocator<void>{}));
     else
       asio::dispatch(ex, std::move(run));
   }

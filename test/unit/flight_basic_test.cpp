@@ -1,9 +1,12 @@
 // cf::flight: coalescing, work forms, completion tokens, errors, events, options.
 #include "test_support.hpp"
 
+#include <cacheflight/detail/with_allocator.hpp>
+
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -517,6 +520,43 @@ TEST(BlockCache, TheAllocatorServesEachSizeFromItsRoundedBlockSize) {
   EXPECT_EQ(kept_after_free(256, c256{}), 1u);
   EXPECT_EQ(kept_after_free(257, c256{}), 0u);
   EXPECT_EQ(kept_after_free(0, c16{}), 0u);
+}
+
+TEST(WithAllocator, APostedCallTakesItsMemoryFromItsAllocatorAndRunsOnceOutsideThePost) {
+  using call = cf::detail::with_allocator<std::function<void()>, counting_allocator<void>>;
+  // No associated executor of its own: post and dispatch submit it to the
+  // executor they are given, without a work dispatcher around it.
+  static_assert(requires {
+    typename asio::associated_executor<call, asio::any_io_executor>::asio_associated_executor_is_unspecialised;
+  });
+  static_assert(std::is_same_v<asio::associated_allocator_t<call>, counting_allocator<void>>);
+  asio::io_context io;
+  allocation_counts allocations;
+  int runs = 0;
+  asio::post(io, cf::detail::allocated(std::function<void()>([&] { ++runs; }), counting_allocator<void>(&allocations)));
+  EXPECT_EQ(runs, 0);
+  EXPECT_EQ(allocations.made, 1);
+  EXPECT_EQ(allocations.live, 1);
+  EXPECT_EQ(io.run(), 1u);
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(allocations.made, 1);
+  EXPECT_EQ(allocations.live, 0);
+}
+
+TEST(WithAllocator, ADispatchOnTheContextsOwnThreadRunsTheCallAtOnce) {
+  asio::io_context io;
+  allocation_counts allocations;
+  int runs = 0;
+  bool ran_in_place = false;
+  asio::post(io, [&] {
+    asio::dispatch(io.get_executor(), cf::detail::allocated(std::function<void()>([&] { ++runs; }),
+                                                            counting_allocator<void>(&allocations)));
+    ran_in_place = runs == 1;
+  });
+  io.run();
+  EXPECT_TRUE(ran_in_place);
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(allocations.made, 0);  // nothing was queued
 }
 
 TEST_F(FlightBasic, WaitersOfHandlersWithoutAnAllocatorReuseTheBlocksTheirThreadFreed) {

@@ -7,6 +7,7 @@
 #include <cacheflight/detail/intrusive_list.hpp>
 #include <cacheflight/detail/shard_mutex.hpp>
 #include <cacheflight/detail/table_room.hpp>
+#include <cacheflight/detail/with_allocator.hpp>
 #include <cacheflight/error.hpp>
 #include <cacheflight/event.hpp>
 #include <cacheflight/options.hpp>
@@ -17,7 +18,6 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/basic_waitable_timer.hpp>
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -719,7 +719,7 @@ void flight_state<V, Clock>::run(Handler&& handler, std::string&& key, run_optio
     std::shared_ptr<entry> e = fresh;
     try {
       const auto& strand = e->strand;
-      auto start = asio::bind_allocator(block_allocator<void>{}, std::move(*begin));
+      auto start = allocated(std::move(*begin), block_allocator<void>{});
       // An io_context's own executor queues it in the allocator's memory; the
       // type-erased one would take Asio's per-thread recycled memory instead.
       if (const auto* io = strand.template target<asio::io_context::executor_type>())

@@ -9,6 +9,7 @@
 // flight_impl.hpp, after `flight_state`.
 
 #include <cacheflight/detail/block_cache.hpp>
+#include <cacheflight/detail/with_allocator.hpp>
 
 #include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
@@ -156,7 +157,7 @@ class waiter_op final : public flight_waiter<V> {
     if constexpr (std::is_same_v<allocator_type, std::allocator<void>>) {
       if (d == delivery::post) asio::post(ex, std::forward<Fn>(fn)); else asio::dispatch(ex, std::forward<Fn>(fn));
     } else {
-      auto bound = asio::bind_allocator(alloc, std::forward<Fn>(fn));
+      auto bound = allocated(std::forward<Fn>(fn), alloc);
       if (d == delivery::post) asio::post(ex, std::move(bound)); else asio::dispatch(ex, std::move(bound));
     }
   }
